@@ -1,0 +1,35 @@
+# fewshotcx developer targets. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Machines with a pip constraints cap (this project's CI image) take torch from local disk at these
+# versions; elsewhere pip resolves torch normally from pyproject.toml.
+TORCH_PINS ?= $(shell test -f /etc/xdg/pip/constraints.txt && echo "torch==2.14.1 torchvision==0.29.1")
+
+.PHONY: install demo test bench docs clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(if $(TORCH_PINS),$(PY) -m pip install -q $(TORCH_PINS))
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m fewshotcx.cli demo --out demo-output
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m pytest -q -m slow
+	$(PY) benchmarks/throughput.py --quick
+	$(PY) benchmarks/support_size.py --quick --out bench-output/support_size
+
+docs: install
+	$(PY) -m mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) demo-output bench-output site

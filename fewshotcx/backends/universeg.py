@@ -1,0 +1,137 @@
+"""UniverSeg backend: many query slabs per forward pass, one support set shared per group.
+
+Query slabs of a chunk are split into groups of ``group_size`` neighbouring slices. Each group gets
+its own support set (position-matched to the group's mean position, or random), and the whole group
+goes through :meth:`UniverSeg.forward_shared`, which computes the support-only part of the first
+block once per support set and every target-only half-convolution once per target. ``ensemble=K``
+repeats this with K independently drawn support sets and averages the probabilities. Multi-class
+support runs one-vs-rest, one pass per class, and returns one probability channel per class.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+from einops import rearrange
+
+from ..intensity import minmax_per_slice
+from ..models.universeg import UniverSeg
+from ..slicing import SliceGeometry
+from ..support import Strategy, SupportPool, select_support
+from ..weights import load_universeg
+
+#: UniverSeg was trained with support sets of up to 64; 16 is near the knee of its published
+#: support-size curve at a quarter of the cost (see docs/benchmarks.md for our measurements).
+DEFAULT_SUPPORT_SIZE = 16
+
+
+class UniverSegBackend:
+    """In-context segmentation with a :class:`~fewshotcx.models.UniverSeg` network.
+
+    Args:
+        model: a ready network; else ``weights`` is resolved by :func:`fewshotcx.weights.load_universeg`.
+        weights: ``"default"`` (bundled), ``"official"`` or a checkpoint path.
+        device: torch device.
+        support_size: ``S`` support slabs per query group.
+        ensemble: ``K`` independent support sets averaged.
+        strategy: ``"position"`` or ``"random"`` (see :mod:`fewshotcx.support`).
+        group_size: neighbouring query slices sharing one support set.
+        precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        slice_size: override the model's native size (must be divisible by 8).
+        support_chunk: passed to ``forward_shared`` to bound memory over the support axis.
+    """
+
+    name = "universeg"
+    resize_mode = "pad"
+
+    def __init__(
+        self,
+        model: Optional[UniverSeg] = None,
+        weights: str = "default",
+        device: torch.device = torch.device("cpu"),
+        support_size: Optional[int] = None,
+        ensemble: int = 1,
+        strategy: Strategy = "position",
+        group_size: int = 8,
+        precision: str = "auto",
+        slice_size: Optional[int] = None,
+        context: Optional[int] = None,
+        support_chunk: Optional[int] = None,
+    ) -> None:
+        net, meta = (model, {}) if model is not None else load_universeg(weights, return_metadata=True)
+        self.model = net.to(device).eval()
+        self.device = torch.device(device)
+        in_channels = self.model.in_channels
+        if in_channels % 2 != 1:
+            raise ValueError(f"UniverSeg model has {in_channels} target channels; a 2.5D model needs 2k+1")
+        self.context = (in_channels - 1) // 2
+        if context is not None and context != self.context:
+            raise ValueError(f"these weights expect context={self.context} ({in_channels} input channels), "
+                             f"not context={context}")
+        self.slice_size = int(slice_size or meta.get("slice_size", 128))
+        if self.slice_size % 8:
+            raise ValueError(f"UniverSeg needs a slice size divisible by 8, got {self.slice_size}")
+        self.support_size = int(support_size or DEFAULT_SUPPORT_SIZE)
+        if self.support_size < 1 or ensemble < 1 or group_size < 1:
+            raise ValueError("support_size, ensemble and group_size must be at least 1")
+        self.ensemble = int(ensemble)
+        self.strategy = strategy
+        self.group_size = int(group_size)
+        self.precision = precision
+        self.support_chunk = support_chunk
+        self.pools: dict[int, SupportPool] = {}
+
+    # ------------------------------------------------------------------ protocol
+    def fit(self, pools: dict[int, SupportPool], generator: torch.Generator) -> None:
+        """Store the pools (UniverSeg conditions on the support at inference; nothing is trained)."""
+        self.pools = {axis: pool.to(self.device) for axis, pool in pools.items()}
+
+    def bytes_per_slab(self) -> int:
+        width = max(self.model.widths)
+        s = min(self.support_size, max((len(p) for p in self.pools.values()), default=self.support_size))
+        if self.support_chunk:
+            s = min(s, self.support_chunk)
+        # ~4 live (S, width, s, s) float tensors at full resolution, +1/3 for the coarser levels.
+        return int(4 * 4 * s * width * self.slice_size ** 2 * 4 / 3)
+
+    @torch.inference_mode()
+    def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
+        """``(N, 2k+1, s, s)`` query slabs → ``(N, L, s, s)`` probabilities (see :class:`Backend`)."""
+        pool = self.pools.get(geometry.axis)
+        if pool is None:
+            raise RuntimeError("fit() the backend before predicting")
+        targets = minmax_per_slice(slabs.to(self.device, torch.float32))
+        support_images = minmax_per_slice(pool.images)
+        n, num_classes = targets.shape[0], pool.labels.shape[1]
+        groups = torch.arange(n, device=self.device) // self.group_size  # (N,) group of each slab
+        num_groups = int(groups[-1]) + 1 if n else 0
+        group_positions = torch.zeros(num_groups, device=self.device).index_add_(
+            0, groups, geometry.positions.to(self.device)) / torch.bincount(groups, minlength=num_groups)
+        probs = torch.zeros(n, num_classes, *targets.shape[-2:], device=self.device)
+        with self._autocast():
+            for _ in range(self.ensemble):
+                chosen = select_support(pool, group_positions, self.support_size, self.strategy, generator)
+                for g in range(num_groups):  # one shared support set per group of neighbouring slices
+                    members = groups == g
+                    sup_idx = chosen[g]
+                    for c in range(num_classes):
+                        logits = self.model.forward_shared(
+                            targets[members], support_images[sup_idx],
+                            rearrange(pool.labels[sup_idx, c], "s h w -> s 1 h w"),
+                            support_chunk=self.support_chunk,
+                        )  # (n_g, 1, s, s)
+                        probs[members, c] += torch.sigmoid(logits[:, 0].float())
+        return probs / self.ensemble
+
+    def _autocast(self):
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision == "fp32":
+            return nullcontext()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if dtype is None:
+            raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
+        return torch.autocast(self.device.type, dtype=dtype)

@@ -1,0 +1,64 @@
+"""3D clean-up of predicted label maps.
+
+Operations (applied in the order given, per label value):
+
+* ``"largest_component"`` — keep the largest 26-connected component of each structure (a GTV or an
+  organ is one connected object; slice-wise models leave isolated false positives).
+* ``"fill_holes"`` — fill enclosed cavities in 3D.
+* ``"support_extent"`` — erase slices outside the relative axial range covered by the support's
+  foreground (widened by ``extent_margin`` of the axis), for structures whose cranio-caudal extent is
+  similar across patients.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+OPERATIONS = ("largest_component", "fill_holes", "support_extent")
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest 26-connected component of a boolean ``(X, Y, Z)`` mask (empty stays empty)."""
+    labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    return labelled == sizes.argmax()
+
+
+def restrict_extent(mask: np.ndarray, extent: tuple[float, float], margin: float = 0.05) -> np.ndarray:
+    """Zero axial slices (axis 2) whose relative position lies outside ``extent`` ± ``margin``."""
+    depth = mask.shape[2]
+    rel = np.arange(depth) / max(depth - 1, 1)
+    keep = (rel >= extent[0] - margin) & (rel <= extent[1] + margin)
+    return mask & keep[None, None, :]
+
+
+def postprocess(
+    labels: np.ndarray,
+    operations: Sequence[str],
+    support_extent: Optional[tuple[float, float]] = None,
+    extent_margin: float = 0.05,
+) -> np.ndarray:
+    """Apply ``operations`` to each structure of a ``(X, Y, Z)`` label map; returns the same dtype."""
+    unknown = set(operations) - set(OPERATIONS)
+    if unknown:
+        raise ValueError(f"unknown post-processing {sorted(unknown)}: expected any of {OPERATIONS}")
+    if "support_extent" in operations and support_extent is None:
+        raise ValueError("'support_extent' needs the support's foreground extent")
+    out = np.zeros_like(labels)
+    for value in np.unique(labels[labels != 0]):
+        mask = labels == value
+        for op in operations:
+            if op == "largest_component":
+                mask = largest_component(mask)
+            elif op == "fill_holes":
+                mask = ndimage.binary_fill_holes(mask)
+            else:
+                mask = restrict_extent(mask, support_extent, extent_margin)
+        out[mask & (out == 0)] = value
+    return out

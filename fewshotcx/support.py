@@ -1,0 +1,176 @@
+"""Support pools of labelled 2D examples, and how support sets are drawn from them.
+
+A pool holds every labelled slab of the support volumes along one plane axis, with its relative
+position along that axis. Drawing a support set for a query slab is then a tensor operation:
+
+* ``"random"`` — uniform among the pool (the UniverSeg paper's protocol), with a chosen fraction of
+  empty (negative) slices so the model sees "nothing here" examples;
+* ``"position"`` — slices whose relative position along the axis is nearest the query's, drawn
+  without replacement with probability ``exp(-|Δp| / tau)`` (Gumbel top-k). In 3D anatomy the slice
+  at the same height in another patient is the most informative example, and near the ends of an
+  organ the nearest slices are naturally the empty ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .slicing import extract_slabs, make_geometry
+from .volume import Volume, VolumeError, check_pair
+
+Strategy = Literal["position", "random"]
+
+
+@dataclass
+class SupportPool:
+    """Labelled slabs along one axis.
+
+    Attributes:
+        images: ``(M, 2k+1, s, s)`` float32, volume-normalised intensities.
+        labels: ``(M, L, s, s)`` float32 in ``[0, 1]``, one channel per foreground class (soft at
+            resampled edges).
+        positions: ``(M,)`` relative position along the axis in ``[0, 1]``.
+        volume_ids: ``(M,)`` index of the support volume each slab came from.
+        classes: the label values, in channel order.
+        axis: array axis of the slabs.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    positions: torch.Tensor
+    volume_ids: torch.Tensor
+    classes: tuple[int, ...]
+    axis: int
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def has_foreground(self) -> torch.Tensor:
+        """``(M, L)`` bool: whether class ``l`` is present on slab ``m``."""
+        return self.labels.flatten(2).amax(dim=2) > 0.5
+
+    def to(self, device: torch.device) -> "SupportPool":
+        return SupportPool(self.images.to(device), self.labels.to(device), self.positions.to(device),
+                           self.volume_ids.to(device), self.classes, self.axis)
+
+
+def build_pool(
+    images: Sequence[np.ndarray],
+    labels: Sequence[Volume],
+    axis: int,
+    size: int,
+    context: int,
+    slices: Optional[Sequence[Optional[Sequence[int]]]] = None,
+    classes: Optional[Sequence[int]] = None,
+    device: torch.device = torch.device("cpu"),
+    resize_mode: str = "pad",
+) -> SupportPool:
+    """Build the pool of labelled slabs along ``axis`` from normalised images and label volumes.
+
+    Args:
+        images: per volume, the normalised ``(X, Y, Z)`` image array on ``labels[i]``'s grid.
+        labels: label volumes (canonical); ``labels[i].spacing`` sets the in-plane aspect.
+        slices: per volume, the indices along ``axis`` that are labelled (``None`` = all slices;
+            empty slices are then true negatives).
+        classes: label values to model; default = all non-zero values present in any label.
+        resize_mode: see :func:`~fewshotcx.slicing.make_geometry`.
+    """
+    if len(images) != len(labels) or not labels:
+        raise VolumeError("support needs the same number (≥ 1) of images and labels")
+    if slices is not None and len(slices) != len(labels):
+        raise VolumeError("slices must give one entry (or None) per support volume")
+    if classes is None:
+        present = set()
+        for lab in labels:
+            present.update(int(v) for v in np.unique(lab.array) if v != 0)
+        classes = sorted(present)
+    if not classes:
+        raise VolumeError("support labels are all empty: nothing to segment")
+    class_values = torch.tensor(list(classes), device=device)
+    parts = []
+    for vid, (image, lab) in enumerate(zip(images, labels)):
+        chosen = None if slices is None else slices[vid]
+        geometry = make_geometry(lab.shape, lab.spacing, axis, size, context, chosen, device, resize_mode)
+        if geometry.num_slices == 0:
+            continue
+        image_t = torch.as_tensor(np.ascontiguousarray(image), device=device)
+        label_t = torch.as_tensor(lab.array.astype(np.int64), device=device)
+        one_hot = (label_t[None] == class_values.view(-1, 1, 1, 1)).float()  # (L, X, Y, Z)
+        label_geometry = make_geometry(lab.shape, lab.spacing, axis, size, 0, chosen, device, resize_mode)
+        parts.append((
+            extract_slabs(image_t, geometry),
+            extract_slabs(one_hot, label_geometry).clamp_(0.0, 1.0),
+            geometry.positions.to(device),
+            torch.full((geometry.num_slices,), vid, dtype=torch.long, device=device),
+        ))
+    if not parts:
+        raise VolumeError("no labelled slices in the support")
+    imgs, labs, pos, vids = (torch.cat(list(t)) for t in zip(*parts))
+    return SupportPool(imgs, labs, pos, vids, tuple(int(c) for c in classes), axis)
+
+
+def select_support(
+    pool: SupportPool,
+    query_positions: torch.Tensor,
+    size: int,
+    strategy: Strategy = "position",
+    generator: Optional[torch.Generator] = None,
+    tau: float = 0.05,
+    negative_fraction: float = 0.25,
+) -> torch.Tensor:
+    """Draw one support set (without replacement) per query position.
+
+    Args:
+        query_positions: ``(G,)`` relative positions in ``[0, 1]`` (one per group of query slabs that
+            will share a support set).
+        size: support size ``S`` (capped at the pool size).
+        tau: position-matching temperature (relative-position units); smaller = stricter matching.
+        negative_fraction: for ``"random"``, the share of empty slices drawn (if the pool has any).
+    Returns:
+        ``(G, S)`` long indices into the pool.
+    """
+    m = len(pool)
+    s = min(int(size), m)
+    if s < 1:
+        raise ValueError("support size must be at least 1")
+    g = query_positions.shape[0]
+    device = pool.positions.device
+    gumbel = _gumbel((g, m), generator, device)
+    if strategy == "position":
+        distance = (query_positions.to(device)[:, None] - pool.positions[None, :]).abs()  # (G, M)
+        scores = -distance / tau + gumbel
+    elif strategy == "random":
+        positive = pool.has_foreground.any(dim=1)  # (M,)
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        want_neg = min(n_neg, round(s * negative_fraction)) if n_pos else s
+        want_neg = max(want_neg, s - n_pos)
+        # Rank positives and negatives separately, then take the top of each by the quota.
+        pos_rank = _rank(torch.where(positive, gumbel, torch.full_like(gumbel, -torch.inf)))
+        neg_rank = _rank(torch.where(~positive, gumbel, torch.full_like(gumbel, -torch.inf)))
+        keep = (positive & (pos_rank < s - want_neg)) | (~positive & (neg_rank < want_neg))
+        scores = torch.where(keep, gumbel, torch.full_like(gumbel, -torch.inf))
+    else:
+        raise ValueError(f"unknown support strategy {strategy!r}: expected 'position' or 'random'")
+    return scores.topk(s, dim=1).indices
+
+
+def _gumbel(shape: tuple[int, int], generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=generator.device if generator is not None else "cpu")
+    return (-torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))).to(device)
+
+
+def _rank(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of each entry within its row, 0 = largest."""
+    order = scores.argsort(dim=1, descending=True)
+    return order.argsort(dim=1)
+
+
+def check_support(images: Sequence[Volume], labels: Sequence[Volume]) -> None:
+    """Every image/label pair on one grid, every label non-empty; else a one-line VolumeError."""
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        check_pair(img, lab, what=f"support pair {i + 1}")

@@ -1,0 +1,44 @@
+"""Shared fixtures: small seeded volumes with known geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fewshotcx.volume import Volume
+
+torch.set_num_threads(2)
+
+# Affines covering the orientations the geometry tests must survive.
+_OBLIQUE = np.array([[0.9, -0.35, 0.1, -40.0], [0.3, 0.95, -0.2, 12.0], [-0.05, 0.25, 2.4, 80.0], [0, 0, 0, 1]])
+ORIENTATIONS = {
+    "RAS": np.diag([0.8, 1.1, 2.5, 1.0]),
+    "LPS": np.diag([-0.8, -1.1, 2.5, 1.0]),
+    "LAS": np.diag([-0.8, 1.1, 2.5, 1.0]),
+    "PIR": np.array([[0, 0, 2.5, 0], [-0.8, 0, 0, 0], [0, -1.1, 0, 0], [0, 0, 0, 1.0]]),
+    "oblique": _OBLIQUE,
+}
+
+
+def blob_volume(shape=(24, 20, 12), seed=0, centre=None, radius=5.0) -> tuple[np.ndarray, np.ndarray]:
+    """A textured image and the ellipsoid label inside it, ``(X, Y, Z)`` each."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(float)
+    centre = np.asarray(centre if centre is not None else [n / 2 for n in shape])
+    scale = np.array([1.0, 1.0, 2.0])
+    label = (((grid - centre) / scale) ** 2).sum(-1) <= radius ** 2
+    image = rng.normal(0.0, 0.1, shape) + 1.0 * label + 0.2 * np.sin(grid[..., 0] / 3.0)
+    return image.astype(np.float32), label.astype(np.uint8)
+
+
+@pytest.fixture
+def orientations():
+    return ORIENTATIONS
+
+
+@pytest.fixture
+def blob_pair():
+    image, label = blob_volume()
+    affine = ORIENTATIONS["LPS"]
+    return Volume(image, affine), Volume(label, affine, label=True)
