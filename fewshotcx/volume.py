@@ -295,11 +295,18 @@ def save_volume(
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_pair(image: Volume, label: Volume, what: str = "image/label") -> None:

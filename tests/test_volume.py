@@ -92,7 +92,10 @@ def _translation(mm: float) -> np.ndarray:
 
 
 def test_save_refuses_overwrite_and_is_atomic(tmp_path, blob_pair):
+    import os
+
     image, _ = blob_pair
+    old_umask = os.umask(0o022)
     target = tmp_path / "p.nii.gz"
     target.write_bytes(b"user data")
     with pytest.raises(FileExistsError):
@@ -101,6 +104,8 @@ def test_save_refuses_overwrite_and_is_atomic(tmp_path, blob_pair):
     save_volume(image, target, overwrite=True)
     assert nib.load(str(target)).shape == image.shape
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fewshotcx-")]
+    os.umask(old_umask)
+    assert target.stat().st_mode & 0o777 == 0o644  # the usual permissions, not mkstemp's 0600
 
 
 def test_identifying_header_text_is_cleared(tmp_path):
