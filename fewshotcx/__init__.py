@@ -7,7 +7,8 @@ Public API::
     seg = fx.Segmenter(backend="universeg").fit(images=[...], labels=[...])
     fx.save_volume(seg.predict(vol), "pred.nii.gz")
 
-Submodules ``fx.metrics``, ``fx.models``, ``fx.rt``, ``fx.datasets``, ``fx.training`` and ``fx.weights``
+Submodules ``fx.metrics``, ``fx.models``, ``fx.rt``, ``fx.dicom``, ``fx.datasets``, ``fx.training``,
+``fx.weights`` and ``fx.baselines``
 are imported on first use.
 """
 
@@ -18,7 +19,7 @@ from .volume import Volume, VolumeError, load_volume, save_volume
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("metrics", "models", "rt", "datasets", "training", "weights", "baselines")
+_SUBMODULES = ("metrics", "models", "rt", "dicom", "datasets", "training", "weights", "baselines")
 
 __all__ = ["Segmenter", "Volume", "VolumeError", "load_volume", "save_volume", "__version__", *_SUBMODULES]
 

@@ -1,0 +1,363 @@
+"""DICOM image series: geometry, reading into a :class:`Volume`, writing, and de-identification.
+
+Geometry
+--------
+Slices are sorted by the projection of ``ImagePositionPatient`` on the slice normal
+``n = row × col`` (the two ``ImageOrientationPatient`` direction cosines), never by file name or
+``InstanceNumber``. Voxel ``(i, j, k)`` is column ``i``, row ``j`` of the ``k``-th slice, so
+``array[:, :, k]`` is the ``k``-th slice transposed and the patient (LPS) affine has columns
+``row · ΔC``, ``col · ΔR`` and the slice step, with ``PixelSpacing = (ΔR, ΔC)``. The RAS affine of the
+returned :class:`Volume` flips the signs of the x and y rows.
+
+De-identification
+-----------------
+:data:`IDENTIFYING_ATTRIBUTES` is the subset of the DICOM PS3.15 Basic Application Level
+Confidentiality Profile (Annex E, Table E.1-1) that fewshotcx applies, with the *Retain UIDs* option
+(an RTSTRUCT must reference the original Study/Series/SOP Instance UIDs). Action ``"Z"`` keeps the
+attribute with an empty value (the profile's Z, or its Z/D choice; used where our IODs need the
+attribute present), ``"X"`` removes it. Private attributes are removed too. Pixel data is not
+inspected for burned-in text.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from .volume import PathLike, SourceGeometry, Volume, VolumeError
+
+#: Attributes removed ("X") or emptied ("Z") by :func:`deidentify_dataset`, at any nesting depth.
+IDENTIFYING_ATTRIBUTES: dict[str, str] = {
+    # patient
+    "PatientName": "Z", "PatientID": "Z", "PatientBirthDate": "Z", "PatientSex": "Z",
+    "PatientBirthTime": "X", "PatientAge": "X", "PatientSize": "X", "PatientWeight": "X",
+    "PatientAddress": "X", "PatientTelephoneNumbers": "X", "PatientMotherBirthName": "X",
+    "PatientBirthName": "X", "OtherPatientIDs": "X", "OtherPatientNames": "X",
+    "OtherPatientIDsSequence": "X", "EthnicGroup": "X", "Occupation": "X",
+    "AdditionalPatientHistory": "X", "PatientComments": "X", "MedicalRecordLocator": "X",
+    "MilitaryRank": "X", "BranchOfService": "X", "CountryOfResidence": "X", "RegionOfResidence": "X",
+    "ResponsiblePerson": "X", "ReferencedPatientSequence": "X",
+    # study, visit and request
+    "AccessionNumber": "Z", "StudyID": "Z", "StudyDate": "Z", "StudyTime": "Z",
+    "SeriesDate": "X", "SeriesTime": "X", "AcquisitionDate": "X", "AcquisitionTime": "X",
+    "AcquisitionDateTime": "X", "ContentDate": "Z", "ContentTime": "Z",
+    "InstanceCreationDate": "X", "InstanceCreationTime": "X",
+    "PerformedProcedureStepStartDate": "X", "PerformedProcedureStepStartTime": "X",
+    "PerformedProcedureStepID": "X", "RequestedProcedureID": "X", "ScheduledProcedureStepID": "X",
+    "StudyDescription": "X", "SeriesDescription": "X", "ImageComments": "X", "ProtocolName": "X",
+    "RequestedProcedureDescription": "X", "PerformedProcedureStepDescription": "X",
+    "AdmittingDiagnosesDescription": "X", "RequestAttributesSequence": "X",
+    "ReferencedPerformedProcedureStepSequence": "X",
+    # staff
+    "ReferringPhysicianName": "Z", "ReferringPhysicianAddress": "X",
+    "ReferringPhysicianTelephoneNumbers": "X", "PhysiciansOfRecord": "X",
+    "PerformingPhysicianName": "X", "NameOfPhysiciansReadingStudy": "X", "OperatorsName": "Z",
+    "RequestingPhysician": "X", "RequestingService": "X",
+    # institution and device
+    "InstitutionName": "X", "InstitutionAddress": "X", "InstitutionalDepartmentName": "X",
+    "StationName": "X", "DeviceSerialNumber": "X",
+}
+
+#: ``DeidentificationMethod`` (LO, at most 64 characters) written by :func:`deidentify_dataset`.
+DEIDENTIFICATION_METHOD = "fewshotcx: PS3.15 Basic Profile subset, Retain UIDs"
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+IDENTIFIERS_WARNING = ("the DICOM series carries identifying attributes (patient, staff or institution); "
+                       "they are not copied into the volume, but the source files stay identifiable")
+
+
+class IdentifyingDataWarning(UserWarning):
+    """Input files carry identifying DICOM attributes (shown once per call site)."""
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One image series, slices sorted along the slice normal.
+
+    Attributes:
+        files: slice files in array order (``k = 0 … Z-1``).
+        headers: their datasets without pixel data, same order.
+        affine_lps: ``(4, 4)`` voxel ``(i, j, k)`` → patient LPS mm (DICOM's frame).
+        shape: ``(X, Y, Z)`` = ``(Columns, Rows, slices)``.
+    """
+
+    files: tuple[Path, ...]
+    headers: tuple[Dataset, ...]
+    affine_lps: np.ndarray
+    shape: tuple[int, int, int]
+
+    @property
+    def affine(self) -> np.ndarray:
+        """``(4, 4)`` voxel → RAS mm (the :class:`Volume` convention)."""
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine_lps
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.headers[0].SeriesInstanceUID)
+
+    @property
+    def sop_instance_uids(self) -> tuple[str, ...]:
+        return tuple(str(h.SOPInstanceUID) for h in self.headers)
+
+
+# ---------------------------------------------------------------------------- reading
+def scan_series(directory: PathLike, series_uid: Optional[str] = None) -> DicomSeries:
+    """Find an image series in ``directory`` (recursively) and work out its geometry.
+
+    Args:
+        directory: folder of DICOM files; non-DICOM files and non-image objects (RTSTRUCT, …) are skipped.
+        series_uid: ``SeriesInstanceUID`` to read; default: the series with the most slices.
+    Raises:
+        VolumeError: no image series, unknown ``series_uid``, inconsistent slices, duplicate positions
+            or non-uniform slice spacing (missing slices).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise VolumeError(f"not a directory: {directory}")
+    groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        if all(k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
+                                 "Columns")):
+            groups[str(ds.get("SeriesInstanceUID", ""))].append((path, ds))
+    if not groups:
+        raise VolumeError(f"{directory}: no DICOM image slices with position/orientation found "
+                          "(enhanced multi-frame objects are not supported)")
+    if series_uid is None:
+        series_uid = max(sorted(groups), key=lambda uid: len(groups[uid]))
+        if len(groups) > 1:
+            warnings.warn(f"{directory} holds {len(groups)} image series; reading the largest "
+                          f"({series_uid}, {len(groups[series_uid])} slices); pass series_uid to choose",
+                          stacklevel=2)
+    elif series_uid not in groups:
+        raise VolumeError(f"{directory}: no image series with SeriesInstanceUID {series_uid} "
+                          f"(found {', '.join(sorted(groups))})")
+    return _series_geometry(groups[series_uid], directory)
+
+
+def _series_geometry(slices: list[tuple[Path, Dataset]], directory: Path) -> DicomSeries:
+    first = slices[0][1]
+    for path, ds in slices:
+        for key in ("ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+            if not np.allclose(np.asarray(ds.get(key), float), np.asarray(first.get(key), float), atol=1e-4):
+                raise VolumeError(f"{directory}: {path.name} has a different {key} from the rest of the series")
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise VolumeError(f"{path}: multi-frame images are not supported")
+    orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    row, col = orientation[:3], orientation[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        raise VolumeError(f"{directory}: ImageOrientationPatient is not two orthogonal unit vectors")
+    normal = np.cross(row, col)
+    positions = np.array([np.asarray(ds.ImagePositionPatient, float) for _, ds in slices])
+    order = np.argsort(positions @ normal, kind="stable")
+    positions = positions[order]
+    step = _slice_step(positions, normal, first, directory)
+    d_row, d_col = (float(v) for v in first.PixelSpacing)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = row * d_col, col * d_row, step, positions[0]
+    return DicomSeries(
+        files=tuple(slices[i][0] for i in order),
+        headers=tuple(slices[i][1] for i in order),
+        affine_lps=affine,
+        shape=(int(first.Columns), int(first.Rows), len(slices)),
+    )
+
+
+def _slice_step(positions: np.ndarray, normal: np.ndarray, first: Dataset, directory: Path) -> np.ndarray:
+    """The ``(3,)`` patient-space step between consecutive slices (uniform, else an error)."""
+    if len(positions) == 1:
+        thickness = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+        return normal * thickness
+    gaps = np.diff(positions @ normal)
+    if gaps.min() < 1e-3:
+        raise VolumeError(f"{directory}: two slices share a position (several acquisitions or echoes in "
+                          "one series?); pass series_uid or split the series")
+    step = (positions[-1] - positions[0]) / (len(positions) - 1)
+    expected = positions[0] + np.arange(len(positions))[:, None] * step
+    tolerance = max(1e-3, 0.01 * float(np.linalg.norm(step)))
+    if np.linalg.norm(positions - expected, axis=1).max() > tolerance:
+        raise VolumeError(f"{directory}: slice positions are not uniformly spaced (gaps from {gaps.min():.3f} "
+                          f"to {gaps.max():.3f} mm): missing slices or mixed series")
+    if np.linalg.norm(np.cross(step / np.linalg.norm(step), normal)) > 1e-3:
+        warnings.warn(f"{directory}: slices are stacked obliquely to their plane (gantry tilt); "
+                      "the volume has a sheared affine", stacklevel=4)
+    return step
+
+
+def read_dicom_series(directory: PathLike, label: bool = False, deidentify: bool = True,
+                      series_uid: Optional[str] = None) -> Volume:
+    """Read a DICOM image series into a :class:`Volume` (float32, or integers with ``label=True``).
+
+    Pixel values are mapped through ``RescaleSlope``/``RescaleIntercept`` (so CT is in HU). The volume
+    is in the series' own layout (``load_volume`` canonicalises it) and carries no DICOM attributes.
+
+    Args:
+        directory: folder holding the series (see :func:`scan_series`).
+        deidentify: warn (:class:`IdentifyingDataWarning`, once per call site) when the files carry
+            identifying attributes; ``False`` for knowingly identifiable work (no warning).
+        series_uid: which series to read when the folder holds several (default: the largest).
+    """
+    series = scan_series(directory, series_uid)
+    if deidentify and has_identifiers(series.headers[0]):
+        warnings.warn(IDENTIFIERS_WARNING, IdentifyingDataWarning, stacklevel=2)
+    array = np.empty(series.shape, dtype=np.float32)
+    for k, path in enumerate(series.files):
+        ds = pydicom.dcmread(path)
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # decoders raise many types for unsupported transfer syntaxes
+            raise VolumeError(f"{path}: cannot decode pixel data ({ds.file_meta.get('TransferSyntaxUID')}): "
+                              f"{exc}") from None
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        array[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
+    vol = Volume(array, series.affine, label=label)
+    vol.source = SourceGeometry(vol.shape, vol.affine.copy(), None, str(directory))
+    return vol
+
+
+# ---------------------------------------------------------------------------- de-identification
+def has_identifiers(ds: Dataset) -> bool:
+    """Whether ``ds`` holds a non-empty attribute of :data:`IDENTIFYING_ATTRIBUTES` at its top level."""
+    return any(key in ds and ds[key].value not in (None, "", []) for key in IDENTIFYING_ATTRIBUTES)
+
+
+def deidentify_dataset(ds: Dataset) -> Dataset:
+    """A de-identified copy of ``ds`` (see :data:`IDENTIFYING_ATTRIBUTES`); UIDs are retained.
+
+    Also removes private attributes and sets ``PatientIdentityRemoved = "YES"`` and
+    ``DeidentificationMethod``. The input is not modified.
+    """
+    out = copy.deepcopy(ds)
+    out.remove_private_tags()
+    _clean(out)
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = DEIDENTIFICATION_METHOD
+    return out
+
+
+def _clean(ds: Dataset) -> None:
+    for key, action in IDENTIFYING_ATTRIBUTES.items():
+        if key not in ds:
+            continue
+        if action == "X":
+            delattr(ds, key)
+        else:
+            ds[key].value = [] if ds[key].VR == "SQ" else ""
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                _clean(item)
+
+
+# ---------------------------------------------------------------------------- writing
+def ds_string(value: float) -> str:
+    """A decimal-string (DS) rendering of ``value`` within DICOM's 16 characters (1 nm resolution)."""
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    text = "0" if text in ("-0", "") else text
+    if len(text) > 16:
+        raise VolumeError(f"coordinate {value} mm is too large for a DICOM decimal string")
+    return text
+
+
+def write_dicom_series(volume: Volume, directory: PathLike, overwrite: bool = False) -> list[Path]:
+    """Write ``volume`` as a de-identified CT Image Storage series, one file per slice.
+
+    Slices run along the third array axis of the volume's source layout (:meth:`Volume.to_source`);
+    the first two axes must be orthogonal. Values are stored as 16-bit integers with a rescale
+    intercept (and a slope when the range exceeds 65535 or values are fractional, which is lossy).
+
+    Returns:
+        The written files in slice order.
+    Raises:
+        FileExistsError: ``directory`` holds files and ``overwrite`` is False.
+    """
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise FileExistsError(f"{directory} is not empty; pass overwrite=True to write into it")
+    directory.mkdir(parents=True, exist_ok=True)
+    vol = volume.to_source()
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
+    d_col, d_row = np.linalg.norm(lps[:3, :2], axis=0)
+    row, col = lps[:3, 0] / d_col, lps[:3, 1] / d_row
+    if abs(row @ col) > 1e-4:
+        raise VolumeError("the first two voxel axes are not orthogonal; DICOM slices need orthogonal rows/columns")
+    values = vol.array.astype(np.float64)
+    intercept = float(np.floor(values.min()))
+    span = float(values.max()) - intercept
+    integral = np.allclose(values, np.round(values))
+    slope = 1.0 if integral and span <= 65535 else max(span, 1e-12) / 65535
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    written = []
+    for k in range(vol.shape[2]):
+        ds = _ct_slice(vol.shape, row, col, (d_row, d_col), float(np.linalg.norm(lps[:3, 2])))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [ds_string(v) for v in lps[:3, 3] + k * lps[:3, 2]]
+        ds.RescaleIntercept, ds.RescaleSlope = ds_string(intercept), ds_string(slope)
+        stored = np.round((values[:, :, k].T - intercept) / slope)
+        ds.PixelData = np.ascontiguousarray(np.clip(stored, 0, 65535).astype("<u2")).tobytes()
+        written.append(write_dataset(deidentify_dataset(ds), directory / f"slice_{k:04d}.dcm", overwrite=True))
+    return written
+
+
+def _ct_slice(shape: tuple[int, int, int], row: np.ndarray, col: np.ndarray,
+              pixel_spacing: tuple[float, float], thickness: float) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, generate_uid()
+    ds.Modality, ds.Manufacturer, ds.SeriesNumber = "CT", "fewshotcx", 1
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator", "KVP",
+                "AcquisitionNumber"):
+        setattr(ds, key, "")
+    ds.ImageOrientationPatient = [ds_string(v) for v in (*row, *col)]
+    ds.PixelSpacing = [ds_string(v) for v in pixel_spacing]
+    ds.SliceThickness = ds_string(thickness)
+    ds.Rows, ds.Columns = shape[1], shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleType = "HU"
+    return ds
+
+
+def write_dataset(ds: Dataset, path: PathLike, overwrite: bool = False) -> Path:
+    """Save ``ds`` as a DICOM Part 10 file (explicit VR little endian), atomically.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if not path.parent.is_dir():
+        raise VolumeError(f"output directory does not exist: {path.parent}")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    fd, tmp = tempfile.mkstemp(prefix=".fewshotcx-", suffix=".dcm", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,242 @@
+"""DICOM series reading (geometry, rescale, gaps), de-identification, and NIfTI header de-identification."""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from fewshotcx import dicom
+from fewshotcx.volume import Volume, VolumeError, load_volume, save_volume
+
+SHAPE = (20, 24, 10)  # (Columns, Rows, slices)
+PIXEL_SPACING = (0.9, 1.1)  # (between rows, between columns)
+THICKNESS = 2.5
+ORIENTATIONS = {  # ImageOrientationPatient, expected native axis codes (RAS terms)
+    "axial": ([1, 0, 0, 0, 1, 0], "LPS"),
+    "sagittal": ([0, 1, 0, 0, 0, -1], "PIR"),
+}
+IDENTITY = {"PatientName": "DOE^JANE", "PatientID": "MRN-0042", "PatientBirthDate": "19600101",
+            "InstitutionName": "Saint Nowhere Hospital", "ReferringPhysicianName": "WHO^DR",
+            "AccessionNumber": "ACC77"}
+
+
+def hounsfield(seed: int = 0) -> np.ndarray:
+    """``(X, Y, Z)`` integer HU values, distinct enough that any flip or transpose changes them."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(-1024, 2000, SHAPE).astype(np.int16)
+
+
+def write_series(directory: Path, iop, hu: np.ndarray, origin=(-30.0, 45.0, 120.0), descending=False,
+                 identity=None, series_uid=None, seed=0, tilt=(0.0, 0.0, 0.0)) -> list[dict]:
+    """Hand-built CT slices: slice ``k`` holds ``hu[:, :, k].T`` at ``origin + k·(thickness·(±normal) + tilt)``.
+
+    Files get shuffled names and instance numbers. Returns per-file facts for the geometry checks.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    normal = np.cross(row, col) * (-1.0 if descending else 1.0)
+    series_uid, study, frame = series_uid or generate_uid(), generate_uid(), generate_uid()
+    order = np.random.default_rng(seed).permutation(hu.shape[2])
+    facts = []
+    for k in range(hu.shape[2]):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = dicom.CT_IMAGE_STORAGE
+        ds.SOPClassUID, ds.SOPInstanceUID = dicom.CT_IMAGE_STORAGE, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series_uid, frame
+        ds.Modality, ds.InstanceNumber = "CT", int(order[k]) + 1
+        for key, value in (identity or {}).items():
+            setattr(ds, key, value)
+        ds.ImageOrientationPatient = list(iop)
+        position = np.asarray(origin) + k * (THICKNESS * normal + np.asarray(tilt))
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        ds.PixelSpacing = list(PIXEL_SPACING)
+        ds.SliceThickness = THICKNESS
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = (hu[:, :, k].T.astype(np.int32) + 1024).astype("<u2").tobytes()
+        path = directory / f"IM{order[k]:03d}"  # no extension, shuffled relative to position
+        ds.save_as(path, enforce_file_format=True)
+        facts.append({"path": path, "position": position, "corner_hu": int(hu[0, 0, k])})
+    return facts
+
+
+def expected_ras_affine(iop, origin, descending: bool, n: int) -> np.ndarray:
+    """Analytic voxel → RAS affine for slices sorted along the normal (the reader's convention)."""
+    row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    normal = np.cross(row, col)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2] = row * PIXEL_SPACING[1], col * PIXEL_SPACING[0], normal * THICKNESS
+    lps[:3, 3] = np.asarray(origin) - (n - 1) * THICKNESS * normal if descending else origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("plane", sorted(ORIENTATIONS))
+def test_series_matches_nifti_with_analytic_affine(tmp_path, plane, descending):
+    iop, codes = ORIENTATIONS[plane]
+    hu = hounsfield()
+    origin = (-30.0, 45.0, 120.0)
+    facts = write_series(tmp_path / "ct", iop, hu, origin, descending)
+    native = dicom.read_dicom_series(tmp_path / "ct")
+    assert native.orientation == codes and native.array.dtype == np.float32
+
+    data = hu[:, :, ::-1] if descending else hu  # reader stacks slices along +normal
+    nifti = tmp_path / "expected.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.float32), expected_ras_affine(iop, origin, descending, SHAPE[2])), nifti)
+    from_dicom, from_nifti = load_volume(tmp_path / "ct"), load_volume(nifti)
+    assert from_dicom.orientation == from_nifti.orientation == "RAS"
+    np.testing.assert_allclose(from_dicom.affine, from_nifti.affine, atol=1e-4)
+    np.testing.assert_array_equal(from_dicom.array, from_nifti.array)
+
+    # Independently of the expected affine: each file's first pixel sits at its ImagePositionPatient.
+    inverse = np.linalg.inv(from_dicom.affine)
+    for fact in facts:
+        ras = np.array([-1.0, -1.0, 1.0]) * fact["position"]
+        ijk = inverse[:3, :3] @ ras + inverse[:3, 3]
+        np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-4)
+        assert from_dicom.array[tuple(np.round(ijk).astype(int))] == fact["corner_hu"]
+
+
+def test_gantry_tilt_gives_a_sheared_affine_through_every_slice_position(tmp_path):
+    hu = hounsfield()
+    facts = write_series(tmp_path / "ct", ORIENTATIONS["axial"][0], hu, tilt=(0.0, 0.4, 0.0))
+    with pytest.warns(UserWarning, match="gantry tilt"):
+        vol = dicom.read_dicom_series(tmp_path / "ct")
+    for fact in facts:
+        ras = np.array([-1.0, -1.0, 1.0]) * fact["position"]
+        ijk = np.linalg.solve(vol.affine[:3, :3], ras - vol.affine[:3, 3])
+        np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-4)
+        assert vol.array[tuple(np.round(ijk).astype(int))] == fact["corner_hu"]
+
+
+def test_missing_slice_and_duplicate_positions_are_errors(tmp_path):
+    facts = write_series(tmp_path / "gap", ORIENTATIONS["axial"][0], hounsfield())
+    middle = sorted(facts, key=lambda f: f["position"][2])[4]
+    middle["path"].unlink()
+    with pytest.raises(VolumeError, match="not uniformly spaced"):
+        dicom.read_dicom_series(tmp_path / "gap")
+    uid = generate_uid()
+    write_series(tmp_path / "dup", ORIENTATIONS["axial"][0], hounsfield(), series_uid=uid)
+    write_series(tmp_path / "dup" / "echo2", ORIENTATIONS["axial"][0], hounsfield(1), series_uid=uid)
+    with pytest.raises(VolumeError, match="share a position"):
+        dicom.read_dicom_series(tmp_path / "dup")
+
+
+def test_largest_series_is_default_and_series_uid_selects(tmp_path):
+    small = hounsfield()[:, :, :4]
+    write_series(tmp_path / "a", ORIENTATIONS["axial"][0], hounsfield())
+    write_series(tmp_path / "b", ORIENTATIONS["sagittal"][0], small, series_uid="1.2.3.4")
+    (tmp_path / "notes.txt").write_text("not dicom")
+    with pytest.warns(UserWarning, match="2 image series"):
+        assert dicom.read_dicom_series(tmp_path).shape == SHAPE
+    assert dicom.read_dicom_series(tmp_path, series_uid="1.2.3.4").shape == small.shape
+    with pytest.raises(VolumeError, match="no image series with SeriesInstanceUID"):
+        dicom.read_dicom_series(tmp_path, series_uid="9.9")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VolumeError, match="no DICOM image slices"):
+        dicom.read_dicom_series(tmp_path / "empty")
+
+
+def test_identifying_series_warns_and_nothing_identifying_reaches_the_nifti(tmp_path):
+    write_series(tmp_path / "ct", ORIENTATIONS["axial"][0], hounsfield(), identity=IDENTITY)
+    with pytest.warns(dicom.IdentifyingDataWarning):
+        vol = load_volume(tmp_path / "ct")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dicom.read_dicom_series(tmp_path / "ct", deidentify=False)
+    out = save_volume(vol, tmp_path / "ct.nii.gz")
+    raw = gzip.decompress(out.read_bytes())
+    for value in IDENTITY.values():
+        assert value.encode() not in raw
+
+
+def test_unidentified_series_does_not_warn(tmp_path):
+    write_series(tmp_path / "ct", ORIENTATIONS["axial"][0], hounsfield())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dicom.read_dicom_series(tmp_path / "ct")
+
+
+def test_deidentify_dataset_applies_the_listed_actions(tmp_path):
+    ds = Dataset()
+    for key, value in IDENTITY.items():
+        setattr(ds, key, value)
+    ds.PatientAddress, ds.OperatorsName, ds.StudyDate = "1 Main Street", "TECH^A", "20240102"
+    ds.StudyInstanceUID, ds.SOPInstanceUID, ds.Modality = "1.2.3", "1.2.3.4", "CT"
+    request = Dataset()
+    request.RequestingPhysician, request.AccessionNumber = "ASKING^DR", "ACC77"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID, item.PerformingPhysicianName = "1.2.3.5", "SCAN^DR"
+    ds.ReferencedImageSequence = [item]
+    ds.add_new(0x00091001, "LO", "private note with DOE^JANE")
+    before = ds.to_json()
+
+    out = dicom.deidentify_dataset(ds)
+    assert ds.to_json() == before  # input untouched
+    for key, action in dicom.IDENTIFYING_ATTRIBUTES.items():
+        if action == "X":
+            assert key not in out
+        elif key in out:
+            assert out[key].value in ("", None)
+    assert "PatientAddress" not in out and out.PatientName == "" and out.OperatorsName == ""
+    assert "PerformingPhysicianName" not in out.ReferencedImageSequence[0]  # nested sequences too
+    assert 0x00091001 not in out  # private
+    assert (out.StudyInstanceUID, out.SOPInstanceUID, out.Modality) == ("1.2.3", "1.2.3.4", "CT")
+    assert out.PatientIdentityRemoved == "YES" and out.DeidentificationMethod == dicom.DEIDENTIFICATION_METHOD
+    assert not dicom.has_identifiers(out) and dicom.has_identifiers(ds)
+    out.file_meta = FileMetaDataset()
+    out.SOPClassUID = dicom.CT_IMAGE_STORAGE
+    raw = dicom.write_dataset(out, tmp_path / "x.dcm").read_bytes()
+    for text in ("DOE^JANE", "MRN-0042", "Saint Nowhere", "1 Main Street", "SCAN^DR", "20240102"):
+        assert text.encode() not in raw
+
+
+def test_documented_tag_list_matches_the_module():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "radiotherapy.md").read_text()
+    for key, action in dicom.IDENTIFYING_ATTRIBUTES.items():
+        assert f"`{key}` | {action}" in doc, key
+
+
+@pytest.mark.parametrize("affine_name", ["LPS", "PIR"])
+def test_write_dicom_series_round_trips(tmp_path, orientations, affine_name):
+    affine = orientations[affine_name].copy()
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    values = np.random.default_rng(2).normal(0, 300, (12, 9, 7)).astype(np.float32)
+    integral = Volume(np.round(values), affine)
+    files = dicom.write_dicom_series(integral, tmp_path / "int")
+    assert len(files) == 7 and not dicom.has_identifiers(pydicom.dcmread(files[0]))
+    back = dicom.read_dicom_series(tmp_path / "int")
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(back.array, integral.array)
+    dicom.write_dicom_series(Volume(values, affine), tmp_path / "float")
+    step = np.ptp(values) / 65535
+    np.testing.assert_allclose(dicom.read_dicom_series(tmp_path / "float").array, values, atol=step)
+    with pytest.raises(FileExistsError):
+        dicom.write_dicom_series(integral, tmp_path / "int")
+
+
+def test_nifti_identifiers_do_not_survive_save(tmp_path):
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
+    secrets = {"descrip": b"DOE^JANE 1960", "aux_file": b"MRN0042", "db_name": b"StNowhere", "intent_name": b"PIDX"}
+    for key, value in secrets.items():
+        img.header[key] = value
+    nib.save(img, tmp_path / "in.nii")
+    assert b"DOE^JANE" in (tmp_path / "in.nii").read_bytes()
+    out = save_volume(load_volume(tmp_path / "in.nii"), tmp_path / "out.nii")
+    raw = out.read_bytes()
+    header = nib.load(out).header
+    for key, value in secrets.items():
+        assert value not in raw and header[key].item() in (b"", "")
