@@ -1,0 +1,5 @@
+"""Networks: :class:`UniverSeg` (official v1 state-dict layout) and checkpoint inflation to 2.5D."""
+
+from .universeg import V1_DECODER_BLOCKS, V1_ENCODER_BLOCKS, UniverSeg, inflate_to_context
+
+__all__ = ["UniverSeg", "inflate_to_context", "V1_ENCODER_BLOCKS", "V1_DECODER_BLOCKS"]
