@@ -22,6 +22,13 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line on stderr (exit 2) instead of usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _support_pair(text: str) -> tuple[str, str]:
     image, sep, label = text.rpartition(":")
     if not sep or not image or not label:
@@ -41,7 +48,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fewshotcx", description="Few-shot in-context segmentation of 3D medical images.")
+    parser = OneLineParser(prog="fewshotcx", description="Few-shot in-context segmentation of 3D medical images.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="segment a query volume from labelled support volumes")
@@ -111,19 +118,26 @@ def run_weights(args: argparse.Namespace) -> None:
 
     if args.action == "list":
         for ckpt in weights.REGISTRY.values():
-            where = weights.locate(ckpt.name)
-            print(f"{ckpt.name:20s} {ckpt.backend:9s} {'present' if where else 'absent':8s} "
-                  f"{ckpt.licence}  {where or ckpt.url or ''}")
+            path = weights.expected_path(ckpt)
+            state = "present" if path.is_file() else "absent"
+            print(f"{ckpt.name:20s} {ckpt.backend:9s} {state:8s} {path}  [{ckpt.licence}]")
         return
     if not args.name:
-        raise CliError(f"'weights {args.action}' needs a checkpoint name or path")
-    path = weights.locate(args.name)
-    if path is None:
-        raise CliError(f"checkpoint {args.name!r} is not present locally; see 'fewshotcx weights list'")
+        raise CliError(f"'weights {args.action}' needs a registry name (see 'fewshotcx weights list') or a path")
+    entry = weights.REGISTRY.get(args.name)
+    path = weights.resolve(args.name, entry.backend if entry else "universeg", download=False)
     if args.action == "locate":
         print(path)
-    else:
-        print(weights.verify(args.name))
+        return
+    digest, size = weights.sha256_file(path), path.stat().st_size
+    if entry is not None and entry.size_bytes is not None and size != entry.size_bytes:
+        raise CliError(f"{path}: {size} bytes, expected {entry.size_bytes}")
+    if entry is not None and entry.sha256 is not None and digest != entry.sha256:
+        raise CliError(f"{path}: SHA-256 {digest} does not match the registry's {entry.sha256}")
+    if entry is None or entry.backend == "universeg":
+        weights.load_universeg(path)  # strict key and shape check
+    pinned = "matches the registry" if entry is not None and entry.sha256 else "no pinned hash to compare"
+    print(f"ok {path} ({size} bytes, sha256 {digest}; {pinned})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -138,7 +138,7 @@ class Segmenter:
         b = self.backend
         self.pools = {axis: build_pool(arrays, labs, axis, b.slice_size, b.context, slices, device=self.device,
                                        resize_mode=b.resize_mode) for axis in self.axes}
-        self._support_extent = _foreground_extent(labs)
+        self._support_extent = _foreground_extent(labs, slices)
         self.backend.fit(self.pools, self._generator())
         return self
 
@@ -202,11 +202,16 @@ class Segmenter:
         return gen
 
 
-def _foreground_extent(labels: Sequence[Volume]) -> tuple[float, float]:
-    """Relative axial range ``(lo, hi)`` in ``[0, 1]`` covered by foreground across the support."""
+def _foreground_extent(labels: Sequence[Volume], slices=None) -> tuple[float, float]:
+    """Relative axial range ``(lo, hi)`` in ``[0, 1]`` covered by labelled foreground across the support
+    (only the labelled ``slices`` count when given: unlabelled slices must not leak into predictions)."""
     lo, hi = 1.0, 0.0
-    for lab in labels:
+    for i, lab in enumerate(labels):
         z = np.nonzero(lab.array.any(axis=(0, 1)))[0]
+        if slices is not None and slices[i] is not None:
+            z = np.intersect1d(z, np.asarray(slices[i], dtype=int))
+        if z.size == 0:
+            continue
         depth = max(lab.shape[2] - 1, 1)
         lo, hi = min(lo, z.min() / depth), max(hi, z.max() / depth)
     return lo, hi

@@ -414,3 +414,14 @@ def save_checkpoint(model: nn.Module, path: PathLike, config: dict, extra: dict 
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
     return path
+
+
+def describe(spec: PathLike, backend: str) -> str:
+    """One line saying which checkpoint ``spec`` is (for logs and the demo); never downloads."""
+    entry = _registry_entry(spec, backend) if isinstance(spec, str) else None
+    path = resolve(spec, backend, download=False)
+    _, metadata = load_checkpoint(path)
+    extra = metadata.get("extra") if isinstance(metadata.get("extra"), dict) else {}
+    what = entry.description if entry is not None else "checkpoint"
+    summary = extra.get("summary")
+    return f"{what} ({path})" + (f": {summary}" if summary else "")

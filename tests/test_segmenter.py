@@ -165,3 +165,17 @@ def test_bad_options_are_clear():
         Segmenter(model=tiny_universeg(), context=2)
     with pytest.raises(ValueError, match="divisible by 8"):
         Segmenter(model=tiny_universeg(), slice_size=30)
+
+
+def test_support_extent_comes_only_from_labelled_slices():
+    """Unlabelled slices of a partially labelled volume must not leak into the prediction."""
+    image, label = _support()
+    z = np.nonzero(label.array.any(axis=(0, 1)))[0]
+    labelled = [int(z[len(z) // 2])]
+    seg = Segmenter(model=tiny_universeg(), slice_size=32, progress=False, postprocess=("support_extent",))
+    seg.fit([image], [label], slices=[labelled])
+    depth = image.shape[2] - 1
+    assert seg._support_extent == (labelled[0] / depth, labelled[0] / depth)
+    pred = seg.predict(image).array
+    outside = [k for k in range(image.shape[2]) if abs(k / depth - labelled[0] / depth) > 0.05 + 1e-9]
+    assert pred[..., outside].sum() == 0

@@ -1,0 +1,70 @@
+"""Overlay figures: image, reference contour and prediction on a few axial slices (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .intensity import normalize
+from .volume import Volume
+
+
+def pick_slices(mask: np.ndarray, count: int = 3) -> list[int]:
+    """``count`` axial indices spread over the foreground's z-extent (the middle of the volume if empty)."""
+    z = np.nonzero(mask.any(axis=(0, 1)))[0]
+    if z.size == 0:
+        return [mask.shape[2] // 2]
+    return sorted({int(round(q)) for q in np.linspace(z.min(), z.max(), count + 2)[1:-1]})
+
+
+def _radiological(axial: np.ndarray) -> np.ndarray:
+    """Canonical RAS axial slice ``(x, y)`` → picture rows/columns with anterior at the top and the
+    patient's right (+x) on the left of the picture."""
+    return axial.T[::-1, ::-1]
+
+
+def save_overlay(
+    image: Volume,
+    prediction: Volume,
+    path: Path,
+    reference: Optional[Volume] = None,
+    slices: Optional[Sequence[int]] = None,
+    title: str = "",
+    modality: str = "auto",
+) -> Path:
+    """Write a PNG with one row per axial slice: image | reference (green) | prediction (red).
+
+    All volumes must share ``image``'s (canonical) grid. Slices are shown in radiological convention
+    (patient right on the left of the picture, anterior at the top).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = normalize(image.array, modality)
+    mask_for_rows = reference.array if reference is not None else prediction.array
+    rows = list(slices) if slices is not None else pick_slices(mask_for_rows > 0)
+    panels = [("image", None), ("reference", reference), ("prediction", prediction)]
+    if reference is None:
+        panels.pop(1)
+    aspect = image.spacing[1] / image.spacing[0]
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(3 * len(panels), 3 * len(rows)), squeeze=False)
+    for r, z in enumerate(rows):
+        for c, (name, vol) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(_radiological(shown[:, :, z]), cmap="gray", aspect=aspect, interpolation="nearest")
+            if vol is not None:
+                mask = _radiological(vol.array[:, :, z] > 0)
+                ax.contour(mask, levels=[0.5], colors="lime" if name == "reference" else "red", linewidths=1.2)
+            ax.set_title(f"{name} (z={z})", fontsize=9)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
