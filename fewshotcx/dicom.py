@@ -22,8 +22,6 @@ inspected for burned-in text.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from .atomic import atomic_output
 from .volume import PathLike, SourceGeometry, Volume, VolumeError
 
 #: Attributes removed ("X") or emptied ("Z") by :func:`deidentify_dataset`, at any nesting depth.
@@ -343,21 +342,10 @@ def write_dataset(ds: Dataset, path: PathLike, overwrite: bool = False) -> Path:
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if not path.parent.is_dir():
-        raise VolumeError(f"output directory does not exist: {path.parent}")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    fd, tmp = tempfile.mkstemp(prefix=".fewshotcx-", suffix=".dcm", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path, overwrite) as tmp:
+        ds.save_as(str(tmp), enforce_file_format=True)
+    return Path(path)

@@ -16,7 +16,6 @@ Conventions
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
@@ -24,6 +23,8 @@ from typing import Optional, Union
 import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
+
+from .atomic import atomic_output
 
 PathLike = Union[str, os.PathLike]
 
@@ -263,12 +264,11 @@ def save_volume(
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FileNotFoundError: the output directory does not exist.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if path.exists() and not overwrite:  # fail before any work
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if not path.parent.exists():
-        raise VolumeError(f"output directory does not exist: {path.parent}")
     out = volume.to_source()
     header = volume.source.header.copy() if volume.source is not None and volume.source.header is not None else None
     array = out.array
@@ -290,23 +290,9 @@ def save_volume(
     if not keep_identifiers:
         for key in _IDENTIFYING_NIFTI_FIELDS:
             img.header[key] = b""
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".fewshotcx-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite) as tmp:
+        nib.save(img, str(tmp))
     return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_pair(image: Volume, label: Volume, what: str = "image/label") -> None:

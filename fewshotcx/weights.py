@@ -28,6 +28,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_output
 from .models.universeg import V1_DECODER_BLOCKS, V1_ENCODER_BLOCKS, UniverSeg
 
 PathLike = Union[str, os.PathLike]
@@ -405,14 +406,8 @@ def save_checkpoint(model: nn.Module, path: PathLike, config: dict, extra: dict 
     }
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            torch.save(payload, out)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+    with atomic_output(path, overwrite=True) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

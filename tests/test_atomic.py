@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fewshotcx.atomic import atomic_output
+
+
+def test_failure_leaves_nothing_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "out.nii.gz"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target, overwrite=True) as tmp:
+            assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]
+
+
+def test_success_replaces_with_usual_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with atomic_output(tmp_path / "a.dcm") as tmp:
+            tmp.write_bytes(b"new")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.dcm").read_bytes() == b"new"
+    assert (tmp_path / "a.dcm").stat().st_mode & 0o777 == 0o640
+
+
+def test_refuses_existing_and_missing_directory(tmp_path):
+    (tmp_path / "x").write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        with atomic_output(tmp_path / "x"):
+            pass
+    with pytest.raises(FileNotFoundError, match="directory"):
+        with atomic_output(tmp_path / "missing" / "x"):
+            pass
