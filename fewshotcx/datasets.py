@@ -43,6 +43,7 @@ import nrrd
 import numpy as np
 from scipy import ndimage
 
+from .paths import home
 from .volume import Volume, VolumeError, check_pair, load_volume, save_volume
 
 _DOWNLOAD_TIMEOUT_S = 900
@@ -50,12 +51,6 @@ _DOWNLOAD_TIMEOUT_S = 900
 
 class DatasetError(RuntimeError):
     """A data source that cannot be fetched or read here; the message says why in one line."""
-
-
-def home() -> Path:
-    """fewshotcx's cache root: ``$FEWSHOTCX_HOME`` if set, else ``~/.cache/fewshotcx``."""
-    env = os.environ.get("FEWSHOTCX_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fewshotcx"
 
 
 def data_dir(source: str) -> Path:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import atomic_output
+from .paths import home
 from .models.universeg import V1_DECODER_BLOCKS, V1_ENCODER_BLOCKS, UniverSeg
 
 PathLike = Union[str, os.PathLike]
@@ -140,7 +141,7 @@ DEFAULT = {"universeg": "default"}
 
 def cache_dir() -> Path:
     """Directory for downloaded checkpoints: ``$FEWSHOTCX_HOME`` or ``~/.cache/fewshotcx`` (not created here)."""
-    return Path(os.environ.get("FEWSHOTCX_HOME") or "~/.cache/fewshotcx").expanduser()
+    return home()
 
 
 def expected_path(checkpoint: Checkpoint) -> Path:
