@@ -8,7 +8,7 @@ Public API::
     fx.save_volume(seg.predict(vol), "pred.nii.gz")
 
 Submodules ``fx.metrics``, ``fx.models``, ``fx.rt``, ``fx.dicom``, ``fx.datasets``, ``fx.training``,
-``fx.weights`` and ``fx.baselines``
+``fx.weights``, ``fx.sam`` and ``fx.baselines``
 are imported on first use.
 """
 
@@ -19,7 +19,7 @@ from .volume import Volume, VolumeError, load_volume, save_volume
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("metrics", "models", "rt", "dicom", "datasets", "training", "weights", "baselines")
+_SUBMODULES = ("metrics", "models", "rt", "dicom", "sam", "datasets", "training", "weights", "baselines")
 
 __all__ = ["Segmenter", "Volume", "VolumeError", "load_volume", "save_volume", "__version__", *_SUBMODULES]
 
