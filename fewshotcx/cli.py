@@ -37,7 +37,8 @@ def _support_pair(text: str) -> tuple[str, str]:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="universeg", choices=["universeg", "sam"])
+    p.add_argument("--backend", default="universeg", choices=["universeg", "sam", "universeg+sam"])
+    p.add_argument("--sam-weights", default=None, help="SAM checkpoint for --backend universeg+sam")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal", "all"])
@@ -96,9 +97,10 @@ def run_predict(args: argparse.Namespace) -> None:
         raise CliError(f"output directory does not exist: {out.parent}")
     query = load_volume(args.image)
     images, labels = zip(*args.support)
+    extra = {"sam_weights": args.sam_weights or "official"} if args.backend == "universeg+sam" else {}
     seg = Segmenter(backend=args.backend, weights=args.weights, device=args.device, axis=args.axis,
                     support_size=args.support_size, ensemble=args.ensemble, seed=args.seed,
-                    modality=args.modality)
+                    modality=args.modality, **extra)
     seg.fit(images=list(images), labels=list(labels))
     result = seg.predict_proba(query) if args.proba else seg.predict(query)
     if isinstance(result, dict):

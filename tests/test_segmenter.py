@@ -159,6 +159,8 @@ def test_batched_backend_equals_plain_network_slice_by_slice():
 def test_bad_options_are_clear():
     with pytest.raises(ValueError, match="unknown backend"):
         Segmenter(backend="nnunet")
+    with pytest.raises(ValueError, match="unexpected keyword argument 'tune_stpes'"):
+        Segmenter(model=tiny_universeg(), tune_stpes=3)
     with pytest.raises(ValueError, match="unknown axis"):
         Segmenter(model=tiny_universeg(), axis="oblique")
     with pytest.raises(ValueError, match="context"):

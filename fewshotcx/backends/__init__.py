@@ -1,4 +1,4 @@
-"""Backend registry: ``create_backend("universeg" | "sam", ...)``."""
+"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam", ...)``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from .base import Backend
 
-BACKENDS = ("universeg", "sam")
+BACKENDS = ("universeg", "sam", "universeg+sam")
 
 
 def create_backend(
@@ -22,9 +22,23 @@ def create_backend(
     slice_size: Optional[int] = None,
     **options,
 ) -> Backend:
-    """Instantiate a backend by name; ``options`` are backend-specific keyword arguments."""
+    """Instantiate a backend by name; ``options`` are backend-specific keyword arguments.
+
+    ``"universeg+sam"`` takes the UniverSeg arguments as usual; options prefixed ``sam_`` go to the SAM
+    refiner (``sam_model=`` a ``Sam``, ``sam_weights=`` a checkpoint spec, ``sam_preprocess=``, ...),
+    and ``refine_threshold=`` (default 0.5) sets where UniverSeg's map becomes a SAM box.
+    """
     common = dict(model=model, weights=weights, device=device, support_size=support_size,
                   ensemble=ensemble, slice_size=slice_size, context=context)
+    try:
+        return _create(name, common, options)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise  # a bug, not a user's typo
+        raise ValueError(f"backend {name!r}: {err}".replace("__init__() ", "")) from None
+
+
+def _create(name: str, common: dict, options: dict) -> Backend:
     if name == "universeg":
         from .universeg import UniverSegBackend
 
@@ -33,6 +47,15 @@ def create_backend(
         from .sam import SamBackend
 
         return SamBackend(**common, **options)
+    if name == "universeg+sam":
+        from .refined import RefinedBackend
+        from .sam import SamBackend
+        from .universeg import UniverSegBackend
+
+        sam_options = {key[4:]: options.pop(key) for key in list(options) if key.startswith("sam_")}
+        refiner = SamBackend(device=common["device"], **{"tune_steps": 0, **sam_options})
+        threshold = options.pop("refine_threshold", 0.5)
+        return RefinedBackend(UniverSegBackend(**common, **options), refiner, threshold)
     raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
 
 
