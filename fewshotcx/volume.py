@@ -295,6 +295,17 @@ def save_volume(
     return path
 
 
+def binary_mask(volume: Volume) -> np.ndarray:
+    """Boolean ``(X, Y, Z)`` foreground of a label map (any non-zero value) or of a 0/1 image.
+
+    Raises:
+        VolumeError: an image with values other than 0 and 1 (a probability map: threshold it first).
+    """
+    if not volume.label and not np.isin(volume.array, (0, 1)).all():
+        raise VolumeError("expected a binary mask (0/1 values); threshold probability maps first")
+    return volume.array != 0
+
+
 def check_pair(image: Volume, label: Volume, what: str = "image/label") -> None:
     """Raise :class:`VolumeError` unless ``label`` lies on ``image``'s grid and is not empty."""
     if image.shape != label.shape:

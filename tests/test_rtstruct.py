@@ -1,4 +1,4 @@
-"""RTSTRUCT writing and reading (fewshotcx.rt) on generated DICOM series, and the ``rtstruct`` CLI command."""
+"""RTSTRUCT writing and reading (fewshotcx.rtstruct, re-exported by fewshotcx.rt) on generated DICOM series, and the ``rtstruct`` CLI command."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from fewshotcx import cli_rt, dicom, rt
+from fewshotcx import cli_rt, dicom, rt, rtstruct
 from fewshotcx.volume import Volume, VolumeError, load_volume
 
 SHAPE = (26, 22, 12)
@@ -106,7 +106,7 @@ def test_references_and_patient_module(series, tmp_path):
     assert referenced == {ds.SOPInstanceUID for ds in images}
     assert study.RTReferencedSeriesSequence[0].SeriesInstanceUID == images[0].SeriesInstanceUID
     assert anonymous.StudyInstanceUID == images[0].StudyInstanceUID != anonymous.SeriesInstanceUID
-    assert anonymous.Modality == "RTSTRUCT" and anonymous.SOPClassUID == rt.RT_STRUCTURE_SET_STORAGE
+    assert anonymous.Modality == "RTSTRUCT" and anonymous.SOPClassUID == rtstruct.RT_STRUCTURE_SET_STORAGE
     assert anonymous.PatientName == "" and anonymous.PatientID == "" and anonymous.PatientIdentityRemoved == "YES"
     assert not dicom.has_identifiers(anonymous)
     assert anonymous.RTROIObservationsSequence[0].RTROIInterpretedType == "PTV"
