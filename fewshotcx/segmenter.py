@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ class Segmenter:
         postprocess: Sequence[str] = (),
         memory_budget: Optional[int] = None,
         progress: bool = True,
-        **backend_options,
+        **backend_options: Any,
     ) -> None:
         self.device = resolve_device(device)
         self.axes = plane_axes(axis)

@@ -75,7 +75,9 @@ class SamBackend:
         tune_steps: prompt-tuning steps; 0 = untuned: support-derived point prompts (PerSAM-style).
         num_tokens: ``K`` learned sparse tokens per class (initialised as point, box corners, padding).
         tune_decoder: also fine-tune (a copy of) the mask decoder, at ``decoder_lr``.
-        lr, decoder_lr, batch_size: Adam learning rates and support slices per tuning step.
+        lr: Adam learning rate of the prompts.
+        decoder_lr: Adam learning rate of the mask decoder (with ``tune_decoder``).
+        batch_size: support slices per tuning step.
         position_aware: add a learned function of the relative slice position to the dense prompt.
         preprocess: ``"sam"`` or ``"medsam"``; ``None`` = ``"medsam"`` if the checkpoint's file name
             contains "medsam", else ``"sam"``. Sets ``resize_mode`` (``"pad"`` / ``"stretch"``).
