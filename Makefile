@@ -17,7 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The demo's second brain comes from Debian's mricron-data; `apt-get download` needs package lists.
 demo: install
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
+		apt-get update -qq; fi
 	$(PY) -m fewshotcx.cli demo --out demo-output
 
 test: install
