@@ -173,6 +173,37 @@ class Segmenter:
             labels = postprocess(labels, self.postprocess, self._support_extent)
         return query_vol.with_array(labels, label=True)
 
+    def complete(self, image: VolumeLike, drawn: VolumeLike, slices: Sequence[int]) -> Volume:
+        """Finish a contour drawn on a few axial slices of the same volume (the planning-system
+        workflow that shape-based interpolation serves today).
+
+        Fits on the drawn slices, predicts the volume, keeps every drawn slice exactly as drawn, and
+        restricts each structure to its drawn extent (from the first to the last drawn slice that
+        contains it): draw the structure's end slices, as for interpolation. ``postprocess`` applies.
+
+        Args:
+            image: the volume being contoured.
+            drawn: label map on ``image``'s grid; only ``slices`` are read.
+            slices: axial indices (of the canonical array) that were drawn (empty ones are negatives).
+        Returns:
+            uint8 label map on ``image``'s grid.
+        """
+        original = image if isinstance(image, Volume) else load_volume(image)
+        canonical, labels = original.canonical(), load_volume(drawn, label=True)
+        drawn_slices = sorted({int(z) for z in slices})
+        if not drawn_slices or min(drawn_slices) < 0 or max(drawn_slices) >= canonical.shape[2]:
+            raise VolumeError(f"slices must be axial indices in [0, {canonical.shape[2] - 1}]")
+        self.fit([canonical], [labels], slices=[drawn_slices])
+        result = self.predict(canonical).array
+        inside = np.zeros(canonical.shape[2], dtype=bool)
+        for value in self.classes:
+            z = [k for k in drawn_slices if np.any(labels.array[..., k] == value)]
+            inside[:] = False
+            inside[min(z):max(z) + 1] = True
+            result[(result == value) & ~inside[None, None, :]] = 0
+        result[..., drawn_slices] = labels.array[..., drawn_slices]
+        return original.with_array(reorient_array(result, canonical.affine, original.affine), label=True)
+
     def _predict_probabilities(self, query: VolumeLike) -> tuple[Volume, np.ndarray]:
         """Canonical-grid inference; returns the query as given and ``(L, X, Y, Z)`` probabilities on it."""
         if not self.pools:

@@ -77,17 +77,19 @@ def build_pool(
         labels: label volumes (canonical); ``labels[i].spacing`` sets the in-plane aspect.
         slices: per volume, the indices along ``axis`` that are labelled (``None`` = all slices;
             empty slices are then true negatives).
-        classes: label values to model; default = all non-zero values present in any label.
+        classes: label values to model; default = all non-zero values on the labelled slices.
         resize_mode: see :func:`~fewshotcx.slicing.make_geometry`.
     """
     if len(images) != len(labels) or not labels:
         raise VolumeError("support needs the same number (≥ 1) of images and labels")
     if slices is not None and len(slices) != len(labels):
         raise VolumeError("slices must give one entry (or None) per support volume")
-    if classes is None:
+    if classes is None:  # values present on the labelled slices only (unlabelled ones must not leak)
         present = set()
-        for lab in labels:
-            present.update(int(v) for v in np.unique(lab.array) if v != 0)
+        for i, lab in enumerate(labels):
+            chosen = None if slices is None else slices[i]
+            seen = lab.array if chosen is None else np.take(lab.array, list(chosen), axis=axis)
+            present.update(int(v) for v in np.unique(seen) if v != 0)
         classes = sorted(present)
     if not classes:
         raise VolumeError("support labels are all empty: nothing to segment")

@@ -78,7 +78,8 @@ REGISTRY: dict[str, Checkpoint] = {
             size_bytes=None,
             sha256=None,
             licence="see docs/model_card.md",
-            description="fewshotcx's bundled UniverSeg checkpoint (fewshotcx/weights/default_universeg.pt)",
+            description="fewshotcx's bundled UniverSeg checkpoint, a small model trained on CPU by this project "
+                        "(not the official UniverSeg weights; see docs/model_card.md)",
             bundled=True,
         ),
         Checkpoint(
@@ -416,8 +417,10 @@ def describe(spec: PathLike, backend: str) -> str:
     """One line saying which checkpoint ``spec`` is (for logs and the demo); never downloads."""
     entry = _registry_entry(spec, backend) if isinstance(spec, str) else None
     path = resolve(spec, backend, download=False)
-    _, metadata = load_checkpoint(path)
+    state_dict, metadata = load_checkpoint(path)
     extra = metadata.get("extra") if isinstance(metadata.get("extra"), dict) else {}
     what = entry.description if entry is not None else "checkpoint"
-    summary = extra.get("summary")
-    return f"{what} ({path})" + (f": {summary}" if summary else "")
+    params = sum(t.numel() for t in state_dict.values())
+    shape = f", {extra['slice_size']}² slices" if "slice_size" in extra else ""
+    shape += f", context {extra['context']}" if "context" in extra else ""
+    return f"{what} [{path}; {params:,} parameters{shape}]"

@@ -181,3 +181,30 @@ def test_support_extent_comes_only_from_labelled_slices():
     pred = seg.predict(image).array
     outside = [k for k in range(image.shape[2]) if abs(k / depth - labelled[0] / depth) > 0.05 + 1e-9]
     assert pred[..., outside].sum() == 0
+
+
+def test_complete_keeps_drawn_slices_and_the_drawn_extent():
+    image, label = _support(affine=ORIENTATIONS["LPS"])
+    canonical_label = label.canonical()
+    z = np.nonzero(canonical_label.array.any(axis=(0, 1)))[0]
+    drawn = [int(z[1]), int(z[len(z) // 2]), int(z[-2])]
+    seg = Segmenter(model=tiny_universeg(), slice_size=32, progress=False)
+    out = seg.complete(image, label, drawn)
+    assert out.shape == image.shape and np.allclose(out.affine, image.affine)  # the caller's layout
+    result = out.canonical().array
+    for k in drawn:
+        assert np.array_equal(result[..., k], canonical_label.array[..., k])
+    outside = [k for k in range(result.shape[2]) if k < drawn[0] or k > drawn[-1]]
+    assert result[..., outside].sum() == 0
+    with pytest.raises(VolumeError, match="axial indices"):
+        seg.complete(image, label, [image.shape[2] + 5])
+
+
+def test_classes_come_only_from_labelled_slices():
+    image, label = _support()
+    array = label.array.copy()
+    array[..., 0] = 7  # a structure on a slice nobody says was labelled
+    z = np.nonzero(label.array.any(axis=(0, 1)))[0]
+    seg = Segmenter(model=tiny_universeg(), slice_size=32, progress=False)
+    seg.fit([image], [label.with_array(array)], slices=[[int(z[len(z) // 2])]])
+    assert seg.classes == (1,)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ORIENTATIONS, blob_volume
+from fewshotcx import demo
+from fewshotcx.datasets import Case
+from fewshotcx.models import UniverSeg
+from fewshotcx.volume import Volume, load_volume
+from fewshotcx.weights import save_checkpoint
+
+
+def _case(seed: int) -> Case:
+    image, label = blob_volume(shape=(24, 20, 12), seed=seed)
+    affine = ORIENTATIONS["RAS"]
+    return Case(f"synthetic/{seed}", Volume(image, affine), Volume(label, affine, label=True), {1: "blob"},
+                "synthetic", "CC0 (generated)", "none", "MR")
+
+
+def test_drawn_slices_include_the_ends():
+    mask = np.zeros((2, 2, 20), bool)
+    mask[..., 4:15] = True
+    assert demo.drawn_slices(mask, 3) == [4, 9, 14]
+    assert demo.drawn_slices(mask, 2) == [4, 14]
+
+
+def test_demo_tasks_write_prediction_overlay_and_csv(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = UniverSeg((8, 8, 8, 8), (8, 8, 8))
+    weights = save_checkpoint(model, tmp_path / "tiny.pt", model.config, {"slice_size": 32})
+    tasks = (demo.DemoTask("few", lambda: (_case(1), _case(1)), "blob", 3, "interpolation"),
+             demo.DemoTask("cross", lambda: (_case(1), _case(2)), "blob", 0, "label fusion"))
+    monkeypatch.setattr(demo, "TASKS", tasks)
+    rows = demo.run_demo(tmp_path / "out", device="cpu", weights=str(weights))
+    assert [r["task"] for r in rows] == ["few", "cross"]
+    for r in rows:
+        assert 0.0 <= r["dice_model"] <= 1.0 and 0.0 <= r["dice_baseline"] <= 1.0
+        pred = load_volume(tmp_path / "out" / r["task"] / "prediction.nii.gz", label=True)
+        assert pred.shape == (24, 20, 12)
+        assert (tmp_path / "out" / r["task"] / "overlay.png").stat().st_size > 1000
+    with (tmp_path / "out" / "results.csv").open() as f:
+        assert {"task", "dice_model", "dice_baseline", "licence"} <= set(next(csv.reader(f)))
+
+
+@pytest.mark.slow
+def test_real_demo_runs_on_package_data(tmp_path):
+    """The `make demo` job itself, with the bundled checkpoint on held-out real data."""
+    rows = demo.run_demo(tmp_path, device="cpu")
+    assert len(rows) == 3 and all(r["dice_model"] > 0.3 for r in rows)
