@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Reproduces fewshotcx/weights/default_universeg.pt (+ .json), the bundled default UniverSeg model.
+# See docs/model_card.md. CPU only, one thread (robust on a shared 2-core machine), about 35 minutes.
+# Needs the package data sources cached or fetchable (see `python -c "import fewshotcx.datasets as d; print(d.available())"`).
+# The resumable training checkpoint and its validation log go to build/train-default/ (not committed);
+# add --resume to continue an interrupted run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+"$PYTHON" -m fewshotcx.cli train \
+  --data synthetic --data slicerio --data pyradiomics --data brain --data nilearn \
+  --width 32 --size 64 --context 1 \
+  --support-size 2:16 --queries 2 --episodes-per-step 4 \
+  --steps 1250 --lr 1e-3 --schedule cosine --warmup 50 \
+  --synthetic-ratio 0.3 --synthetic-families 40 \
+  --axes axial coronal sagittal \
+  --holdout-volume pyradiomics/brain2 --holdout-volume pyradiomics/lung2 \
+  --holdout-structure "left hippocampus" --holdout-structure "right hippocampus" \
+  --holdout-structure "left thalamus" --holdout-structure "right thalamus" \
+  --val-every 125 --checkpoint-every 125 \
+  --out build/train-default/universeg.pt \
+  --export fewshotcx/weights/default_universeg.pt --export-dtype float16 \
+  --device cpu --seed 0 "$@"
