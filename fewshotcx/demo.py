@@ -92,8 +92,7 @@ def run_task(task: DemoTask, out_dir: Path, weights: str, device: str) -> dict:
         baseline = interpolate_slices(reference.array, drawn, spacing=reference.spacing)
         detail = f"{len(drawn)} drawn slices {drawn} of {reference.shape[2]}, {query_case.name}"
     else:
-        seg = Segmenter(weights=weights, device=device, modality=modality, ensemble=3, progress=False,
-                        postprocess=("largest_component",))
+        seg = Segmenter(weights=weights, device=device, modality=modality, progress=False)
         prediction = seg.fit([support_case.image], [support_label]).predict(query_case.image)
         baseline = label_fusion(reference.shape, [support_label.array])
         detail = f"support: {support_case.name}; query: {query_case.name}"

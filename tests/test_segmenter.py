@@ -208,3 +208,13 @@ def test_classes_come_only_from_labelled_slices():
     seg = Segmenter(model=tiny_universeg(), slice_size=32, progress=False)
     seg.fit([image], [label.with_array(array)], slices=[[int(z[len(z) // 2])]])
     assert seg.classes == (1,)
+
+
+def test_checkpoint_can_record_its_default_support_size(tmp_path):
+    from fewshotcx.weights import save_checkpoint
+
+    model = tiny_universeg()
+    path = save_checkpoint(model, tmp_path / "m.pt", model.config, {"slice_size": 32, "support_size": 5})
+    assert Segmenter(weights=str(path)).backend.support_size == 5
+    assert Segmenter(weights=str(path), support_size=3).backend.support_size == 3
+    assert Segmenter(model=model, slice_size=32).backend.support_size == 16  # no metadata: the v1 default

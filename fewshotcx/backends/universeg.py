@@ -22,8 +22,10 @@ from ..slicing import SliceGeometry
 from ..support import Strategy, SupportPool, select_support
 from ..weights import load_universeg
 
-#: UniverSeg was trained with support sets of up to 64; 16 is near the knee of its published
-#: support-size curve at a quarter of the cost (see docs/benchmarks.md for our measurements).
+#: Support size when neither the caller nor the checkpoint says: UniverSeg v1 was trained with
+#: support sets of up to 64, and 16 is near the knee of its published support-size curve at a quarter
+#: of the cost. A checkpoint may record its own measured default as ``extra["support_size"]`` (the
+#: bundled one: 8, the best in docs/benchmarks.md).
 DEFAULT_SUPPORT_SIZE = 16
 
 
@@ -73,7 +75,7 @@ class UniverSegBackend:
         self.slice_size = int(slice_size or meta.get("slice_size", 128))
         if self.slice_size % 8:
             raise ValueError(f"UniverSeg needs a slice size divisible by 8, got {self.slice_size}")
-        self.support_size = int(support_size or DEFAULT_SUPPORT_SIZE)
+        self.support_size = int(support_size or meta.get("support_size", DEFAULT_SUPPORT_SIZE))
         if self.support_size < 1 or ensemble < 1 or group_size < 1:
             raise ValueError("support_size, ensemble and group_size must be at least 1")
         self.ensemble = int(ensemble)

@@ -1,0 +1,380 @@
+"""Shared pieces of the benchmark scripts: tasks on real data, the model under test, metrics, CSV, plots.
+
+A benchmark is a function of explicit arguments (tasks, model, sizes, ...) that returns tidy rows
+(one dict per measurement) and writes them as CSV plus a PNG plot; its ``main`` only parses the
+command line and loads the real data. Tests call the same functions with tiny synthetic tasks and a
+tiny random network, so the scripts cannot rot.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import sys
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fewshotcx import Segmenter, Volume  # noqa: E402
+from fewshotcx import datasets  # noqa: E402
+from fewshotcx.metrics import evaluate, per_slice_dice  # noqa: E402
+from fewshotcx.postprocess import postprocess  # noqa: E402
+from fewshotcx.weights import load_checkpoint, load_universeg, resolve  # noqa: E402
+
+#: Surface-Dice tolerance (mm) reported as ``nsd`` in every benchmark.
+NSD_TOLERANCE_MM = 2.0
+#: Post-processing variants evaluated on the same probability map: label → Segmenter operations.
+POSTPROCESSING = {"none": (), "largest_component": ("largest_component",)}
+
+
+# ------------------------------------------------------------------------------------------ machine
+def machine_info() -> str:
+    """CPU model, cores, torch version and threads, GPU (one line, for logs and docs)."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+            f"{gpu}; Python {platform.python_version()}")
+
+
+# -------------------------------------------------------------------------------------------- model
+@dataclass
+class ModelSpec:
+    """The UniverSeg network under test: a checkpoint spec, or a ready module (tests pass a tiny one).
+
+    The checkpoint is loaded once; :meth:`segmenter` builds Segmenters around that one network.
+    """
+
+    weights: str = "default"
+    model: Optional[torch.nn.Module] = None
+    slice_size: Optional[int] = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.in_memory = self.model is not None
+
+    def network(self) -> torch.nn.Module:
+        if self.model is None:
+            self.model, meta = load_universeg(self.weights, return_metadata=True)
+            self.slice_size = self.slice_size or int(meta.get("slice_size", 128))
+        return self.model
+
+    def segmenter(self, **options: Any) -> Segmenter:
+        """A Segmenter on this network; ``options`` are Segmenter arguments (support_size, seed, ...)."""
+        network = self.network()
+        return Segmenter(model=network, slice_size=self.slice_size, device=self.device, progress=False, **options)
+
+    def describe(self) -> str:
+        if self.in_memory:
+            return f"in-memory {type(self.model).__name__} (slice size {self.slice_size})"
+        return f"checkpoint {self.weights!r} ({resolve(self.weights, 'universeg', download=False)})"
+
+    def holdout(self) -> tuple[set[str], set[str]]:
+        """``(held-out volume names, held-out canonical structure names)`` recorded in the checkpoint's
+        training config; empty sets for an in-memory model (nothing is known to be held out)."""
+        if self.in_memory:
+            return set(), set()
+        _, metadata = load_checkpoint(resolve(self.weights, "universeg", download=False))
+        extra = metadata.get("extra") if isinstance(metadata.get("extra"), dict) else {}
+        config = extra.get("training", {}).get("config", {})
+        return (set(config.get("holdout_volumes", [])),
+                {datasets.canonical_name(s) for s in config.get("holdout_structures", [])})
+
+
+# -------------------------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class CrossTask:
+    """Segment ``structure`` on ``query`` given it labelled on ``support`` (a different subject)."""
+
+    support: datasets.Case
+    query: datasets.Case
+    structure: str
+
+    @property
+    def name(self) -> str:
+        return f"{short(self.support)}->{short(self.query)}:{datasets.canonical_name(self.structure)}"
+
+    @property
+    def modality(self) -> str:
+        return self.query.modality.lower() or "auto"
+
+    def support_label(self) -> Volume:
+        return binary_mask(self.support, self.structure)
+
+    def reference(self) -> Volume:
+        return binary_mask(self.query, self.structure)
+
+
+@dataclass(frozen=True)
+class SliceTask:
+    """Segment ``structure`` on ``case`` given a few of its own slices labelled."""
+
+    case: datasets.Case
+    structure: str
+
+    @property
+    def name(self) -> str:
+        return f"{short(self.case)}:{datasets.canonical_name(self.structure)}"
+
+    @property
+    def modality(self) -> str:
+        return self.case.modality.lower() or "auto"
+
+    def reference(self) -> Volume:
+        return binary_mask(self.case, self.structure)
+
+
+def short(case: datasets.Case) -> str:
+    """``"pyradiomics/brain2"`` → ``"brain2"``."""
+    return case.name.split("/")[-1]
+
+
+def binary_mask(case: datasets.Case, structure: str) -> Volume:
+    """The structure's mask (uint8 0/1) on the case's grid, matched by canonical name."""
+    return datasets.select_structures(case, [structure]).labels
+
+
+def is_held_out(case: datasets.Case, structure: str, holdout: tuple[set[str], set[str]]) -> bool:
+    """Whether the default model never trained on this volume or this structure."""
+    volumes, structures = holdout
+    return case.name in volumes or datasets.canonical_name(structure) in structures
+
+
+#: World (MNI) z range in mm that :func:`brain_cases` keeps by default: an axial slab around the deep
+#: grey matter (every structure both atlases name lies within z = -30..+26 mm), like a scan whose
+#: coverage is limited to the region of interest. It halves the cost of whole-volume inference.
+BRAIN_SLAB_MM = (-52.0, 44.0)
+
+
+def crop_axial(case: datasets.Case, z_min_mm: float, z_max_mm: float) -> datasets.Case:
+    """The case restricted to the axial slices whose centre's world z lies in ``[z_min_mm, z_max_mm]``.
+
+    ``case`` must be canonical (RAS, axis 2 = z). Image and labels keep their world coordinates.
+    """
+    z = case.image.affine[2, 2] * np.arange(case.image.shape[2]) + case.image.affine[2, 3]
+    keep = np.flatnonzero((z >= z_min_mm) & (z <= z_max_mm))
+    if keep.size == 0:
+        raise ValueError(f"{case.name} has no axial slice between z = {z_min_mm} and {z_max_mm} mm")
+    start, stop = int(keep[0]), int(keep[-1]) + 1
+    shift = np.eye(4)
+    shift[2, 3] = start
+    affine = case.image.affine @ shift
+    image = Volume(case.image.array[..., start:stop], affine)
+    labels = Volume(case.labels.array[..., start:stop], affine, label=True)
+    present = set(np.unique(labels.array).tolist())
+    structures = {v: n for v, n in case.structures.items() if v in present}
+    return replace(case, image=image, labels=labels, structures=structures)
+
+
+@lru_cache(maxsize=None)
+def brain_cases(spacing: float = 2.0, slab_mm: Optional[tuple[float, float]] = BRAIN_SLAB_MM
+                ) -> tuple[datasets.Case, datasets.Case]:
+    """Colin27 + AAL and MNI152 + Harvard-Oxford at ``spacing`` mm, with the structures both name,
+    cropped to the axial slab ``slab_mm`` (world z, mm; None = whole brains)."""
+    colin, mni = datasets.colin27_aal(downsample=spacing), datasets.mni152_harvard_oxford(downsample=spacing)
+    pair = datasets.structure_pair(colin, mni)
+    return pair if slab_mm is None else tuple(crop_axial(case, *slab_mm) for case in pair)
+
+
+@lru_cache(maxsize=None)
+def pyradiomics_case(name: str) -> datasets.Case:
+    return datasets.pyradiomics_cases([name])[0]
+
+
+def brain_cross_tasks(structures: Sequence[str], directions: str = "both", spacing: float = 2.0) -> list[CrossTask]:
+    """Cross-subject brain tasks: ``"both"`` = Colin27 → MNI152 and MNI152 → Colin27 for each
+    structure, ``"forward"`` = Colin27 → MNI152 only, ``"alternate"`` = the two directions in turn
+    (first structure forward, second reverse, ...), both directions at half the cost."""
+    colin, mni = brain_cases(spacing)
+    forward, reverse = (colin, mni), (mni, colin)
+    if directions == "both":
+        pairs = [[forward, reverse]] * len(structures)
+    elif directions == "forward":
+        pairs = [[forward]] * len(structures)
+    elif directions == "alternate":
+        pairs = [[forward] if i % 2 == 0 else [reverse] for i in range(len(structures))]
+    else:
+        raise ValueError(f"directions must be 'both', 'forward' or 'alternate', got {directions!r}")
+    return [CrossTask(s, q, name) for name, chosen in zip(structures, pairs) for s, q in chosen]
+
+
+def lesion_cross_tasks(pairs: Sequence[tuple[str, str]]) -> list[CrossTask]:
+    """pyradiomics lesion tasks, e.g. ``[("brain1", "brain2")]``: support case → query case."""
+    return [CrossTask(pyradiomics_case(a), pyradiomics_case(b), "lesion") for a, b in pairs]
+
+
+def print_provenance(cases: Iterable[datasets.Case]) -> list[str]:
+    """Print (and return) one licence + citation line per data source used."""
+    seen: dict[str, datasets.Case] = {}
+    for case in cases:
+        seen.setdefault(case.source, case)
+    lines = [f"data: {source}: licence: {case.licence}; cite: {case.citation}" for source, case in sorted(seen.items())]
+    for line in lines:
+        print(line)
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def threshold(prob: Volume, operations: Sequence[str] = (), level: float = 0.5,
+              extent: Optional[tuple[float, float]] = None) -> np.ndarray:
+    """Binary uint8 mask ``prob > level``, then the Segmenter's post-processing ``operations``
+    (``extent``: the relative axial range ``"support_extent"`` keeps, see :mod:`fewshotcx.postprocess`)."""
+    mask = (prob.array > level).astype(np.uint8)
+    return postprocess(mask, operations, extent) if operations else mask
+
+
+def score(pred: np.ndarray, reference: Volume, exclude_slices: Sequence[int] = ()) -> dict[str, float]:
+    """3D ``dice``, ``hd95`` (mm), ``nsd`` (surface Dice at :data:`NSD_TOLERANCE_MM`), and
+    ``slice_dice``: mean 2D Dice over the axial slices where the reference has foreground (slices in
+    ``exclude_slices`` left out, e.g. the ones the user labelled)."""
+    result = evaluate(pred, reference.array, spacing=reference.spacing, tolerance=NSD_TOLERANCE_MM)
+    per_slice = per_slice_dice(pred, reference.array, axis=2)
+    keep = reference.array.any(axis=(0, 1))
+    keep[list(exclude_slices)] = False
+    return {"dice": round(float(result["dice"]), 4), "hd95": round(float(result["hd95"]), 2),
+            "nsd": round(float(result["surface_dice"]), 4),
+            "slice_dice": round(float(per_slice[keep].mean()), 4) if keep.any() else float("nan")}
+
+
+# ------------------------------------------------------------------------------------------- output
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Tidy CSV: one row per measurement, columns in first-seen order across all rows."""
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def summarise(rows: Sequence[dict[str, Any]], group: Sequence[str], value: str = "dice") -> list[dict[str, Any]]:
+    """Mean, sd and count of ``value`` per combination of the ``group`` columns (first-seen order)."""
+    buckets: dict[tuple, list[float]] = {}
+    for row in rows:
+        buckets.setdefault(tuple(row[g] for g in group), []).append(float(row[value]))
+    return [{**dict(zip(group, key)), f"{value}_mean": round(float(np.mean(v)), 4),
+             f"{value}_sd": round(float(np.std(v)), 4), "n": len(v)} for key, v in buckets.items()]
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    """Fixed-width table of dict rows (all with the same keys)."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys))
+
+
+def paired_difference(rows: Sequence[dict[str, Any]], column: str, a: Any, b: Any, match: Sequence[str],
+                      value: str = "dice") -> dict[str, Any]:
+    """Compare ``column == b`` against ``column == a`` on rows matched by the ``match`` columns.
+
+    Returns:
+        ``pairs``, ``mean_diff`` (mean of b - a), ``sd_diff``, ``b_higher`` / ``a_higher`` (counts
+        of pairs where one is strictly higher), ``mean_a``, ``mean_b``.
+    """
+    def keyed(level: Any) -> dict[tuple, float]:
+        return {tuple(r[m] for m in match): float(r[value]) for r in rows if r[column] == level}
+
+    first, second = keyed(a), keyed(b)
+    common = [k for k in first if k in second]
+    if not common:
+        return {"compare": f"{column}: {b} vs {a}", "pairs": 0}
+    diff = np.array([second[k] - first[k] for k in common])
+    return {"compare": f"{column}: {b} vs {a}", "pairs": len(common),
+            "mean_a": round(float(np.mean([first[k] for k in common])), 4),
+            "mean_b": round(float(np.mean([second[k] for k in common])), 4),
+            "mean_diff": round(float(diff.mean()), 4), "sd_diff": round(float(diff.std()), 4),
+            "b_higher": int((diff > 0).sum()), "a_higher": int((diff < 0).sum())}
+
+
+def plot_lines(
+    rows: Sequence[dict[str, Any]], x: str, y: str, line: str, path: Path, title: str = "",
+    xlabel: Optional[str] = None, ylabel: Optional[str] = None, log2_x: bool = False, flat: Sequence[str] = (),
+    panel: Optional[str] = None, mean_panel: bool = True,
+) -> Path:
+    """PNG of mean ± sd of ``y`` against ``x``, one line per value of the ``line`` column, and one
+    subplot per value of the ``panel`` column (if given; with ``mean_panel`` a last subplot pools them).
+
+    Lines named in ``flat`` do not depend on ``x`` (e.g. label fusion, which uses the whole support
+    volume): they are drawn as a horizontal dashed line at their mean with a ± sd band.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(r[panel] for r in rows)) if panel else []
+    groups = [(p, [r for r in rows if r[panel] == p]) for p in panels]
+    if not panels or (mean_panel and len(panels) > 1):
+        groups.append(("mean over all" if panels else title, list(rows)))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups) + 1.5, 4.3), squeeze=False, sharey=True)
+    names = list(dict.fromkeys(r[line] for r in rows))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    xs_all = sorted({float(r[x]) for r in rows if r[line] not in flat}) or [0.0, 1.0]
+    for ax, (label, subset) in zip(axes[0], groups):
+        for name in names:
+            mine = [r for r in subset if r[line] == name]
+            if not mine:
+                continue
+            if name in flat:
+                values = np.array([float(r[y]) for r in mine])
+                span = [xs_all[0], xs_all[-1]]
+                ax.plot(span, [values.mean()] * 2, "--", color=colours[name], label=name)
+                ax.fill_between(span, values.mean() - values.std(), values.mean() + values.std(), alpha=0.1,
+                                color=colours[name])
+                continue
+            stats = sorted(summarise(mine, [x], y), key=lambda s: float(s[x]))
+            ax.errorbar([float(s[x]) for s in stats], [s[f"{y}_mean"] for s in stats],
+                        yerr=[s[f"{y}_sd"] for s in stats], marker="o", capsize=3, color=colours[name], label=name)
+        if log2_x:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs_all, [f"{v:g}" for v in xs_all])
+        ax.set_xlabel(xlabel or x)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel or f"{y} (mean ± sd)")
+    axes[0][-1].legend(fontsize=7)
+    if title and panels:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows written by :func:`write_csv`, with numbers and booleans converted back."""
+    def convert(text: str) -> Any:
+        if text in ("True", "False"):
+            return text == "True"
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    with Path(path).open(newline="") as f:
+        return [{k: convert(v) for k, v in row.items()} for row in csv.DictReader(f)]
