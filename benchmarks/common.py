@@ -34,6 +34,26 @@ NSD_TOLERANCE_MM = 2.0
 POSTPROCESSING = {"none": (), "largest_component": ("largest_component",)}
 
 
+# ------------------------------------------------------------------------------------------ command line
+def add_output_options(parser) -> None:
+    """``--out`` (CSV folder), ``--plots`` (PNG folder), ``--threads`` and ``--from-csv`` (redraw only)."""
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="CSV folder")
+    parser.add_argument("--plots", type=Path, default=None, help="PNG folder (default: --out)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
+                        help="only redraw plots and tables from these CSVs (concatenated)")
+
+
+def apply_output_options(args, report, tag: str) -> bool:
+    """Set ``--threads``; with ``--from-csv`` redraw through ``report(rows, out, plots, tag)`` and return True."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.from_csv:
+        return False
+    report([row for path in args.from_csv for row in read_csv(path)], args.out, args.plots, tag)
+    return True
+
+
 # ------------------------------------------------------------------------------------------ machine
 def machine_info() -> str:
     """CPU model, cores, torch version and threads, GPU (one line, for logs and docs)."""

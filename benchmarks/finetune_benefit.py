@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (POSTPROCESSING, CrossTask, ModelSpec, brain_cases, lesion_cross_tasks,  # noqa: E402
-                    machine_info, print_provenance, print_table, read_csv, score, summarise, threshold,
-                    write_csv)
+from common import (  # noqa: E402
+    POSTPROCESSING, add_output_options, apply_output_options, brain_cases, CrossTask,
+    lesion_cross_tasks, machine_info, ModelSpec, print_provenance, print_table, score, summarise,
+    threshold, write_csv,
+)
 from fewshotcx import datasets  # noqa: E402
 from fewshotcx.baselines import label_fusion  # noqa: E402
 from fewshotcx.training import finetune  # noqa: E402
@@ -165,17 +166,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="pyradiomics lesion task SUPPORT:QUERY scored before/after as a control ('' = none)")
     parser.add_argument("--directions", choices=("both", "forward"), default="both",
                         help="fine-tune on Colin27 and test on MNI152, and the reverse (both), or forward only")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--plots", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
-                        help="only redraw the plot and tables from these CSVs (concatenated)")
+    add_output_options(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     tag = "finetune_benefit_quick" if args.quick else "finetune_benefit"
-    if args.from_csv:
-        report([row for path in args.from_csv for row in read_csv(path)], args.out, args.plots, tag)
+    if apply_output_options(args, report, tag):
         return
     structures = args.structures[:2] if args.quick else args.structures
     controls = tuple(lesion_cross_tasks([tuple(args.control.split(":", 1))])) if args.control else ()

@@ -41,14 +41,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (POSTPROCESSING, ModelSpec, SliceTask, brain_cases, is_held_out, machine_info,  # noqa: E402
-                    paired_difference, plot_lines, print_provenance, print_table, pyradiomics_case, score,
-                    read_csv, summarise, threshold, write_csv)
+from common import (  # noqa: E402
+    POSTPROCESSING, add_output_options, apply_output_options, brain_cases, is_held_out, machine_info,
+    ModelSpec, paired_difference, plot_lines, print_provenance, print_table, pyradiomics_case, score,
+    SliceTask, summarise, threshold, write_csv,
+)
 from fewshotcx import datasets  # noqa: E402
 from fewshotcx.baselines import interpolate_slices  # noqa: E402
 from fewshotcx.metrics import dice  # noqa: E402
@@ -244,17 +245,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--counts", type=int, nargs="+", default=None)
     parser.add_argument("--include-seen", action="store_true", help="also run tasks the model trained on")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--plots", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
-                        help="only redraw plots and tables from these CSVs (concatenated)")
+    add_output_options(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     tag = "labelled_slices_quick" if args.quick else "labelled_slices"
-    if args.from_csv:
-        report([row for path in args.from_csv for row in read_csv(path)], args.out, args.plots, tag)
+    if apply_output_options(args, report, tag):
         return
     counts = args.counts or ((1, 3, 5) if args.quick else COUNTS)
     start = time.perf_counter()

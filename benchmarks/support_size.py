@@ -42,9 +42,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (POSTPROCESSING, CrossTask, ModelSpec, brain_cross_tasks, is_held_out,  # noqa: E402
-                    lesion_cross_tasks, machine_info, paired_difference, plot_lines, print_provenance,
-                    print_table, read_csv, score, summarise, threshold, write_csv)
+from common import (  # noqa: E402
+    POSTPROCESSING, add_output_options, apply_output_options, brain_cross_tasks, CrossTask, is_held_out,
+    lesion_cross_tasks, machine_info, ModelSpec, paired_difference, plot_lines, print_provenance,
+    print_table, score, summarise, threshold, write_csv,
+)
 from fewshotcx import Volume  # noqa: E402
 from fewshotcx.backends.universeg import DEFAULT_SUPPORT_SIZE  # noqa: E402
 from fewshotcx.baselines import label_fusion  # noqa: E402
@@ -240,8 +242,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--quick", action="store_true", help="one brain structure, one lesion, S in 1/4/16, 2 draws")
     parser.add_argument("--weights", default="default", help="UniverSeg checkpoint: default, official or a path")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="CSV folder")
-    parser.add_argument("--plots", type=Path, default=None, help="PNG folder (default: --out)")
     parser.add_argument("--structures", nargs="+", default=["left hippocampus", "left thalamus"],
                         help="brain structures (Colin27/AAL and MNI152/Harvard-Oxford names)")
     parser.add_argument("--directions", choices=("both", "forward", "alternate"), default="both",
@@ -256,15 +256,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="sizes for universeg-same-slices and unet-scratch")
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--no-same-slices", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
-                        help="only redraw plots and tables from these CSVs (concatenated)")
+    add_output_options(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     tag = "support_size_quick" if args.quick else "support_size"
-    if args.from_csv:
-        report([row for path in args.from_csv for row in read_csv(path)], args.out, args.plots, tag)
+    if apply_output_options(args, report, tag):
         return
 
     names = ("sizes", "draws", "random_sizes", "ensemble_sizes", "fixed_sizes", "unet_steps")

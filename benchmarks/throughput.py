@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,22 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import machine_info  # noqa: E402
 from fewshotcx import Segmenter, Volume  # noqa: E402
 from fewshotcx.intensity import minmax_per_slice  # noqa: E402
 from fewshotcx.models import UniverSeg  # noqa: E402
 from fewshotcx.slicing import extract_slabs, make_geometry  # noqa: E402
 from fewshotcx.support import select_support  # noqa: E402
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads); {device}"
 
 
 def synthetic_case(shape=(96, 96, 40), seed=0) -> tuple[Volume, Volume, Volume]:
@@ -99,7 +87,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-output/throughput.csv")
     args = parser.parse_args()
     depth, sizes, repeats = (10, (4, 16), 1) if args.quick else (40, (16, 4, 32), 2)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_info()}")
     print("UniverSeg v1 (1.18 M params, random weights), 128x128 slices, query 96x96xD, fp32, CPU\n")
     rows = []
     for s in sizes:
