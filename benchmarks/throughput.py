@@ -8,6 +8,7 @@ depend on the weights), the same support size and 128² slices, one after the ot
 
     python benchmarks/throughput.py            # 96×96×40 volume, S = 16, plus an S sweep
     python benchmarks/throughput.py --quick    # fewer slices
+    python benchmarks/throughput.py --quick --batch-sizes 1,2,4,8   # + query slabs per call
 """
 
 from __future__ import annotations
@@ -81,10 +82,32 @@ def run(support_size: int, depth: int, repeats: int) -> dict:
             "plain_slices_per_s": round(depth / best_plain, 3), "speedup": round(best_plain / best_ours, 2)}
 
 
+def batch_sweep(batch_sizes, support_size: int, depth: int) -> list[dict]:
+    """Our path with ``N`` query slabs per forward call (memory budget = N slabs), same volume and support."""
+    torch.manual_seed(0)
+    model = UniverSeg().eval()
+    image, label, query = synthetic_case((96, 96, depth))
+    rows = []
+    for n in batch_sizes:
+        seg = Segmenter(model=model, support_size=support_size, progress=False, strategy="random", group_size=n,
+                        device="cpu")
+        seg.fit([image], [label])
+        seg.memory_budget = n * seg.backend.bytes_per_slab()
+        start = time.perf_counter()
+        seg.predict_proba(query)
+        seconds = time.perf_counter() - start
+        rows.append({"batch": n, "support_size": support_size, "slices": depth, "seconds": round(seconds, 2),
+                     "slices_per_s": round(depth / seconds, 3)})
+        print(f"batch N={n:2d}  S={support_size}  D={depth}  {seconds:7.2f} s  ({depth / seconds:.2f} slices/s)",
+              flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10 slices, S in (4, 16), one repeat")
     parser.add_argument("--out", default="bench-output/throughput.csv")
+    parser.add_argument("--batch-sizes", default="", help="also sweep query slabs per call, e.g. 1,2,4,8 (S = 16)")
     args = parser.parse_args()
     depth, sizes, repeats = (10, (4, 16), 1) if args.quick else (40, (16, 4, 32), 2)
     print(f"machine: {machine_info()}")
@@ -103,6 +126,15 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"\nwrote {out}")
+    if args.batch_sizes:
+        sizes = [int(n) for n in args.batch_sizes.split(",")]
+        batch_rows = batch_sweep(sizes, 16, depth)
+        batch_out = out.with_name(out.stem + "_batch.csv")
+        with batch_out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(batch_rows[0]))
+            writer.writeheader()
+            writer.writerows(batch_rows)
+        print(f"wrote {batch_out}")
 
 
 if __name__ == "__main__":
