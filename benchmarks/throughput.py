@@ -14,7 +14,6 @@ depend on the weights), the same support size and 128² slices, one after the ot
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine_info  # noqa: E402
+from common import machine_info, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume  # noqa: E402
 from fewshotcx.intensity import minmax_per_slice  # noqa: E402
 from fewshotcx.models import UniverSeg  # noqa: E402
@@ -119,22 +118,12 @@ def main() -> None:
         print(f"S={row['support_size']:3d}  D={row['slices']:3d}  ours {row['ours_s']:7.2f} s "
               f"({row['ours_slices_per_s']:.2f} slices/s)   plain slice-by-slice {row['plain_s']:7.2f} s "
               f"({row['plain_slices_per_s']:.2f} slices/s)   speed-up x{row['speedup']:.2f}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    out = write_csv(rows, Path(args.out))
     print(f"\nwrote {out}")
     if args.batch_sizes:
         sizes = [int(n) for n in args.batch_sizes.split(",")]
         batch_rows = batch_sweep(sizes, 16, depth)
-        batch_out = out.with_name(out.stem + "_batch.csv")
-        with batch_out.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(batch_rows[0]))
-            writer.writeheader()
-            writer.writerows(batch_rows)
-        print(f"wrote {batch_out}")
+        print(f"wrote {write_csv(batch_rows, out.with_name(out.stem + '_batch.csv'))}")
 
 
 if __name__ == "__main__":
