@@ -54,20 +54,13 @@ from fewshotcx import datasets  # noqa: E402
 from fewshotcx.baselines import interpolate_slices  # noqa: E402
 from fewshotcx.metrics import dice  # noqa: E402
 from fewshotcx.postprocess import restrict_extent  # noqa: E402
+from fewshotcx.viz import spread_slices  # noqa: E402
 
 COUNTS = (1, 2, 3, 5, 8)
 PROTOCOLS = ("ends", "inside", "inside+bounds")  # also the order of the plots' panels
 #: Post-processing variants (module docstring); ``drawn_extent`` is handled by :func:`run_task`.
 VARIANTS = {**POSTPROCESSING, "drawn_extent": (),
             "support_extent+largest_component": ("support_extent", "largest_component")}
-
-
-def spread_slices(mask: np.ndarray, count: int, ends: bool) -> list[int]:
-    """``count`` axial indices evenly spread over the mask's extent, first and last slice included
-    (``ends``) or excluded; fewer when indices coincide."""
-    z = np.flatnonzero(mask.any(axis=(0, 1)))
-    points = np.linspace(z[0], z[-1], count) if ends else np.linspace(z[0], z[-1], count + 2)[1:-1]
-    return sorted({int(round(q)) for q in points})
 
 
 def soft_mask(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:

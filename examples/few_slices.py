@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 
 import fewshotcx as fx
 from fewshotcx.baselines import interpolate_slices
+from fewshotcx.viz import spread_slices
 
 
 def contour_from_slices(image: fx.Volume, labels: fx.Volume, slices: list[int], out_dir: Path,
@@ -45,12 +45,6 @@ def contour_from_slices(image: fx.Volume, labels: fx.Volume, slices: list[int], 
         print(line)
 
 
-def evenly_spaced(mask: np.ndarray, count: int) -> list[int]:
-    """``count`` axial indices from the structure's first to its last slice (ends included)."""
-    z = np.flatnonzero(mask.any(axis=(0, 1)))
-    return sorted({int(round(q)) for q in np.linspace(z.min(), z.max(), count)})
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", help="the volume to contour")
@@ -68,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
         image, full = synthetic_case(seed=3)
         image, full = image.canonical(), full.canonical()
-        slices = evenly_spaced(full.array > 0, 3)
+        slices = spread_slices(full.array > 0, 3, ends=True)  # end slices + middle
         contour_from_slices(image, full, slices, Path(args.out_dir), full, args.weights, args.device)
         return
     if not (args.image and args.labels and args.slices):

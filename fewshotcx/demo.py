@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from . import datasets
 from .baselines import interpolate_slices, label_fusion
 from .metrics import dice
 from .segmenter import Segmenter
-from .viz import save_overlay
-from .volume import Volume, save_volume
+from .viz import save_overlay, spread_slices
+from .volume import save_volume
 
 
 @dataclass(frozen=True)
@@ -66,27 +65,14 @@ TASKS = (
 )
 
 
-def _binary(case: datasets.Case, structure: str) -> Volume:
-    values = [v for v, n in case.structures.items() if datasets.canonical_name(n) == datasets.canonical_name(structure)]
-    if not values:
-        raise datasets.DatasetError(f"{case.name} has no structure named {structure!r}")
-    return case.labels.with_array(np.isin(case.labels.array, values).astype(np.uint8))
-
-
-def drawn_slices(mask: np.ndarray, count: int) -> list[int]:
-    """``count`` axial indices from the structure's first to its last slice, evenly spaced (ends
-    included: both the model's completion and interpolation need the extent)."""
-    z = np.nonzero(mask.any(axis=(0, 1)))[0]
-    return sorted({int(round(q)) for q in np.linspace(z.min(), z.max(), count)})
-
-
 def run_task(task: DemoTask, out_dir: Path, weights: str, device: str) -> dict:
     start = time.perf_counter()
     support_case, query_case = task.load()
-    support_label, reference = _binary(support_case, task.structure), _binary(query_case, task.structure)
+    support_label = datasets.select_structures(support_case, [task.structure]).labels  # 0/1 mask
+    reference = datasets.select_structures(query_case, [task.structure]).labels
     modality = query_case.modality.lower() or "auto"
     if task.labelled_slices:
-        drawn = drawn_slices(reference.array > 0, task.labelled_slices)
+        drawn = spread_slices(reference.array > 0, task.labelled_slices, ends=True)
         seg = Segmenter(weights=weights, device=device, modality=modality, progress=False)
         prediction = seg.complete(query_case.image, reference, drawn)  # reads only the drawn slices
         baseline = interpolate_slices(reference.array, drawn, spacing=reference.spacing)

@@ -11,12 +11,15 @@ from .intensity import normalize
 from .volume import Volume
 
 
-def pick_slices(mask: np.ndarray, count: int = 3) -> list[int]:
-    """``count`` axial indices spread over the foreground's z-extent (the middle of the volume if empty)."""
-    z = np.nonzero(mask.any(axis=(0, 1)))[0]
+def spread_slices(mask: np.ndarray, count: int, ends: bool = False) -> list[int]:
+    """``count`` axial indices evenly spread over the ``(X, Y, Z)`` mask's z-extent, its first and last
+    slice included (``ends=True``: what drawing for interpolation or ``Segmenter.complete`` needs) or
+    excluded (for display); fewer when indices coincide. An empty mask gives the middle slice."""
+    z = np.flatnonzero(mask.any(axis=(0, 1)))
     if z.size == 0:
         return [mask.shape[2] // 2]
-    return sorted({int(round(q)) for q in np.linspace(z.min(), z.max(), count + 2)[1:-1]})
+    points = np.linspace(z[0], z[-1], count) if ends else np.linspace(z[0], z[-1], count + 2)[1:-1]
+    return sorted({int(round(q)) for q in points})
 
 
 def _radiological(axial: np.ndarray) -> np.ndarray:
@@ -46,7 +49,7 @@ def save_overlay(
 
     shown = normalize(image.array, modality)
     mask_for_rows = reference.array if reference is not None else prediction.array
-    rows = list(slices) if slices is not None else pick_slices(mask_for_rows > 0)
+    rows = list(slices) if slices is not None else spread_slices(mask_for_rows > 0, 3)
     panels = [("image", None), ("reference", reference), ("prediction", prediction)]
     if reference is None:
         panels.pop(1)

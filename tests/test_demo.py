@@ -9,6 +9,7 @@ import torch
 from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import demo
 from fewshotcx.datasets import Case
+from fewshotcx.viz import spread_slices
 from fewshotcx.models import UniverSeg
 from fewshotcx.volume import Volume, load_volume
 from fewshotcx.weights import save_checkpoint
@@ -24,8 +25,8 @@ def _case(seed: int) -> Case:
 def test_drawn_slices_include_the_ends():
     mask = np.zeros((2, 2, 20), bool)
     mask[..., 4:15] = True
-    assert demo.drawn_slices(mask, 3) == [4, 9, 14]
-    assert demo.drawn_slices(mask, 2) == [4, 14]
+    assert spread_slices(mask, 3, ends=True) == [4, 9, 14]
+    assert spread_slices(mask, 2, ends=True) == [4, 14]
 
 
 def test_demo_tasks_write_prediction_overlay_and_csv(tmp_path, monkeypatch):
