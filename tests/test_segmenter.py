@@ -12,7 +12,6 @@ from fewshotcx.backends.universeg import UniverSegBackend
 from fewshotcx.intensity import minmax_per_slice, normalize
 from fewshotcx.models import UniverSeg
 from fewshotcx.slicing import make_geometry
-from fewshotcx.support import select_support
 
 
 class EchoBackend:
@@ -148,7 +147,7 @@ def test_batched_backend_equals_plain_network_slice_by_slice():
     geometry = make_geometry((32, 32, 6), (1, 1, 1), "axial", 32)
     fast = backend.predict_slices(query, geometry, torch.Generator().manual_seed(9))
     pool = seg.pools[2]
-    idx = select_support(pool, geometry.positions[:1], 5, "random", torch.Generator().manual_seed(9))[0]
+    idx = backend.draw_support(pool, geometry, 0, 0, torch.Generator().manual_seed(9))  # the one group
     sup_img, sup_lab = minmax_per_slice(pool.images[idx]), pool.labels[idx]
     with torch.no_grad():
         plain = torch.cat([torch.sigmoid(model(minmax_per_slice(q[None]), sup_img[None], sup_lab[None]))
@@ -218,3 +217,14 @@ def test_checkpoint_can_record_its_default_support_size(tmp_path):
     assert Segmenter(weights=str(path)).backend.support_size == 5
     assert Segmenter(weights=str(path), support_size=3).backend.support_size == 3
     assert Segmenter(model=model, slice_size=32).backend.support_size == 16  # no metadata: the v1 default
+
+
+def test_predictions_do_not_depend_on_chunking():
+    """Support draws are seeded per group of slices, so the memory budget cannot change the result."""
+    image, label = _support()
+    probs = []
+    for budget in (1, 1 << 40):  # one slab per call vs the whole volume in one call
+        seg = Segmenter(model=tiny_universeg(), slice_size=32, support_size=3, group_size=4, ensemble=2,
+                        memory_budget=budget, progress=False)
+        probs.append(seg.fit([image], [label]).predict_proba(image).array)
+    assert np.allclose(probs[0], probs[1], atol=1e-6)

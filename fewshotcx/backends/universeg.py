@@ -1,7 +1,8 @@
 """UniverSeg backend: many query slabs per forward pass, one support set shared per group.
 
-Query slabs of a chunk are split into groups of ``group_size`` neighbouring slices. Each group gets
-its own support set (position-matched to the group's mean position, or random), and the whole group
+Query slabs are split into groups of ``group_size`` neighbouring slices (by slice index, so the
+groups and their seeded support draws are the same however the volume is chunked). Each group gets
+its own support set (position-matched to the group's centre, or random), and the whole group
 goes through :meth:`UniverSeg.forward_shared`, which computes the support-only part of the first
 block once per support set and every target-only half-convolution once per target. ``ensemble=K``
 repeats this with K independently drawn support sets and averages the probabilities. Multi-class
@@ -107,17 +108,13 @@ class UniverSegBackend:
         targets = minmax_per_slice(slabs.to(self.device, torch.float32))
         support_images = minmax_per_slice(pool.images)
         n, num_classes = targets.shape[0], pool.labels.shape[1]
-        groups = torch.arange(n, device=self.device) // self.group_size  # (N,) group of each slab
-        num_groups = int(groups[-1]) + 1 if n else 0
-        group_positions = torch.zeros(num_groups, device=self.device).index_add_(
-            0, groups, geometry.positions.to(self.device)) / torch.bincount(groups, minlength=num_groups)
+        groups = geometry.indices.to(self.device) // self.group_size  # (N,) global group of each slab
         probs = torch.zeros(n, num_classes, *targets.shape[-2:], device=self.device)
         with self._autocast():
-            for _ in range(self.ensemble):
-                chosen = select_support(pool, group_positions, self.support_size, self.strategy, generator)
-                for g in range(num_groups):  # one shared support set per group of neighbouring slices
+            for member in range(self.ensemble):
+                for g in groups.unique().tolist():  # one shared support set per group of neighbouring slices
                     members = groups == g
-                    sup_idx = chosen[g]
+                    sup_idx = self.draw_support(pool, geometry, g, member, generator)
                     for c in range(num_classes):
                         logits = self.model.forward_shared(
                             targets[members], support_images[sup_idx],
@@ -126,6 +123,22 @@ class UniverSegBackend:
                         )  # (n_g, 1, s, s)
                         probs[members, c] += torch.sigmoid(logits[:, 0].float())
         return probs / self.ensemble
+
+    def draw_support(self, pool: SupportPool, geometry: SliceGeometry, group: int, member: int,
+                     generator: torch.Generator) -> torch.Tensor:
+        """``(S,)`` pool indices of the support set shared by query group ``group`` (slices
+        ``group·G … group·G+G−1`` along the axis) for ensemble member ``member``.
+
+        The draw is position-matched to the group's centre and seeded only by the generator's seed, the
+        axis, the group and the member, so predictions do not depend on how the volume is chunked
+        (memory budget, device).
+        """
+        start = group * self.group_size
+        last = min(start + self.group_size - 1, geometry.depth - 1)
+        position = torch.tensor([(start + last) / 2 / max(geometry.depth - 1, 1)], device=self.device)
+        seed = hash((generator.initial_seed(), geometry.axis, group, member)) % (1 << 63)
+        draw = torch.Generator(device=generator.device).manual_seed(seed)
+        return select_support(pool, position, self.support_size, self.strategy, draw)[0]
 
     def _autocast(self):
         precision = self.precision
