@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fewshotcx import Segmenter, Volume  # noqa: E402
 from fewshotcx import datasets  # noqa: E402
-from fewshotcx.metrics import evaluate, per_slice_dice  # noqa: E402
-from fewshotcx.postprocess import postprocess  # noqa: E402
-from fewshotcx.weights import load_checkpoint, load_universeg, resolve  # noqa: E402
+from fewshotcx.evaluation.metrics import evaluate, per_slice_dice  # noqa: E402
+from fewshotcx.pipeline.postprocess import postprocess  # noqa: E402
+from fewshotcx.models.weights import load_checkpoint, load_universeg, resolve  # noqa: E402
 
 #: Surface-Dice tolerance (mm) reported as ``nsd`` in every benchmark.
 NSD_TOLERANCE_MM = 2.0
@@ -249,7 +249,7 @@ def print_provenance(cases: Iterable[datasets.Case]) -> list[str]:
 def threshold(prob: Volume, operations: Sequence[str] = (), level: float = 0.5,
               extent: Optional[tuple[float, float]] = None) -> np.ndarray:
     """Binary uint8 mask ``prob > level``, then the Segmenter's post-processing ``operations``
-    (``extent``: the relative axial range ``"support_extent"`` keeps, see :mod:`fewshotcx.postprocess`)."""
+    (``extent``: the relative axial range ``"support_extent"`` keeps, see :mod:`fewshotcx.pipeline.postprocess`)."""
     mask = (prob.array > level).astype(np.uint8)
     return postprocess(mask, operations, extent) if operations else mask
 

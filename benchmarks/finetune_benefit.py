@@ -34,8 +34,8 @@ from common import (  # noqa: E402
     threshold, write_csv,
 )
 from fewshotcx import datasets  # noqa: E402
-from fewshotcx.baselines import label_fusion  # noqa: E402
-from fewshotcx.training import finetune  # noqa: E402
+from fewshotcx.baselines.interpolation import label_fusion  # noqa: E402
+from fewshotcx.training.loop import finetune  # noqa: E402
 
 HELD_OUT_BRAIN = ("left hippocampus", "right hippocampus", "left thalamus", "right thalamus")
 

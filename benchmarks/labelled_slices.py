@@ -51,9 +51,9 @@ from common import (  # noqa: E402
     SliceTask, summarise, threshold, write_csv,
 )
 from fewshotcx import datasets  # noqa: E402
-from fewshotcx.baselines import interpolate_slices  # noqa: E402
-from fewshotcx.metrics import dice  # noqa: E402
-from fewshotcx.postprocess import restrict_extent  # noqa: E402
+from fewshotcx.baselines.interpolation import interpolate_slices  # noqa: E402
+from fewshotcx.evaluation.metrics import dice  # noqa: E402
+from fewshotcx.pipeline.postprocess import restrict_extent  # noqa: E402
 from fewshotcx.viz import spread_slices  # noqa: E402
 
 COUNTS = (1, 2, 3, 5, 8)

@@ -10,13 +10,13 @@ The *support pool* is every axial slab of the support volume (empty slabs are tr
 *Support size* S means:
 
 * ``universeg-position`` / ``universeg-random``: the Segmenter draws S slabs from the whole pool for
-  each group of 8 neighbouring query slices (position-matched or random, :mod:`fewshotcx.support`),
+  each group of 8 neighbouring query slices (position-matched or random, :mod:`fewshotcx.pipeline.support`),
   so across the volume it sees many more than S distinct slabs. ``ensemble`` K = 3 averages three
   independent draws.
 * ``universeg-same-slices`` and ``unet-scratch``: S slabs are drawn once from the pool (the
   ``"random"`` strategy's draw: about 3/4 showing the structure, 1/4 empty) and those S labelled
   slabs are *all* the method gets: UniverSeg uses them as its whole support
-  (``fit(slices=...)``); a 2D U-Net (:mod:`fewshotcx.unet_baseline`) is trained from scratch on
+  (``fit(slices=...)``); a 2D U-Net (:mod:`fewshotcx.baselines.unet`) is trained from scratch on
   them. This is the like-for-like comparison of in-context inference with supervised training.
 * ``label-fusion``: the support's mask at the same relative position (no registration), using the
   whole support volume; it does not depend on S (a flat line in the plot).
@@ -49,9 +49,9 @@ from common import (  # noqa: E402
 )
 from fewshotcx import Volume  # noqa: E402
 from fewshotcx.backends.universeg import DEFAULT_SUPPORT_SIZE  # noqa: E402
-from fewshotcx.baselines import label_fusion  # noqa: E402
-from fewshotcx.support import SupportPool, select_support  # noqa: E402
-from fewshotcx.unet_baseline import train_unet_2d, unet_predict_volume  # noqa: E402
+from fewshotcx.baselines.interpolation import label_fusion  # noqa: E402
+from fewshotcx.pipeline.support import SupportPool, select_support  # noqa: E402
+from fewshotcx.baselines.unet import train_unet_2d, unet_predict_volume  # noqa: E402
 
 FULL_SIZES = (1, 2, 4, 8, 16, 32, 64)
 

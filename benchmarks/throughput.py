@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import machine_info, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume  # noqa: E402
-from fewshotcx.intensity import minmax_per_slice  # noqa: E402
+from fewshotcx.pipeline.intensity import minmax_per_slice  # noqa: E402
 from fewshotcx.models import UniverSeg  # noqa: E402
-from fewshotcx.slicing import extract_slabs, make_geometry  # noqa: E402
-from fewshotcx.support import select_support  # noqa: E402
+from fewshotcx.pipeline.slicing import extract_slabs, make_geometry  # noqa: E402
+from fewshotcx.pipeline.support import select_support  # noqa: E402
 
 
 def synthetic_case(shape=(96, 96, 40), seed=0) -> tuple[Volume, Volume, Volume]:
@@ -44,7 +44,7 @@ def synthetic_case(shape=(96, 96, 40), seed=0) -> tuple[Volume, Volume, Volume]:
 
 def plain_slice_by_slice(model: UniverSeg, seg: Segmenter, query: Volume) -> tuple[float, torch.Tensor]:
     """Baseline timing: one network call per query slice, the support drawn once (as in the official demo)."""
-    from fewshotcx.intensity import normalize
+    from fewshotcx.pipeline.intensity import normalize
 
     volume = torch.from_numpy(normalize(query.array, seg.modality))
     geometry = make_geometry(query.shape, query.spacing, "axial", 128)

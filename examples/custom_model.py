@@ -1,7 +1,7 @@
 """Plug your own network or backend into ``fx.Segmenter``.
 
 1. An in-memory :class:`fewshotcx.models.UniverSeg` (``model=``): built fresh, or loaded and then
-   changed in Python (here: read from ``--weights`` with :func:`fewshotcx.weights.load_universeg`).
+   changed in Python (here: read from ``--weights`` with :func:`fewshotcx.models.weights.load_universeg`).
 2. A backend of your own that implements :class:`fewshotcx.backends.base.Backend`: here
    ``NearestSliceBackend``, which copies the support labels found at the same relative slice position
    (an atlas without registration). The segmenter does the slicing, resizing, reassembly and geometry.
@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 
 import fewshotcx as fx
-from fewshotcx.slicing import SliceGeometry
-from fewshotcx.support import SupportPool
+from fewshotcx.pipeline.slicing import SliceGeometry
+from fewshotcx.pipeline.support import SupportPool
 
 
 class NearestSliceBackend:
     """Label transfer by relative slice position, averaged over the support volumes.
 
     Implements the :class:`fewshotcx.backends.base.Backend` protocol: ``fit`` receives one
-    :class:`~fewshotcx.support.SupportPool` per plane axis; ``predict_slices`` maps query slabs
+    :class:`~fewshotcx.pipeline.support.SupportPool` per plane axis; ``predict_slices`` maps query slabs
     ``(N, 2k+1, s, s)`` to probabilities ``(N, L, s, s)``, one channel per support class.
     """
 

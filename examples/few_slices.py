@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 import fewshotcx as fx
-from fewshotcx.baselines import interpolate_slices
+from fewshotcx.baselines.interpolation import interpolate_slices
 from fewshotcx.viz import spread_slices
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 import fewshotcx as fx
-from fewshotcx import dicom, rt
+from fewshotcx import rt
+from fewshotcx.io import dicom
 
 
 def synthetic_ct(shape=(64, 56, 24), spacing=(1.0, 1.0, 3.0)) -> tuple[fx.Volume, dict[str, np.ndarray]]:

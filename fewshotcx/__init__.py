@@ -14,19 +14,30 @@ are imported on first use.
 
 from importlib import import_module
 
+from .io import Volume, VolumeError, load_volume, save_volume
 from .segmenter import Segmenter
-from .volume import Volume, VolumeError, load_volume, save_volume
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("metrics", "models", "rt", "dicom", "sam", "datasets", "training", "weights", "baselines")
+#: ``fx.<name>`` → the module it loads on first use.
+_SUBMODULES = {
+    "metrics": "evaluation.metrics",
+    "models": "models",
+    "weights": "models.weights",
+    "rt": "rt",
+    "dicom": "io.dicom",
+    "sam": "sam",
+    "datasets": "datasets",
+    "training": "training",
+    "baselines": "baselines",
+}
 
 __all__ = ["Segmenter", "Volume", "VolumeError", "load_volume", "save_volume", "__version__", *_SUBMODULES]
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
-        module = import_module(f".{name}", __name__)
+        module = import_module(f".{_SUBMODULES[name]}", __name__)
         globals()[name] = module
         return module
     raise AttributeError(f"module 'fewshotcx' has no attribute {name!r}")

@@ -26,11 +26,11 @@ from typing import Callable
 
 
 from . import datasets
-from .baselines import interpolate_slices, label_fusion
-from .metrics import dice
+from .baselines.interpolation import interpolate_slices, label_fusion
+from .evaluation.metrics import dice
 from .segmenter import Segmenter
 from .viz import save_overlay, spread_slices
-from .volume import save_volume
+from .io.volume import save_volume
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def run_task(task: DemoTask, out_dir: Path, weights: str, device: str) -> dict:
 
 def run_demo(out_dir: Path, device: str = "auto", weights: str = "default") -> list[dict]:
     """Run every demo task, print a table, write ``results.csv``; returns the rows."""
-    from .weights import describe
+    from .models.weights import describe
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

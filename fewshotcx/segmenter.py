@@ -9,11 +9,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import Backend, create_backend
-from .intensity import Modality, normalize
-from .postprocess import postprocess
-from .slicing import AxisLike, extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble
-from .support import SupportPool, build_pool, check_support
-from .volume import PathLike, Volume, VolumeError, load_volume, reorient_array
+from .pipeline.intensity import Modality, normalize
+from .pipeline.postprocess import postprocess
+from .pipeline.slicing import AxisLike, extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble
+from .pipeline.support import SupportPool, build_pool, check_support
+from .io.volume import PathLike, Volume, VolumeError, load_volume, reorient_array
 
 VolumeLike = Union[Volume, PathLike]
 
@@ -60,7 +60,7 @@ class Segmenter:
             for CT.
         threshold: probability above which :meth:`predict` marks a voxel.
         postprocess: 3D clean-up applied by :meth:`predict`: any of ``"largest_component"``,
-            ``"fill_holes"``, ``"support_extent"`` (see :mod:`fewshotcx.postprocess`).
+            ``"fill_holes"``, ``"support_extent"`` (see :mod:`fewshotcx.pipeline.postprocess`).
         memory_budget: bytes of working memory per chunk of query slabs (default 128 MiB on CPU, 8 GiB
             on CUDA).
         progress: show a progress bar on long volumes.

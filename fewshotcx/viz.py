@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .intensity import normalize
-from .volume import Volume
+from .pipeline.intensity import normalize
+from .io.volume import Volume
 
 
 def spread_slices(mask: np.ndarray, count: int, ends: bool = False) -> list[int]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshotcx.volume import Volume
+from fewshotcx.io.volume import Volume
 
 torch.set_num_threads(1)  # tiny test tensors: threads only add contention
 

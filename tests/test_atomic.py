@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from fewshotcx.atomic import atomic_output
+from fewshotcx.io.atomic import atomic_output
 
 
 def test_failure_leaves_nothing_and_keeps_the_old_file(tmp_path):

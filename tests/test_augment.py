@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshotcx.augment import (AugmentConfig, augment_episode, edge_labels, example_augment, flip_rotate,
+from fewshotcx.training.augment import (AugmentConfig, augment_episode, edge_labels, example_augment, flip_rotate,
                                gaussian_blur, intensity_augment, random_warp, remap_intensities, task_augment)
 
 GEOMETRY_ONLY = AugmentConfig(p_flip=1.0, p_rot90=1.0, p_invert=0.0, p_remap=0.0, p_edges=0.0, p_warp=1.0,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fewshotcx.baselines import interpolate_slices, label_fusion
-from fewshotcx.metrics import dice
+from fewshotcx.baselines.interpolation import interpolate_slices, label_fusion
+from fewshotcx.evaluation.metrics import dice
 
 
 def disc(shape, centre, radius, spacing=(1.0, 1.0)):

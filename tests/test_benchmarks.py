@@ -13,7 +13,7 @@ import torch
 
 from conftest import blob_volume
 from fewshotcx import Volume
-from fewshotcx.datasets import Case
+from fewshotcx.datasets.cases import Case
 from fewshotcx.models import UniverSeg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -132,7 +132,7 @@ def test_combined_mode_averages_inside_and_uses_the_model_outside():
 
 # --------------------------------------------------------------------------------- fine-tuning
 def test_finetune_benefit_end_to_end(tmp_path):
-    from fewshotcx.weights import save_checkpoint
+    from fewshotcx.models.weights import save_checkpoint
 
     model = _tiny_model().model
     path = save_checkpoint(model, tmp_path / "tiny.pt", model.config, {"slice_size": 32, "context": 1})
@@ -152,7 +152,7 @@ def test_finetune_benefit_end_to_end(tmp_path):
 
 # --------------------------------------------------------------------------------- harness helpers
 def test_holdout_is_read_from_the_checkpoint(tmp_path):
-    from fewshotcx.weights import save_checkpoint
+    from fewshotcx.models.weights import save_checkpoint
 
     model = _tiny_model().model
     config = {"holdout_volumes": ["synthetic/b"], "holdout_structures": ["Hippocampus_L"]}

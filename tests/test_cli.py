@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import ORIENTATIONS, blob_volume
-from fewshotcx.cli import main
+from fewshotcx.cli.main import main
 from fewshotcx.models import UniverSeg
-from fewshotcx.weights import save_checkpoint
+from fewshotcx.models.weights import save_checkpoint
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import nrrd
 import numpy as np
 import pytest
 
-from fewshotcx import datasets as ds
-from fewshotcx.volume import Volume, VolumeError
+from fewshotcx.datasets import cases as ds
+from fewshotcx.io.volume import Volume, VolumeError
 
 LPS_NRRD = {"space": "left-posterior-superior", "space origin": np.array([10.0, -20.0, 30.0])}
 

@@ -8,11 +8,11 @@ import torch
 
 from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import demo
-from fewshotcx.datasets import Case
+from fewshotcx.datasets.cases import Case
 from fewshotcx.viz import spread_slices
 from fewshotcx.models import UniverSeg
-from fewshotcx.volume import Volume, load_volume
-from fewshotcx.weights import save_checkpoint
+from fewshotcx.io.volume import Volume, load_volume
+from fewshotcx.models.weights import save_checkpoint
 
 
 def _case(seed: int) -> Case:

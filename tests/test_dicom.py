@@ -13,8 +13,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from fewshotcx import dicom
-from fewshotcx.volume import Volume, VolumeError, load_volume, save_volume
+from fewshotcx.io import dicom
+from fewshotcx.io.volume import Volume, VolumeError, load_volume, save_volume
 
 SHAPE = (20, 24, 10)  # (Columns, Rows, slices)
 PIXEL_SPACING = (0.9, 1.1)  # (between rows, between columns)

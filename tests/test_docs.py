@@ -42,7 +42,7 @@ def test_site_builds_offline_with_strict(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
-    for anchor in ("fewshotcx.Segmenter.fit", "fewshotcx.load_volume", "fewshotcx.metrics.hd95",
+    for anchor in ("fewshotcx.Segmenter.fit", "fewshotcx.load_volume", "fewshotcx.evaluation.metrics.hd95",
                    "fewshotcx.models.UniverSeg", "fewshotcx.training.finetune"):
         assert f'id="{anchor}"' in api, f"API reference lacks {anchor}"
     assert "write_synthetic_cases" in (site / "guide" / "index.html").read_text(encoding="utf-8")  # example included

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fewshotcx.models import UniverSeg
-from fewshotcx.weights import load_checkpoint, save_checkpoint
+from fewshotcx.models.weights import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshotcx.intensity import clean_nonfinite, ct_window, looks_like_ct, minmax_per_slice, normalize
+from fewshotcx.pipeline.intensity import clean_nonfinite, ct_window, looks_like_ct, minmax_per_slice, normalize
 
 
 def _ct(seed=0):

@@ -1,4 +1,4 @@
-"""Tests for fewshotcx.metrics: hand-computed geometry, empty-mask conventions, MONAI agreement."""
+"""Tests for fewshotcx.evaluation.metrics: hand-computed geometry, empty-mask conventions, MONAI agreement."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 import fewshotcx as fx
-from fewshotcx import metrics
-from fewshotcx.volume import Volume, VolumeError
+from fewshotcx.evaluation import metrics
+from fewshotcx.io.volume import Volume, VolumeError
 
 
 def cube(shape, start, size):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fewshotcx.postprocess import largest_component, postprocess, restrict_extent
+from fewshotcx.pipeline.postprocess import largest_component, postprocess, restrict_extent
 
 
 def test_largest_component_keeps_the_biggest_blob_per_label():

@@ -43,7 +43,7 @@ def test_slices_the_coarse_model_leaves_empty_stay_empty():
             return torch.zeros(slabs.shape[0], 1, 32, 32)
 
     backend.coarse = Nothing()
-    from fewshotcx.slicing import make_geometry
+    from fewshotcx.pipeline.slicing import make_geometry
 
     slabs = torch.rand(3, 3, 64, 64)
     out = backend.predict_slices(slabs, make_geometry((64, 64, 3), (1, 1, 1), "axial", 64, 1), torch.Generator())

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fewshotcx import cli_rt, rt
-from fewshotcx.volume import Volume, VolumeError, load_volume
+from fewshotcx import rt
+from fewshotcx.cli import rt as cli_rt
+from fewshotcx.io.volume import Volume, VolumeError, load_volume
 
 SPACING = (0.8, 1.2, 3.0)
 # Array axis directions in RAS: RAS, LPS and a permuted layout (axes: P, I, R).

@@ -1,4 +1,4 @@
-"""RTSTRUCT writing and reading (fewshotcx.rtstruct, re-exported by fewshotcx.rt) on generated DICOM series, and the ``rtstruct`` CLI command."""
+"""RTSTRUCT writing and reading (fewshotcx.io.rtstruct, re-exported by fewshotcx.rt) on generated DICOM series, and the ``rtstruct`` CLI command."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from fewshotcx import cli_rt, dicom, rt, rtstruct
-from fewshotcx.volume import Volume, VolumeError, load_volume
+from fewshotcx import rt
+from fewshotcx.cli import rt as cli_rt
+from fewshotcx.io import dicom, rtstruct
+from fewshotcx.io.volume import Volume, VolumeError, load_volume
 
 SHAPE = (26, 22, 12)
 

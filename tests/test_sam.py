@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fewshotcx as fx
-from fewshotcx.metrics import dice
+from fewshotcx.evaluation.metrics import dice
 from fewshotcx.sam import tiny_sam
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])

@@ -15,8 +15,8 @@ from fewshotcx.sam import (
 )
 from fewshotcx.sam import models as sam_models
 from fewshotcx.sam.tuning import shift
-from fewshotcx.slicing import extract_slabs, make_geometry, reassemble
-from fewshotcx.weights import WeightsError
+from fewshotcx.pipeline.slicing import extract_slabs, make_geometry, reassemble
+from fewshotcx.models.weights import WeightsError
 
 
 @pytest.fixture(scope="module")

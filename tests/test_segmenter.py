@@ -9,9 +9,9 @@ from scipy import ndimage
 from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import Segmenter, Volume, VolumeError, save_volume
 from fewshotcx.backends.universeg import UniverSegBackend
-from fewshotcx.intensity import minmax_per_slice, normalize
+from fewshotcx.pipeline.intensity import minmax_per_slice, normalize
 from fewshotcx.models import UniverSeg
-from fewshotcx.slicing import make_geometry
+from fewshotcx.pipeline.slicing import make_geometry
 
 
 class EchoBackend:
@@ -210,7 +210,7 @@ def test_classes_come_only_from_labelled_slices():
 
 
 def test_checkpoint_can_record_its_default_support_size(tmp_path):
-    from fewshotcx.weights import save_checkpoint
+    from fewshotcx.models.weights import save_checkpoint
 
     model = tiny_universeg()
     path = save_checkpoint(model, tmp_path / "m.pt", model.config, {"slice_size": 32, "support_size": 5})

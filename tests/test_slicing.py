@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import ORIENTATIONS
-from fewshotcx.slicing import extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble
-from fewshotcx.volume import Volume
+from fewshotcx.pipeline.slicing import extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble
+from fewshotcx.io.volume import Volume
 
 
 def _smooth(shape, seed=0):

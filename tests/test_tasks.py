@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import ORIENTATIONS, blob_volume
-from fewshotcx.intensity import normalize
-from fewshotcx.support import build_pool
-from fewshotcx.synthetic import synthetic_cases, synthetic_family
-from fewshotcx.tasks import (LABEL_SCALE, LabelledVolume, build_tasks, fixed_episodes, sample_episode, split_tasks,
+from fewshotcx.pipeline.intensity import normalize
+from fewshotcx.pipeline.support import build_pool
+from fewshotcx.training.synthetic import synthetic_cases, synthetic_family
+from fewshotcx.training.tasks import (LABEL_SCALE, LabelledVolume, build_tasks, fixed_episodes, sample_episode, split_tasks,
                              user_volumes)
-from fewshotcx.volume import Volume
+from fewshotcx.io.volume import Volume
 
 
 @pytest.fixture(scope="module")

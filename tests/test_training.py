@@ -13,9 +13,9 @@ import torch
 
 from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import Segmenter, Volume
-from fewshotcx import training
-from fewshotcx.training import TrainConfig, episode_loss, export_checkpoint, finetune, register_cli, train
-from fewshotcx.weights import load_checkpoint, load_universeg
+from fewshotcx.training import loop as training
+from fewshotcx.training.loop import TrainConfig, episode_loss, export_checkpoint, finetune, register_cli, train
+from fewshotcx.models.weights import load_checkpoint, load_universeg
 
 TINY = dict(data=["synthetic"], width=8, size=32, synthetic_families=8, synthetic_val_families=2,
             synthetic_shape=(32, 32, 6), synthetic_labels=4, support_size=(3, 6), queries=3, episodes_per_step=1,

@@ -8,9 +8,9 @@ import torch
 
 from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import Segmenter, Volume
-from fewshotcx.metrics import dice
+from fewshotcx.evaluation.metrics import dice
 from fewshotcx.models import UniverSeg
-from fewshotcx.unet_baseline import UNet2d, train_unet_2d, unet_predict_slabs, unet_predict_volume
+from fewshotcx.baselines.unet import UNet2d, train_unet_2d, unet_predict_slabs, unet_predict_volume
 
 
 def _disc_slices(count: int = 6, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import ORIENTATIONS
-from fewshotcx.volume import Volume, VolumeError, check_pair, load_volume, reorient_array, save_volume
+from fewshotcx.io.volume import Volume, VolumeError, check_pair, load_volume, reorient_array, save_volume
 
 
 def _write(path, array, affine, **header):

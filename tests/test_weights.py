@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshotcx import weights
+from fewshotcx.models import weights
 from fewshotcx.models import UniverSeg
-from fewshotcx.weights import (
+from fewshotcx.models.weights import (
     REGISTRY,
     WeightsError,
     check_keys,
@@ -74,7 +74,7 @@ def test_registry_entries():
     assert "OpenRAIL++-M" in official.licence and not official.bundled
     default = REGISTRY["default"]
     assert default.bundled and weights.expected_path(default) == weights.BUNDLED_DIR / "default_universeg.pt"
-    assert weights.BUNDLED_DIR == Path(weights.__file__).parent / "weights"
+    assert weights.BUNDLED_DIR == Path(weights.__file__).parent / "bundled"
     for variant, filename in {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth",
                               "vit_h": "sam_vit_h_4b8939.pth"}.items():
         entry = REGISTRY[f"sam-{variant}"]

@@ -1,7 +1,7 @@
 """The contract between :class:`~fewshotcx.Segmenter` and an in-context model.
 
 A backend sees only 2D slabs: the segmenter has already normalised intensities, cut the support
-pools and the query slabs (:mod:`fewshotcx.slicing`), and will reassemble whatever the backend returns.
+pools and the query slabs (:mod:`fewshotcx.pipeline.slicing`), and will reassemble whatever the backend returns.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..slicing import SliceGeometry
-from ..support import SupportPool
+from ..pipeline.slicing import SliceGeometry
+from ..pipeline.support import SupportPool
 
 
 @runtime_checkable

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..sam.refine import refine_with_sam
-from ..slicing import SliceGeometry
-from ..support import SupportPool
+from ..pipeline.slicing import SliceGeometry
+from ..pipeline.support import SupportPool
 from .sam import SamBackend
 from .universeg import UniverSegBackend
 

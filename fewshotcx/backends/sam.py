@@ -34,8 +34,8 @@ from ..sam.models import load_sam
 from ..sam.prompts import LearnedPrompts, SupportPrompts, initial_tokens
 from ..sam.transforms import RESIZE_MODES, check_mode, preprocess, resize_masks, upsample_logits
 from ..sam.tuning import tune_prompts
-from ..slicing import SliceGeometry
-from ..support import SupportPool, select_support
+from ..pipeline.slicing import SliceGeometry
+from ..pipeline.support import SupportPool, select_support
 
 #: Prompt-tuning steps when ``tune_steps`` is not given.
 DEFAULT_TUNE_STEPS = 200

@@ -17,11 +17,11 @@ from typing import Optional
 import torch
 from einops import rearrange
 
-from ..intensity import minmax_per_slice
+from ..pipeline.intensity import minmax_per_slice
 from ..models.universeg import UniverSeg
-from ..slicing import SliceGeometry
-from ..support import Strategy, SupportPool, select_support
-from ..weights import load_universeg
+from ..pipeline.slicing import SliceGeometry
+from ..pipeline.support import Strategy, SupportPool, select_support
+from ..models.weights import load_universeg
 
 #: Support size when neither the caller nor the checkpoint says: UniverSeg v1 was trained with
 #: support sets of up to 64, and 16 is near the knee of its published support-size curve at a quarter
@@ -34,12 +34,12 @@ class UniverSegBackend:
     """In-context segmentation with a :class:`~fewshotcx.models.UniverSeg` network.
 
     Args:
-        model: a ready network; else ``weights`` is resolved by :func:`fewshotcx.weights.load_universeg`.
+        model: a ready network; else ``weights`` is resolved by :func:`fewshotcx.models.weights.load_universeg`.
         weights: ``"default"`` (bundled), ``"official"`` or a checkpoint path.
         device: torch device.
         support_size: ``S`` support slabs per query group.
         ensemble: ``K`` independent support sets averaged.
-        strategy: ``"position"`` or ``"random"`` (see :mod:`fewshotcx.support`).
+        strategy: ``"position"`` or ``"random"`` (see :mod:`fewshotcx.pipeline.support`).
         group_size: neighbouring query slices sharing one support set.
         precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         slice_size: override the model's native size (must be divisible by 8).

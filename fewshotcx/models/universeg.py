@@ -264,7 +264,7 @@ class UniverSeg(nn.Module):
 
     @property
     def config(self) -> dict:
-        """Constructor arguments as plain Python types (what :func:`fewshotcx.weights.save_checkpoint` stores)."""
+        """Constructor arguments as plain Python types (what :func:`fewshotcx.models.weights.save_checkpoint` stores)."""
         return {"encoder_blocks": list(self.encoder_blocks), "decoder_blocks": list(self.decoder_blocks),
                 "in_channels": self.in_channels}
 

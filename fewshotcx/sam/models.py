@@ -16,7 +16,7 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from ..weights import WeightsError, check_keys, load_checkpoint, resolve
+from ..models.weights import WeightsError, check_keys, load_checkpoint, resolve
 
 #: Image-encoder width → ``sam_model_registry`` key.
 VARIANTS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -41,9 +41,9 @@ def load_sam(weights: Union[str, Path], download: bool = True) -> tuple[Sam, Pat
 
     Args:
         weights: a SAM/MedSAM checkpoint path, ``"official"`` (SAM ViT-B) or a registry name such as
-            ``"sam-vit_l"`` (see :mod:`fewshotcx.weights`). ``"default"`` is refused: there is no
+            ``"sam-vit_l"`` (see :mod:`fewshotcx.models.weights`). ``"default"`` is refused: there is no
             bundled SAM.
-        download: passed to :func:`fewshotcx.weights.resolve`.
+        download: passed to :func:`fewshotcx.models.weights.resolve`.
     Returns:
         ``(model, checkpoint path)``.
     """

@@ -1,7 +1,7 @@
 """Pixel-level conversions between fewshotcx slabs and SAM's image / mask frames.
 
 Slabs arrive as ``(N, 2k+1, s, s)`` volume-normalised intensities in ``[0, 1]``, already resized to
-the encoder's ``s = img_size`` square by :mod:`fewshotcx.slicing` (``"pad"`` for SAM, ``"stretch"`` for
+the encoder's ``s = img_size`` square by :mod:`fewshotcx.pipeline.slicing` (``"pad"`` for SAM, ``"stretch"`` for
 MedSAM), so no resizing happens here:
 
 * 2.5D → RGB: ``k = 1`` puts slices ``z-1, z, z+1`` in the R, G, B channels; ``k = 0`` repeats the slice.

@@ -115,7 +115,7 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
         out_path: the ``.dcm`` file to write (atomically).
         keep_patient_identity: copy PatientName and PatientID from the series (needed by planning
             systems to attach the structures to the patient); by default they are left empty and the
-            file is de-identified (:func:`fewshotcx.dicom.deidentify_dataset`).
+            file is de-identified (:func:`fewshotcx.io.dicom.deidentify_dataset`).
         series_uid: which series to reference when the folder holds several.
     Raises:
         FileExistsError: ``out_path`` exists and ``overwrite`` is False.

@@ -28,14 +28,14 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_output
-from .paths import home
-from .models.universeg import V1_DECODER_BLOCKS, V1_ENCODER_BLOCKS, UniverSeg
+from ..io.atomic import atomic_output
+from ..paths import home
+from .universeg import V1_DECODER_BLOCKS, V1_ENCODER_BLOCKS, UniverSeg
 
 PathLike = Union[str, os.PathLike]
 
 #: Where the bundled default checkpoint lives inside the installed package.
-BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 _DOWNLOAD_TIMEOUT_S = 30
 _BLOCK = 1 << 20

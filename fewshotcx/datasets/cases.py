@@ -43,8 +43,8 @@ import nrrd
 import numpy as np
 from scipy import ndimage
 
-from .paths import home
-from .volume import Volume, VolumeError, check_pair, load_volume, save_volume
+from ..paths import home
+from ..io.volume import Volume, VolumeError, check_pair, load_volume, save_volume
 
 _DOWNLOAD_TIMEOUT_S = 900
 

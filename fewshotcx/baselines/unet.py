@@ -9,7 +9,7 @@ slabs, aspect-preserving resize/pad to ``s × s``, per-slab min-max scaling, exa
 the query's grid), so the two are compared on identical inputs.
 
 Augmentation: small random affine + elastic warps and intensity changes (gamma, contrast,
-brightness, noise, blur) from :mod:`fewshotcx.augment`. Flips are off by default because they break
+brightness, noise, blur) from :mod:`fewshotcx.training.augment`. Flips are off by default because they break
 laterality (a flipped *left* hippocampus looks like a right one) and anatomical asymmetry; pass
 ``flips=True`` for structures where that does not matter.
 """
@@ -25,11 +25,11 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .augment import AugmentConfig, flip_rotate, intensity_augment, random_warp
-from .intensity import Modality, minmax_per_slice, normalize
-from .slicing import AxisLike, extract_slabs, make_geometry, reassemble
-from .training import episode_loss
-from .volume import PathLike, Volume, load_volume, reorient_array
+from ..training.augment import AugmentConfig, flip_rotate, intensity_augment, random_warp
+from ..pipeline.intensity import Modality, minmax_per_slice, normalize
+from ..pipeline.slicing import AxisLike, extract_slabs, make_geometry, reassemble
+from ..training.loop import episode_loss
+from ..io.volume import PathLike, Volume, load_volume, reorient_array
 
 #: Light example-level augmentation: mild warps and intensity changes, no task-level remapping.
 LIGHT_AUGMENT = AugmentConfig(p_flip=0.0, p_rot90=0.0, p_invert=0.0, p_remap=0.0, p_edges=0.0,

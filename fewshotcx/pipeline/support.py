@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .slicing import extract_slabs, make_geometry
-from .volume import Volume, VolumeError, check_pair
+from ..io.volume import Volume, VolumeError, check_pair
 
 Strategy = Literal["position", "random"]
 
@@ -78,7 +78,7 @@ def build_pool(
         slices: per volume, the indices along ``axis`` that are labelled (``None`` = all slices;
             empty slices are then true negatives).
         classes: label values to model; default = all non-zero values on the labelled slices.
-        resize_mode: see :func:`~fewshotcx.slicing.make_geometry`.
+        resize_mode: see :func:`~fewshotcx.pipeline.slicing.make_geometry`.
     """
     if len(images) != len(labels) or not labels:
         raise VolumeError("support needs the same number (≥ 1) of images and labels")

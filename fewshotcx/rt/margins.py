@@ -26,7 +26,7 @@ oblique grids each world direction is applied along the nearest voxel axis (a wa
 angle). The grid is kept: nothing is padded, so a structure touching the border is clipped there, and
 the border does not erode structures in :func:`shrink_margin` (what lies outside is unknown).
 
-RTSTRUCT reading and writing live in :mod:`fewshotcx.rtstruct` and are re-exported here.
+RTSTRUCT reading and writing live in :mod:`fewshotcx.io.rtstruct` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ import numpy as np
 from nibabel import orientations as ornt
 from scipy import ndimage
 
-from .rtstruct import read_rtstruct, write_rtstruct
-from .volume import Volume, VolumeError, binary_mask
+from ..io.rtstruct import read_rtstruct, write_rtstruct
+from ..io.volume import Volume, VolumeError, binary_mask
 
 MarginSpec = Union[float, Sequence[float], Mapping[str, float]]
 
@@ -239,5 +239,3 @@ def _offset_views(axis: int, t: int) -> tuple[tuple[slice, ...], tuple[slice, ..
     return tuple(ahead), tuple(behind)
 
 
-__all__ = ["DIRECTIONS", "expand_margin", "shrink_margin", "union", "intersect", "subtract", "read_rtstruct",
-           "write_rtstruct"]

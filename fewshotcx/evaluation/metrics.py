@@ -1,7 +1,7 @@
 """Segmentation metrics in millimetres: overlap, surface distances, volumes.
 
 Every metric takes a prediction and a reference ("gt") mask of the same shape, 2D ``(X, Y)`` or 3D
-``(X, Y, Z)``, as numpy arrays (bool, integer, or whole-valued float) or :class:`~fewshotcx.volume.Volume`
+``(X, Y, Z)``, as numpy arrays (bool, integer, or whole-valued float) or :class:`~fewshotcx.io.volume.Volume`
 objects.
 
 * **Binarisation.** A voxel is foreground when it is nonzero, or, with ``label=k``, when it equals ``k``
@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
-from .volume import Volume, VolumeError
+from ..io.volume import Volume, VolumeError
 
 MaskLike = Union[np.ndarray, Volume]
 Spacing = Optional[Sequence[float]]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rt
-from .volume import load_volume, save_volume
+from .. import rt
+from ..io.volume import load_volume, save_volume
 
 _AXES = {"lr": ("left", "right"), "ap": ("anterior", "posterior"), "si": ("superior", "inferior")}
 

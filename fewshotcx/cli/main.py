@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .volume import VolumeError
+from ..io.volume import VolumeError
 
 EXIT_USAGE = 2
 
@@ -79,14 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands():
     """Subcommands contributed by other modules (training, radiotherapy)."""
-    from . import cli_rt, training
+    from . import rt as cli_rt
+    from ..training import loop as training
 
     return [training.register_cli, cli_rt.register]
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    from .segmenter import Segmenter
-    from .volume import load_volume, save_volume
+    from ..segmenter import Segmenter
+    from ..io.volume import load_volume, save_volume
 
     out = Path(args.out)
     if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
@@ -110,13 +111,13 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo as demo
+    from ..demo import run_demo as demo
 
     demo(Path(args.out), device=args.device)
 
 
 def run_weights(args: argparse.Namespace) -> None:
-    from . import weights
+    from ..models import weights
 
     if args.action == "list":
         for ckpt in weights.REGISTRY.values():
@@ -163,6 +164,3 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
 
-
-if __name__ == "__main__":
-    sys.exit(main())

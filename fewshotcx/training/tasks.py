@@ -2,9 +2,9 @@
 
 A :class:`Task` is one structure seen along one plane axis in every volume that labels it: for each
 volume, the slabs around the structure (its slices plus a margin of empty ones) and the structure's
-binary mask on them. Slabs are cut exactly as inference cuts them (:func:`~fewshotcx.intensity.normalize`
-on the whole volume, then :func:`~fewshotcx.slicing.make_geometry` / :func:`~fewshotcx.slicing.extract_slabs`
-with the aspect-preserving pad; labels as soft masks like :func:`~fewshotcx.support.build_pool`), once,
+binary mask on them. Slabs are cut exactly as inference cuts them (:func:`~fewshotcx.pipeline.intensity.normalize`
+on the whole volume, then :func:`~fewshotcx.pipeline.slicing.make_geometry` / :func:`~fewshotcx.pipeline.slicing.extract_slabs`
+with the aspect-preserving pad; labels as soft masks like :func:`~fewshotcx.pipeline.support.build_pool`), once,
 at the training resolution, and stored compactly (images float16, shared by all structures of a
 volume; labels uint8 in 1/255 steps).
 
@@ -27,10 +27,10 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from .datasets import canonical_name
-from .intensity import normalize
-from .slicing import axis_index, extract_slabs, make_geometry
-from .volume import Volume, check_pair
+from ..datasets.cases import canonical_name
+from ..pipeline.intensity import normalize
+from ..pipeline.slicing import axis_index, extract_slabs, make_geometry
+from ..io.volume import Volume, check_pair
 
 #: Soft labels are stored as uint8 in steps of 1/LABEL_SCALE.
 LABEL_SCALE = 255
@@ -48,7 +48,7 @@ class LabelledVolume:
         group: volumes of one group that name the same structure (by :func:`canonical_name`) form one
             task, e.g. all brains, or all lung CTs.
         dataset: the dataset the volume belongs to (training balances datasets, not tasks).
-        modality: ``"auto"``, ``"ct"`` or ``"mr"`` for :func:`~fewshotcx.intensity.normalize`.
+        modality: ``"auto"``, ``"ct"`` or ``"mr"`` for :func:`~fewshotcx.pipeline.intensity.normalize`.
         licence: provenance note.
     """
 

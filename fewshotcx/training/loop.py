@@ -4,14 +4,14 @@ Every step draws ``episodes_per_step`` episodes. An episode is one task (one str
 axis, in one dataset: a synthetic family with probability ``synthetic_ratio``, else a real dataset
 chosen uniformly, then a task of it uniformly), a group of ``queries`` neighbouring query slabs of
 one volume, and a support set of ``S`` slabs (``S`` uniform in the ``support_size`` range) from the
-task's other volumes (:func:`fewshotcx.tasks.sample_episode`). The episode is augmented
-(:mod:`fewshotcx.augment`), each slab min-max scaled as at inference, and run through
+task's other volumes (:func:`fewshotcx.training.tasks.sample_episode`). The episode is augmented
+(:mod:`fewshotcx.training.augment`), each slab min-max scaled as at inference, and run through
 :meth:`UniverSeg.forward_shared` — the same code path, preprocessing and resolution as
 :class:`fewshotcx.Segmenter` — with a soft Dice + binary cross-entropy loss, AdamW, and a constant or
 cosine learning rate after a linear warm-up.
 
 Checkpoints (every ``checkpoint_every`` steps and at the end) are ordinary fewshotcx checkpoints
-(:func:`fewshotcx.weights.save_checkpoint`, loadable by ``Segmenter(weights=path)``) whose ``extra``
+(:func:`fewshotcx.models.weights.save_checkpoint`, loadable by ``Segmenter(weights=path)``) whose ``extra``
 also holds the optimiser, the step and the random generators, so ``resume=True`` continues exactly
 where the run stopped. Validation Dice on held-out volumes / structures / synthetic families is
 written with the training loss to ``<out>.csv``. :func:`export_checkpoint` writes the compact,
@@ -37,13 +37,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .augment import AugmentConfig, augment_episode
-from .intensity import minmax_per_slice
-from .models.universeg import UniverSeg, inflate_to_context
-from .segmenter import resolve_device
+from ..pipeline.intensity import minmax_per_slice
+from ..models.universeg import UniverSeg, inflate_to_context
+from ..segmenter import resolve_device
 from .synthetic import synthetic_cases
 from .tasks import Episode, LabelledVolume, Task, build_tasks, fixed_episodes, sample_episode, split_tasks, user_volumes
-from .volume import PathLike, Volume, load_volume
-from .weights import load_checkpoint, load_universeg, save_checkpoint
+from ..io.volume import PathLike, Volume, load_volume
+from ..models.weights import load_checkpoint, load_universeg, save_checkpoint
 
 #: Real data sources ``--data`` accepts (loaders in :mod:`fewshotcx.datasets`), plus ``"synthetic"``.
 DATA_SOURCES = ("synthetic", "slicerio", "pyradiomics", "brain", "nilearn")
@@ -137,7 +137,7 @@ class TrainConfig:
 # -------------------------------------------------------------------------------------------- data
 def load_source(name: str, config: TrainConfig) -> list[LabelledVolume]:
     """The labelled volumes of one ``--data`` source (synthetic volumes are generated from ``config.seed``)."""
-    from . import datasets
+    from .. import datasets
 
     if name == "synthetic":
         return synthetic_cases(config.synthetic_families, 3, config.synthetic_shape, config.synthetic_labels,
@@ -315,7 +315,7 @@ def export_checkpoint(src: PathLike, dst: PathLike, dtype: str = "float16") -> P
     """Inference-only copy of a training checkpoint: weights (cast to ``dtype``), architecture,
     ``slice_size``/``context`` and the training summary; no optimiser or generator state.
 
-    Loading (:func:`fewshotcx.weights.load_universeg`) casts the weights back to float32. Also writes
+    Loading (:func:`fewshotcx.models.weights.load_universeg`) casts the weights back to float32. Also writes
     ``<dst>.json`` with the metadata and, if ``<src>.csv`` exists, the run's validation curve, for
     people and docs.
     """

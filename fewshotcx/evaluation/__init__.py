@@ -1,0 +1,1 @@
+"""Evaluation: segmentation metrics (``fx.metrics``)."""

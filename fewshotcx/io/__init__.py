@@ -1,0 +1,10 @@
+"""Reading and writing volumes: NIfTI/NRRD/DICOM series, RTSTRUCT, atomic writes.
+
+Everything lands in a :class:`Volume` that carries its affine and the way back to its file.
+"""
+
+from .atomic import atomic_output
+from .volume import PathLike, SourceGeometry, Volume, VolumeError, binary_mask, check_pair, load_volume, reorient_array, save_volume
+
+__all__ = ["PathLike", "SourceGeometry", "Volume", "VolumeError", "atomic_output", "binary_mask", "check_pair",
+           "load_volume", "reorient_array", "save_volume"]
