@@ -14,7 +14,8 @@ import torch
 from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import Segmenter, Volume
 from fewshotcx.training import loop as training
-from fewshotcx.training.loop import TrainConfig, episode_loss, export_checkpoint, finetune, register_cli, train
+from fewshotcx.training.loop import TrainConfig, episode_loss, export_checkpoint, finetune, train
+from fewshotcx.cli.train import register as register_cli
 from fewshotcx.models.weights import load_checkpoint, load_universeg
 
 TINY = dict(data=["synthetic"], width=8, size=32, synthetic_families=8, synthetic_val_families=2,

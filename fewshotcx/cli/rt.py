@@ -1,7 +1,7 @@
-"""Radiotherapy subcommands of the ``fewshotcx`` console script: ``margin`` and ``rtstruct``.
+"""Radiotherapy sub-commands of the ``fewshotcx`` console script: ``margin`` and ``rtstruct``.
 
-``cli.py`` calls :func:`register` with its subparsers; each command's function raises ``ValueError``,
-``VolumeError`` or ``FileExistsError`` on bad input and ``cli.py`` turns those into one-line errors.
+:mod:`fewshotcx.cli.main` calls :func:`register` with its subparsers; each command's function raises ``ValueError``,
+``VolumeError`` or ``FileExistsError`` on bad input and the entry point turns those into one-line errors.
 """
 
 from __future__ import annotations

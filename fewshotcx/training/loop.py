@@ -20,7 +20,6 @@ inference-only copy (float16 weights, no optimiser) that is bundled as the defau
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -511,61 +510,3 @@ def finetune(
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def _support_range(text: str) -> tuple[int, int]:
-    lo, sep, hi = text.partition(":")
-    try:
-        return (int(lo), int(hi)) if sep else (int(lo), int(lo))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--support-size expects N or MIN:MAX, got {text!r}") from None
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fewshotcx train`` to the console script."""
-    d = TrainConfig()
-    p = subparsers.add_parser("train", help="episodic in-context training / fine-tuning of UniverSeg",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", action="append", choices=DATA_SOURCES, default=None,
-                   help="training data source (repeat for several); default synthetic unless --images are given")
-    p.add_argument("--images", action="append", default=[], help="your own image volume (repeat; pairs with --labels)")
-    p.add_argument("--labels", action="append", default=[], help="its label map (repeat, same order as --images)")
-    p.add_argument("--init", default=None, help="start from a checkpoint: 'default', 'official' or a path")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--width", type=int, default=d.width, help="features per CrossBlock for a new model (v1: 64)")
-    p.add_argument("--size", type=int, default=None, help="slice size (default: the init checkpoint's, else 64)")
-    p.add_argument("--context", type=int, default=None, help="2.5D neighbour slices each side")
-    p.add_argument("--support-size", type=_support_range, default=d.support_size, metavar="N|MIN:MAX")
-    p.add_argument("--queries", type=int, default=d.queries, help="query slabs per episode")
-    p.add_argument("--episodes-per-step", type=int, default=d.episodes_per_step)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--synthetic-ratio", type=float, default=d.synthetic_ratio)
-    p.add_argument("--synthetic-families", type=int, default=d.synthetic_families)
-    p.add_argument("--axes", nargs="+", choices=["axial", "coronal", "sagittal"], default=d.axes)
-    p.add_argument("--holdout-volume", action="append", default=[], help="volume name kept for validation only")
-    p.add_argument("--holdout-structure", action="append", default=[], help="structure kept for validation only")
-    p.add_argument("--val-every", type=int, default=d.val_every)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--out", default=d.out, help="training checkpoint (its log goes to the same name .csv)")
-    p.add_argument("--export", default=None, help="also write an inference-only copy here at the end")
-    p.add_argument("--export-dtype", choices=["float16", "float32"], default=d.export_dtype)
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_cli)
-
-
-def run_cli(args: argparse.Namespace) -> None:
-    """``fewshotcx train``: build the config from the arguments, train, print the checkpoint path."""
-    data = args.data if args.data is not None else ([] if args.images else ["synthetic"])
-    config = TrainConfig(
-        data=data, images=args.images, labels=args.labels, init=args.init, steps=args.steps, width=args.width,
-        size=args.size, context=args.context, support_size=args.support_size, queries=args.queries,
-        episodes_per_step=args.episodes_per_step, lr=args.lr, schedule=args.schedule, warmup=args.warmup,
-        synthetic_ratio=args.synthetic_ratio, synthetic_families=args.synthetic_families, axes=args.axes,
-        holdout_volumes=args.holdout_volume, holdout_structures=args.holdout_structure, val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every, out=args.out, export=args.export, export_dtype=args.export_dtype,
-        resume=args.resume, device=args.device, seed=args.seed, progress=not args.no_progress,
-    )
-    print(f"wrote {train(config)}")
