@@ -1,19 +1,26 @@
-"""The public entry point: few labelled volumes in, a contour on the query's exact grid out."""
+"""The public entry point: few labelled volumes in, a contour on the query's exact grid out.
+
+Everything between loading and writing happens in the closest-canonical RAS layout of each volume
+(:meth:`Volume.canonical`): normalisation, slicing, the backend, reassembly, thresholding and
+post-processing. A result is reoriented exactly once, at the end, onto the query's own layout.
+"""
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backends import Backend, create_backend
-from .pipeline.intensity import Modality, normalize
+from .backends import Backend, VolumeBackend, create_backend
+from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
+from .pipeline.intensity import Modality, looks_like_ct, normalize
 from .pipeline.postprocess import postprocess
-from .pipeline.slicing import AxisLike, extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble
-from .pipeline.support import SupportPool, build_pool, check_support
-from .io.volume import PathLike, Volume, VolumeError, load_volume, reorient_array
+from .pipeline.slicing import AxisLike, extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble, relative_position
+from .pipeline.support import SupportPool, SupportVolumes, build_pool, check_support, support_classes
 
 VolumeLike = Union[Volume, PathLike]
 
@@ -31,6 +38,66 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
     return dev
+
+
+def show_progress(enabled: bool = True) -> bool:
+    """Whether to draw progress bars: asked for, and stderr is a terminal (bars flood log files)."""
+    import sys
+
+    return bool(enabled) and sys.stderr.isatty()
+
+
+def decide_modality(images: Sequence[np.ndarray], modality: Modality) -> str:
+    """One intensity decision for a set of volumes: ``"ct"`` or ``"mr"``.
+
+    ``"auto"`` takes the majority of :func:`~fewshotcx.pipeline.intensity.looks_like_ct` over all of
+    ``images`` (a tie goes to CT), so a tightly cropped CT without air is not MR-normalised while its
+    neighbours are CT-windowed; it warns when the volumes disagree.
+    """
+    if modality != "auto":
+        if modality not in ("ct", "mr"):
+            raise ValueError(f"modality must be 'auto', 'ct' or 'mr', got {modality!r}")
+        return modality
+    votes = [looks_like_ct(a) for a in images]
+    decided = "ct" if 2 * sum(votes) >= len(votes) else "mr"
+    if 0 < sum(votes) < len(votes):
+        warnings.warn(f"modality='auto': {sum(votes)} of {len(votes)} support volumes look like CT; all are "
+                      f"normalised as {decided.upper()} (pass modality='ct' or 'mr' to decide)", stacklevel=3)
+    return decided
+
+
+def slab_probabilities(
+    backend: Backend,
+    normalised: torch.Tensor,
+    spacing: Sequence[float],
+    axes: Sequence[int],
+    generator: torch.Generator,
+    memory_budget: int,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run a slab backend over a whole canonical volume and reassemble, averaging the plane axes.
+
+    Args:
+        normalised: ``(X, Y, Z)`` float32 in ``[0, 1]`` on the backend's device.
+        spacing: voxel size in mm (sets the in-plane aspect of the slabs).
+        axes: plane axes (2 = axial).
+        memory_budget: bytes per chunk of query slabs.
+    Returns:
+        ``(L, X, Y, Z)`` float32 probabilities in ``[0, 1]`` on the same grid.
+    """
+    total = None
+    for axis in axes:
+        geometry = make_geometry(tuple(normalised.shape), spacing, axis, backend.slice_size, backend.context,
+                                 device=normalised.device, resize_mode=backend.resize_mode)
+        chunks = list(iter_chunks(geometry, backend.bytes_per_slab(), memory_budget))
+        outputs = []
+        for start, stop in tqdm(chunks, desc=f"slices (axis {axis})", disable=not progress or len(chunks) < 2,
+                                leave=False):
+            part = geometry.subset(start, stop)
+            outputs.append(backend.predict_slices(extract_slabs(normalised, part), part, generator))
+        probs = reassemble(torch.cat(outputs), geometry)  # (L, X, Y, Z)
+        total = probs if total is None else total + probs
+    return (total / len(axes)).clamp_(0, 1)
 
 
 class Segmenter:
@@ -63,7 +130,7 @@ class Segmenter:
             ``"fill_holes"``, ``"support_extent"`` (see :mod:`fewshotcx.pipeline.postprocess`).
         memory_budget: bytes of working memory per chunk of query slabs (default 128 MiB on CPU, 8 GiB
             on CUDA).
-        progress: show a progress bar on long volumes.
+        progress: show a progress bar on long volumes (only when stderr is a terminal).
         **backend_options: passed to the backend (e.g. ``strategy="random"``, ``tune_steps=`` for SAM).
     """
 
@@ -94,10 +161,10 @@ class Segmenter:
                 backend, weights=weights, model=model, device=self.device, context=context,
                 support_size=support_size, ensemble=ensemble, slice_size=slice_size, **backend_options,
             )
-        elif isinstance(backend, Backend):
+        elif isinstance(backend, (Backend, VolumeBackend)):
             self.backend = backend
         else:
-            raise ValueError(f"backend must be a name or a Backend object, got {type(backend).__name__}")
+            raise ValueError(f"backend must be a name or a Backend/VolumeBackend object, got {type(backend).__name__}")
         self.seed = int(seed)
         self.modality: Modality = modality
         self.window = window
@@ -108,6 +175,7 @@ class Segmenter:
         self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET.get(self.device.type, 128 << 20))
         self.progress = progress
         self.pools: dict[int, SupportPool] = {}
+        self.support: Optional[SupportVolumes] = None
         self._support_extent: Optional[tuple[float, float]] = None
 
     # ------------------------------------------------------------------ fit
@@ -137,20 +205,34 @@ class Segmenter:
         check_support(vols, labs)
         if slices is not None and self.axes != [2]:
             raise VolumeError("slices= (partially labelled volumes) needs axis='axial'")
-        arrays = [normalize(v.array, self.modality, self.window) for v in vols]
-        b = self.backend
-        self.pools = {axis: build_pool(arrays, labs, axis, b.slice_size, b.context, slices, device=self.device,
-                                       resize_mode=b.resize_mode) for axis in self.axes}
-        self._support_extent = _foreground_extent(labs, slices)
-        self.backend.fit(self.pools, self._generator())
+        if slices is not None and len(slices) != len(vols):
+            raise VolumeError("slices must give one entry (or None) per support volume")
+        chosen = None if slices is None else tuple(None if z is None else tuple(int(k) for k in z) for z in slices)
+        modality = decide_modality([v.array for v in vols], self.modality)
+        support = SupportVolumes(
+            images=tuple(vols), labels=tuple(labs),
+            normalised=tuple(normalize(v.array, modality, self.window) for v in vols),
+            slices=chosen, classes=support_classes(labs, chosen), modality=modality,
+        )
+        generator = self._generator()
+        pools = {}
+        if isinstance(self.backend, Backend):
+            b = self.backend
+            pools = {axis: build_pool(support.normalised, labs, axis, b.slice_size, b.context, chosen, support.classes,
+                                      device=self.device, resize_mode=b.resize_mode) for axis in self.axes}
+            self.backend.fit(pools, generator)
+        if isinstance(self.backend, VolumeBackend):
+            self.backend.fit_volumes(support, generator)
+        self.pools, self.support = pools, support
+        self._support_extent = _foreground_extent(labs, chosen)
         return self
 
     @property
     def classes(self) -> tuple[int, ...]:
         """Label values the segmenter predicts (from the support)."""
-        if not self.pools:
+        if self.support is None:
             raise RuntimeError("call fit() first")
-        return next(iter(self.pools.values())).classes
+        return self.support.classes
 
     # ------------------------------------------------------------------ predict
     def predict_proba(self, query: VolumeLike) -> Union[Volume, dict[int, Volume]]:
@@ -161,20 +243,21 @@ class Segmenter:
             ``dict`` label value → Volume. Either lies on the query's exact grid and affine and keeps
             its source, so :func:`save_volume` writes it in the query file's orientation.
         """
-        query_vol, probs = self._predict_probabilities(query)
-        maps = {c: query_vol.with_array(probs[i], label=False) for i, c in enumerate(self.classes)}
+        original, canonical, probs = self._canonical_probabilities(query)
+        maps = {c: original.with_array(reorient_array(probs[i], canonical.affine, original.affine), label=False)
+                for i, c in enumerate(self.classes)}
         return next(iter(maps.values())) if len(maps) == 1 else maps
 
     def predict(self, query: VolumeLike) -> Volume:
-        """Label map (uint8 label values, 0 = background) on the query's grid, post-processed."""
-        query_vol, probs = self._predict_probabilities(query)
-        best = probs.argmax(axis=0)
-        fg = probs.max(axis=0) > self.threshold
-        values = np.asarray(self.classes, dtype=np.uint8)
-        labels = np.where(fg, values[best], 0).astype(np.uint8)
-        if self.postprocess:
-            labels = postprocess(labels, self.postprocess, self._support_extent)
-        return query_vol.with_array(labels, label=True)
+        """Label map on the query's grid, post-processed.
+
+        Returns:
+            a label :class:`Volume` (0 = background, else the support's label values, in the smallest
+            unsigned dtype that holds them) on the query's exact grid and affine.
+        """
+        original, canonical, probs = self._canonical_probabilities(query)
+        labels = self._labels(probs)
+        return original.with_array(reorient_array(labels, canonical.affine, original.affine), label=True)
 
     def complete(self, image: VolumeLike, drawn: VolumeLike, slices: Sequence[int]) -> Volume:
         """Finish a contour drawn on a few axial slices of the same volume (the planning-system
@@ -183,23 +266,32 @@ class Segmenter:
         Fits on the drawn slices, predicts the volume, keeps every drawn slice exactly as drawn, and
         restricts each structure to its drawn extent (from the first to the last drawn slice that
         contains it): draw the structure's end slices, as for interpolation. ``postprocess`` applies.
+        Pure: an earlier :meth:`fit` (support, pools, backend state) is left exactly as it was.
 
         Args:
             image: the volume being contoured.
             drawn: label map on ``image``'s grid; only ``slices`` are read.
             slices: axial indices (of the canonical array) that were drawn (empty ones are negatives).
         Returns:
-            uint8 label map on ``image``'s grid.
+            label map on ``image``'s grid.
         """
         original = image if isinstance(image, Volume) else load_volume(image)
         canonical, labels = original.canonical(), load_volume(drawn, label=True)
         drawn_slices = sorted({int(z) for z in slices})
         if not drawn_slices or min(drawn_slices) < 0 or max(drawn_slices) >= canonical.shape[2]:
             raise VolumeError(f"slices must be axial indices in [0, {canonical.shape[2] - 1}]")
-        self.fit([canonical], [labels], slices=[drawn_slices])
-        result = self.predict(canonical).array
+        saved = (self.pools, self.support, self._support_extent, copy.copy(self.backend.__dict__))
+        try:
+            self.fit([canonical], [labels], slices=[drawn_slices])
+            _, _, probs = self._canonical_probabilities(canonical)
+            result = self._labels(probs)
+            classes = self.classes
+        finally:
+            self.pools, self.support, self._support_extent, state = saved
+            self.backend.__dict__.clear()
+            self.backend.__dict__.update(state)
         inside = np.zeros(canonical.shape[2], dtype=bool)
-        for value in self.classes:
+        for value in classes:
             z = [k for k in drawn_slices if np.any(labels.array[..., k] == value)]
             inside[:] = False
             inside[min(z):max(z) + 1] = True
@@ -207,33 +299,44 @@ class Segmenter:
         result[..., drawn_slices] = labels.array[..., drawn_slices]
         return original.with_array(reorient_array(result, canonical.affine, original.affine), label=True)
 
-    def _predict_probabilities(self, query: VolumeLike) -> tuple[Volume, np.ndarray]:
-        """Canonical-grid inference; returns the query as given and ``(L, X, Y, Z)`` probabilities on it."""
-        if not self.pools:
+    # ------------------------------------------------------------------ canonical-space internals
+    def _canonical_probabilities(self, query: VolumeLike) -> tuple[Volume, Volume, np.ndarray]:
+        """The query as given, its canonical form, and ``(L, X, Y, Z)`` probabilities on the canonical grid."""
+        if self.support is None:
             raise RuntimeError("call fit() with labelled support volumes before predicting")
         original = query if isinstance(query, Volume) else load_volume(query)
         canonical = original.canonical()
-        volume = torch.as_tensor(normalize(canonical.array, self.modality, self.window), device=self.device)
+        self._check_query_modality(canonical.array)
+        normalised = torch.as_tensor(normalize(canonical.array, self.support.modality, self.window), device=self.device)
         generator = self._generator()
-        total = None
-        for axis in self.axes:
-            geometry = make_geometry(canonical.shape, canonical.spacing, axis, self.backend.slice_size,
-                                     self.backend.context, device=self.device, resize_mode=self.backend.resize_mode)
-            outputs = []
-            chunks = list(iter_chunks(geometry, self.backend.bytes_per_slab(), self.memory_budget))
-            for start, stop in tqdm(chunks, desc=f"slices (axis {axis})", disable=not self.progress or len(chunks) < 2,
-                                    leave=False):
-                part = geometry.subset(start, stop)
-                outputs.append(self.backend.predict_slices(extract_slabs(volume, part), part, generator))
-            probs = reassemble(torch.cat(outputs), geometry)  # (L, X, Y, Z)
-            total = probs if total is None else total + probs
-        probs = (total / len(self.axes)).clamp_(0, 1).cpu().numpy()
-        return original, reorient_array(probs, canonical.affine, original.affine)
+        if isinstance(self.backend, VolumeBackend):
+            probs = self.backend.predict_volume(canonical, normalised, generator)
+        else:
+            probs = slab_probabilities(self.backend, normalised, canonical.spacing, self.axes, generator,
+                                       self.memory_budget, show_progress(self.progress))
+        return original, canonical, probs.clamp(0, 1).float().cpu().numpy()
+
+    def _labels(self, probs: np.ndarray) -> np.ndarray:
+        """``(L, X, Y, Z)`` canonical probabilities → post-processed canonical label map."""
+        values = np.asarray(self.classes, dtype=np.int64)
+        fg = probs.max(axis=0) > self.threshold
+        labels = np.where(fg, values[probs.argmax(axis=0)], 0).astype(label_dtype(int(values.max())))
+        if self.postprocess:
+            labels = postprocess(labels, self.postprocess, self._support_extent)
+        return labels
+
+    def _check_query_modality(self, array: np.ndarray) -> None:
+        if self.modality != "auto":
+            return
+        looks = "ct" if looks_like_ct(array) else "mr"
+        if looks != self.support.modality:
+            warnings.warn(f"the query looks like {looks.upper()} but the support was normalised as "
+                          f"{self.support.modality.upper()}; the query is normalised the same way as the support "
+                          "(pass modality='ct' or 'mr' to decide)", stacklevel=3)
 
     def _generator(self) -> torch.Generator:
-        gen = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")
-        gen.manual_seed(self.seed)
-        return gen
+        """A CPU generator seeded with ``seed``: the same draws on every device."""
+        return torch.Generator(device="cpu").manual_seed(self.seed)
 
 
 def _foreground_extent(labels: Sequence[Volume], slices=None) -> tuple[float, float]:
@@ -246,6 +349,6 @@ def _foreground_extent(labels: Sequence[Volume], slices=None) -> tuple[float, fl
             z = np.intersect1d(z, np.asarray(slices[i], dtype=int))
         if z.size == 0:
             continue
-        depth = max(lab.shape[2] - 1, 1)
-        lo, hi = min(lo, z.min() / depth), max(hi, z.max() / depth)
+        depth = lab.shape[2]
+        lo, hi = min(lo, relative_position(z.min(), depth)), max(hi, relative_position(z.max(), depth))
     return lo, hi

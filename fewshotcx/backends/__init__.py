@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
-from .base import Backend
+from .base import Backend, VolumeBackend
 
 BACKENDS = ("universeg", "sam", "universeg+sam")
 
@@ -21,7 +21,7 @@ def create_backend(
     ensemble: int = 1,
     slice_size: Optional[int] = None,
     **options,
-) -> Backend:
+) -> Union[Backend, VolumeBackend]:
     """Instantiate a backend by name; ``options`` are backend-specific keyword arguments.
 
     ``"universeg+sam"`` takes the UniverSeg arguments as usual; options prefixed ``sam_`` go to the SAM
@@ -38,7 +38,7 @@ def create_backend(
         raise ValueError(f"backend {name!r}: {err}".replace("__init__() ", "")) from None
 
 
-def _create(name: str, common: dict, options: dict) -> Backend:
+def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBackend]:
     if name == "universeg":
         from .universeg import UniverSegBackend
 

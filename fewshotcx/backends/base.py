@@ -1,7 +1,16 @@
-"""The contract between :class:`~fewshotcx.Segmenter` and an in-context model.
+"""The contracts between :class:`~fewshotcx.Segmenter` and a model.
 
-A backend sees only 2D slabs: the segmenter has already normalised intensities, cut the support
-pools and the query slabs (:mod:`fewshotcx.pipeline.slicing`), and will reassemble whatever the backend returns.
+* :class:`Backend` sees only 2D slabs: the segmenter has already normalised intensities, cut the
+  support pools and the query slabs (:mod:`fewshotcx.pipeline.slicing`), and will reassemble whatever
+  the backend returns.
+* :class:`VolumeBackend` sees whole canonical volumes (multi-atlas registration, video propagation):
+  it returns probabilities on the query's canonical grid, and the segmenter does the rest
+  (thresholding, post-processing, one reorientation to the query's own layout).
+
+A backend may implement both (a hybrid); the segmenter then calls both ``fit`` methods and
+``predict_volume``, which may use :func:`fewshotcx.segmenter.slab_probabilities` for its slab part.
+Backends keep fitted state in attributes that ``fit``/``fit_volumes`` *rebind* (never mutate shared
+objects in place): :meth:`fewshotcx.Segmenter.complete` relies on that to leave an earlier fit intact.
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..pipeline.slicing import SliceGeometry
-from ..pipeline.support import SupportPool
+from ..io.volume import Volume
+from ..pipeline.support import SupportPool, SupportVolumes
 
 
 @runtime_checkable
@@ -50,4 +60,34 @@ class Backend(Protocol):
 
     def bytes_per_slab(self) -> int:
         """Estimated peak working memory for one query slab (used to chunk by a memory budget)."""
+        ...
+
+
+@runtime_checkable
+class VolumeBackend(Protocol):
+    """A backend that segments whole volumes.
+
+    Attributes:
+        name: registry name (``"atlas"``, ``"sam2"``, ...).
+        device: where the model runs.
+    """
+
+    name: str
+    device: torch.device
+
+    def fit_volumes(self, support: SupportVolumes, generator: torch.Generator) -> None:
+        """Condition on the canonical support volumes (register atlases, encode memory frames, ...)."""
+        ...
+
+    def predict_volume(self, query: Volume, normalised: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Foreground probabilities for one query.
+
+        Args:
+            query: the query in canonical (closest RAS) layout, original intensities.
+            normalised: ``(X, Y, Z)`` float32 in ``[0, 1]`` on ``device``: the query normalised as the
+                support was (:attr:`SupportVolumes.modality`).
+        Returns:
+            ``(L, X, Y, Z)`` float32 probabilities in ``[0, 1]`` on the query's canonical grid, one
+            channel per class of :attr:`SupportVolumes.classes`.
+        """
         ...

@@ -19,8 +19,8 @@ from einops import rearrange
 
 from ..pipeline.intensity import minmax_per_slice
 from ..models.universeg import UniverSeg
-from ..pipeline.slicing import SliceGeometry
-from ..pipeline.support import Strategy, SupportPool, select_support
+from ..pipeline.slicing import SliceGeometry, relative_position
+from ..pipeline.support import Strategy, SupportPool, derived_generator, select_support
 from ..models.weights import load_universeg
 
 #: Support size when neither the caller nor the checkpoint says: UniverSeg v1 was trained with
@@ -130,14 +130,13 @@ class UniverSegBackend:
         ``group·G … group·G+G−1`` along the axis) for ensemble member ``member``.
 
         The draw is position-matched to the group's centre and seeded only by the generator's seed, the
-        axis, the group and the member, so predictions do not depend on how the volume is chunked
-        (memory budget, device).
+        axis, the group and the member (:func:`~fewshotcx.pipeline.support.derived_generator`), so
+        predictions depend neither on how the volume is chunked (memory budget) nor on the device.
         """
         start = group * self.group_size
         last = min(start + self.group_size - 1, geometry.depth - 1)
-        position = torch.tensor([(start + last) / 2 / max(geometry.depth - 1, 1)], device=self.device)
-        seed = hash((generator.initial_seed(), geometry.axis, group, member)) % (1 << 63)
-        draw = torch.Generator(device=generator.device).manual_seed(seed)
+        position = torch.tensor([relative_position((start + last) / 2, geometry.depth)], device=self.device)
+        draw = derived_generator(generator.initial_seed(), geometry.axis, group, member)
         return select_support(pool, position, self.support_size, self.strategy, draw)[0]
 
     def _autocast(self):

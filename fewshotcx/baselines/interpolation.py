@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..pipeline.slicing import nearest_slice, relative_position
+
 _ABSENT = 1.0
 """Signed distance (mm, positive = outside) standing in for a class absent on both slices of a gap."""
 
@@ -152,7 +154,7 @@ def label_fusion(
 ) -> np.ndarray:
     """Majority vote of support label maps matched to the query by relative position.
 
-    For each query slice along ``axis`` at relative position ``p`` (slice centres, ``(i + 0.5) / N``),
+    For each query slice along ``axis`` at relative position ``p`` (:func:`~fewshotcx.pipeline.slicing.relative_position`),
     every support contributes its slice at the same relative position (nearest), resampled in-plane
     to the query's slice shape by centre-aligned nearest neighbour (as torch's ``nearest-exact``).
     Each voxel takes the label with most votes; ties go to the smaller label (background wins a
@@ -177,7 +179,8 @@ def label_fusion(
     labels = np.unique(np.concatenate([np.unique(s) for s in supports]).astype(dtype))
     in_plane = [a for a in range(3) if a != axis]
     picks = [
-        (np.moveaxis(s, axis, -1), [_nearest_indices(shape[a], s.shape[a]) for a in (*in_plane, axis)])
+        (np.moveaxis(s, axis, -1), [*(_nearest_indices(shape[a], s.shape[a]) for a in in_plane),
+                                    nearest_slice(relative_position(np.arange(shape[axis]), shape[axis]), s.shape[axis])])
         for s in supports
     ]
     out = np.zeros(shape, dtype=dtype)

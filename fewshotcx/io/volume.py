@@ -275,7 +275,7 @@ def save_volume(
     if dtype is not None:
         array = array.astype(dtype)
     elif out.label:
-        array = array.astype(np.uint8 if array.max(initial=0) < 256 else np.int16)
+        array = array.astype(label_dtype(int(array.max(initial=0))))
     img = nib.Nifti1Image(array, out.affine, header=header)
     if header is not None:
         img.set_qform(out.affine, code=int(header["qform_code"]) or 1)
@@ -293,6 +293,15 @@ def save_volume(
     with atomic_output(path, overwrite) as tmp:
         nib.save(img, str(tmp))
     return path
+
+
+def label_dtype(max_value: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds label values ``0 … max_value`` (NIfTI stores all
+    of uint8, uint16, uint32 and uint64), so no label value is ever narrowed or wrapped."""
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise VolumeError(f"label value {max_value} does not fit in 64 bits")
 
 
 def binary_mask(volume: Volume) -> np.ndarray:

@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .slicing import relative_position
+
 OPERATIONS = ("largest_component", "fill_holes", "support_extent")
 
 
@@ -33,7 +35,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def restrict_extent(mask: np.ndarray, extent: tuple[float, float], margin: float = 0.05) -> np.ndarray:
     """Zero axial slices (axis 2) whose relative position lies outside ``extent`` ± ``margin``."""
     depth = mask.shape[2]
-    rel = np.arange(depth) / max(depth - 1, 1)
+    rel = relative_position(np.arange(depth), depth)
     keep = (rel >= extent[0] - margin) & (rel <= extent[1] + margin)
     return mask & keep[None, None, :]
 

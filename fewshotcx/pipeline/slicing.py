@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -45,6 +46,20 @@ def axis_index(axis: AxisLike) -> int:
 def plane_axes(axis: AxisLike) -> list[int]:
     """Array axes for ``axis``; ``'all'`` gives all three planes (multi-planar fusion)."""
     return [0, 1, 2] if axis == "all" else [axis_index(axis)]
+
+
+def relative_position(index, depth: int):
+    """Relative position of slice ``index`` along an axis of ``depth`` slices: ``index / (depth - 1)``,
+    so the first slice is 0 and the last is 1 (0 when ``depth == 1``). The one convention fewshotcx
+    uses wherever slices of different volumes are matched by position (support selection, support
+    extent, label fusion). Works on ints, NumPy arrays and tensors."""
+    return index / max(depth - 1, 1)
+
+
+def nearest_slice(position, depth: int) -> np.ndarray:
+    """Index of the slice of a ``depth``-slice axis nearest relative ``position`` (inverse of
+    :func:`relative_position`), for scalars or arrays."""
+    return np.clip(np.rint(np.asarray(position, dtype=np.float64) * max(depth - 1, 1)), 0, depth - 1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -87,7 +102,7 @@ class SliceGeometry:
     @property
     def positions(self) -> torch.Tensor:
         """``(N,)`` relative position of each slab along the axis, in ``[0, 1]``."""
-        return self.indices.float() / max(self.depth - 1, 1)
+        return relative_position(self.indices.float(), self.depth)
 
     def subset(self, start: int, stop: int) -> "SliceGeometry":
         """Geometry of slabs ``start:stop`` (for chunked processing)."""

@@ -84,15 +84,7 @@ def build_pool(
         raise VolumeError("support needs the same number (≥ 1) of images and labels")
     if slices is not None and len(slices) != len(labels):
         raise VolumeError("slices must give one entry (or None) per support volume")
-    if classes is None:  # values present on the labelled slices only (unlabelled ones must not leak)
-        present = set()
-        for i, lab in enumerate(labels):
-            chosen = None if slices is None else slices[i]
-            seen = lab.array if chosen is None else np.take(lab.array, list(chosen), axis=axis)
-            present.update(int(v) for v in np.unique(seen) if v != 0)
-        classes = sorted(present)
-    if not classes:
-        raise VolumeError("support labels are all empty: nothing to segment")
+    classes = support_classes(labels, slices, axis) if classes is None else tuple(classes)
     class_values = torch.tensor(list(classes), device=device)
     parts = []
     for vid, (image, lab) in enumerate(zip(images, labels)):
@@ -114,6 +106,55 @@ def build_pool(
         raise VolumeError("no labelled slices in the support")
     imgs, labs, pos, vids = (torch.cat(list(t)) for t in zip(*parts))
     return SupportPool(imgs, labs, pos, vids, tuple(int(c) for c in classes), axis)
+
+
+def support_classes(labels: Sequence[Volume], slices: Optional[Sequence[Optional[Sequence[int]]]] = None,
+                    axis: int = 2) -> tuple[int, ...]:
+    """Sorted non-zero label values present on the labelled slices (unlabelled slices must not leak).
+
+    Raises:
+        VolumeError: no labelled slice holds any foreground.
+    """
+    present: set[int] = set()
+    for i, lab in enumerate(labels):
+        chosen = None if slices is None else slices[i]
+        seen = lab.array if chosen is None else np.take(lab.array, list(chosen), axis=axis)
+        present.update(int(v) for v in np.unique(seen) if v != 0)
+    if not present:
+        raise VolumeError("support labels are all empty: nothing to segment")
+    return tuple(sorted(present))
+
+
+@dataclass(frozen=True)
+class SupportVolumes:
+    """The fitted support as whole canonical volumes, for backends that work on volumes rather than
+    slabs (registration-based atlases, video propagation) and for support strategies that need it.
+
+    Attributes:
+        images: canonical image volumes with their original intensities (HU for CT).
+        labels: canonical label maps on the same grids.
+        normalised: per image, the ``(X, Y, Z)`` float32 array in ``[0, 1]`` that slab backends see.
+        slices: per volume, the labelled axial indices, or ``None`` (= all slices labelled).
+        classes: label values modelled, in channel order.
+        modality: the one intensity decision (``"ct"`` or ``"mr"``) taken for support and queries.
+    """
+
+    images: tuple[Volume, ...]
+    labels: tuple[Volume, ...]
+    normalised: tuple[np.ndarray, ...]
+    slices: Optional[tuple[Optional[tuple[int, ...]], ...]]
+    classes: tuple[int, ...]
+    modality: str
+
+
+def derived_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and integer ``keys`` through NumPy's ``SeedSequence``.
+
+    Independent of the process (unlike Python's salted ``hash``) and of the device: draws are always
+    made on the CPU and moved, so the same seed draws the same support on CPU and CUDA.
+    """
+    state = np.random.SeedSequence([int(seed), *(int(k) for k in keys)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
 
 
 def select_support(
