@@ -100,16 +100,19 @@ class ModelSpec:
             return f"in-memory {type(self.model).__name__} (slice size {self.slice_size})"
         return f"checkpoint {self.weights!r} ({resolve(self.weights, 'universeg', download=False)})"
 
-    def holdout(self) -> tuple[set[str], set[str]]:
-        """``(held-out volume names, held-out canonical structure names)`` recorded in the checkpoint's
-        training config; empty sets for an in-memory model (nothing is known to be held out)."""
+    def roles(self) -> dict[str, tuple[set[str], set[str]]]:
+        """``{"selection": (volumes, structures), "report": (volumes, structures)}`` from the
+        checkpoint's training config: the *selection* set (``holdout_*``) validated training and may
+        choose defaults; the *report* set (``report_*``) was never seen by either and is the only one
+        reported as unseen. Empty sets for an in-memory model (nothing is known to be held out)."""
         if self.in_memory:
-            return set(), set()
+            return {"selection": (set(), set()), "report": (set(), set())}
         _, metadata = load_checkpoint(resolve(self.weights, "universeg", download=False))
         extra = metadata.get("extra") if isinstance(metadata.get("extra"), dict) else {}
         config = extra.get("training", {}).get("config", {})
-        return (set(config.get("holdout_volumes", [])),
-                {datasets.canonical_name(s) for s in config.get("holdout_structures", [])})
+        return {role: (set(config.get(f"{key}_volumes", [])),
+                       {datasets.canonical_name(s) for s in config.get(f"{key}_structures", [])})
+                for role, key in (("selection", "holdout"), ("report", "report"))}
 
 
 # -------------------------------------------------------------------------------------------- tasks
@@ -165,10 +168,15 @@ def binary_mask(case: datasets.Case, structure: str) -> Volume:
     return datasets.select_structures(case, [structure]).labels
 
 
-def is_held_out(case: datasets.Case, structure: str, holdout: tuple[set[str], set[str]]) -> bool:
-    """Whether the default model never trained on this volume or this structure."""
-    volumes, structures = holdout
-    return case.name in volumes or datasets.canonical_name(structure) in structures
+def data_role(case: datasets.Case, structure: str, roles: dict[str, tuple[set[str], set[str]]]) -> str:
+    """``"report"`` (never seen by training, validation or any choice of default), ``"selection"``
+    (validated training / chose defaults: never quote it as unseen) or ``"trained"``, for a volume and
+    structure; see :meth:`ModelSpec.roles`."""
+    for role in ("report", "selection"):
+        volumes, structures = roles[role]
+        if case.name in volumes or datasets.canonical_name(structure) in structures:
+            return role
+    return "trained"
 
 
 #: World (MNI) z range in mm that :func:`brain_cases` keeps by default: an axial slab around the deep
@@ -285,12 +293,15 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def summarise(rows: Sequence[dict[str, Any]], group: Sequence[str], value: str = "dice") -> list[dict[str, Any]]:
-    """Mean, sd and count of ``value`` per combination of the ``group`` columns (first-seen order)."""
+    """Mean, sd and count of the finite ``value`` per combination of the ``group`` columns (first-seen order)."""
     buckets: dict[tuple, list[float]] = {}
-    for row in rows:
-        buckets.setdefault(tuple(row[g] for g in group), []).append(float(row[value]))
-    return [{**dict(zip(group, key)), f"{value}_mean": round(float(np.mean(v)), 4),
-             f"{value}_sd": round(float(np.std(v)), 4), "n": len(v)} for key, v in buckets.items()]
+    for row in rows:  # NaN = nothing to predict (e.g. no unlabelled slice shows the structure): left out
+        values = buckets.setdefault(tuple(row[g] for g in group), [])
+        if np.isfinite(float(row[value])):
+            values.append(float(row[value]))
+    return [{**dict(zip(group, key)), f"{value}_mean": round(float(np.mean(v)), 4) if v else float("nan"),
+             f"{value}_sd": round(float(np.std(v)), 4) if v else float("nan"), "n": len(v)}
+            for key, v in buckets.items()]
 
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:

@@ -46,7 +46,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    POSTPROCESSING, add_output_options, apply_output_options, brain_cases, is_held_out, machine_info,
+    POSTPROCESSING, add_output_options, apply_output_options, brain_cases, data_role, machine_info,
     ModelSpec, paired_difference, plot_lines, print_provenance, print_table, pyradiomics_case, score,
     SliceTask, summarise, threshold, write_csv,
 )
@@ -54,6 +54,7 @@ from fewshotcx import datasets  # noqa: E402
 from fewshotcx.baselines.interpolation import interpolate_slices  # noqa: E402
 from fewshotcx.evaluation.metrics import dice  # noqa: E402
 from fewshotcx.pipeline.postprocess import restrict_extent  # noqa: E402
+from fewshotcx.pipeline.slicing import relative_position  # noqa: E402
 from fewshotcx.viz import spread_slices  # noqa: E402
 
 COUNTS = (1, 2, 3, 5, 8)
@@ -114,7 +115,7 @@ def _probabilities(task: SliceTask, model: ModelSpec, reference, labelled: list[
             "combined": (combine(model_prob, interpolated, labelled, reference.spacing), t_model + t_interp)}
 
 
-def run_task(task: SliceTask, model: ModelSpec, counts: Sequence[int], held_out: bool,
+def run_task(task: SliceTask, model: ModelSpec, counts: Sequence[int], role: str,
              protocols: Sequence[str] = PROTOCOLS, postprocessing: dict = VARIANTS) -> list[dict]:
     """All methods for each number of labelled slices (and each protocol) on one task; tidy rows."""
     reference = task.reference()
@@ -136,7 +137,9 @@ def run_task(task: SliceTask, model: ModelSpec, counts: Sequence[int], held_out:
             keep = np.ones(depth, dtype=bool)
             keep[labelled] = False
             shown = [k for k in labelled if ref[..., k].any()]
-            drawn_range = (min(shown) / (depth - 1), max(shown) / (depth - 1))
+            drawn_range = (relative_position(min(shown), depth), relative_position(max(shown), depth))
+            # Dice on the slices the user did not draw; NaN when none of them shows the structure
+            # (nothing to predict: such a task is left out of every mean, never counted as a perfect 1).
             for method, (prob, seconds) in _probabilities(task, model, reference, labelled).items():
                 for name, ops in postprocessing.items():
                     mask = threshold(reference.with_array(prob, label=False), ops, extent=drawn_range)
@@ -144,35 +147,36 @@ def run_task(task: SliceTask, model: ModelSpec, counts: Sequence[int], held_out:
                         mask = restrict_extent(mask, drawn_range, margin=0.0).astype(np.uint8)
                     mask = _keep_labelled(mask, ref, labelled)
                     rows.append({"task": task.name, "structure": task.structure, "subject": task.case.name,
-                                 "held_out": held_out, "protocol": protocol, "method": method, "postprocess": name,
+                                 "data_role": role, "protocol": protocol, "method": method, "postprocess": name,
                                  "labelled_slices": len(shown), "labelled": " ".join(map(str, labelled)),
                                  "extent_slices": extent_slices, **score(mask, reference, labelled),
-                                 "dice_unlabelled": round(dice(mask[..., keep], ref[..., keep]), 4),
+                                 "dice_unlabelled": (round(dice(mask[..., keep], ref[..., keep]), 4)
+                                                     if ref[..., keep].any() else float("nan")),
                                  "seconds": round(seconds, 2)})
         print(f"  {task.name}: n = {count} done")
     return rows
 
 
 def run(tasks: Sequence[SliceTask], model: ModelSpec, counts: Sequence[int], out_dir: Path,
-        plot_dir: Optional[Path] = None, tag: str = "labelled_slices", held_out_only: bool = True,
+        plot_dir: Optional[Path] = None, tag: str = "labelled_slices", unseen_only: bool = True,
         protocols: Sequence[str] = PROTOCOLS) -> list[dict]:
     """Run every task; write ``<out_dir>/<tag>.csv``, ``<tag>_vs_interpolation.csv`` (paired over n,
     per task and protocol) and ``<plot_dir>/<tag>.png``; return the rows."""
     print(f"machine: {machine_info()}")
     print(f"model: {model.describe()}")
-    holdout = model.holdout()
+    roles = model.roles()
     chosen = []
     for task in tasks:
-        held = is_held_out(task.case, task.structure, holdout)
-        if held_out_only and not held and not model.in_memory:
+        role = data_role(task.case, task.structure, roles) if not model.in_memory else "unknown"
+        if unseen_only and role == "trained":
             print(f"skipping {task.name}: the model was trained on this volume and structure")
             continue
-        chosen.append((task, held))
+        chosen.append((task, role))
     print_provenance([t.case for t, _ in chosen])
     rows: list[dict] = []
-    for task, held in chosen:
-        print(f"task {task.name} (held out from training: {held})")
-        rows += run_task(task, model, counts, held, protocols)
+    for task, role in chosen:
+        print(f"task {task.name} (data role: {role})")
+        rows += run_task(task, model, counts, role, protocols)
     if not rows:
         raise SystemExit("no task left to run (none is held out from the model's training)")
     report(rows, out_dir, plot_dir, tag)
@@ -246,7 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     counts = args.counts or ((1, 3, 5) if args.quick else COUNTS)
     start = time.perf_counter()
     run(default_tasks(args.quick), ModelSpec(args.weights, device=args.device), counts, args.out, args.plots, tag,
-        held_out_only=not args.include_seen)
+        unseen_only=not args.include_seen)
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
 
 

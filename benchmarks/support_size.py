@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    POSTPROCESSING, add_output_options, apply_output_options, brain_cross_tasks, CrossTask, is_held_out,
+    POSTPROCESSING, add_output_options, apply_output_options, brain_cross_tasks, CrossTask, data_role,
     lesion_cross_tasks, machine_info, ModelSpec, paired_difference, plot_lines, print_provenance,
     print_table, score, summarise, threshold, write_csv,
 )
@@ -93,11 +93,11 @@ def _slice_indices(pool: SupportPool, items: torch.Tensor, depth: int) -> list[i
 class _Recorder:
     """Scores probability maps of one task under every post-processing variant into rows."""
 
-    def __init__(self, task: CrossTask, config: SweepConfig, held_out: bool) -> None:
+    def __init__(self, task: CrossTask, config: SweepConfig, role: str) -> None:
         self.task, self.config, self.rows = task, config, []
         self.reference = task.reference()
         self.base = {"family": _family(task), "task": task.name, "structure": task.structure,
-                     "support_subject": task.support.name, "subject": task.query.name, "held_out": held_out}
+                     "support_subject": task.support.name, "subject": task.query.name, "data_role": role}
 
     def add(self, prob: Volume, seconds: float, **fields: Any) -> None:
         for name, ops in self.config.postprocessing.items():
@@ -116,9 +116,9 @@ def _universeg(model: ModelSpec, task: CrossTask, label: Volume, slices: Optiona
     return seg.predict_proba(task.query.image), time.perf_counter() - start
 
 
-def run_task(task: CrossTask, model: ModelSpec, config: SweepConfig, held_out: bool = False) -> list[dict]:
+def run_task(task: CrossTask, model: ModelSpec, config: SweepConfig, role: str = "unknown") -> list[dict]:
     """Every method, support size and draw on one task; returns tidy rows."""
-    rec = _Recorder(task, config, held_out)
+    rec = _Recorder(task, config, role)
     label = task.support_label()
     depth = label.shape[2]
     pool = model.segmenter(modality=task.modality).fit([task.support.image], [label]).pools[2]
@@ -196,12 +196,12 @@ def run(tasks: Sequence[CrossTask], model: ModelSpec, config: SweepConfig, out_d
     print(f"machine: {machine_info()}")
     print(f"model: {model.describe()}")
     print_provenance([c for t in tasks for c in (t.support, t.query)])
-    holdout = model.holdout()
+    roles = model.roles()
     rows: list[dict] = []
     for task in tasks:
-        held = is_held_out(task.query, task.structure, holdout)
-        print(f"task {task.name} (held out from training: {held})")
-        rows += run_task(task, model, config, held)
+        role = data_role(task.query, task.structure, roles) if not model.in_memory else "unknown"
+        print(f"task {task.name} (data role: {role})")
+        rows += run_task(task, model, config, role)
     report(rows, out_dir, plot_dir, tag)
     return rows
 

@@ -110,6 +110,9 @@ def test_labelled_slices_end_to_end(tmp_path):
     assert counts[:3] == [1, 2, 3] and len(counts) <= 4
     # the user's own contours are kept: 3D Dice of interpolation with n slices is at least its unlabelled Dice
     for r in table:
+        if np.isnan(float(r["dice_unlabelled"])):  # nothing left to predict: every slice showing it was drawn
+            assert int(r["labelled_slices"]) == int(r["extent_slices"])
+            continue
         assert float(r["dice"]) >= float(r["dice_unlabelled"]) - 1e-9
     for name in labelled_slices.PLOTTED:
         _assert_png(tmp_path / f"ls_{name.replace('+', '-')}.png")
@@ -151,17 +154,29 @@ def test_finetune_benefit_end_to_end(tmp_path):
 
 
 # --------------------------------------------------------------------------------- harness helpers
-def test_holdout_is_read_from_the_checkpoint(tmp_path):
+def test_data_roles_are_read_from_the_checkpoint(tmp_path):
     from fewshotcx.models.weights import save_checkpoint
 
     model = _tiny_model().model
-    config = {"holdout_volumes": ["synthetic/b"], "holdout_structures": ["Hippocampus_L"]}
+    config = {"holdout_volumes": ["synthetic/b"], "holdout_structures": ["Hippocampus_L"],
+              "report_volumes": ["synthetic/c"], "report_structures": ["Thalamus_R"]}
     path = save_checkpoint(model, tmp_path / "m.pt", model.config, {"training": {"config": config}})
-    holdout = common.ModelSpec(str(path)).holdout()
-    assert holdout == ({"synthetic/b"}, {"left hippocampus"})
-    assert common.is_held_out(_case("b", 2), "blob", holdout)
-    assert not common.is_held_out(_case("a", 1), "blob", holdout)
-    assert common.ModelSpec(model=model).holdout() == (set(), set())
+    roles = common.ModelSpec(str(path)).roles()
+    assert roles == {"selection": ({"synthetic/b"}, {"left hippocampus"}),
+                     "report": ({"synthetic/c"}, {"right thalamus"})}
+    assert common.data_role(_case("b", 2), "blob", roles) == "selection"
+    assert common.data_role(_case("c", 2), "blob", roles) == "report"
+    assert common.data_role(_case("a", 1), "right thalamus", roles) == "report"
+    assert common.data_role(_case("a", 1), "blob", roles) == "trained"
+    assert common.ModelSpec(model=model).roles() == {"selection": (set(), set()), "report": (set(), set())}
+
+
+def test_summaries_leave_out_tasks_with_nothing_to_predict():
+    rows = [{"m": "a", "dice": 0.5}, {"m": "a", "dice": float("nan")}, {"m": "a", "dice": 0.7},
+            {"m": "b", "dice": float("nan")}]
+    by_method = {r["m"]: r for r in common.summarise(rows, ["m"])}
+    assert by_method["a"]["dice_mean"] == 0.6 and by_method["a"]["n"] == 2
+    assert by_method["b"]["n"] == 0 and np.isnan(by_method["b"]["dice_mean"])
 
 
 def test_paired_difference_and_summaries():

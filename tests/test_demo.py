@@ -52,3 +52,13 @@ def test_real_demo_runs_on_package_data(tmp_path):
     """The `make demo` job itself, with the bundled checkpoint on held-out real data."""
     rows = demo.run_demo(tmp_path, device="cpu")
     assert len(rows) == 3 and all(r["dice_model"] > 0.3 for r in rows)
+
+
+def test_completion_is_scored_on_the_undrawn_slices_only():
+    reference = np.zeros((4, 4, 5), dtype=np.uint8)
+    reference[1:3, 1:3, 1:4] = 1
+    prediction = reference.copy()
+    prediction[..., 2] = 0  # misses the one undrawn slice that shows the structure
+    assert demo.undrawn_dice(prediction, reference, drawn=[1, 3]) == 0.0
+    assert demo.undrawn_dice(reference, reference, drawn=[1, 3]) == 1.0
+    assert np.isnan(demo.undrawn_dice(prediction, reference, drawn=[1, 2, 3]))  # nothing left to predict

@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--axes", nargs="+", choices=["axial", "coronal", "sagittal"], default=d.axes)
     p.add_argument("--holdout-volume", action="append", default=[], help="volume name kept for validation only")
     p.add_argument("--holdout-structure", action="append", default=[], help="structure kept for validation only")
+    p.add_argument("--report-volume", action="append", default=[],
+                   help="volume kept out of training and validation (for reported held-out results)")
+    p.add_argument("--report-structure", action="append", default=[],
+                   help="structure kept out of training and validation (for reported held-out results)")
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--out", default=d.out, help="training checkpoint (its log goes to the same name .csv)")
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> None:
         size=args.size, context=args.context, support_size=args.support_size, queries=args.queries,
         episodes_per_step=args.episodes_per_step, lr=args.lr, schedule=args.schedule, warmup=args.warmup,
         synthetic_ratio=args.synthetic_ratio, synthetic_families=args.synthetic_families, axes=args.axes,
-        holdout_volumes=args.holdout_volume, holdout_structures=args.holdout_structure, val_every=args.val_every,
+        holdout_volumes=args.holdout_volume, holdout_structures=args.holdout_structure,
+        report_volumes=args.report_volume, report_structures=args.report_structure, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, out=args.out, export=args.export, export_dtype=args.export_dtype,
         resume=args.resume, device=args.device, seed=args.seed, progress=not args.no_progress,
     )

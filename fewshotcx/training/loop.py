@@ -40,6 +40,7 @@ from ..pipeline.intensity import minmax_per_slice
 from ..models.universeg import UniverSeg, inflate_to_context
 from ..segmenter import resolve_device
 from .synthetic import synthetic_cases
+from ..datasets.cases import canonical_name
 from .tasks import Episode, LabelledVolume, Task, build_tasks, fixed_episodes, sample_episode, split_tasks, user_volumes
 from ..io.volume import PathLike, Volume, load_volume
 from ..models.weights import load_checkpoint, load_universeg, save_checkpoint
@@ -88,6 +89,8 @@ class TrainConfig:
     augment: bool = True
     holdout_volumes: list[str] = field(default_factory=list)
     holdout_structures: list[str] = field(default_factory=list)
+    report_volumes: list[str] = field(default_factory=list)
+    report_structures: list[str] = field(default_factory=list)
     val_every: int = 100
     val_episodes: int = 2
     val_max_tasks: int = 24
@@ -166,12 +169,16 @@ def _training_tasks(config: TrainConfig, size: int, context: int, extra_volumes:
     if not volumes:
         raise ValueError("no training data: give --data sources or --images/--labels pairs")
     known = {v.name for v in volumes}
-    missing = [n for n in config.holdout_volumes if n not in known]
+    missing = [n for n in (*config.holdout_volumes, *config.report_volumes) if n not in known]
     if missing:
         raise ValueError(f"held-out volume {missing[0]!r} is not in the training data (names: "
                          f"{', '.join(sorted(known)[:6])}, ...)")
+    # The report set is kept out of training *and* validation: only reported results ever see it.
+    volumes = [v for v in volumes if v.name not in set(config.report_volumes)]
     build = dict(size=size, context=context, axes=config.axes, margin=config.margin, max_slices=config.max_slices)
-    train, val = split_tasks(build_tasks(volumes, **build), config.holdout_volumes, config.holdout_structures)
+    reported = {canonical_name(s) for s in config.report_structures}
+    tasks = [t for t in build_tasks(volumes, **build) if t.structure not in reported]
+    train, val = split_tasks(tasks, config.holdout_volumes, config.holdout_structures)
     if "synthetic" in config.data and config.synthetic_val_families:
         val += build_tasks(synthetic_cases(config.synthetic_val_families, 3, config.synthetic_shape,
                                            config.synthetic_labels, seed=config.seed + 10_000), **build)

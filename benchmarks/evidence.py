@@ -1,0 +1,141 @@
+"""Check every number quoted in README.md and docs/ against the committed CSV it comes from.
+
+A quoted number carries its source in an HTML comment right after it (invisible when rendered)::
+
+    CT lung lesion: **0.869** <!-- evidence: demo.csv task=ct-lesion-few-slices column=dice_model -->
+
+* ``FILE.csv`` — a file under ``benchmarks/results/``;
+* ``key=value`` — keep the rows whose column ``key`` equals ``value`` (as text; repeat for more;
+  quote values with spaces: ``structure="left thalamus"``);
+* ``column=COL`` — the value, aggregated over the kept rows by ``agg=mean`` (default; NaN rows are
+  left out, as tasks with nothing to predict must be), ``min``, ``max``, ``sum`` or ``count``
+  (the number of kept rows with a finite value);
+* ``scale=100`` — multiply (percentages).
+
+The quoted number is the last number before the comment on its line; it must equal the CSV's value
+rounded to as many decimals as the quote shows. In README.md's "What it measured" section every
+number with a decimal point must carry a comment. Run ``python benchmarks/evidence.py`` to list
+every claim with its CSV value (exit 1 when one disagrees); ``tests/test_evidence.py`` runs the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCUMENTS = ("README.md", "docs/*.md")
+#: README section whose decimal numbers must all carry evidence.
+MEASURED_SECTION = "## What it measured"
+
+_CLAIM = re.compile(r"(-?\d+(?:\.\d+)?)[^\d<\n]*?<!--\s*evidence:\s*(.*?)\s*-->")
+_DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+_AGGREGATES = ("mean", "min", "max", "sum", "count")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One quoted number and where it comes from."""
+
+    document: str
+    line: int
+    quoted: str
+    spec: str
+
+    @property
+    def decimals(self) -> int:
+        return len(self.quoted.partition(".")[2])
+
+
+def claims(path: Path) -> list[Claim]:
+    """Every evidence-tagged number in a Markdown file."""
+    found = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for match in _CLAIM.finditer(line):
+            found.append(Claim(str(path.relative_to(ROOT)), number, match.group(1), match.group(2)))
+    return found
+
+
+def untagged_numbers(path: Path, section: str = MEASURED_SECTION) -> list[str]:
+    """Decimal numbers in ``section`` of ``path`` (up to the next ``## `` heading) without evidence."""
+    text = path.read_text()
+    start = text.find(section)
+    if start < 0:
+        return [f"{path.name}: no section {section!r}"]
+    end = text.find("\n## ", start + len(section))
+    missing = []
+    for line in text[start:end if end > 0 else None].splitlines():
+        tagged = {m.start(1) for m in _CLAIM.finditer(line)}
+        missing += [f"{path.name}: {m.group(0)} in {line.strip()[:80]!r}" for m in _DECIMAL.finditer(line)
+                    if m.start() not in tagged]
+    return missing
+
+
+def evaluate(spec: str, results: Path = RESULTS) -> float:
+    """The value a claim's spec selects from its CSV (see the module docstring)."""
+    words = shlex.split(spec)
+    if not words or not words[0].endswith(".csv"):
+        raise ValueError(f"evidence spec must start with a CSV file name: {spec!r}")
+    options = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+    column, agg, scale = options.pop("column", None), options.pop("agg", "mean"), float(options.pop("scale", 1))
+    if column is None or agg not in _AGGREGATES:
+        raise ValueError(f"evidence spec needs column= and agg in {_AGGREGATES}: {spec!r}")
+    path = results / words[0]
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if all(r.get(k) == v for k, v in options.items())]
+    if not rows:
+        raise ValueError(f"no row of {path.name} has {options}")
+    if column not in rows[0]:
+        raise ValueError(f"{path.name} has no column {column!r}")
+    values = [float(r[column]) for r in rows if r[column] not in ("", "nan", "NaN")]
+    values = [v for v in values if math.isfinite(v)]
+    if agg == "count":
+        return float(len(values))
+    if not values:
+        raise ValueError(f"{path.name}: no finite {column} in the rows with {options}")
+    total = {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "sum": sum(values)}[agg]
+    return total * scale
+
+
+def check(claim: Claim, results: Path = RESULTS) -> Optional[str]:
+    """``None`` when the quoted number matches its CSV, else a one-line description of the mismatch."""
+    try:
+        value = evaluate(claim.spec, results)
+    except (OSError, ValueError, KeyError) as exc:
+        return f"{claim.document}:{claim.line}: {claim.quoted}: {exc}"
+    expected = f"{round(value, claim.decimals):.{claim.decimals}f}"
+    if expected != claim.quoted and float(expected) != float(claim.quoted):
+        return f"{claim.document}:{claim.line}: quotes {claim.quoted}, {claim.spec} gives {expected}"
+    return None
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    """README.md and every page under docs/."""
+    return sorted(p for pattern in DOCUMENTS for p in root.glob(pattern))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Print every claim (``ok`` or the mismatch) and the README numbers without evidence."""
+    del argv
+    problems = []
+    for doc in documents():
+        for claim in claims(doc):
+            problem = check(claim)
+            problems += [problem] if problem else []
+            print(problem or f"ok  {claim.document}:{claim.line}: {claim.quoted}")
+    for missing in untagged_numbers(ROOT / "README.md"):
+        problems.append(f"no evidence: {missing}")
+        print(problems[-1])
+    print(f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

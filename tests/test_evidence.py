@@ -1,0 +1,57 @@
+"""Every number README.md and docs/ quote matches the committed CSV it names (benchmarks/evidence.py),
+and the checker itself catches a wrong quote, a missing row and an untagged README number."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import evidence  # noqa: E402
+
+
+def test_every_quoted_number_matches_its_csv():
+    claims = [c for doc in evidence.documents() for c in evidence.claims(doc)]
+    assert len(claims) >= 10, "README/docs should tag their measured numbers with evidence comments"
+    problems = [p for p in (evidence.check(c) for c in claims) if p]
+    assert not problems, "\n".join(problems)
+
+
+def test_readme_results_carry_evidence():
+    assert not evidence.untagged_numbers(evidence.ROOT / "README.md")
+
+
+@pytest.fixture()
+def results(tmp_path):
+    (tmp_path / "r.csv").write_text("task,method,dice\na,model,0.8694\nb,model,0.7\nc,model,nan\na,base,0.5\n")
+    return tmp_path
+
+
+def _claim(text: str) -> evidence.Claim:
+    return evidence.Claim("x.md", 1, text.split()[0], text.split("evidence:")[1].rstrip(" ->"))
+
+
+def test_checker_matches_rounding_and_filters(results):
+    assert evidence.check(_claim("0.869 <!-- evidence: r.csv task=a method=model column=dice -->"), results) is None
+    assert evidence.check(_claim("0.785 <!-- evidence: r.csv method=model column=dice -->"), results) is None  # nan left out
+    assert evidence.check(_claim("2 <!-- evidence: r.csv method=model column=dice agg=count -->"), results) is None
+
+
+def test_checker_reports_a_wrong_quote_and_a_missing_row(results):
+    wrong = evidence.check(_claim("0.870 <!-- evidence: r.csv task=a method=model column=dice -->"), results)
+    assert wrong and "gives 0.869" in wrong
+    missing = evidence.check(_claim("0.5 <!-- evidence: r.csv task=z column=dice -->"), results)
+    assert missing and "no row" in missing
+
+
+def test_claims_and_untagged_numbers_are_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    doc = tmp_path / "README.md"
+    doc.write_text("# x\n## What it measured\n| a | **0.869** <!-- evidence: r.csv column=dice --> | 2.33× |\n"
+                   "## Next\n1.5 is fine here\n")
+    found = evidence.claims(doc)
+    assert [(c.quoted, c.spec) for c in found] == [("0.869", "r.csv column=dice")]
+    assert [m.split(": ")[1].split()[0] for m in evidence.untagged_numbers(doc)] == ["2.33"]
