@@ -3,7 +3,7 @@
 # Held-out data come in two sets (docs/model_card.md): the *selection* set (--holdout-*) validates
 # training and chooses the defaults; the *report* set (--report-*) is never seen by training,
 # validation or any choice, and is the only one reported as unseen.
-# See docs/model_card.md. CPU only, one thread (robust on a shared 2-core machine), about 35 minutes.
+# See docs/model_card.md. CPU only, one thread (robust on a shared 2-core machine), about 40 minutes.
 # Needs the package data sources cached or fetchable (see `python -c "import fewshotcx.datasets as d; print(d.available())"`).
 # The resumable training checkpoint and its validation log go to build/train-default/ (not committed);
 # add --resume to continue an interrupted run.
@@ -27,3 +27,11 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
   --out build/train-default/universeg.pt \
   --export fewshotcx/models/bundled/default_universeg.pt --export-dtype float16 \
   --device cpu --seed 0 "$@"
+
+# The default support size is chosen on the selection set only (never the report set), then
+# recorded in the checkpoint (scripts/choose_support_size.py).
+"$PYTHON" benchmarks/support_size.py --weights default --structures "left hippocampus" "right hippocampus" \
+  --lesions brain1:brain2 --random-sizes --ensemble-sizes --fixed-sizes --out build/train-default/select
+cp build/train-default/select/support_size.csv benchmarks/results/support_size_selection.csv
+"$PYTHON" scripts/choose_support_size.py benchmarks/results/support_size_selection.csv \
+  fewshotcx/models/bundled/default_universeg.pt
