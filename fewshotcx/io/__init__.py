@@ -4,7 +4,8 @@ Everything lands in a :class:`Volume` that carries its affine and the way back t
 """
 
 from .atomic import atomic_output
+from .tables import read_csv, write_csv
 from .volume import PathLike, SourceGeometry, Volume, VolumeError, binary_mask, check_pair, label_dtype, load_volume, reorient_array, save_volume
 
 __all__ = ["PathLike", "SourceGeometry", "Volume", "VolumeError", "atomic_output", "binary_mask", "check_pair",
-           "label_dtype", "load_volume", "reorient_array", "save_volume"]
+           "label_dtype", "load_volume", "read_csv", "reorient_array", "save_volume", "write_csv"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,10 @@ from ..models.universeg import UniverSeg, inflate_to_context
 from ..segmenter import resolve_device
 from .synthetic import synthetic_cases
 from .tasks import Episode, LabelledVolume, Task, build_tasks, fixed_episodes, sample_episode, split_tasks, user_volumes
+from ..io.atomic import atomic_output
+from ..io.tables import write_csv
 from ..io.volume import PathLike, Volume, load_volume
+from ..progress import show_progress
 from ..models.weights import load_checkpoint, load_universeg, save_checkpoint
 
 #: Real data sources ``--data`` accepts (loaders in :mod:`fewshotcx.datasets`), plus ``"synthetic"``.
@@ -96,12 +98,13 @@ class TrainConfig:
     export: Optional[str] = None
     export_dtype: str = "float16"
     resume: bool = False
+    overwrite: bool = False
     device: str = "auto"
     seed: int = 0
     progress: bool = True
 
     #: Fields that may differ between a run and its resumption.
-    RESUMABLE_CHANGES = ("steps", "resume", "progress", "device", "export", "export_dtype", "checkpoint_every")
+    RESUMABLE_CHANGES = ("steps", "resume", "overwrite", "progress", "device", "export", "export_dtype", "checkpoint_every")
 
     def __post_init__(self) -> None:
         self.support_size = tuple(int(v) for v in self.support_size)  # type: ignore[assignment]
@@ -330,7 +333,8 @@ def export_checkpoint(src: PathLike, dst: PathLike, dtype: str = "float16") -> P
     if log.exists():
         with log.open(newline="") as f:
             summary["validation_curve"] = list(csv.DictReader(f))
-    path.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_output(path.with_suffix(".json"), overwrite=True) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return path
 
 
@@ -349,16 +353,23 @@ def _write_log_row(path: Path, row: dict[str, Any], columns: list[str]) -> None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows after ``step`` (a resumed run rewrites them)."""
+    """Drop log rows after ``step`` (a resumed run rewrites them), replacing the file atomically."""
     if not path.exists():
         return
     with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-        columns = list(rows[0].keys()) if rows else []
-    path.unlink()
-    for row in rows:
-        if int(row["step"]) <= step:
-            _write_log_row(path, row, columns)
+        reader = csv.DictReader(f)
+        rows, columns = list(reader), reader.fieldnames or []
+    write_csv([row for row in rows if int(row["step"]) <= step], path, columns, overwrite=True)
+
+
+def _check_outputs(config: TrainConfig, out: Path) -> None:
+    """A fresh run never replaces an earlier run's checkpoint or export unless ``overwrite`` is set."""
+    if config.resume or config.overwrite:
+        return
+    for path in (out, config.export and Path(config.export).expanduser()):
+        if path and path.exists():
+            raise FileExistsError(f"{path} exists; pass resume=True to continue that run or overwrite=True "
+                                  "(CLI: --resume / --overwrite) to replace it")
 
 
 def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
@@ -369,8 +380,10 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
         volumes: extra in-memory labelled volumes (besides ``config.data`` and ``config.images``).
     Raises:
         ValueError: bad config, no data, or ``resume`` with a checkpoint of a different run.
+        FileExistsError: a fresh run (no ``resume``) would replace ``out`` or ``export`` without ``overwrite``.
     """
     out = Path(config.out).expanduser()
+    _check_outputs(config, out)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model, size, context, init_meta = _build_model(config)
@@ -415,14 +428,14 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
                 row[f"val_dice_{g}"] = round(sum(mine) / len(mine), 4)
             summary["last_val_dice"] = row["val_dice"]
         _write_log_row(log, row, columns)
-        if config.progress:
+        if show_progress(config.progress):
             tqdm.write(", ".join(f"{k}={row.get(k, '')}" for k in columns))
         losses.clear()
 
     if step == 0 and config.val_every:
         validate(0)
     bar = tqdm(range(step, config.steps), initial=step, total=config.steps, desc="training",
-               disable=not config.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+               disable=not show_progress(config.progress))
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
