@@ -149,3 +149,19 @@ def test_nrrd_lps_is_read_into_ras(tmp_path):
     assert np.allclose(vol.affine[:3, 3], [-10, -20, 30])
     assert np.allclose(np.diag(vol.affine)[:3], [-0.7, -0.8, 5.0])
     assert load_volume(tmp_path / "x.nrrd").orientation == "RAS"
+
+
+def test_nrrd_without_space_is_refused_unless_the_caller_names_it(tmp_path):
+    """4901220 silently assumed LPS for an NRRD without ``space``; a RAS file then came out mirrored."""
+    nrrd = pytest.importorskip("nrrd")
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    nrrd.write(str(tmp_path / "x.nrrd"), data, {"space directions": np.diag([0.7, 0.8, 5.0]),
+                                               "space origin": np.array([10.0, 20.0, 30.0])})
+    with pytest.raises(VolumeError, match=r"x\.nrrd: NRRD has no 'space' field.*nrrd_space="):
+        load_volume(tmp_path / "x.nrrd")
+    ras = load_volume(tmp_path / "x.nrrd", canonical=False, nrrd_space="right-anterior-superior")
+    assert np.allclose(ras.affine[:3, 3], [10, 20, 30]) and np.allclose(np.diag(ras.affine)[:3], [0.7, 0.8, 5.0])
+    lps = load_volume(tmp_path / "x.nrrd", canonical=False, nrrd_space="left-posterior-superior")
+    assert np.allclose(lps.affine[:3, 3], [-10, -20, 30])
+    with pytest.raises(VolumeError, match="unsupported NRRD space 'scanner-xyz'"):
+        load_volume(tmp_path / "x.nrrd", nrrd_space="scanner-xyz")

@@ -171,16 +171,24 @@ def _as_label_array(array: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- I/O
-def load_volume(path: Union[PathLike, Volume], label: bool = False, canonical: bool = True) -> Volume:
+#: NRRD ``space`` values fewshotcx reads → the sign flips from that space to RAS.
+NRRD_SPACES = {"left-posterior-superior": (-1, -1, 1), "right-anterior-superior": (1, 1, 1),
+               "left-anterior-superior": (-1, 1, 1)}
+
+
+def load_volume(path: Union[PathLike, Volume], label: bool = False, canonical: bool = True,
+                nrrd_space: Optional[str] = None) -> Volume:
     """Read a volume from NIfTI (``.nii``/``.nii.gz``), NRRD (``.nrrd``/``.seg.nrrd``) or a DICOM
     series directory, returned in closest-canonical RAS unless ``canonical=False``.
 
     Args:
         path: file or directory; a :class:`Volume` is passed through (canonicalised if asked).
         label: read as an integer label map (values must be whole, non-negative numbers).
+        nrrd_space: the world space of an NRRD file that has no ``space`` field (one of
+            :data:`NRRD_SPACES`); without it such a file is refused rather than assumed LPS.
     Raises:
-        VolumeError: unreadable file, not 3D (4D images are refused rather than guessed at), or
-            non-integer label values.
+        VolumeError: unreadable file, not 3D (4D images are refused rather than guessed at),
+            non-integer label values, or an NRRD without ``space`` and no ``nrrd_space``.
     """
     if isinstance(path, Volume):
         vol = Volume(path.array, path.affine, label or path.label, path.source)
@@ -194,7 +202,7 @@ def load_volume(path: Union[PathLike, Volume], label: bool = False, canonical: b
 
         vol = read_dicom_series(p, label=label)
     elif name.endswith(".nrrd") or name.endswith(".nhdr"):
-        vol = _read_nrrd(p, label)
+        vol = _read_nrrd(p, label, nrrd_space)
     else:
         vol = _read_nifti(p, label)
     return vol.canonical() if canonical else vol
@@ -215,7 +223,7 @@ def _read_nifti(path: Path, label: bool) -> Volume:
     return vol
 
 
-def _read_nrrd(path: Path, label: bool) -> Volume:
+def _read_nrrd(path: Path, label: bool, nrrd_space: Optional[str] = None) -> Volume:
     try:
         import nrrd
 
@@ -227,11 +235,13 @@ def _read_nrrd(path: Path, label: bool) -> Volume:
     origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
     if directions.shape != (3, 3) or not np.all(np.isfinite(directions)):
         raise VolumeError(f"{path}: NRRD lacks a 3x3 'space directions' field")
-    space = str(header.get("space", "left-posterior-superior")).lower()
-    flip = {"left-posterior-superior": [-1, -1, 1], "right-anterior-superior": [1, 1, 1],
-            "left-anterior-superior": [-1, 1, 1]}.get(space)
+    if "space" not in header and nrrd_space is None:
+        raise VolumeError(f"{path}: NRRD has no 'space' field, so its orientation is unknown; pass "
+                          f"nrrd_space= (one of {', '.join(NRRD_SPACES)}) if you know it")
+    space = str(header.get("space", nrrd_space)).lower()
+    flip = NRRD_SPACES.get(space)
     if flip is None:
-        raise VolumeError(f"{path}: unsupported NRRD space '{space}'")
+        raise VolumeError(f"{path}: unsupported NRRD space '{space}' (expected one of {', '.join(NRRD_SPACES)})")
     affine = np.eye(4)
     affine[:3, :3] = np.diag(flip) @ directions.T  # columns = world step per voxel index
     affine[:3, 3] = np.asarray(flip) * origin
