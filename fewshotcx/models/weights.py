@@ -18,9 +18,6 @@ import http.client
 import os
 import pickle
 import sys
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -30,6 +27,7 @@ from torch import Tensor, nn
 
 from ..io.atomic import atomic_output
 from ..paths import home
+from ..progress import show_progress
 from .universeg import V1_DECODER_BLOCKS, V1_ENCODER_BLOCKS, UniverSeg
 
 PathLike = Union[str, os.PathLike]
@@ -37,7 +35,6 @@ PathLike = Union[str, os.PathLike]
 #: Where the bundled default checkpoint lives inside the installed package.
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
-_DOWNLOAD_TIMEOUT_S = 30
 _BLOCK = 1 << 20
 
 
@@ -47,7 +44,9 @@ class WeightsError(ValueError):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One known checkpoint. ``url``/``size_bytes``/``sha256`` are ``None`` where unknown."""
+    """One known checkpoint. ``url``/``size_bytes``/``sha256`` are ``None`` where unknown;
+    ``hash_prefix`` is the leading hex digits of the SHA-256 that the publisher puts in the file name
+    (Segment Anything does), checked on download when no full ``sha256`` is pinned."""
 
     name: str
     backend: str
@@ -58,6 +57,7 @@ class Checkpoint:
     licence: str
     description: str
     bundled: bool = False
+    hash_prefix: str | None = None
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -101,6 +101,7 @@ REGISTRY: dict[str, Checkpoint] = {
             sha256=None,
             licence=_SAM_LICENCE,
             description="Segment Anything ViT-B",
+            hash_prefix="01ec64",
         ),
         Checkpoint(
             name="sam-vit_l",
@@ -111,6 +112,7 @@ REGISTRY: dict[str, Checkpoint] = {
             sha256=None,
             licence=_SAM_LICENCE,
             description="Segment Anything ViT-L",
+            hash_prefix="0b3195",
         ),
         Checkpoint(
             name="sam-vit_h",
@@ -121,6 +123,7 @@ REGISTRY: dict[str, Checkpoint] = {
             sha256=None,
             licence=_SAM_LICENCE,
             description="Segment Anything ViT-H",
+            hash_prefix="4b8939",
         ),
         Checkpoint(
             name="medsam-vit_b",
@@ -210,25 +213,19 @@ def resolve(spec: PathLike, backend: str, *, download: bool = True) -> Path:
 
 
 def _download(entry: Checkpoint, path: Path) -> None:
-    """Download ``entry.url`` to a temporary file next to ``path``, verify it, then rename it into place."""
+    """Download ``entry.url`` with :func:`torch.hub.download_url_to_file` (SHA-256 or its published
+    prefix checked; a bar only on a terminal), check the size, then move it onto ``path`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"fewshotcx: downloading {entry.filename} ({entry.licence}) from {entry.url}", file=sys.stderr)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=path.parent)
-    digest, size = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
-            for block in iter(lambda: response.read(_BLOCK), b""):
-                out.write(block)
-                digest.update(block)
-                size += len(block)
+    with atomic_output(path) as tmp:
+        try:
+            torch.hub.download_url_to_file(entry.url, str(tmp), hash_prefix=entry.sha256 or entry.hash_prefix,
+                                           progress=show_progress())
+        except RuntimeError as err:  # torch.hub's hash mismatch
+            raise WeightsError(str(err)) from None
+        size = tmp.stat().st_size
         if entry.size_bytes is not None and size != entry.size_bytes:
             raise WeightsError(f"got {size} bytes, expected {entry.size_bytes}")
-        if entry.sha256 is not None and digest.hexdigest() != entry.sha256.lower():
-            raise WeightsError(f"SHA-256 {digest.hexdigest()} does not match the expected {entry.sha256}")
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
 
 
 def load_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
