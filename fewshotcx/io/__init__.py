@@ -1,5 +1,8 @@
 """Reading and writing volumes: NIfTI/NRRD/DICOM series, RTSTRUCT, atomic writes.
 
+``grid`` (the Volume type and its geometry) is imported by every reader; ``volume`` (NIfTI/NRRD
+files and the DICOM dispatch) imports ``grid`` and ``dicom``, so no module imports a reader back.
+
 Everything lands in a :class:`Volume` that carries its affine and the way back to its file.
 """
 

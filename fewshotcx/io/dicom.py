@@ -36,7 +36,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .atomic import atomic_output
-from .volume import PathLike, SourceGeometry, Volume, VolumeError
+from .grid import PathLike, SourceGeometry, Volume, VolumeError
 
 #: Attributes removed ("X") or emptied ("Z") by :func:`deidentify_dataset`, at any nesting depth.
 IDENTIFYING_ATTRIBUTES: dict[str, str] = {

@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from .dicom import DicomSeries, deidentify_dataset, ds_string, scan_series, write_dataset
-from .volume import PathLike, Volume, VolumeError, binary_mask
+from .grid import PathLike, Volume, VolumeError, binary_mask
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 _STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # what planning systems expect in the study reference

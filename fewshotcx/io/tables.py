@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .atomic import atomic_output
-from .volume import PathLike
+from .grid import PathLike
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: PathLike, columns: Optional[Sequence[str]] = None,
