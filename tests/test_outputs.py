@@ -96,10 +96,10 @@ def test_resumed_run_rewrites_its_log_atomically(tmp_path, monkeypatch):
     before = log.read_text()
     _fail_on_second_row(monkeypatch)
     with pytest.raises(DiskFull):
-        training._truncate_log(log, 10)
+        training.truncate_log(log, 10)
     assert log.read_text() == before
     monkeypatch.undo()
-    training._truncate_log(log, 10)
+    training.truncate_log(log, 10)
     assert log.read_text().splitlines() == before.splitlines()[:3]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..training import loop
-from ..training.loop import DATA_SOURCES, TrainConfig
+from ..training.config import DATA_SOURCES, TrainConfig
 
 
 def _support_range(text: str) -> tuple[int, int]:
