@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fewshotcx import models
 from fewshotcx.models import weights
 from fewshotcx.models import UniverSeg
 from fewshotcx.models.weights import (
@@ -91,7 +92,7 @@ def test_registry_entries():
     assert "OpenRAIL++-M" in official.licence and not official.bundled
     default = REGISTRY["default"]
     assert default.bundled and weights.expected_path(default) == weights.BUNDLED_DIR / "default_universeg.pt"
-    assert weights.BUNDLED_DIR == Path(weights.__file__).parent / "bundled"
+    assert weights.BUNDLED_DIR == Path(models.__file__).resolve().parent / "bundled"
     for variant, filename in {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth",
                               "vit_h": "sam_vit_h_4b8939.pth"}.items():
         entry = REGISTRY[f"sam-{variant}"]
@@ -172,7 +173,7 @@ def test_download_failing_verification_leaves_nothing(home, monkeypatch, changes
 
 
 def test_resolve_errors_for_missing_bundled_and_mismatched_names(home, monkeypatch, tmp_path):
-    monkeypatch.setattr(weights, "BUNDLED_DIR", tmp_path / "empty")
+    monkeypatch.setattr(weights.registry, "BUNDLED_DIR", tmp_path / "empty")
     with pytest.raises(WeightsError, match="bundled checkpoint .*default_universeg.pt is missing"):
         resolve("default", "universeg")
     with pytest.raises(WeightsError, match="sam backend has no 'default'"):
