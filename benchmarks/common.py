@@ -8,7 +8,6 @@ tiny random network, so the scripts cannot rot.
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fewshotcx import Segmenter, Volume  # noqa: E402
 from fewshotcx import datasets  # noqa: E402
+from fewshotcx.io import tables  # noqa: E402
 from fewshotcx.evaluation.metrics import evaluate, per_slice_dice  # noqa: E402
 from fewshotcx.pipeline.postprocess import postprocess  # noqa: E402
 from fewshotcx.models.weights import load_checkpoint, load_universeg, resolve  # noqa: E402
@@ -36,8 +36,11 @@ POSTPROCESSING = {"none": (), "largest_component": ("largest_component",)}
 
 # ------------------------------------------------------------------------------------------ command line
 def add_output_options(parser) -> None:
-    """``--out`` (CSV folder), ``--plots`` (PNG folder), ``--threads`` and ``--from-csv`` (redraw only)."""
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="CSV folder")
+    """``--out`` (CSV folder, default ``bench-output/<script>``: committing results to
+    ``benchmarks/results`` is an explicit ``--out benchmarks/results``), ``--plots`` (PNG folder),
+    ``--threads`` and ``--from-csv`` (redraw only)."""
+    default = Path("bench-output") / Path(parser.prog).stem
+    parser.add_argument("--out", type=Path, default=default, help=f"CSV folder (default: {default})")
     parser.add_argument("--plots", type=Path, default=None, help="PNG folder (default: --out)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
@@ -277,19 +280,11 @@ def score(pred: np.ndarray, reference: Volume, exclude_slices: Sequence[int] = (
 
 # ------------------------------------------------------------------------------------------- output
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Tidy CSV: one row per measurement, columns in first-seen order across all rows."""
-    if not rows:
-        raise ValueError(f"no rows to write to {path}")
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+    """Tidy CSV (one row per measurement, columns in first-seen order), written atomically; a
+    benchmark's output folder is its own, so an earlier CSV of the same name is replaced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return tables.write_csv(rows, path, overwrite=True)
 
 
 def summarise(rows: Sequence[dict[str, Any]], group: Sequence[str], value: str = "dice") -> list[dict[str, Any]]:
@@ -407,5 +402,4 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
                 pass
         return text
 
-    with Path(path).open(newline="") as f:
-        return [{k: convert(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return [{k: convert(v) for k, v in row.items()} for row in tables.read_csv(path)]

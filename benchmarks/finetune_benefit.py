@@ -75,7 +75,7 @@ def run_experiment(experiment: Experiment, model: ModelSpec, steps: int, work_di
     train_labels = datasets.select_structures(experiment.train, list(experiment.structures)).labels
     start = time.perf_counter()
     checkpoint = finetune(model.weights, [(experiment.train.image, train_labels)], steps=steps,
-                          out=work_dir / "finetuned.pt", axes=["axial"], progress=False, seed=seed,
+                          out=work_dir / "finetuned.pt", overwrite=True, axes=["axial"], progress=False, seed=seed,
                           **finetune_options)
     tune_seconds = time.perf_counter() - start
     print(f"  fine-tuned {steps} steps in {tune_seconds:.0f} s")

@@ -26,7 +26,7 @@ def finetune_and_predict(init: str, pairs: list[tuple[str, str]], query: str, ou
                          steps: int = 200, support_size: tuple[int, int] = (4, 16), device: str = "auto") -> None:
     """Fine-tune ``init`` on ``pairs`` into ``out``; segment ``query`` with it into ``pred``."""
     checkpoint = fx.training.finetune(init, pairs, steps=steps, out=out, support_size=support_size,
-                                      device=device, progress=False)
+                                      device=device, progress=False, overwrite=True)
     print(f"fine-tuned checkpoint: {checkpoint}")
     seg = fx.Segmenter(weights=str(checkpoint), device=device, progress=False)
     print(f"slice size {seg.backend.slice_size}, context {seg.backend.context} (from the checkpoint)")

@@ -19,7 +19,6 @@ overlay (image | reference | prediction) and ``results.csv``.
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from .baselines.interpolation import interpolate_slices, label_fusion
 from .evaluation.metrics import dice
 from .segmenter import Segmenter
 from .viz import save_overlay, spread_slices
+from .io.tables import write_csv
 from .io.volume import save_volume
 
 
@@ -121,10 +121,7 @@ def run_demo(out_dir: Path, device: str = "auto", weights: str = "default") -> l
     for r in rows:
         print(f"{r['task']:27s} {r['structure']:14s} {r['dice_model']:10.3f} {r['dice_baseline']:13.3f}  "
               f"{r['scored_on']:15s} {r['baseline']} ({r['setting']}; {r['seconds']} s)")
-    with (out_dir / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out_dir / "results.csv", overwrite=True)  # the demo's own output folder
     print(f"\nwrote {out_dir}/<task>/prediction.nii.gz, overlay.png and {out_dir}/results.csv")
     print("data licences: " + "; ".join(sorted({r['licence'] for r in rows})))
     return rows

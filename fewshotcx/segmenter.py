@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import Backend, VolumeBackend, create_backend
+from .locks import ReadWriteLock, reads, writes
+from .progress import show_progress
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
 from .pipeline.intensity import Modality, looks_like_ct, normalize
 from .pipeline.postprocess import postprocess
@@ -38,13 +40,6 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
     return dev
-
-
-def show_progress(enabled: bool = True) -> bool:
-    """Whether to draw progress bars: asked for, and stderr is a terminal (bars flood log files)."""
-    import sys
-
-    return bool(enabled) and sys.stderr.isatty()
 
 
 def decide_modality(images: Sequence[np.ndarray], modality: Modality) -> str:
@@ -132,6 +127,10 @@ class Segmenter:
             on CUDA).
         progress: show a progress bar on long volumes (only when stderr is a terminal).
         **backend_options: passed to the backend (e.g. ``strategy="random"``, ``tune_steps=`` for SAM).
+
+    Threads: one fitted Segmenter may predict from several threads at once; :meth:`fit` and
+    :meth:`complete` wait for running predictions and hold new ones until they are done
+    (:class:`~fewshotcx.locks.ReadWriteLock`).
     """
 
     def __init__(
@@ -177,8 +176,10 @@ class Segmenter:
         self.pools: dict[int, SupportPool] = {}
         self.support: Optional[SupportVolumes] = None
         self._support_extent: Optional[tuple[float, float]] = None
+        self._lock = ReadWriteLock()
 
     # ------------------------------------------------------------------ fit
+    @writes
     def fit(
         self,
         images: Sequence[VolumeLike],
@@ -235,6 +236,7 @@ class Segmenter:
         return self.support.classes
 
     # ------------------------------------------------------------------ predict
+    @reads
     def predict_proba(self, query: VolumeLike) -> Union[Volume, dict[int, Volume]]:
         """Foreground probability on the query's grid.
 
@@ -248,6 +250,7 @@ class Segmenter:
                 for i, c in enumerate(self.classes)}
         return next(iter(maps.values())) if len(maps) == 1 else maps
 
+    @reads
     def predict(self, query: VolumeLike) -> Volume:
         """Label map on the query's grid, post-processed.
 
@@ -259,6 +262,7 @@ class Segmenter:
         labels = self._labels(probs)
         return original.with_array(reorient_array(labels, canonical.affine, original.affine), label=True)
 
+    @writes
     def complete(self, image: VolumeLike, drawn: VolumeLike, slices: Sequence[int]) -> Volume:
         """Finish a contour drawn on a few axial slices of the same volume (the planning-system
         workflow that shape-based interpolation serves today).

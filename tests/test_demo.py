@@ -9,6 +9,7 @@ import torch
 from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import demo
 from fewshotcx.datasets.cases import Case
+from fewshotcx.evaluation.metrics import dice
 from fewshotcx.viz import spread_slices
 from fewshotcx.models import UniverSeg
 from fewshotcx.io.volume import Volume, load_volume
@@ -38,10 +39,22 @@ def test_demo_tasks_write_prediction_overlay_and_csv(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "TASKS", tasks)
     rows = demo.run_demo(tmp_path / "out", device="cpu", weights=str(weights))
     assert [r["task"] for r in rows] == ["few", "cross"]
+    references = {"few": _case(1), "cross": _case(2)}
     for r in rows:
-        assert 0.0 <= r["dice_model"] <= 1.0 and 0.0 <= r["dice_baseline"] <= 1.0
         pred = load_volume(tmp_path / "out" / r["task"] / "prediction.nii.gz", label=True)
         assert pred.shape == (24, 20, 12)
+        # the reported Dice is that of the written prediction against the query's labels: on the undrawn
+        # slices for a completion task (drawn ones are copied), on the whole volume across subjects
+        reference = references[r["task"]].labels.array
+        if r["task"] == "few":
+            assert r["scored_on"] == "undrawn slices"
+            drawn = spread_slices(reference > 0, 3, ends=True)
+            expected = demo.undrawn_dice(pred.array, reference, drawn)
+            assert expected != pytest.approx(dice(pred.array, reference), abs=1e-3)  # the two scores differ here
+        else:
+            assert r["scored_on"] == "whole volume"
+            expected = dice(pred.array, reference)
+        assert r["dice_model"] == pytest.approx(expected, abs=6e-4)
         assert (tmp_path / "out" / r["task"] / "overlay.png").stat().st_size > 1000
     with (tmp_path / "out" / "results.csv").open() as f:
         assert {"task", "dice_model", "dice_baseline", "licence"} <= set(next(csv.reader(f)))

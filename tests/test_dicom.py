@@ -110,6 +110,25 @@ def test_series_matches_nifti_with_analytic_affine(tmp_path, plane, descending):
         assert from_dicom.array[tuple(np.round(ijk).astype(int))] == fact["corner_hu"]
 
 
+def test_modality_lut_sequence_is_applied(tmp_path):
+    """A series whose stored values map through a Modality LUT Sequence (no rescale attributes):
+    4901220's hand-written rescale ignored the LUT and returned the raw stored values."""
+    hu = np.clip(hounsfield(), -1024, 1023)
+    facts = write_series(tmp_path / "s", ORIENTATIONS["axial"][0], hu)
+    reference = dicom.read_dicom_series(tmp_path / "s").array  # HU via the rescale attributes
+    lut = 3 * np.arange(2048) + 5  # stored value s (= HU + 1024) ↦ 3·s + 5
+    for fact in facts:
+        ds = pydicom.dcmread(fact["path"])
+        del ds.RescaleIntercept, ds.RescaleSlope
+        item = Dataset()
+        item.LUTDescriptor = [len(lut), 0, 16]
+        item.ModalityLUTType = "US"
+        item["LUTData"] = pydicom.DataElement(0x00283006, "OW", lut.astype("<u2").tobytes())
+        ds.ModalityLUTSequence = [item]
+        ds.save_as(fact["path"], enforce_file_format=True)
+    np.testing.assert_array_equal(dicom.read_dicom_series(tmp_path / "s").array, 3 * (reference + 1024) + 5)
+
+
 def test_gantry_tilt_gives_a_sheared_affine_through_every_slice_position(tmp_path):
     hu = hounsfield()
     facts = write_series(tmp_path / "ct", ORIENTATIONS["axial"][0], hu, tilt=(0.0, 0.4, 0.0))

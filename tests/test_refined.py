@@ -28,7 +28,7 @@ def test_composite_runs_through_the_segmenter_on_the_query_grid():
     query = Volume(blob_volume(seed=2)[0], ORIENTATIONS["LPS"])
     prob = seg.predict_proba(query)
     assert prob.shape == query.shape and np.allclose(prob.affine, query.affine)
-    assert 0.0 <= prob.array.min() and prob.array.max() <= 1.0
+    assert np.array_equal(seg.predict(query).array, (prob.array > seg.threshold).astype(np.uint8))
 
 
 def test_slices_the_coarse_model_leaves_empty_stay_empty():

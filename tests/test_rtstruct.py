@@ -146,6 +146,32 @@ def test_even_odd_rule_fills_nested_contours(series, tmp_path):
     assert not np.delete(got, 6, axis=2).any()
 
 
+def test_skipped_contours_are_counted_in_one_warning_per_roi(series, tmp_path):
+    """A POINT contour and a contour beyond the last slice used to vanish silently (4901220)."""
+    directory, affine = series
+    box = np.zeros(SHAPE, np.uint8)
+    box[5:20, 4:18, 6] = 1
+    out = rt.write_rtstruct({"box": Volume(box, affine, label=True), "ok": Volume(box, affine, label=True)},
+                            directory, tmp_path / "rs.dcm")
+    ds = pydicom.dcmread(out)
+    (outer,) = ds.ROIContourSequence[0].ContourSequence
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    for kind, k in (("POINT", 6), ("CLOSED_PLANAR", SHAPE[2] + 3), ("CLOSED_PLANAR", -2)):
+        corners = np.array([[8, 6, k], [15, 6, k], [15, 14, k]], dtype=float)[: 1 if kind == "POINT" else 3]
+        extra = pydicom.Dataset()
+        extra.ContourGeometricType, extra.NumberOfContourPoints = kind, len(corners)
+        extra.ContourData = [f"{v:.4f}" for v in (corners @ lps[:3, :3].T + lps[:3, 3]).ravel()]
+        ds.ROIContourSequence[0].ContourSequence.append(extra)
+    ds.save_as(out, enforce_file_format=True)
+    with pytest.warns(UserWarning) as caught:
+        masks = rt.read_rtstruct(out, directory)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages  # one line for "box", none for the intact "ok"
+    assert "ROI 'box'" in messages[0] and "2 contours outside the series" in messages[0]
+    assert "1 contour of type POINT" in messages[0]
+    np.testing.assert_array_equal(masks["box"].to_source().array, box)
+
+
 def test_write_refuses_overwrite_and_off_grid_masks(series, tmp_path):
     directory, affine = series
     masks = shapes(affine)

@@ -46,17 +46,17 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     class Interrupted(Exception):
         pass
 
-    real_save = training._save
+    real_save = training.save_training_state
 
     def save_then_stop(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Interrupted  # the machine "dies" right after the step-3 checkpoint
 
     interrupted = replace(config, out=str(tmp_path / "resumed.pt"))
-    monkeypatch.setattr(training, "_save", save_then_stop)
+    monkeypatch.setattr(training, "save_training_state", save_then_stop)
     with pytest.raises(Interrupted):
         train(interrupted)
-    monkeypatch.setattr(training, "_save", real_save)
+    monkeypatch.setattr(training, "save_training_state", real_save)
     assert load_checkpoint(interrupted.out)[1]["extra"]["training"]["step"] == 3
     halfway = load_checkpoint(interrupted.out)[0]
     assert not all(torch.equal(straight[k], halfway[k]) for k in straight)

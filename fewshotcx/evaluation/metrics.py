@@ -1,7 +1,7 @@
 """Segmentation metrics in millimetres: overlap, surface distances, volumes.
 
 Every metric takes a prediction and a reference ("gt") mask of the same shape, 2D ``(X, Y)`` or 3D
-``(X, Y, Z)``, as numpy arrays (bool, integer, or whole-valued float) or :class:`~fewshotcx.io.volume.Volume`
+``(X, Y, Z)``, as numpy arrays (bool, integer, or whole-valued float) or :class:`~fewshotcx.io.grid.Volume`
 objects.
 
 * **Binarisation.** A voxel is foreground when it is nonzero, or, with ``label=k``, when it equals ``k``

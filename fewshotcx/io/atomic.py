@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
+_UMASK_LOCK = threading.Lock()
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: ``/proc/self/status``).
+
+    Elsewhere it falls back to the ``os.umask`` round trip (set, then restore) under a lock; that
+    briefly changes the process-wide mask, so files created meanwhile by *other* code could get it.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            match = re.search(r"^Umask:\s*([0-7]+)$", f.read(), re.MULTILINE)
+        if match:
+            return int(match.group(1), 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
 
 
 @contextmanager
@@ -34,7 +51,7 @@ def atomic_output(path: Union[str, os.PathLike], overwrite: bool = False) -> Ite
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

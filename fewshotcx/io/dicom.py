@@ -30,12 +30,13 @@ from typing import Optional
 
 import numpy as np
 import pydicom
+from pydicom.pixels import apply_modality_lut
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .atomic import atomic_output
-from .volume import PathLike, SourceGeometry, Volume, VolumeError
+from .grid import PathLike, SourceGeometry, Volume, VolumeError
 
 #: Attributes removed ("X") or emptied ("Z") by :func:`deidentify_dataset`, at any nesting depth.
 IDENTIFYING_ATTRIBUTES: dict[str, str] = {
@@ -203,7 +204,8 @@ def read_dicom_series(directory: PathLike, label: bool = False, deidentify: bool
                       series_uid: Optional[str] = None) -> Volume:
     """Read a DICOM image series into a :class:`Volume` (float32, or integers with ``label=True``).
 
-    Pixel values are mapped through ``RescaleSlope``/``RescaleIntercept`` (so CT is in HU). The volume
+    Pixel values go through pydicom's :func:`~pydicom.pixels.apply_modality_lut` (rescale slope and
+    intercept, or a Modality LUT Sequence), so CT is in HU. The volume
     is in the series' own layout (``load_volume`` canonicalises it) and carries no DICOM attributes.
 
     Args:
@@ -223,9 +225,7 @@ def read_dicom_series(directory: PathLike, label: bool = False, deidentify: bool
         except Exception as exc:  # decoders raise many types for unsupported transfer syntaxes
             raise VolumeError(f"{path}: cannot decode pixel data ({ds.file_meta.get('TransferSyntaxUID')}): "
                               f"{exc}") from None
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        array[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
+        array[:, :, k] = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64).T
     vol = Volume(array, series.affine, label=label)
     vol.source = SourceGeometry(vol.shape, vol.affine.copy(), None, str(directory))
     return vol

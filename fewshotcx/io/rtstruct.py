@@ -8,6 +8,8 @@ holes as separate contours, in patient (LPS) millimetres through the series geom
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
@@ -20,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from .dicom import DicomSeries, deidentify_dataset, ds_string, scan_series, write_dataset
-from .volume import PathLike, Volume, VolumeError, binary_mask
+from .grid import PathLike, Volume, VolumeError, binary_mask
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 _STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # what planning systems expect in the study reference
@@ -32,7 +34,9 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike) -> dict[str, Vo
     """Rasterise every ROI of an RTSTRUCT on its referenced image series.
 
     Closed planar contours are assigned to the nearest slice and filled with the even-odd rule across
-    all contours of the ROI on that slice, so inner contours are holes (voxel centres decide).
+    all contours of the ROI on that slice, so inner contours are holes (voxel centres decide). Contours
+    that cannot be filled (another geometric type, or a slice outside the series) are skipped with
+    one warning per ROI that counts them.
 
     Args:
         rtstruct_path: the RT Structure Set file.
@@ -62,8 +66,11 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike) -> dict[str, Vo
         if roi_frame != frame:
             raise VolumeError(f"ROI {name!r} is in frame of reference {roi_frame}, the series in {frame}")
         inside = np.zeros(series.shape, dtype=bool)
+        skipped: Counter[str] = Counter()
         for contour in roi.get("ContourSequence", []):
-            if contour.get("ContourGeometricType") != "CLOSED_PLANAR":
+            kind = str(contour.get("ContourGeometricType", "no type"))
+            if kind != "CLOSED_PLANAR":
+                skipped[kind] += 1
                 continue
             points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
             ijk = points @ inverse[:3, :3].T + inverse[:3, 3]
@@ -72,9 +79,18 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike) -> dict[str, Vo
             k = int(np.round(ijk[:, 2].mean()))
             if 0 <= k < series.shape[2]:
                 inside[:, :, k] ^= _polygon_mask(ijk[:, :2], series.shape[:2])
+            else:
+                skipped["outside the series"] += 1
+        if skipped:
+            warnings.warn(f"{rtstruct_path}: ROI {name!r}: skipped " + ", ".join(
+                f"{n} contour{'s' if n > 1 else ''} {_why(kind)}" for kind, n in sorted(skipped.items())), stacklevel=2)
         key = name if name not in masks else f"{name}_{roi.ReferencedROINumber}"
         masks[key] = Volume(inside.astype(np.uint8), series.affine, label=True).canonical()
     return masks
+
+
+def _why(kind: str) -> str:
+    return kind if kind == "outside the series" else f"of type {kind} (only CLOSED_PLANAR is filled)"
 
 
 def _referenced_series_uid(ds: Dataset) -> Optional[str]:

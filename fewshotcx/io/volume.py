@@ -1,186 +1,48 @@
-"""Volumes that carry their geometry: array, affine, spacing and the way back to the file.
+"""Reading and writing volumes: NIfTI, NRRD and DICOM series in, NIfTI out.
 
-Conventions
------------
-* ``Volume.array`` is indexed ``(X, Y, Z)``; ``Volume.affine`` maps voxel indices to world
-  millimetres in RAS+ (the NIfTI convention: +x towards the patient's Right, +y Anterior,
-  +z Superior): ``world = affine @ (i, j, k, 1)``.
-* :func:`load_volume` returns the array in the *closest canonical RAS* layout: axis 0 increases
-  towards Right, axis 1 towards Anterior, axis 2 towards Superior (for oblique affines, the closest
-  such permutation). "Axial" slices are therefore ``array[:, :, z]``.
-* Reorientation is a pure permutation/flip of voxels (no resampling), so it is exactly invertible.
-  A loaded volume remembers its :class:`SourceGeometry`; :func:`save_volume` undoes the permutation
-  and writes the *original* affine and header, so an unchanged volume round-trips bit for bit.
+:func:`load_volume` returns a :class:`~fewshotcx.io.grid.Volume` in the *closest canonical RAS*
+layout and remembers the file's geometry; :func:`save_volume` undoes the permutation and writes the
+*original* affine and header, so an unchanged volume round-trips bit for bit. The volume types are
+defined in :mod:`fewshotcx.io.grid` and re-exported here.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
 import nibabel as nib
 import numpy as np
-from nibabel import orientations as ornt
 
 from .atomic import atomic_output
+from .dicom import read_dicom_series
+from .grid import (PathLike, SourceGeometry, Volume, VolumeError, binary_mask, check_pair, label_dtype,
+                   reorient_array)
 
-PathLike = Union[str, os.PathLike]
+__all__ = ["NRRD_SPACES", "PathLike", "SourceGeometry", "Volume", "VolumeError", "binary_mask", "check_pair",
+           "label_dtype", "load_volume", "reorient_array", "save_volume"]
 
 _IDENTIFYING_NIFTI_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 
 
-class VolumeError(ValueError):
-    """A volume (or a pair of volumes) that fewshotcx cannot use; the message says why in one line."""
+#: NRRD ``space`` values fewshotcx reads → the sign flips from that space to RAS.
+NRRD_SPACES = {"left-posterior-superior": (-1, -1, 1), "right-anterior-superior": (1, 1, 1),
+               "left-anterior-superior": (-1, 1, 1)}
 
 
-@dataclass(frozen=True)
-class SourceGeometry:
-    """How a canonical array maps back to the array and header it was read from.
-
-    The way back is a permutation/flip derived from the two affines, so it is exact. ``header`` (NIfTI only) is reused on save so
-    that qform/sform codes, units and intent survive.
-    """
-
-    shape: tuple[int, int, int]
-    affine: np.ndarray
-    header: Optional[nib.Nifti1Header] = None
-    path: Optional[str] = None
-
-
-@dataclass
-class Volume:
-    """A 3D image or label map with its voxel-to-world geometry.
-
-    Args:
-        array: ``(X, Y, Z)`` voxel values. Images are stored as ``float32``; label maps (``label=True``)
-            keep an integer dtype.
-        affine: ``(4, 4)`` voxel index → RAS+ millimetre matrix.
-        label: whether the volume is a label map (integer, nearest-neighbour semantics).
-        source: set by :func:`load_volume`; lets :func:`save_volume` write the original layout back.
-
-    Constructing a ``Volume`` never reorients: the array is kept as given. :func:`load_volume` returns
-    canonical volumes; :meth:`canonical` converts any volume explicitly.
-    """
-
-    array: np.ndarray
-    affine: np.ndarray
-    label: bool = False
-    source: Optional[SourceGeometry] = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        array = np.asarray(self.array)
-        if array.ndim != 3:
-            raise VolumeError(f"expected a 3D volume, got an array of shape {tuple(array.shape)}")
-        if min(array.shape) < 1:
-            raise VolumeError(f"volume has an empty dimension: shape {tuple(array.shape)}")
-        affine = np.asarray(self.affine, dtype=np.float64)
-        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-            raise VolumeError("affine must be a finite 4x4 matrix")
-        if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-            raise VolumeError("affine is singular (zero voxel size or degenerate axes)")
-        if self.label:
-            array = _as_label_array(array)
-        else:
-            array = array.astype(np.float32, copy=False)
-        self.array = array
-        self.affine = affine
-
-    # ------------------------------------------------------------------ geometry
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(X, Y, Z)`` voxel counts."""
-        return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along each array axis (norms of the affine's columns)."""
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore
-
-    @property
-    def orientation(self) -> str:
-        """Axis codes of the array, e.g. ``'RAS'`` or ``'LPS'`` (closest for oblique affines)."""
-        return "".join(ornt.aff2axcodes(self.affine))
-
-    def same_grid(self, other: "Volume", atol: float = 1e-3) -> bool:
-        """Whether ``other`` has the same shape and (within ``atol`` mm) the same affine."""
-        return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol)
-
-    def with_array(self, array: np.ndarray, label: Optional[bool] = None) -> "Volume":
-        """A volume on this grid (same affine and source) holding ``array`` of shape ``self.shape``."""
-        array = np.asarray(array)
-        if tuple(array.shape) != self.shape:
-            raise VolumeError(f"array shape {tuple(array.shape)} does not match grid {self.shape}")
-        return replace(self, array=array, label=self.label if label is None else label)
-
-    # ------------------------------------------------------------------ orientation
-    def canonical(self) -> "Volume":
-        """This volume reoriented (by permutation/flips only) to the closest canonical RAS layout.
-
-        The returned volume's ``source`` records how to undo it, so :func:`save_volume` and
-        :meth:`to_source` restore the original layout exactly.
-        """
-        transform = ornt.ornt_transform(ornt.io_orientation(self.affine), ornt.axcodes2ornt("RAS"))
-        array = ornt.apply_orientation(self.array, transform)
-        affine = self.affine @ ornt.inv_ornt_aff(transform, self.shape)
-        source = self.source or SourceGeometry(self.shape, self.affine.copy())
-        return Volume(np.ascontiguousarray(array), affine, self.label, source)
-
-    def to_source(self) -> "Volume":
-        """The array and affine as they were in the source (file or original arrays).
-
-        Volumes without a recorded source are returned unchanged.
-        """
-        if self.source is None:
-            return self
-        src = self.source
-        array = reorient_array(self.array, self.affine, src.affine)
-        if tuple(array.shape) != tuple(src.shape):
-            raise VolumeError(f"volume shape {self.shape} no longer matches its source grid {src.shape}")
-        return Volume(np.ascontiguousarray(array), src.affine.copy(), self.label, None)
-
-
-def reorient_array(array: np.ndarray, from_affine: np.ndarray, to_affine: np.ndarray) -> np.ndarray:
-    """Permute/flip ``array`` (``(..., X, Y, Z)``, leading axes kept) from the voxel layout of
-    ``from_affine`` to that of ``to_affine`` (both describing the same grid in different layouts)."""
-    transform = ornt.ornt_transform(ornt.io_orientation(from_affine), ornt.io_orientation(to_affine))
-    lead = array.ndim - 3
-    if lead == 0:
-        return np.ascontiguousarray(ornt.apply_orientation(array, transform))
-    moved = np.moveaxis(array, range(lead), range(-lead, 0))  # channels last for apply_orientation
-    out = ornt.apply_orientation(moved, transform)
-    return np.ascontiguousarray(np.moveaxis(out, range(-lead, 0), range(lead)))
-
-
-def _as_label_array(array: np.ndarray) -> np.ndarray:
-    if array.dtype == bool:
-        return array.astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        if array.min(initial=0) < 0:
-            raise VolumeError("label map has negative values")
-        return array
-    if not np.all(np.isfinite(array)):
-        raise VolumeError("label map contains NaN or infinite values")
-    rounded = np.rint(array)
-    if not np.allclose(array, rounded, atol=1e-3):
-        raise VolumeError("label map has non-integer values (is this an image rather than a label?)")
-    if rounded.min() < 0:
-        raise VolumeError("label map has negative values")
-    return rounded.astype(np.int16 if rounded.max(initial=0) < 32768 else np.int32)
-
-
-# ---------------------------------------------------------------------- I/O
-def load_volume(path: Union[PathLike, Volume], label: bool = False, canonical: bool = True) -> Volume:
+def load_volume(path: Union[PathLike, Volume], label: bool = False, canonical: bool = True,
+                nrrd_space: Optional[str] = None) -> Volume:
     """Read a volume from NIfTI (``.nii``/``.nii.gz``), NRRD (``.nrrd``/``.seg.nrrd``) or a DICOM
     series directory, returned in closest-canonical RAS unless ``canonical=False``.
 
     Args:
         path: file or directory; a :class:`Volume` is passed through (canonicalised if asked).
         label: read as an integer label map (values must be whole, non-negative numbers).
+        nrrd_space: the world space of an NRRD file that has no ``space`` field (one of
+            :data:`NRRD_SPACES`); without it such a file is refused rather than assumed LPS.
     Raises:
-        VolumeError: unreadable file, not 3D (4D images are refused rather than guessed at), or
-            non-integer label values.
+        VolumeError: unreadable file, not 3D (4D images are refused rather than guessed at),
+            non-integer label values, or an NRRD without ``space`` and no ``nrrd_space``.
     """
     if isinstance(path, Volume):
         vol = Volume(path.array, path.affine, label or path.label, path.source)
@@ -190,11 +52,9 @@ def load_volume(path: Union[PathLike, Volume], label: bool = False, canonical: b
         raise VolumeError(f"no such file or directory: {p}")
     name = p.name.lower()
     if p.is_dir():
-        from .dicom import read_dicom_series
-
         vol = read_dicom_series(p, label=label)
     elif name.endswith(".nrrd") or name.endswith(".nhdr"):
-        vol = _read_nrrd(p, label)
+        vol = _read_nrrd(p, label, nrrd_space)
     else:
         vol = _read_nifti(p, label)
     return vol.canonical() if canonical else vol
@@ -215,7 +75,7 @@ def _read_nifti(path: Path, label: bool) -> Volume:
     return vol
 
 
-def _read_nrrd(path: Path, label: bool) -> Volume:
+def _read_nrrd(path: Path, label: bool, nrrd_space: Optional[str] = None) -> Volume:
     try:
         import nrrd
 
@@ -227,11 +87,13 @@ def _read_nrrd(path: Path, label: bool) -> Volume:
     origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
     if directions.shape != (3, 3) or not np.all(np.isfinite(directions)):
         raise VolumeError(f"{path}: NRRD lacks a 3x3 'space directions' field")
-    space = str(header.get("space", "left-posterior-superior")).lower()
-    flip = {"left-posterior-superior": [-1, -1, 1], "right-anterior-superior": [1, 1, 1],
-            "left-anterior-superior": [-1, 1, 1]}.get(space)
+    if "space" not in header and nrrd_space is None:
+        raise VolumeError(f"{path}: NRRD has no 'space' field, so its orientation is unknown; pass "
+                          f"nrrd_space= (one of {', '.join(NRRD_SPACES)}) if you know it")
+    space = str(header.get("space", nrrd_space)).lower()
+    flip = NRRD_SPACES.get(space)
     if flip is None:
-        raise VolumeError(f"{path}: unsupported NRRD space '{space}'")
+        raise VolumeError(f"{path}: unsupported NRRD space '{space}' (expected one of {', '.join(NRRD_SPACES)})")
     affine = np.eye(4)
     affine[:3, :3] = np.diag(flip) @ directions.T  # columns = world step per voxel index
     affine[:3, 3] = np.asarray(flip) * origin
@@ -293,36 +155,6 @@ def save_volume(
     with atomic_output(path, overwrite) as tmp:
         nib.save(img, str(tmp))
     return path
-
-
-def label_dtype(max_value: int) -> np.dtype:
-    """The smallest unsigned integer dtype that holds label values ``0 … max_value`` (NIfTI stores all
-    of uint8, uint16, uint32 and uint64), so no label value is ever narrowed or wrapped."""
-    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
-        if max_value <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise VolumeError(f"label value {max_value} does not fit in 64 bits")
-
-
-def binary_mask(volume: Volume) -> np.ndarray:
-    """Boolean ``(X, Y, Z)`` foreground of a label map (any non-zero value) or of a 0/1 image.
-
-    Raises:
-        VolumeError: an image with values other than 0 and 1 (a probability map: threshold it first).
-    """
-    if not volume.label and not np.isin(volume.array, (0, 1)).all():
-        raise VolumeError("expected a binary mask (0/1 values); threshold probability maps first")
-    return volume.array != 0
-
-
-def check_pair(image: Volume, label: Volume, what: str = "image/label") -> None:
-    """Raise :class:`VolumeError` unless ``label`` lies on ``image``'s grid and is not empty."""
-    if image.shape != label.shape:
-        raise VolumeError(f"{what}: grids differ (shape {image.shape} vs {label.shape})")
-    if not np.allclose(image.affine, label.affine, atol=1e-3 * max(1.0, max(image.spacing))):
-        raise VolumeError(f"{what}: grids differ (affines do not match)")
-    if not np.any(label.array):
-        raise VolumeError(f"{what}: the label volume is empty (no foreground voxels)")
 
 
 def _short(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
@@ -45,6 +46,9 @@ class EmbeddingCache:
         max_bytes: memory budget of the in-memory LRU (least recently used entries are dropped first).
         directory: if given, every entry is also written there as ``<key>.pt`` and looked up there on
             a memory miss (so embeddings survive the process).
+
+    Safe to share between threads: every lookup and update holds one lock (two threads missing the
+    same key may both encode it; the second store replaces the first, identical value).
     """
 
     def __init__(self, max_bytes: int = 1 << 30, directory: Optional[Union[str, os.PathLike]] = None) -> None:
@@ -54,15 +58,18 @@ class EmbeddingCache:
         self.directory = Path(directory).expanduser() if directory is not None else None
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.nbytes = 0
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: str, device: torch.device) -> Optional[torch.Tensor]:
         """The tensor stored under ``key`` on ``device``, or ``None``."""
-        value = self._entries.get(key)
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
         if value is not None:
-            self._entries.move_to_end(key)
             return value.to(device)
         path = self._path(key)
         if path is None or not path.is_file():
@@ -82,21 +89,23 @@ class EmbeddingCache:
 
     def clear(self) -> None:
         """Forget the in-memory entries (the directory is left as it is)."""
-        self._entries.clear()
-        self.nbytes = 0
+        with self._lock:
+            self._entries.clear()
+            self.nbytes = 0
 
     def _remember(self, key: str, value: torch.Tensor) -> None:
         size = value.numel() * value.element_size()
         if size > self.max_bytes:
             return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.nbytes -= old.numel() * old.element_size()
-        self._entries[key] = value
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, dropped = self._entries.popitem(last=False)
-            self.nbytes -= dropped.numel() * dropped.element_size()
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.numel() * old.element_size()
+            self._entries[key] = value
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self.nbytes -= dropped.numel() * dropped.element_size()
 
     def _path(self, key: str) -> Optional[Path]:
         return None if self.directory is None else self.directory / f"{key}.pt"

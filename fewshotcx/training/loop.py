@@ -16,17 +16,16 @@ also holds the optimiser, the step and the random generators, so ``resume=True``
 where the run stopped. Validation Dice on held-out volumes / structures / synthetic families is
 written with the training loss to ``<out>.csv``. :func:`export_checkpoint` writes the compact,
 inference-only copy (float16 weights, no optimiser) that is bundled as the default model.
+
+The run's settings are :class:`~fewshotcx.training.config.TrainConfig`; what it writes (checkpoints,
+export, log) is :mod:`fewshotcx.training.checkpoints`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -43,97 +42,15 @@ from .synthetic import synthetic_cases
 from ..datasets.cases import canonical_name
 from .tasks import Episode, LabelledVolume, Task, build_tasks, fixed_episodes, sample_episode, split_tasks, user_volumes
 from ..io.volume import PathLike, Volume, load_volume
-from ..models.weights import load_checkpoint, load_universeg, save_checkpoint
+from ..progress import show_progress
+from ..models.weights import load_universeg
+from .checkpoints import (check_outputs, export_checkpoint, log_path, resume_training_state, save_training_state,
+                          truncate_log, write_log_row)
+from .config import DATA_SOURCES, TrainConfig
 
-#: Real data sources ``--data`` accepts (loaders in :mod:`fewshotcx.datasets`), plus ``"synthetic"``.
-DATA_SOURCES = ("synthetic", "slicerio", "pyradiomics", "brain", "nilearn")
 #: Brains are resampled to this voxel size (mm) before slicing: slices are downsampled to the
 #: training size anyway, and it makes loading four times faster.
 BRAIN_SPACING_MM = 2.0
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (stored in its checkpoints; see ``fewshotcx train -h``).
-
-    ``width`` gives every CrossBlock the same feature count (v1: 64); ``size`` is the slice size
-    (``None`` = the init checkpoint's, else 64); ``context`` the 2.5D neighbours (``None`` = the init
-    checkpoint's, else 0); ``support_size`` the ``(min, max)`` support set size; ``val_max_tasks``
-    caps the validation tasks per dataset (evenly spaced), ``val_episodes`` the fixed episodes per task.
-    """
-
-    data: list[str] = field(default_factory=lambda: ["synthetic"])
-    images: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    init: Optional[str] = None
-    steps: int = 1000
-    width: int = 32
-    size: Optional[int] = None
-    context: Optional[int] = None
-    support_size: tuple[int, int] = (4, 16)
-    queries: int = 4
-    episodes_per_step: int = 2
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup: int = 50
-    synthetic_ratio: float = 0.3
-    synthetic_families: int = 40
-    synthetic_val_families: int = 4
-    synthetic_shape: tuple[int, int, int] = (64, 64, 16)
-    synthetic_labels: int = 8
-    axes: list[str] = field(default_factory=lambda: ["axial", "coronal", "sagittal"])
-    margin: float = 0.25
-    max_slices: int = 48
-    position_prob: float = 0.5
-    augment: bool = True
-    holdout_volumes: list[str] = field(default_factory=list)
-    holdout_structures: list[str] = field(default_factory=list)
-    report_volumes: list[str] = field(default_factory=list)
-    report_structures: list[str] = field(default_factory=list)
-    val_every: int = 100
-    val_episodes: int = 2
-    val_max_tasks: int = 24
-    checkpoint_every: int = 500
-    out: str = "fewshotcx-runs/universeg.pt"
-    export: Optional[str] = None
-    export_dtype: str = "float16"
-    resume: bool = False
-    device: str = "auto"
-    seed: int = 0
-    progress: bool = True
-
-    #: Fields that may differ between a run and its resumption.
-    RESUMABLE_CHANGES = ("steps", "resume", "progress", "device", "export", "export_dtype", "checkpoint_every")
-
-    def __post_init__(self) -> None:
-        self.support_size = tuple(int(v) for v in self.support_size)  # type: ignore[assignment]
-        self.synthetic_shape = tuple(int(v) for v in self.synthetic_shape)  # type: ignore[assignment]
-        self.data, self.axes = list(self.data), list(self.axes)
-        unknown = [d for d in self.data if d not in DATA_SOURCES]
-        if unknown:
-            raise ValueError(f"unknown --data {unknown[0]!r}: expected one of {', '.join(DATA_SOURCES)}")
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"got {len(self.images)} --images but {len(self.labels)} --labels: give them in pairs")
-        if self.steps < 0 or self.width < 1 or self.queries < 1 or self.episodes_per_step < 1:
-            raise ValueError("steps must be >= 0 and width, queries, episodes_per_step >= 1")
-        lo, hi = self.support_size if len(self.support_size) == 2 else (0, 0)
-        if not 1 <= lo <= hi:
-            raise ValueError(f"support_size must be (min, max) with 1 <= min <= max, got {self.support_size}")
-        if self.size is not None and (self.size < 8 or self.size % 8):
-            raise ValueError(f"size must be a multiple of 8 (UniverSeg pools three times), got {self.size}")
-        if self.context is not None and self.context < 0:
-            raise ValueError(f"context must be >= 0, got {self.context}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if not 0.0 <= self.synthetic_ratio <= 1.0:
-            raise ValueError(f"synthetic_ratio must be in [0, 1], got {self.synthetic_ratio}")
-        if self.export_dtype not in ("float16", "float32"):
-            raise ValueError(f"export_dtype must be 'float16' or 'float32', got {self.export_dtype!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types only (lists for tuples), as stored in checkpoints."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -294,80 +211,6 @@ def evaluate_episodes(model: UniverSeg, episodes: Sequence[Episode], device: tor
     return scores
 
 
-# ----------------------------------------------------------------------------------- checkpointing
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimiser state with string keys (checkpoints hold plain types only)."""
-    state = optimizer.state_dict()
-    return {"state": {str(k): v for k, v in state["state"].items()}, "param_groups": state["param_groups"]}
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
-    optimizer.load_state_dict({"state": {int(k): v for k, v in saved["state"].items()},
-                               "param_groups": saved["param_groups"]})
-
-
-def _save(model: UniverSeg, path: Path, config: TrainConfig, size: int, context: int, step: int,
-          optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator], summary: dict[str, Any]) -> None:
-    extra = {
-        "slice_size": size, "context": context, "dtype": "float32",
-        "training": {"config": config.to_dict(), "step": step, **summary},
-        "optimizer": _optimizer_state(optimizer),
-        "rng": {name: g.get_state() for name, g in generators.items()},
-    }
-    save_checkpoint(model, path, model.config, extra)
-
-
-def export_checkpoint(src: PathLike, dst: PathLike, dtype: str = "float16") -> Path:
-    """Inference-only copy of a training checkpoint: weights (cast to ``dtype``), architecture,
-    ``slice_size``/``context`` and the training summary; no optimiser or generator state.
-
-    Loading (:func:`fewshotcx.models.weights.load_universeg`) casts the weights back to float32. Also writes
-    ``<dst>.json`` with the metadata and, if ``<src>.csv`` exists, the run's validation curve, for
-    people and docs.
-    """
-    model, meta = load_universeg(src, return_metadata=True)
-    training = dict(meta.get("training", {}))
-    extra = {"slice_size": int(meta.get("slice_size", 128)), "context": int(meta.get("context", 0)),
-             "dtype": dtype, "training": training}
-    path = save_checkpoint(model.to(getattr(torch, dtype)), dst, model.config, extra)
-    summary = {"architecture": model.config, **{k: v for k, v in extra.items() if k != "training"},
-               "parameters": sum(p.numel() for p in model.parameters()), "size_bytes": path.stat().st_size,
-               "training": training}
-    log = _csv_path(Path(src))
-    if log.exists():
-        with log.open(newline="") as f:
-            summary["validation_curve"] = list(csv.DictReader(f))
-    path.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    return path
-
-
-# -------------------------------------------------------------------------------------------- train
-def _csv_path(out: Path) -> Path:
-    return out.with_suffix(".csv")
-
-
-def _write_log_row(path: Path, row: dict[str, Any], columns: list[str]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows after ``step`` (a resumed run rewrites them)."""
-    if not path.exists():
-        return
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-        columns = list(rows[0].keys()) if rows else []
-    path.unlink()
-    for row in rows:
-        if int(row["step"]) <= step:
-            _write_log_row(path, row, columns)
-
-
 def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
     """Run (or resume) episodic training; return the checkpoint path (``config.export`` if set).
 
@@ -376,8 +219,10 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
         volumes: extra in-memory labelled volumes (besides ``config.data`` and ``config.images``).
     Raises:
         ValueError: bad config, no data, or ``resume`` with a checkpoint of a different run.
+        FileExistsError: a fresh run (no ``resume``) would replace ``out`` or ``export`` without ``overwrite``.
     """
     out = Path(config.out).expanduser()
+    check_outputs(config, out)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model, size, context, init_meta = _build_model(config)
@@ -389,7 +234,7 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
     generators = {"sampler": sampler_gen, "augment": augment_gen}
     step, elapsed = 0, 0.0
     if config.resume and out.exists():
-        step, elapsed = _resume(out, config, model, optimizer, generators)
+        step, elapsed = resume_training_state(out, config, model, optimizer, generators)
     elif config.resume:
         raise ValueError(f"cannot resume: {out} does not exist")
     first_step = step
@@ -398,11 +243,11 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
                                   config.seed + 20_000)
     val_groups = sorted({t.dataset for t in val_sample})
     columns = ["step", "train_loss", "val_dice", *[f"val_dice_{g}" for g in val_groups], "seconds"]
-    log = _csv_path(out)
+    log = log_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if step == 0 and log.exists():
         log.unlink()
-    _truncate_log(log, step)
+    truncate_log(log, step)
     sample_task = TaskSampler(train_tasks, config.synthetic_ratio)
     augment = AugmentConfig() if config.augment else None
     summary = {"init": config.init, "init_slice_size": init_meta.get("slice_size"), "train_tasks": len(train_tasks),
@@ -421,15 +266,15 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
                 mine = [s for s, d in zip(scores, per_episode) if d == g]
                 row[f"val_dice_{g}"] = round(sum(mine) / len(mine), 4)
             summary["last_val_dice"] = row["val_dice"]
-        _write_log_row(log, row, columns)
-        if config.progress:
+        write_log_row(log, row, columns)
+        if show_progress(config.progress):
             tqdm.write(", ".join(f"{k}={row.get(k, '')}" for k in columns))
         losses.clear()
 
     if step == 0 and config.val_every:
         validate(0)
     bar = tqdm(range(step, config.steps), initial=step, total=config.steps, desc="training",
-               disable=not config.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+               disable=not show_progress(config.progress))
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
@@ -453,33 +298,12 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
             validate(done)
         if done % config.checkpoint_every == 0 or done == config.steps:
             summary["seconds"] = round(time.perf_counter() - start, 1)
-            _save(model, out, config, size, context, done, optimizer, generators, summary)
+            save_training_state(model, out, config, size, context, done, optimizer, generators, summary)
     if first_step >= config.steps:  # no step ran (e.g. steps=0): still leave a loadable checkpoint
-        _save(model, out, config, size, context, first_step, optimizer, generators, summary)
+        save_training_state(model, out, config, size, context, first_step, optimizer, generators, summary)
     if config.export:
         return export_checkpoint(out, config.export, config.export_dtype)
     return out
-
-
-def _resume(out: Path, config: TrainConfig, model: UniverSeg, optimizer: torch.optim.Optimizer,
-            generators: dict[str, torch.Generator]) -> tuple[int, float]:
-    """Load model, optimiser and generators from ``out``; return the step it had reached and its seconds."""
-    state_dict, metadata = load_checkpoint(out)
-    extra = metadata.get("extra", {})
-    training = extra.get("training")
-    if not isinstance(training, dict) or "optimizer" not in extra:
-        raise ValueError(f"cannot resume from {out}: it is not a fewshotcx training checkpoint")
-    saved = training["config"]
-    mine = config.to_dict()
-    changed = [k for k in mine if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != mine[k]]
-    if changed:
-        raise ValueError(f"cannot resume from {out}: setting '{changed[0]}' differs "
-                         f"({saved.get(changed[0])!r} there, {mine[changed[0]]!r} now)")
-    model.load_state_dict(state_dict)
-    _restore_optimizer(optimizer, extra["optimizer"])
-    for name, generator in generators.items():
-        generator.set_state(extra["rng"][name].to(generator.get_state().device))
-    return int(training["step"]), float(training.get("seconds") or 0.0)
 
 
 # ------------------------------------------------------------------------------------- fine-tuning
