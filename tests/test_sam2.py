@@ -4,6 +4,7 @@ for speed, plus the real architecture where the check is about the checkpoint/co
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -111,7 +112,8 @@ def test_frame_orientation_round_trips_and_is_radiological():
 def test_object_ids_come_back_as_their_label_values(predictor):
     image, label = _case()
     vol, lab = fx.Volume(image, AFFINE), fx.Volume(label, AFFINE, label=True)
-    backend = _segmenter(predictor, offload_video_to_cpu=True, offload_state_to_cpu=True, encode_batch=3).backend
+    backend = _segmenter(predictor, offload_video_to_cpu=True, offload_state_to_cpu=True, encode_batch=3,
+                         cached_frames=2).backend
     probs = backend.complete_volume(vol, lab, [4, 7], (2, 5), torch.as_tensor(image.clip(0, 1)))
     assert probs.shape == (2, *image.shape)
     for channel, value in enumerate((2, 5)):  # on a prompted slice each channel is its own structure's mask
@@ -214,3 +216,12 @@ def test_cli_complete_maps_file_slices_to_canonical_ones(tmp_path, capsys):
     assert main(["predict", "--image", args[2], "--support", f"{args[2]}:{args[4]}", "--out",
                  str(tmp_path / "p.nii.gz"), "--backend", "sam2"]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+def test_cost_benchmark_measures_a_slim_model():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import sam2_cost
+
+    row = sam2_cost.measure("sam2.1_hiera_t", frames=4, overrides=SLIM)
+    assert row["image_size"] == 64 and row["encoded_frames"] == 4  # every frame encoded once, cached for pass 2
+    assert row["encode_s_per_frame"] > 0 and row["complete_s_per_slice"] > 0 and row["peak_rss_mib"] > 0

@@ -54,6 +54,9 @@ class Sam2Backend:
         offload_state_to_cpu: keep the memory bank and masks on the CPU (sam2's own option).
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
         encode_batch: frames per batched image-encoder pass.
+        cached_frames: image features of up to this many frames stay in memory, so the backward pass of
+            :meth:`complete_volume` does not encode them again (features and frame: about 28 MiB per frame at
+            1024², 7 MiB at 512², fp32); longer runs are encoded batch by batch in each pass.
     """
 
     name = "sam2"
@@ -74,6 +77,7 @@ class Sam2Backend:
         offload_state_to_cpu: bool = False,
         precision: str = "auto",
         encode_batch: int = 4,
+        cached_frames: int = 64,
     ) -> None:
         self.device = torch.device(device)
         if model is None:
@@ -106,7 +110,7 @@ class Sam2Backend:
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
         self.precision = precision
         self.support_size = int(support_size or DEFAULT_SUPPORT_FRAMES)
-        self.chunk, self.encode_batch = int(chunk), int(encode_batch)
+        self.chunk, self.encode_batch, self.cached_frames = int(chunk), int(encode_batch), int(cached_frames)
         self.strategy: Strategy = strategy
         self.offload_video_to_cpu, self.offload_state_to_cpu = bool(offload_video_to_cpu), bool(offload_state_to_cpu)
         self.support: Optional[SupportVolumes] = None
@@ -119,7 +123,8 @@ class Sam2Backend:
         return SliceFrames([s.to(video_device) for s in slices], self.image_size, video_device)
 
     def _state(self, slices: Sequence[torch.Tensor], height: int, width: int) -> dict:
-        return new_state(self._frames(slices), height, width, self.device, self.offload_state_to_cpu)
+        return new_state(self._frames(slices), height, width, self.device, self.offload_state_to_cpu,
+                         self.cached_frames)
 
     # ------------------------------------------------------------------ complete (one volume)
     def complete_volume(self, image: Volume, labels: Volume, slices: Sequence[int], classes: Sequence[int],

@@ -73,14 +73,16 @@ class SliceFrames:
         return ((rgb - mean) / std).to(self.device)
 
 
-def new_state(frames: SliceFrames, height: int, width: int, device: torch.device, offload_state_to_cpu: bool) -> dict:
+def new_state(frames: SliceFrames, height: int, width: int, device: torch.device, offload_state_to_cpu: bool,
+              max_cached_frames: int = 0) -> dict:
     """An inference state with the fields ``SAM2VideoPredictor.init_state`` sets, over in-memory frames.
 
     Args:
         height, width: frame size of the output masks (the query slice in display orientation).
         device: the model's device.
+        max_cached_frames: image features kept across passes (see :func:`encode_frames`).
     """
-    return {
+    return {"max_cached_frames": int(max_cached_frames),
         "images": frames, "num_frames": len(frames), "offload_video_to_cpu": frames.device != device,
         "offload_state_to_cpu": offload_state_to_cpu, "video_height": int(height), "video_width": int(width),
         "device": device, "storage_device": torch.device("cpu") if offload_state_to_cpu else device,
@@ -91,22 +93,28 @@ def new_state(frames: SliceFrames, height: int, width: int, device: torch.device
 
 
 def encode_frames(predictor, state: dict, indices: Sequence[int]) -> None:
-    """Encode ``indices`` in one batched image-encoder pass and make them the state's feature cache.
+    """Encode the frames of ``indices`` not yet cached, in one batched image-encoder pass.
 
     ``SAM2VideoPredictor._get_image_feature`` looks frames up in ``state["cached_features"]`` and encodes
-    one frame at a time on a miss; filling the cache ahead of the predictor batches that work. The
-    cache is *replaced*, so it holds one batch of frames at a time.
+    one frame at a time on a miss; filling the cache ahead of the predictor batches that work. Features
+    stay cached (so a second pass does not encode again) while the cache holds at most
+    ``state["max_cached_frames"]`` frames; past that the cache is replaced by the new batch. The
+    positional encodings depend only on the feature size: one copy is shared by every frame.
     """
-    wanted = list(dict.fromkeys(int(i) for i in indices))
+    cache = state["cached_features"]
+    requested = list(dict.fromkeys(int(i) for i in indices))
+    wanted = [i for i in requested if i not in cache]
     if not wanted:
         return
+    if len(cache) + len(wanted) > state.get("max_cached_frames", 0):
+        cache = state["cached_features"] = {}
+        wanted = requested
     images = state["images"].batch(wanted).to(state["device"])
     out = predictor.forward_image(images)
-    state["cached_features"] = {
-        idx: (images[j:j + 1], {"backbone_fpn": [f[j:j + 1] for f in out["backbone_fpn"]],
-                                "vision_pos_enc": [p[j:j + 1] for p in out["vision_pos_enc"]]})
-        for j, idx in enumerate(wanted)
-    }
+    pos = [p[:1].clone() for p in out["vision_pos_enc"]]
+    for j, idx in enumerate(wanted):
+        cache[idx] = (images[j:j + 1], {"backbone_fpn": [f[j:j + 1].clone() for f in out["backbone_fpn"]],
+                                        "vision_pos_enc": pos})
 
 
 @contextmanager
