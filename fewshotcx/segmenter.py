@@ -266,6 +266,8 @@ class Segmenter:
         Fits on the drawn slices, predicts the volume, keeps every drawn slice exactly as drawn, and
         restricts each structure to its drawn extent (from the first to the last drawn slice that
         contains it): draw the structure's end slices, as for interpolation. ``postprocess`` applies.
+        A backend with a ``complete_volume`` method (``"sam2"``: video propagation from the drawn
+        slices) is asked for the probabilities instead of fit + predict.
         Pure: an earlier :meth:`fit` (support, pools, backend state) is left exactly as it was.
 
         Args:

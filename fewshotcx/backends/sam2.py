@@ -46,8 +46,9 @@ class Sam2Backend:
             ``"medsam2"`` for MedSAM2's 512² Hiera-T; see :func:`fewshotcx.sam.sam2_models.resolve_config`).
         device: torch device.
         support_size: support frames ahead of each run of query slices (memory as context).
-        ensemble, slice_size, context: accepted for the common API; must be 1 / ``None`` or the model's
-            ``image_size`` / ``None`` or 0.
+        ensemble: must be 1 (accepted for the common API).
+        slice_size: ``None`` or the model's ``image_size``.
+        context: ``None`` or 0 (one slice per frame).
         chunk: query slices per run in :meth:`predict_volume` (one inference state each).
         strategy: support selection, ``"position"`` (default) or ``"random"``.
         offload_video_to_cpu: keep frames on the CPU, moving each batch to the device when encoded.
