@@ -206,6 +206,9 @@ def test_cli_complete_maps_file_slices_to_canonical_ones(tmp_path, capsys):
     assert np.array_equal(written[..., [2, 5, 8]], lab[..., [2, 5, 8]])
     assert not written[..., :2].any() and not written[..., 9:].any()  # drawn extent in the file's numbering
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    wrong = _write(tmp_path / "wrong.nii.gz", lab[:, :, :8].copy(), flipped)
+    assert main([*args[:4], wrong, *args[5:], "--overwrite"]) == 2
+    assert "--drawn" in capsys.readouterr().err and (tmp_path / "out.nii.gz").exists()
     sideways = AFFINE[:, [0, 2, 1, 3]]  # third array axis anterior-posterior
     args[2] = _write(tmp_path / "side.nii.gz", image.transpose(0, 2, 1).copy(), sideways)
     args[4] = _write(tmp_path / "side_drawn.nii.gz", label.transpose(0, 2, 1).copy(), sideways)
