@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -82,7 +82,8 @@ def new_state(frames: SliceFrames, height: int, width: int, device: torch.device
         device: the model's device.
         max_cached_frames: image features kept across passes (see :func:`encode_frames`).
     """
-    return {"max_cached_frames": int(max_cached_frames),
+    return {
+        "max_cached_frames": int(max_cached_frames),
         "images": frames, "num_frames": len(frames), "offload_video_to_cpu": frames.device != device,
         "offload_state_to_cpu": offload_state_to_cpu, "video_height": int(height), "video_width": int(width),
         "device": device, "storage_device": torch.device("cpu") if offload_state_to_cpu else device,
@@ -121,15 +122,10 @@ def encode_frames(predictor, state: dict, indices: Sequence[int]) -> None:
 def inference(device: torch.device, precision: str) -> Iterator[None]:
     """Inference mode, bf16 autocast when asked for (CUDA), and silence for the hole-filling step that
     needs sam2's CUDA extension (skipped by sam2 itself when the extension is not built)."""
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else _null()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     with torch.inference_mode(), autocast, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="(?s).*Skipping the post-processing step")
         yield
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
 
 
 def add_masks(predictor, state: dict, frame_masks: dict[int, torch.Tensor], obj_ids: Sequence[int],
