@@ -97,8 +97,9 @@ def main() -> None:
         with context.Pool(1) as pool:  # a fresh process per architecture: its own peak memory
             rows.append(pool.apply(measure, (config, args.frames, (), args.threads)))
         print_table([{k: v for k, v in rows[-1].items() if k != "machine"}])
+        write_csv(rows, args.out)  # after every architecture: a long run keeps what it measured
     print(f"machine: {rows[0]['machine']}")
-    print(f"wrote {write_csv(rows, args.out)}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
