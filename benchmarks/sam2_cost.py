@@ -6,7 +6,7 @@ depend on the weight values. Frames are resized to the model's image size (1024Â
 the slice size, so a small synthetic volume is enough. Each architecture runs in a fresh process, so
 its peak resident memory is its own.
 
-    nice -n 10 python benchmarks/sam2_cost.py            # ~3 min on a 2-core CPU
+    nice -n 10 python benchmarks/sam2_cost.py --frames 3 --threads 1   # minutes on an idle 2-core CPU
     python benchmarks/sam2_cost.py --frames 10 --threads 2
 
 Writes benchmarks/results/sam2_cost.csv (one row per architecture) and prints it with the machine.
@@ -45,7 +45,7 @@ def synthetic(frames: int) -> tuple[Volume, Volume]:
     return Volume(image, affine), Volume(label, affine, label=True)
 
 
-def measure(config: str, frames: int = 6, overrides: Sequence[str] = (), threads: int = 0) -> dict:
+def measure(config: str, frames: int = 3, overrides: Sequence[str] = (), threads: int = 0) -> dict:
     """``Segmenter.complete`` over ``frames`` slices drawn on the first and last: timings and peak RSS.
 
     Returns one row: encoder seconds per frame, tracking seconds per propagated frame and pass, whole
@@ -68,9 +68,9 @@ def measure(config: str, frames: int = 6, overrides: Sequence[str] = (), threads
     predictor.forward_image = timed_forward
     image, label = synthetic(frames)
     seg = Segmenter(backend="sam2", model=predictor, device="cpu", modality="mr", progress=False)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     seg.complete(image, label, [0, frames - 1])
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     propagated = 2 * (frames - 2)  # frames between the drawn ends, once per direction
     return {
         "config": config, "image_size": int(predictor.image_size), "frames": frames,
@@ -79,6 +79,7 @@ def measure(config: str, frames: int = 6, overrides: Sequence[str] = (), threads
         "encode_s_per_frame": round(encoded["seconds"] / max(encoded["frames"], 1), 3),
         "track_s_per_frame_pass": round((total - encoded["seconds"]) / max(propagated, 1), 3),
         "complete_s_per_slice": round(total / frames, 3),
+        "complete_cpu_s_per_slice": round(cpu / frames, 3),  # process CPU time: what a busy machine hides
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "threads": torch.get_num_threads(), "device": "cpu", "machine": machine_info(),
     }
@@ -87,7 +88,7 @@ def measure(config: str, frames: int = 6, overrides: Sequence[str] = (), threads
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
-    parser.add_argument("--frames", type=int, default=6, help="slices in the volume (drawn: first and last)")
+    parser.add_argument("--frames", type=int, default=3, help="slices in the volume (drawn: first and last)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sam2_cost.csv"))
     args = parser.parse_args()
