@@ -6,13 +6,17 @@ PY := $(VENV)/bin/python
 # versions; elsewhere pip resolves torch normally from pyproject.toml.
 TORCH_PINS ?= $(shell test -f /etc/xdg/pip/constraints.txt && echo "torch==2.14.1 torchvision==0.29.1")
 
+# sam2 (the [sam2] extra, also in [dev]) builds from source; its optional CUDA extension needs a CUDA
+# toolkit (nvcc) and a CUDA build of torch: without both, build it without (SAM2_BUILD_CUDA=0).
+SAM2_CUDA = $$($(PY) -c "import shutil, torch; print(int(bool(torch.version.cuda) and bool(shutil.which('nvcc'))))" 2>/dev/null || echo 0)
+
 .PHONY: install demo test bench docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(TORCH_PINS),$(PY) -m pip install -q $(TORCH_PINS))
-	$(PY) -m pip install -q -e ".[dev]"
+	SAM2_BUILD_CUDA=$(SAM2_CUDA) $(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -270,6 +270,8 @@ class Segmenter:
         Fits on the drawn slices, predicts the volume, keeps every drawn slice exactly as drawn, and
         restricts each structure to its drawn extent (from the first to the last drawn slice that
         contains it): draw the structure's end slices, as for interpolation. ``postprocess`` applies.
+        A backend with a ``complete_volume`` method (``"sam2"``: video propagation from the drawn
+        slices) is asked for the probabilities instead of fit + predict.
         Pure: an earlier :meth:`fit` (support, pools, backend state) is left exactly as it was.
 
         Args:
@@ -281,13 +283,19 @@ class Segmenter:
         """
         original = image if isinstance(image, Volume) else load_volume(image)
         canonical, labels = original.canonical(), load_volume(drawn, label=True)
+        if not canonical.same_grid(labels, atol=1e-3 * max(1.0, max(canonical.spacing))):
+            raise VolumeError(f"drawn: the drawn mask {labels.shape} is not on the image's grid {canonical.shape}")
         drawn_slices = sorted({int(z) for z in slices})
         if not drawn_slices or min(drawn_slices) < 0 or max(drawn_slices) >= canonical.shape[2]:
             raise VolumeError(f"slices must be axial indices in [0, {canonical.shape[2] - 1}]")
         saved = (self.pools, self.support, self._support_extent, copy.copy(self.backend.__dict__))
         try:
             self.fit([canonical], [labels], slices=[drawn_slices])
-            _, _, probs = self._canonical_probabilities(canonical)
+            if hasattr(self.backend, "complete_volume"):  # e.g. SAM 2: propagate the drawn slices themselves
+                probs = self.backend.complete_volume(canonical, labels, drawn_slices, self.classes, torch.as_tensor(
+                    self.support.normalised[0], device=self.device)).clamp(0, 1).float().cpu().numpy()
+            else:
+                _, _, probs = self._canonical_probabilities(canonical)
             result = self._labels(probs)
             classes = self.classes
         finally:

@@ -1,4 +1,4 @@
-"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam", ...)``."""
+"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam" | "sam2", ...)``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from .base import Backend, VolumeBackend
 
-BACKENDS = ("universeg", "sam", "universeg+sam")
+BACKENDS = ("universeg", "sam", "universeg+sam", "sam2")
 
 
 def create_backend(
@@ -56,6 +56,10 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
         refiner = SamBackend(device=common["device"], **{"tune_steps": 0, **sam_options})
         threshold = options.pop("refine_threshold", 0.5)
         return RefinedBackend(UniverSegBackend(**common, **options), refiner, threshold)
+    if name == "sam2":
+        from .sam2 import Sam2Backend
+
+        return Sam2Backend(**common, **options)
     raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
 
 

@@ -26,21 +26,34 @@ def run(args: argparse.Namespace) -> None:
     from ..io.volume import load_volume, save_volume
 
     out = Path(args.out)
-    if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
-        raise CliError(f"--out must end in .nii or .nii.gz: {out}")
-    if out.exists() and not args.overwrite:
-        raise CliError(f"{out} exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise CliError(f"output directory does not exist: {out.parent}")
+    check_output(out, args.overwrite)
     query = load_volume(args.image)
     images, labels = zip(*args.support)
-    extra = {"sam_weights": args.sam_weights or "official"} if args.backend == "universeg+sam" else {}
-    seg = Segmenter(backend=args.backend, weights=args.weights, device=args.device, axis=args.axis,
-                    support_size=args.support_size, ensemble=args.ensemble, seed=args.seed,
-                    modality=args.modality, **extra)
+    seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **model_options(args))
     seg.fit(images=list(images), labels=list(labels))
     result = seg.predict_proba(query) if args.proba else seg.predict(query)
     if isinstance(result, dict):
         raise CliError("--proba writes one structure; the support has several label values")
     save_volume(result, out, overwrite=args.overwrite)
     print(f"wrote {out}")
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """A NIfTI name, not an existing file without ``--overwrite``, in an existing directory."""
+    if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
+        raise CliError(f"--out must end in .nii or .nii.gz: {out}")
+    if out.exists() and not overwrite:
+        raise CliError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.exists():
+        raise CliError(f"output directory does not exist: {out.parent}")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """Segmenter keyword arguments from :func:`~fewshotcx.cli.common.add_model_options`'s options."""
+    extra = {"sam_weights": args.sam_weights or "official"} if args.backend == "universeg+sam" else {}
+    if args.backend == "sam2":
+        if args.config is None or args.weights in ("default", "official"):
+            raise CliError("--backend sam2 needs --weights CHECKPOINT and --config CONFIG (e.g. sam2.1_hiera_t, medsam2)")
+        extra["config"] = args.config
+    return dict(backend=args.backend, weights=args.weights, support_size=args.support_size, ensemble=args.ensemble,
+                **extra)

@@ -1,0 +1,80 @@
+"""``fewshotcx complete``: finish a contour drawn on a few axial slices of the same volume.
+
+``--slices`` counts slices the way the file stores them: index ``k`` along the file's own third array
+axis (what most viewers call slice ``k`` of an axial series). That axis must be the
+superior–inferior one; files stored inferior-first or superior-first both work (the index is mapped
+to the canonical axial index, ``Z-1-k`` for superior-first storage). A file whose third axis is
+left–right or anterior–posterior is refused: reorient it, or run ``Segmenter.complete`` with
+canonical indices.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from nibabel import orientations as ornt
+
+from .common import CliError, add_model_options
+
+_AXIS_NAMES = ("left-right", "anterior-posterior", "superior-inferior")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fewshotcx complete``."""
+    p = subparsers.add_parser("complete", help="finish a structure drawn on a few axial slices")
+    p.add_argument("--image", required=True, help="the volume being contoured (NIfTI, NRRD or DICOM directory)")
+    p.add_argument("--drawn", required=True, help="label map on --image's grid with the drawn slices")
+    p.add_argument("--slices", required=True, type=slice_list, metavar="K,K,...",
+                   help="drawn slices: indices along the file's own third array axis (must be superior-inferior)")
+    p.add_argument("--out", required=True, help="output label map (.nii or .nii.gz)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def slice_list(text: str) -> list[int]:
+    """``"12,30,41"`` → ``[12, 30, 41]``."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--slices expects comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("--slices needs at least one slice index")
+    return values
+
+
+def canonical_slices(affine: np.ndarray, shape: tuple[int, int, int], slices: list[int], what: str) -> list[int]:
+    """Indices along the stored third array axis → axial indices of the canonical (RAS) array.
+
+    Raises:
+        CliError: the third axis is not superior-inferior, or an index is outside ``[0, shape[2])``.
+    """
+    axis, flip = ornt.io_orientation(affine)[2]
+    if int(axis) != 2:
+        raise CliError(f"--slices: the third array axis of {what} runs {_AXIS_NAMES[int(axis)]}, not superior-inferior; "
+                       "reorient the file so its slices are axial")
+    depth = shape[2]
+    bad = [k for k in slices if not 0 <= k < depth]
+    if bad:
+        raise CliError(f"--slices: {bad[0]} is outside [0, {depth - 1}] for {what}")
+    return [k if flip > 0 else depth - 1 - k for k in slices]
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..io.volume import load_volume, save_volume
+    from ..segmenter import Segmenter
+    from .predict import check_output, model_options
+
+    out = Path(args.out)
+    check_output(out, args.overwrite)
+    image = load_volume(args.image, canonical=False)
+    drawn = load_volume(args.drawn, label=True)
+    if not image.canonical().same_grid(drawn, atol=1e-3 * max(1.0, max(image.spacing))):
+        raise CliError(f"--drawn {args.drawn} is not on the grid of --image {args.image} "
+                       f"(shape {drawn.shape} vs {image.canonical().shape} after reorientation, or different affines)")
+    slices = canonical_slices(image.affine, image.shape, args.slices, args.image)
+    seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **model_options(args))
+    save_volume(seg.complete(image, drawn, slices), out, overwrite=args.overwrite)
+    print(f"wrote {out}")
