@@ -1,0 +1,310 @@
+"""fx.cohort on a local 2-CPU Ray: same predictions as a plain Segmenter, resumable, fault-tolerant."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import ORIENTATIONS, blob_volume
+from fewshotcx import Segmenter, Volume, load_volume, metrics
+from fewshotcx.backends.universeg import UniverSegBackend
+from fewshotcx.cli.main import main
+from fewshotcx.cohort import read_manifest, run
+from fewshotcx.io.dicom import write_dicom_series
+from fewshotcx.io.rtstruct import read_rtstruct
+from fewshotcx.models import UniverSeg
+from fewshotcx.models.weights import save_checkpoint
+
+ray = pytest.importorskip("ray")
+
+SHAPE = (32, 32, 16)
+VICTIM_DEPTH = 20  # the patient whose worker the kill test shoots has this many axial slices
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray (2 CPUs) for the module; workers import this test module (the kill test's backend)."""
+    here = str(Path(__file__).resolve().parent)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, str(Path(here).parent)] + ([old] if old else []))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+    if old is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return UniverSeg((8, 8, 8, 8), (8, 8, 8))
+
+
+def _save(array, affine, path, label=False):
+    nib.save(nib.Nifti1Image(array.astype(np.uint8 if label else np.float32), affine), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Support pair, four queries (two with references, two orientations), one DICOM series query."""
+    root = tmp_path_factory.mktemp("cohort")
+    image, label = blob_volume(SHAPE, seed=1)
+    support = (_save(image, ORIENTATIONS["RAS"], root / "sup.nii.gz"),
+               _save(label, ORIENTATIONS["RAS"], root / "sup_lab.nii.gz", label=True))
+    rows = []
+    for i in range(4):
+        affine = ORIENTATIONS["LPS" if i % 2 else "PIR"]
+        img, lab = blob_volume(SHAPE, seed=10 + i, centre=(14 + i, 17 - i, 8), radius=5.0 + i / 2)
+        row = {"id": f"p{i}", "image": _save(img, affine, root / f"q{i}.nii.gz").name}
+        if i < 2:
+            row["reference"] = _save(lab, affine, root / f"ref{i}.nii.gz", label=True).name
+        rows.append(row)
+    img, _ = blob_volume(SHAPE, seed=20)
+    write_dicom_series(Volume(img * 100, ORIENTATIONS["LPS"]), root / "series")
+    rows.append({"id": "s0", "series": "series"})
+    options = {"model": tiny_model(), "slice_size": 32, "seed": 0, "device": "cpu", "modality": "mr"}
+    # A threshold that gives this random network a non-trivial mask (about a third of p0 foreground).
+    prob = Segmenter(**options, progress=False).fit([support[0]], [support[1]]).predict_proba(root / "q0.nii.gz")
+    options["threshold"] = float(np.quantile(prob.array, 0.67))
+    return {"root": root, "support": [support], "rows": rows, "options": options}
+
+
+def write_manifest(path, rows):
+    columns = ["id", "image", "reference", "series"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def manifest(data, rows=None, name="queries.csv"):
+    return write_manifest(data["root"] / name, rows if rows is not None else data["rows"])
+
+
+def plain_prediction(data, query, **override):
+    seg = Segmenter(**{**data["options"], **override}, progress=False)
+    seg.fit([data["support"][0][0]], [data["support"][0][1]])
+    return seg.predict(query)
+
+
+def states(out, names):
+    """(inode, mtime_ns) of each output: changes whenever a file is rewritten."""
+    return {n: ((out / n).stat().st_ino, (out / n).stat().st_mtime_ns) for n in names}
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------ manifest
+def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
+    path = write_manifest(tmp_path / "m.csv", [{"id": "a", "image": "x/a.nii.gz", "reference": "r.nii.gz"},
+                                               {"id": "b", "series": "/abs/dicom"}])
+    a, b = read_manifest(path)
+    assert (a.image, a.reference, a.series, a.outputs) == (tmp_path / "x/a.nii.gz", tmp_path / "r.nii.gz", False,
+                                                           ("a.nii.gz",))
+    assert (b.image, b.series, b.outputs) == (Path("/abs/dicom"), True, ("b.nii.gz", "b.rtstruct.dcm"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name,image\na,a.nii\n", "needs the columns id and image"),
+    ("id,image,refrence\na,a.nii,r.nii\n", "unknown column(s) 'refrence'"),
+    ("id,image\na,a.nii\nA,b.nii\n", "line 3: duplicate id 'A'"),
+    ("id,image\n../a,a.nii\n", "id '../a' is not safe"),
+    ("id,image\n,a.nii\n", "id '' is not safe"),
+    ("id,image,series\na,a.nii,d\n", "exactly one of image and series"),
+    ("id,image\n", "no patients"),
+])
+def test_bad_manifest_is_one_line_error(tmp_path, text, message):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        read_manifest(path)
+    assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ engine
+def test_cohort_equals_plain_segmenter_then_resumes(ray_cluster, data, tmp_path):
+    out = tmp_path / "out"
+    results = run(manifest(data), data["support"], out, workers=2, segmenter_options=data["options"])
+    assert [r["id"] for r in results.rows] == ["p0", "p1", "p2", "p3", "s0"]
+    assert [r["status"] for r in results.rows] == ["ok"] * 5, results.rows
+    predictions = []
+    for row in data["rows"]:
+        query = data["root"] / (row.get("image") or row["series"])
+        expected = plain_prediction(data, query)
+        written = load_volume(out / f"{row['id']}.nii.gz", label=True)
+        assert np.array_equal(written.array, expected.array) and np.allclose(written.affine, expected.affine)
+        predictions.append(expected.array)
+        if "reference" in row:  # scored against the reference, as fx.metrics does
+            ref = load_volume(data["root"] / row["reference"], label=True)
+            got = next(r for r in read_rows(out / "results.csv") if r["id"] == row["id"])
+            assert float(got["dice"]) == pytest.approx(metrics.dice(expected, ref), abs=1e-4)
+            assert float(got["hd95"]) == pytest.approx(metrics.hd95(expected, ref), abs=0.01)
+    assert 0 < predictions[0].mean() < 1 and not np.array_equal(predictions[0], predictions[2])
+    # the DICOM series patient also gets an RTSTRUCT that reads back to its prediction
+    roi = read_rtstruct(out / "s0.rtstruct.dcm", data["root"] / "series")
+    assert np.array_equal(roi["label_1"].array, predictions[-1])
+    csv_rows = read_rows(out / "results.csv")
+    assert list(csv_rows[0]) == ["id", "status", "seconds", "error", "dice", "hd95"]
+    assert csv_rows[2]["dice"] == "" and float(csv_rows[0]["seconds"]) > 0
+
+    names = [f"p{i}.nii.gz" for i in range(4)] + ["s0.nii.gz", "s0.rtstruct.dcm"]
+    before = states(out, names)
+    again = run(manifest(data), data["support"], out, workers=2, segmenter_options=data["options"])
+    assert [r["status"] for r in again.rows] == ["skipped"] * 5
+    assert states(out, names) == before  # nothing rewritten
+    assert [r["dice"] for r in again.rows] == [r["dice"] for r in results.rows]
+
+    touched = data["root"] / "q3.nii.gz"  # a changed input redoes that patient only
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    third = run(manifest(data), data["support"], out, workers=1, segmenter_options=data["options"])
+    assert [r["status"] for r in third.rows] == ["skipped"] * 3 + ["ok", "skipped"]
+    after = states(out, names)
+    assert after["p3.nii.gz"] != before["p3.nii.gz"]
+    assert {k: v for k, v in after.items() if k != "p3.nii.gz"} == {k: v for k, v in before.items()
+                                                                     if k != "p3.nii.gz"}
+
+
+def test_changed_options_redo_and_overwrite_redoes(ray_cluster, data, tmp_path):
+    out, rows = tmp_path / "out", data["rows"][:2]
+    path = manifest(data, rows, "two.csv")
+    run(path, data["support"], out, workers=1, segmenter_options=data["options"])
+    names = ["p0.nii.gz", "p1.nii.gz"]
+    first = states(out, names)
+    options = {**data["options"], "seed": 3}
+    redone = run(path, data["support"], out, workers=1, segmenter_options=options)
+    assert [r["status"] for r in redone.rows] == ["ok", "ok"]
+    second = states(out, names)
+    assert all(second[n] != first[n] for n in names)
+    written = load_volume(out / "p0.nii.gz", label=True).array
+    assert np.array_equal(written, plain_prediction(data, data["root"] / "q0.nii.gz", seed=3).array)
+    forced = run(path, data["support"], out, workers=1, segmenter_options=options, overwrite=True)
+    assert [r["status"] for r in forced.rows] == ["ok", "ok"]
+    assert all(states(out, names)[n] != second[n] for n in names)
+
+
+def test_corrupt_and_missing_scans_fail_alone(ray_cluster, data, tmp_path):
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b this is not a gzip stream")
+    rows = [data["rows"][0], {"id": "bad", "image": str(corrupt)}, {"id": "gone", "image": str(tmp_path / "no.nii")},
+            data["rows"][2]]
+    out = tmp_path / "out"
+    results = run(manifest(data, rows, "faulty.csv"), data["support"], out, workers=2,
+                  segmenter_options=data["options"])
+    status = {r["id"]: (r["status"], r["error"]) for r in results.rows}
+    assert status["p0"] == ("ok", "") and status["p2"] == ("ok", "")
+    assert status["bad"][0] == "failed" and "corrupt.nii.gz" in status["bad"][1] and "\n" not in status["bad"][1]
+    assert status["gone"][0] == "failed" and "no.nii" in status["gone"][1]
+    assert sorted(p.name for p in out.iterdir()) == [".fewshotcx-run.json", "p0.nii.gz", "p2.nii.gz", "results.csv"]
+    again = run(manifest(data, rows, "faulty.csv"), data["support"], out, workers=2,
+                segmenter_options=data["options"])
+    assert [r["status"] for r in again.rows] == ["skipped", "failed", "failed", "skipped"]  # failures are retried
+
+
+class KillOnceBackend:
+    """UniverSeg that kills its own worker process on the first volume of depth VICTIM_DEPTH it sees
+    (``marker`` records that it happened, so the retry runs normally)."""
+
+    name, resize_mode = "universeg", "pad"
+
+    def __init__(self, marker, **options):
+        self.marker, self.inner = Path(marker), UniverSegBackend(**options)
+        self.slice_size, self.context, self.device = self.inner.slice_size, self.inner.context, self.inner.device
+
+    def fit(self, pools, generator):
+        self.inner.fit(pools, generator)
+
+    def bytes_per_slab(self):
+        return self.inner.bytes_per_slab()
+
+    def predict_slices(self, slabs, geometry, generator):
+        if geometry.volume_shape[2] == VICTIM_DEPTH and not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)
+        return self.inner.predict_slices(slabs, geometry, generator)
+
+
+def test_killed_worker_patient_is_retried_once(ray_cluster, data, tmp_path):
+    image, _ = blob_volume((32, 32, VICTIM_DEPTH), seed=30)
+    _save(image, ORIENTATIONS["LPS"], tmp_path / "victim.nii.gz")
+    rows = [data["rows"][0], {"id": "victim", "image": str(tmp_path / "victim.nii.gz")}, data["rows"][1],
+            data["rows"][2]]
+    marker = tmp_path / "killed"
+    backend = KillOnceBackend(marker, model=tiny_model(), slice_size=32)
+    options = {"backend": backend, "seed": 0, "modality": "mr", "threshold": data["options"]["threshold"]}
+    out = tmp_path / "out"
+    results = run(manifest(data, rows, "victim.csv"), data["support"], out, workers=2, segmenter_options=options)
+    assert marker.exists()  # the worker really was killed
+    assert [(r["id"], r["status"]) for r in results.rows] == [("p0", "ok"), ("victim", "ok"), ("p1", "ok"),
+                                                            ("p2", "ok")]
+    assert sorted(p.name for p in out.iterdir()) == sorted([".fewshotcx-run.json", "results.csv", "p0.nii.gz",
+                                                            "victim.nii.gz", "p1.nii.gz", "p2.nii.gz"])
+    assert [r["id"] for r in read_rows(out / "results.csv")] == ["p0", "victim", "p1", "p2"]
+    expected = plain_prediction(data, tmp_path / "victim.nii.gz")
+    assert np.array_equal(load_volume(out / "victim.nii.gz", label=True).array, expected.array)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+@pytest.fixture
+def cli_case(data, tmp_path):
+    torch.manual_seed(0)
+    weights = save_checkpoint(tiny_model(), tmp_path / "tiny.pt", tiny_model().config, {"slice_size": 32})
+    (sup_img, sup_lab), = data["support"]
+    path = manifest(data, data["rows"][:2], "cli.csv")
+    return ["cohort", "--manifest", str(path), "--support", f"{sup_img}:{sup_lab}", "--out", str(tmp_path / "out"),
+            "--weights", str(weights), "--device", "cpu", "--modality", "mr", "--workers", "1"]
+
+
+def test_cli_without_ray_says_how_to_install(cli_case, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert main(cli_case) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'fewshotcx[cohort]'" in err and "\n" not in err
+
+
+def test_cli_bad_manifest(cli_case, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,image\np 1,q.nii.gz\n")
+    args = list(cli_case)
+    args[args.index("--manifest") + 1] = str(bad)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.csv, line 2: id 'p 1' is not safe" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_foreign_output_unless_overwrite(ray_cluster, cli_case, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "p1.nii.gz"
+    mine.write_bytes(b"a user's own file")
+    assert main(cli_case) == 2
+    err = capsys.readouterr().err.strip()
+    assert "p1.nii.gz exists" in err and "--overwrite" in err and "\n" not in err
+    assert mine.read_bytes() == b"a user's own file" and not (out / "p0.nii.gz").exists()
+
+    assert main(cli_case + ["--overwrite"]) == 0
+    summary = capsys.readouterr().out
+    assert "2 patients: 2 ok, 0 skipped, 0 failed" in summary and "mean Dice" in summary
+    assert load_volume(mine, label=True).shape == SHAPE[::-1] or load_volume(mine, label=True).array.ndim == 3
+    assert main(cli_case) == 0  # a rerun finds both done
+    assert "0 ok, 2 skipped" in capsys.readouterr().out
+
+    edited = out / "p0.nii.gz"  # a finished output edited by hand is the user's now
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
+    args = list(cli_case)
+    args[args.index("--seed") + 1 if "--seed" in args else len(args):] = []
+    assert main(args + ["--seed", "5"]) == 2
+    assert "p0.nii.gz exists" in capsys.readouterr().err
