@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -135,9 +136,19 @@ def test_bad_manifest_is_one_line_error(tmp_path, text, message):
 
 
 # ------------------------------------------------------------------------------------------ engine
-def test_cohort_equals_plain_segmenter_then_resumes(ray_cluster, data, tmp_path):
-    out = tmp_path / "out"
-    results = run(manifest(data), data["support"], out, workers=2, segmenter_options=data["options"])
+@pytest.fixture(scope="module")
+def first_run(ray_cluster, data):
+    """The whole manifest segmented once by two workers (later tests work on copies of its folder)."""
+    out = data["root"] / "first"
+    return out, run(manifest(data), data["support"], out, workers=2, segmenter_options=data["options"])
+
+
+def copy_of(first_run, tmp_path):
+    return Path(shutil.copytree(first_run[0], tmp_path / "out"))  # copy2 keeps the mtimes the record holds
+
+
+def test_cohort_equals_plain_segmenter(data, first_run):
+    out, results = first_run
     assert [r["id"] for r in results.rows] == ["p0", "p1", "p2", "p3", "s0"]
     assert [r["status"] for r in results.rows] == ["ok"] * 5, results.rows
     predictions = []
@@ -159,58 +170,46 @@ def test_cohort_equals_plain_segmenter_then_resumes(ray_cluster, data, tmp_path)
     csv_rows = read_rows(out / "results.csv")
     assert list(csv_rows[0]) == ["id", "status", "seconds", "error", "dice", "hd95"]
     assert csv_rows[2]["dice"] == "" and float(csv_rows[0]["seconds"]) > 0
+    assert "5 patients: 5 ok, 0 skipped, 0 failed" in results.summary()
 
+
+def test_rerun_skips_finished_and_redoes_changed_inputs(data, first_run, tmp_path):
+    out = copy_of(first_run, tmp_path)
     names = [f"p{i}.nii.gz" for i in range(4)] + ["s0.nii.gz", "s0.rtstruct.dcm"]
     before = states(out, names)
     again = run(manifest(data), data["support"], out, workers=2, segmenter_options=data["options"])
     assert [r["status"] for r in again.rows] == ["skipped"] * 5
     assert states(out, names) == before  # nothing rewritten
-    assert [r["dice"] for r in again.rows] == [r["dice"] for r in results.rows]
+    assert [r["dice"] for r in again.rows] == [r["dice"] for r in first_run[1].rows]
 
     touched = data["root"] / "q3.nii.gz"  # a changed input redoes that patient only
-    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
-    third = run(manifest(data), data["support"], out, workers=1, segmenter_options=data["options"])
+    stat = touched.stat()
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        third = run(manifest(data), data["support"], out, workers=2, segmenter_options=data["options"])
+    finally:
+        os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert [r["status"] for r in third.rows] == ["skipped"] * 3 + ["ok", "skipped"]
     after = states(out, names)
-    assert after["p3.nii.gz"] != before["p3.nii.gz"]
-    assert {k: v for k, v in after.items() if k != "p3.nii.gz"} == {k: v for k, v in before.items()
-                                                                     if k != "p3.nii.gz"}
+    assert after.pop("p3.nii.gz") != before.pop("p3.nii.gz") and after == before
 
 
-def test_changed_options_redo_and_overwrite_redoes(ray_cluster, data, tmp_path):
-    out, rows = tmp_path / "out", data["rows"][:2]
-    path = manifest(data, rows, "two.csv")
-    run(path, data["support"], out, workers=1, segmenter_options=data["options"])
+def test_changed_options_redo_and_overwrite_redoes(data, first_run, tmp_path):
+    out, path = copy_of(first_run, tmp_path), manifest(data, data["rows"][:2], "two.csv")
     names = ["p0.nii.gz", "p1.nii.gz"]
     first = states(out, names)
-    options = {**data["options"], "seed": 3}
+    options = {**data["options"], "threshold": data["options"]["threshold"] * 0.98}
     redone = run(path, data["support"], out, workers=1, segmenter_options=options)
     assert [r["status"] for r in redone.rows] == ["ok", "ok"]
     second = states(out, names)
     assert all(second[n] != first[n] for n in names)
     written = load_volume(out / "p0.nii.gz", label=True).array
-    assert np.array_equal(written, plain_prediction(data, data["root"] / "q0.nii.gz", seed=3).array)
+    assert np.array_equal(written, plain_prediction(data, data["root"] / "q0.nii.gz",
+                                                              threshold=options["threshold"]).array)
+    assert not np.array_equal(written, load_volume(first_run[0] / "p0.nii.gz", label=True).array)
     forced = run(path, data["support"], out, workers=1, segmenter_options=options, overwrite=True)
     assert [r["status"] for r in forced.rows] == ["ok", "ok"]
     assert all(states(out, names)[n] != second[n] for n in names)
-
-
-def test_corrupt_and_missing_scans_fail_alone(ray_cluster, data, tmp_path):
-    corrupt = tmp_path / "corrupt.nii.gz"
-    corrupt.write_bytes(b"\x1f\x8b this is not a gzip stream")
-    rows = [data["rows"][0], {"id": "bad", "image": str(corrupt)}, {"id": "gone", "image": str(tmp_path / "no.nii")},
-            data["rows"][2]]
-    out = tmp_path / "out"
-    results = run(manifest(data, rows, "faulty.csv"), data["support"], out, workers=2,
-                  segmenter_options=data["options"])
-    status = {r["id"]: (r["status"], r["error"]) for r in results.rows}
-    assert status["p0"] == ("ok", "") and status["p2"] == ("ok", "")
-    assert status["bad"][0] == "failed" and "corrupt.nii.gz" in status["bad"][1] and "\n" not in status["bad"][1]
-    assert status["gone"][0] == "failed" and "no.nii" in status["gone"][1]
-    assert sorted(p.name for p in out.iterdir()) == [".fewshotcx-run.json", "p0.nii.gz", "p2.nii.gz", "results.csv"]
-    again = run(manifest(data, rows, "faulty.csv"), data["support"], out, workers=2,
-                segmenter_options=data["options"])
-    assert [r["status"] for r in again.rows] == ["skipped", "failed", "failed", "skipped"]  # failures are retried
 
 
 class KillOnceBackend:
@@ -236,24 +235,32 @@ class KillOnceBackend:
         return self.inner.predict_slices(slabs, geometry, generator)
 
 
-def test_killed_worker_patient_is_retried_once(ray_cluster, data, tmp_path):
+def test_faults_fail_alone_and_killed_worker_patient_is_retried(ray_cluster, data, tmp_path):
+    """A corrupt and a missing scan fail alone; the worker running "victim" is killed once (its retry
+    completes on a restarted worker: one output, one row, nothing partial left)."""
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b this is not a gzip stream")
     image, _ = blob_volume((32, 32, VICTIM_DEPTH), seed=30)
     _save(image, ORIENTATIONS["LPS"], tmp_path / "victim.nii.gz")
-    rows = [data["rows"][0], {"id": "victim", "image": str(tmp_path / "victim.nii.gz")}, data["rows"][1],
-            data["rows"][2]]
+    rows = [data["rows"][0], {"id": "bad", "image": str(corrupt)}, {"id": "gone", "image": str(tmp_path / "no.nii")},
+            {"id": "victim", "image": str(tmp_path / "victim.nii.gz")}, data["rows"][2]]
     marker = tmp_path / "killed"
     backend = KillOnceBackend(marker, model=tiny_model(), slice_size=32)
     options = {"backend": backend, "seed": 0, "modality": "mr", "threshold": data["options"]["threshold"]}
-    out = tmp_path / "out"
-    results = run(manifest(data, rows, "victim.csv"), data["support"], out, workers=2, segmenter_options=options)
+    out, path = tmp_path / "out", manifest(data, rows, "faulty.csv")
+    results = run(path, data["support"], out, workers=2, segmenter_options=options)
     assert marker.exists()  # the worker really was killed
-    assert [(r["id"], r["status"]) for r in results.rows] == [("p0", "ok"), ("victim", "ok"), ("p1", "ok"),
-                                                            ("p2", "ok")]
-    assert sorted(p.name for p in out.iterdir()) == sorted([".fewshotcx-run.json", "results.csv", "p0.nii.gz",
-                                                            "victim.nii.gz", "p1.nii.gz", "p2.nii.gz"])
-    assert [r["id"] for r in read_rows(out / "results.csv")] == ["p0", "victim", "p1", "p2"]
+    status = {r["id"]: (r["status"], r["error"]) for r in results.rows}
+    assert status["p0"] == status["p2"] == status["victim"] == ("ok", "")
+    assert status["bad"][0] == "failed" and "corrupt.nii.gz" in status["bad"][1] and "\n" not in status["bad"][1]
+    assert status["gone"][0] == "failed" and "no.nii" in status["gone"][1]
+    assert sorted(p.name for p in out.iterdir()) == [".fewshotcx-run.json", "p0.nii.gz", "p2.nii.gz", "results.csv",
+                                                     "victim.nii.gz"]
+    assert [r["id"] for r in read_rows(out / "results.csv")] == ["p0", "bad", "gone", "victim", "p2"]
     expected = plain_prediction(data, tmp_path / "victim.nii.gz")
     assert np.array_equal(load_volume(out / "victim.nii.gz", label=True).array, expected.array)
+    again = run(path, data["support"], out, workers=1, segmenter_options=options)
+    assert [r["status"] for r in again.rows] == ["skipped", "failed", "failed", "skipped", "skipped"]
 
 
 # ------------------------------------------------------------------------------------------ CLI
