@@ -154,7 +154,7 @@ def run(
     outcomes: dict[str, dict[str, Any]] = {}
     try:
         if todo:
-            with _ray_session(ray, address, workers, cpus_per_worker):
+            with _RaySession(ray, address, workers, cpus_per_worker):
                 pool = _WorkerPool(ray, options, (images, labels), workers, gpus_per_worker, cpus_per_worker, len(todo))
                 try:
                     for patient, outcome in pool.process(todo, max_attempts):
@@ -227,7 +227,7 @@ def _write_results(rows: Sequence[Mapping[str, Any]], path: Path, columns: Seque
 
 
 # ---------------------------------------------------------------------------------------- Ray
-class _ray_session:
+class _RaySession:
     """Connect to Ray for the run: reuse this process's connection, start a private local instance
     (stopped on exit), or join the cluster at ``address``."""
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..io.volume import Volume, load_volume, save_volume
+from ..segmenter import Segmenter
 from .manifest import Patient
 
 
@@ -52,7 +53,7 @@ class CohortWorker:
 
     def __init__(self, threads: int) -> None:
         torch.set_num_threads(max(1, int(threads)))
-        self.segmenter = None
+        self.segmenter: Optional[Segmenter] = None
 
     def setup(self, options: dict[str, Any], support: tuple[Sequence[Volume], Sequence[Volume]]
               ) -> Optional[BaseException]:
@@ -60,8 +61,6 @@ class CohortWorker:
         (``(images, labels)``, lists of :class:`Volume`). Returns None, or the exception that
         prevented it (bad weights, a CUDA error) for the driver to raise as the one-line error it is."""
         try:
-            from ..segmenter import Segmenter
-
             segmenter = Segmenter(**{**options, "progress": False})
             self.segmenter = segmenter.fit(images=list(support[0]), labels=list(support[1]))
         except Exception as exc:  # noqa: BLE001 - handed to the driver
