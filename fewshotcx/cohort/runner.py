@@ -34,8 +34,10 @@ from .record import RECORD_NAME, RunRecord, digest, input_state, options_fingerp
 from .worker import CohortWorker, Outcome
 
 RESULTS_NAME = "results.csv"
-#: Patients queued on each worker beyond the one it is running, so it never waits for the driver.
-QUEUE_PER_WORKER = 1
+#: Patients in flight per worker. One: the next patient is sent as soon as a result arrives (before
+#: the driver writes it), and nothing waits queued behind a busy worker while another one idles at
+#: the end of the cohort (an actor runs its tasks one after the other anyway).
+IN_FLIGHT_PER_WORKER = 1
 #: Times a worker process may die before it is given up (each death restarts it).
 MAX_WORKER_DEATHS = 3
 INSTALL_HINT = "fewshotcx cohort needs Ray: pip install 'fewshotcx[cohort]'"
@@ -135,7 +137,7 @@ def run(
         raise ValueError("cpus_per_worker and max_attempts must be at least 1, gpus_per_worker at least 0")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out must be a folder: {out}")
+        raise NotADirectoryError(f"the output folder is a file: {out}")
     images = [load_volume(image) for image, _ in support]
     labels = [load_volume(label, label=True) for _, label in support]
     check_support(images, labels)
@@ -146,8 +148,9 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     record = RunRecord(out)
     todo = [p for p in patients if overwrite or not record.is_done(p.id, keys[p.id], out)]
-    _check_outputs(patients, todo, record, out, overwrite)
+    _check_outputs(todo, record, out, overwrite)
     _remove_stale_parts(out, [name for p in patients for name in p.outputs] + [RESULTS_NAME, RECORD_NAME])
+    record.save()  # from now on results.csv here is this folder's own, even if every patient fails
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(patients), initial=len(patients) - len(todo), unit="patient", disable=not show)
@@ -173,8 +176,7 @@ def run(
 
 
 # ---------------------------------------------------------------------------------------- outputs
-def _check_outputs(patients: Sequence[Patient], todo: Sequence[Patient], record: RunRecord, out: Path,
-                   overwrite: bool) -> None:
+def _check_outputs(todo: Sequence[Patient], record: RunRecord, out: Path, overwrite: bool) -> None:
     """Refuse (before any work) to replace files the run record does not vouch for."""
     if overwrite:
         return
@@ -258,7 +260,7 @@ class _RaySession:
 class _WorkerPool:
     """The worker actors and the patient queue between them.
 
-    Each actor holds at most ``1 + QUEUE_PER_WORKER`` patients. When an actor's process dies, Ray
+    Each actor holds at most :data:`IN_FLIGHT_PER_WORKER` patients. When an actor's process dies, Ray
     restarts it (rebuilding the model and the fitted support from the object store) and its patients
     go back to the front of the queue, up to ``max_attempts`` tries each; an actor that dies more
     than :data:`MAX_WORKER_DEATHS` times is dropped.
@@ -271,12 +273,12 @@ class _WorkerPool:
         gpus = float(resources.get("GPU", 0))
         if gpus_per_worker is None:
             gpus_per_worker = 1.0 if gpus >= 1 else 0.0
-        if gpus_per_worker > gpus:
-            raise ValueError(f"gpus_per_worker={gpus_per_worker:g} but the Ray cluster has {gpus:g} GPUs")
-        if workers is None:
-            capacity = gpus / gpus_per_worker if gpus_per_worker else resources.get("CPU", 1) / cpus_per_worker
-            workers = max(1, int(capacity))
-        workers = min(workers, patients)
+        cpus = float(resources.get("CPU", 0))
+        capacity = int(min(gpus / gpus_per_worker if gpus_per_worker else float("inf"), cpus / cpus_per_worker))
+        if capacity < 1 or (workers or 0) > capacity:
+            raise ValueError(f"{workers or 1} worker(s) with {cpus_per_worker} CPU(s) and {gpus_per_worker:g} GPU(s) "
+                             f"each do not fit the Ray cluster ({cpus:g} CPUs, {gpus:g} GPUs)")
+        workers = min(workers or capacity, patients)
         if not gpus_per_worker and options.get("device", "auto") == "auto":
             options = {**options, "device": "cpu"}
         actor = ray.remote(CohortWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
@@ -302,14 +304,18 @@ class _WorkerPool:
         busy: dict[Any, tuple[int, Patient]] = {}       # task ref -> (actor, patient)
         recovering: dict[Any, int] = {}                 # setup() ref -> actor being restarted
         load = [0] * len(self.actors)
-        while queue or busy:
+
+        def fill() -> None:
             for i in self._idle(load, recovering):
                 if not queue:
-                    break
+                    return
                 patient = queue.popleft()
                 attempts[patient.id] += 1
                 busy[self.actors[i].segment.remote(patient)] = (i, patient)
                 load[i] += 1
+
+        while queue or busy:
+            fill()
             if not busy and not recovering:
                 raise RuntimeError("every cohort worker died repeatedly; see the Ray logs (ray logs --help)")
             done = ray.wait([*busy, *recovering], num_returns=1)[0][0]
@@ -334,16 +340,14 @@ class _WorkerPool:
                                            f"worker process died {attempts[patient.id]} times on this patient "
                                            f"(last: {type(exc).__name__})")
                 continue
+            fill()  # keep the workers busy while the driver writes this patient's files
             yield patient, outcome
 
     def _idle(self, load: list[int], recovering: dict[Any, int]) -> list[int]:
-        """Live, not recovering actors with room, least loaded first, each listed once per free slot."""
+        """One entry per free slot of the live actors that are not restarting, round robin."""
         blocked = set(recovering.values())
-        slots = []
-        for i in sorted(range(len(self.actors)), key=lambda j: load[j]):
-            if self.actors[i] is not None and i not in blocked:
-                slots += [i] * (1 + QUEUE_PER_WORKER - load[i])
-        return slots
+        live = [i for i, actor in enumerate(self.actors) if actor is not None and i not in blocked]
+        return [i for level in range(IN_FLIGHT_PER_WORKER) for i in live if load[i] <= level]
 
     def _died(self, i: int, recovering: dict[Any, int]) -> None:
         """Actor ``i``'s process died: wait for Ray's restart, or give the actor up."""
