@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 
 from .common import CliError, add_model_options, support_pair
 
@@ -45,18 +44,10 @@ def run(args: argparse.Namespace) -> None:
     options = {name: getattr(args, name) for name in _SEGMENTER_OPTIONS}
     if args.backend == "universeg+sam":
         options["sam_weights"] = args.sam_weights or "official"
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a batch scheduler's stop: clean up as for Ctrl-C
-    try:
-        results = cohort.run(args.manifest, support=args.support, out_dir=args.out, address=args.address,
-                             workers=args.workers, segmenter_options=options, overwrite=args.overwrite,
-                             gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    results = cohort.run(args.manifest, support=args.support, out_dir=args.out, address=args.address,
+                         workers=args.workers, segmenter_options=options, overwrite=args.overwrite,
+                         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
     print(results.summary())
     failed = results.count("failed")
     if failed:
         raise CliError(f"{failed} of {len(results.rows)} patients failed; see the error column of {results.path}")
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
