@@ -8,7 +8,7 @@ Public API::
     fx.save_volume(seg.predict(vol), "pred.nii.gz")
 
 Submodules ``fx.metrics``, ``fx.models``, ``fx.rt``, ``fx.dicom``, ``fx.datasets``, ``fx.training``,
-``fx.weights``, ``fx.sam`` and ``fx.baselines``
+``fx.weights``, ``fx.sam``, ``fx.baselines`` and ``fx.cohort``
 are imported on first use.
 """
 
@@ -30,6 +30,7 @@ _SUBMODULES = {
     "datasets": "datasets",
     "training": "training",
     "baselines": "baselines",
+    "cohort": "cohort",
 }
 
 __all__ = ["Segmenter", "Volume", "VolumeError", "load_volume", "save_volume", "__version__", *_SUBMODULES]

@@ -1,0 +1,53 @@
+"""``fewshotcx cohort``: segment every patient of a CSV manifest on Ray (resumable, fault-tolerant)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import CliError, add_model_options, support_pair
+
+#: ``add_model_options`` destinations passed to :class:`~fewshotcx.Segmenter` as they are.
+_SEGMENTER_OPTIONS = ("backend", "weights", "device", "axis", "support_size", "ensemble", "seed", "modality")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fewshotcx cohort``."""
+    p = subparsers.add_parser(
+        "cohort", help="segment a cohort listed in a CSV manifest, in parallel on Ray (resumable)",
+        description="Writes OUT/<id>.nii.gz per patient (and OUT/<id>.rtstruct.dcm for DICOM series) and "
+                    "OUT/results.csv; a rerun skips patients already done with the same inputs and options. "
+                    "Needs the cohort extra: pip install 'fewshotcx[cohort]'.")
+    p.add_argument("--manifest", required=True, help="CSV with columns id,image (or series) and optional reference")
+    p.add_argument("--support", required=True, action="append", type=support_pair,
+                   metavar="IMAGE:LABEL", help="a labelled support volume (repeat for more)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--address", default=None,
+                   help="join a running Ray cluster ('auto' or HOST:PORT); default: a private local one")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per GPU, else one per --cpus-per-worker CPUs)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per worker (default 1 when the cluster has GPUs, else 0; fractions share a GPU)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every patient and replace existing outputs")
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from .. import cohort
+
+    try:
+        cohort.require_ray()
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
+    options = {name: getattr(args, name) for name in _SEGMENTER_OPTIONS}
+    if args.backend == "universeg+sam":
+        options["sam_weights"] = args.sam_weights or "official"
+    results = cohort.run(args.manifest, support=args.support, out_dir=args.out, address=args.address,
+                         workers=args.workers, segmenter_options=options, overwrite=args.overwrite,
+                         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
+    print(results.summary())
+    failed = results.count("failed")
+    if failed:
+        raise CliError(f"{failed} of {len(results.rows)} patients failed; see the error column of {results.path}")
