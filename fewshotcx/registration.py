@@ -334,12 +334,19 @@ def _itk_reason(err: RuntimeError) -> str:
     return reason.replace("Description:", "").strip()
 
 
-def _method(seed: int, sampling: float) -> "sitk.ImageRegistrationMethod":
+#: Fewest metric samples per evaluation at full working resolution (small scans are sampled densely).
+MIN_SAMPLES = 200_000
+
+
+def _method(seed: int, sampling: float, fixed: "sitk.Image") -> "sitk.ImageRegistrationMethod":
+    """Mattes MI (32 bins), random sampling of ``sampling`` of fixed's voxels but at least
+    :data:`MIN_SAMPLES` (measured on a 56×64×20 brain slab: 10% left 5-mm rigid errors, all voxels 0.1–0.6 mm)."""
     sitk = _sitk()
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(sampling), int(seed) + 1)  # seed 0 means "wall clock" in ITK
+    fraction = min(1.0, max(float(sampling), MIN_SAMPLES / fixed.GetNumberOfPixels()))
+    reg.SetMetricSamplingPercentage(fraction, int(seed) + 1)  # seed 0 would mean "wall clock" in ITK
     reg.SetInterpolator(sitk.sitkLinear)
     return reg
 
@@ -364,7 +371,7 @@ def _initial(fixed, moving, fixed_mask, moving_mask, seed: int) -> "sitk.Transfo
     transform.SetTranslation(tuple(float(t) for t in base))
     if steps == 0:
         return transform
-    reg = _method(seed, 0.5)
+    reg = _method(seed, 0.5, fixed)
     reg.SetOptimizerAsExhaustive([0, 0, 0, 0, 0, steps], stepLength=step)
     reg.SetOptimizerScales([1.0] * 6)
     reg.SetShrinkFactorsPerLevel([4])
@@ -379,9 +386,10 @@ def _initial(fixed, moving, fixed_mask, moving_mask, seed: int) -> "sitk.Transfo
 def _optimise(stage: str, transform, fixed, moving, seed: int, sampling: float, iterations: int) -> "sitk.Transform":
     """A rigid or affine stage started from ``transform`` (fixed → moving); returns the result."""
     sitk = _sitk()
-    reg = _method(seed, sampling)
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
+    reg = _method(seed, sampling, fixed)
+    levels = [4, 2, 1] if stage == "rigid" else [2, 1]  # affine refines the rigid pose
+    reg.SetShrinkFactorsPerLevel(levels)
+    reg.SetSmoothingSigmasPerLevel([level / 2 for level in levels])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     if stage == "affine":
         affine = sitk.AffineTransform(3)
@@ -390,8 +398,8 @@ def _optimise(stage: str, transform, fixed, moving, seed: int, sampling: float, 
         affine.SetTranslation(transform.GetTranslation())
         transform = affine
     reg.SetInitialTransform(transform, inPlace=True)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=iterations,
-                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=4.0, minStep=0.05, numberOfIterations=iterations,
+                                                 relaxationFactor=0.5, gradientMagnitudeTolerance=1e-5)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.Execute(fixed, moving)
     return transform
@@ -419,7 +427,7 @@ def _demons(transform, fixed, moving, iterations: int, sigma: float) -> "sitk.Tr
 def _metric(transform, fixed, moving, seed: int, sampling: float) -> float:
     """Mattes mutual information of the final mapping (negative; lower = better)."""
     sitk = _sitk()
-    reg = _method(seed, sampling)
+    reg = _method(seed, sampling, fixed)
     reg.SetMovingInitialTransform(transform)
     reg.SetInitialTransform(sitk.TranslationTransform(3))
     return float(reg.MetricEvaluate(fixed, moving))
