@@ -387,7 +387,7 @@ def _optimise(stage: str, transform, fixed, moving, seed: int, sampling: float, 
     """A rigid or affine stage started from ``transform`` (fixed → moving); returns the result."""
     sitk = _sitk()
     reg = _method(seed, sampling, fixed)
-    levels = [4, 2, 1] if stage == "rigid" else [2, 1]  # affine refines the rigid pose
+    levels = _levels(fixed, [4, 2, 1] if stage == "rigid" else [2, 1])  # affine refines the rigid pose
     reg.SetShrinkFactorsPerLevel(levels)
     reg.SetSmoothingSigmasPerLevel([level / 2 for level in levels])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
@@ -403,6 +403,14 @@ def _optimise(stage: str, transform, fixed, moving, seed: int, sampling: float, 
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.Execute(fixed, moving)
     return transform
+
+
+def _levels(fixed: "sitk.Image", factors: list[int], smallest: int = 24) -> list[int]:
+    """The shrink factors that leave at least ``smallest`` voxels along fixed's second-largest axis
+    (always keeping full resolution): a 16-mm level on a small brain made identical images register
+    1.4° apart."""
+    size = sorted(fixed.GetSize())[1]
+    return [f for f in factors if f == 1 or size / f >= smallest]
 
 
 def _demons(transform, fixed, moving, iterations: int, sigma: float) -> "sitk.Transform":
@@ -466,15 +474,15 @@ def warp(volume: Volume, registration: Registration, fixed: Volume, label: bool 
     """``volume`` (on the moving scan's grid) resampled onto ``fixed``'s exact grid and affine.
 
     Args:
-        label: label maps use SimpleITK's label-Gaussian interpolation (smooth, never mixes values);
-            images are linear.
+        label: label maps use nearest-neighbour interpolation (never mixes values, exact at identity;
+            label-Gaussian was measured to erode thin structures at identity: Dice 0.97); images linear.
         default: value outside the moving field of view (0 for labels; the image minimum otherwise).
     Returns:
         a Volume with ``fixed``'s shape, affine and source.
     """
     sitk = _sitk()
     if label:
-        image, interpolator = to_sitk(volume, dtype=np.uint16 if volume.array.max() < 65536 else np.uint32), sitk.sitkLabelGaussian
+        image, interpolator = to_sitk(volume, dtype=np.uint16 if volume.array.max() < 65536 else np.uint32), sitk.sitkNearestNeighbor
         fill = 0.0 if default is None else default
     else:
         image, interpolator = to_sitk(volume), sitk.sitkLinear
