@@ -32,22 +32,28 @@ After registration, on the fixed working grid, within the part of fixed that mov
 covers: ``body_dice`` = Dice of the two body masks (Otsu threshold, largest component, holes filled
 per axial slice), ``ncc`` = normalised cross-correlation of the normalised intensities over the
 union of the bodies, and ``overlap`` = overlapping body volume / the smaller body volume (so a slab
-fully inside the other scan scores ~1, scans that barely touch score ~0). Measured values
-(``benchmarks/registration_cost.py`` and ``tests/test_registration.py``):
+fully inside the other scan scores ~1, scans that barely touch score ~0). Measured values (affine,
+3-mm working grid; ``benchmarks/registration_cost.py`` re-measures them into its CSV):
 
-==========================================================  ==========  ======  ========
-case                                                        body_dice   ncc     overlap
-==========================================================  ==========  ======  ========
-chest CT onto a rotated (8°)+moved 60-mm slab of itself      0.99        0.97    0.99
-chest CT onto pyradiomics lung1 CT (other patient)           0.93        0.53    0.90
-Colin27 brain onto a moved slab of itself                    0.99        0.97    0.99
-chest CT onto Colin27 brain MR (wrong body part/modality)    0.69        0.22    0.55
-chest CT onto a blank or noise image                         refused before registering
-==========================================================  ==========  ======  ========
+=============================================  ==========  ======  ========
+moving → fixed                                 body_dice   ncc     overlap
+=============================================  ==========  ======  ========
+chest CT → rotated + moved slab of itself       0.96        0.99    0.95
+chest CT → pyradiomics lung1 (other patient)    0.85        0.57    0.91
+lung2 → lung1 (other patients)                  0.82        0.60    0.80
+Colin27 brain → MNI152 brain (other subject)    0.96        0.76    1.00
+chest CT → Colin27 brain (wrong body part)      0.00        0.01    0.00
+Colin27 brain → chest CT (wrong body part)      0.47        0.16    0.90
+Colin27 brain → lung1 CT                        0.55        0.01    1.00
+lung1 CT → Colin27 brain                        0.40        0.24    0.15
+Gaussian noise → chest CT                       0.69       -0.07    0.37
+blank image → anything                          refused before registering
+=============================================  ==========  ======  ========
 
-The thresholds sit between the good and bad rows: ``body_dice >= 0.80`` and ``ncc >= 0.30`` and
-``overlap >= 0.30``. Below them :func:`register` raises :class:`RegistrationError` (``check=False``
-returns the registration with ``ok=False`` instead).
+The thresholds sit between the worst good and the best bad value: ``body_dice >= 0.75`` (0.82 vs
+0.69) and ``ncc >= 0.40`` (0.57 vs 0.24); ``overlap >= 0.30`` refuses scans that barely share
+anatomy. Below them :func:`register` raises :class:`RegistrationError` (``check=False`` returns the
+registration with ``ok=False`` instead).
 """
 
 from __future__ import annotations
@@ -72,9 +78,9 @@ Mode = Literal["rigid", "affine", "deformable"]
 MODES = ("rigid", "affine", "deformable")
 
 #: Minimum Dice of the two body masks after registration, within the overlapping field of view.
-MIN_BODY_DICE = 0.80
+MIN_BODY_DICE = 0.75
 #: Minimum normalised cross-correlation of normalised intensities over the bodies.
-MIN_NCC = 0.30
+MIN_NCC = 0.40
 #: Minimum overlapping body volume as a fraction of the smaller body.
 MIN_OVERLAP = 0.30
 
