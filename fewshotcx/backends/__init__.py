@@ -1,4 +1,4 @@
-"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam" | "sam2", ...)``."""
+"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam" | "sam2" | "atlas", ...)``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from .base import Backend, VolumeBackend
 
-BACKENDS = ("universeg", "sam", "universeg+sam", "sam2")
+BACKENDS = ("universeg", "sam", "universeg+sam", "sam2", "atlas")
 
 
 def create_backend(
@@ -27,6 +27,9 @@ def create_backend(
     ``"universeg+sam"`` takes the UniverSeg arguments as usual; options prefixed ``sam_`` go to the SAM
     refiner (``sam_model=`` a ``Sam``, ``sam_weights=`` a checkpoint spec, ``sam_preprocess=``, ...),
     and ``refine_threshold=`` (default 0.5) sets where UniverSeg's map becomes a SAM box.
+
+    ``"atlas"`` (multi-atlas registration, :mod:`fewshotcx.backends.atlas`) takes ``fusion=``,
+    ``registration=`` and registration options; the model arguments must keep their defaults.
     """
     common = dict(model=model, weights=weights, device=device, support_size=support_size,
                   ensemble=ensemble, slice_size=slice_size, context=context)
@@ -60,6 +63,14 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
         from .sam2 import Sam2Backend
 
         return Sam2Backend(**common, **options)
+    if name == "atlas":
+        from .atlas import AtlasBackend
+
+        defaults = dict(model=None, weights="default", support_size=None, ensemble=1, slice_size=None, context=None)
+        used = [key for key, value in defaults.items() if common[key] != value]
+        if used:
+            raise ValueError(f"backend 'atlas' has no model: it does not take {', '.join(used)}")
+        return AtlasBackend(device=common["device"], **options)
     raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
 
 

@@ -27,8 +27,12 @@ def support_pair(text: str) -> tuple[str, str]:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="universeg", choices=["universeg", "sam", "universeg+sam", "sam2"])
+    p.add_argument("--backend", default="universeg", choices=["universeg", "sam", "universeg+sam", "sam2", "atlas"])
     p.add_argument("--config", default=None, help="sam2 config for --backend sam2 (e.g. sam2.1_hiera_t, medsam2)")
+    p.add_argument("--fusion", default="majority", choices=["majority", "staple", "weighted"],
+                   help="label fusion for --backend atlas")
+    p.add_argument("--registration", default="deformable", choices=["rigid", "affine", "deformable"],
+                   help="registration for --backend atlas")
     p.add_argument("--sam-weights", default=None, help="SAM checkpoint for --backend universeg+sam")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")

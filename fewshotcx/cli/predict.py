@@ -55,5 +55,7 @@ def model_options(args: argparse.Namespace) -> dict:
         if args.config is None or args.weights in ("default", "official"):
             raise CliError("--backend sam2 needs --weights CHECKPOINT and --config CONFIG (e.g. sam2.1_hiera_t, medsam2)")
         extra["config"] = args.config
+    if args.backend == "atlas":
+        extra.update(fusion=args.fusion, registration=args.registration)
     return dict(backend=args.backend, weights=args.weights, support_size=args.support_size, ensemble=args.ensemble,
                 **extra)
