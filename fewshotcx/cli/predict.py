@@ -16,7 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    metavar="IMAGE:LABEL", help="a labelled support volume (repeat for more)")
     p.add_argument("--out", required=True, help="output label map (.nii or .nii.gz)")
     p.add_argument("--proba", action="store_true", help="write foreground probabilities instead of labels")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--uncertainty", default=None, metavar="OUT.nii.gz",
+                   help="also write per-voxel uncertainty (entropy over independent support draws)")
+    p.add_argument("--draws", type=int, default=8, help="independent support draws for --uncertainty")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (and --uncertainty) if they exist")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -25,13 +28,10 @@ def run(args: argparse.Namespace) -> None:
     from ..segmenter import Segmenter
     from ..io.volume import load_volume, save_volume
 
-    out = Path(args.out)
-    if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
-        raise CliError(f"--out must end in .nii or .nii.gz: {out}")
-    if out.exists() and not args.overwrite:
-        raise CliError(f"{out} exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise CliError(f"output directory does not exist: {out.parent}")
+    out = _check_output(args.out, "--out", args.overwrite)
+    uncertainty = None if args.uncertainty is None else _check_output(args.uncertainty, "--uncertainty", args.overwrite)
+    if uncertainty is not None and (uncertainty.resolve() == out.resolve() or args.draws < 1):
+        raise CliError("--uncertainty needs its own file and --draws >= 1")
     query = load_volume(args.image)
     images, labels = zip(*args.support)
     extra = {"sam_weights": args.sam_weights or "official"} if args.backend == "universeg+sam" else {}
@@ -44,3 +44,18 @@ def run(args: argparse.Namespace) -> None:
         raise CliError("--proba writes one structure; the support has several label values")
     save_volume(result, out, overwrite=args.overwrite)
     print(f"wrote {out}")
+    if uncertainty is not None:
+        save_volume(seg.predict_uncertainty(query, k=args.draws), uncertainty, overwrite=args.overwrite)
+        print(f"wrote {uncertainty}")
+
+
+def _check_output(path: str, option: str, overwrite: bool) -> Path:
+    """A NIfTI output path that may be written: right suffix, directory present, no silent overwrite."""
+    out = Path(path)
+    if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
+        raise CliError(f"{option} must end in .nii or .nii.gz: {out}")
+    if out.exists() and not overwrite:
+        raise CliError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.exists():
+        raise CliError(f"output directory does not exist: {out.parent}")
+    return out
