@@ -74,6 +74,7 @@ class ContourSession:
         self._slabs: Optional[torch.Tensor] = None
         self._label_slabs: dict[tuple[int, int, tuple], torch.Tensor] = {}
         self.predicted_slices = 0  # slices run through the model so far (cost counter)
+        self.cache_limit: Optional[int] = None  # cached slice predictions kept; None = 8 × depth
 
     # ------------------------------------------------------------------ drawing
     @property
@@ -250,8 +251,9 @@ class ContourSession:
         for key, zs in wanted.items():
             for z, prob in zip(zs, self._predict(key, zs)):
                 self._cache[(z,) + key] = prob
+        out = {z: np.mean([self._cache[(z,) + key] for key in keys[z]], axis=0) for z in slices}
         self._trim_cache()
-        return {z: np.mean([self._cache[(z,) + key] for key in keys[z]], axis=0) for z in slices}
+        return out
 
     def _predict(self, key: Key, slices: list[int]) -> np.ndarray:
         """Run the backend on ``slices`` with the key's support: ``(N, L, X, Y)`` float32."""
@@ -296,7 +298,8 @@ class ContourSession:
         return self._label_slabs[key]
 
     def _trim_cache(self) -> None:
-        limit = 8 * self.depth
+        """Drop the oldest slice predictions beyond :attr:`cache_limit` (default ``8 × depth``)."""
+        limit = self.cache_limit if self.cache_limit is not None else 8 * self.depth
         while len(self._cache) > limit:
             self._cache.pop(next(iter(self._cache)))
 

@@ -192,3 +192,14 @@ def test_save_and_load_round_trip(tmp_path):
     other = Volume(np.zeros((16, 16, 12), np.float32), np.diag([2.0, 1.0, 2.0, 1.0]))
     with pytest.raises(VolumeError, match="grid"):
         ContourSession.load(path, image=other)
+
+
+
+def test_a_full_cache_never_drops_what_the_current_call_needs():
+    s = session(bright_slice=6)
+    s.cache_limit = 3  # far fewer cached slice predictions than one suggest() needs
+    s.draw(0, square())
+    s.draw(11, square())
+    assert s.suggest(1) == [6]
+    assert np.array_equal(s.result().array[..., 0], square())
+    assert len(s._cache) <= 3
