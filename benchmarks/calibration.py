@@ -104,11 +104,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--weights", default="default")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--draws", type=int, default=4)
+    parser.add_argument("--only", choices=["cross", "same"], default=None,
+                        help="only the cross-subject or only the same-volume tasks (tag gets the suffix)")
     add_output_options(parser)
     args = parser.parse_args(argv)
-    tag = "calibration_quick" if args.quick else "calibration"
-    if apply_output_options(args, lambda rows, out, plots, t: None, tag):
-        report(read_csv(args.out / f"{tag}.csv"), read_csv(args.out / f"{tag}_slices.csv"), args.out, tag)
+    tag = ("calibration_quick" if args.quick else "calibration") + (f"_{args.only}" if args.only else "")
+    if apply_output_options(args, lambda rows, out, plots, t: None, tag):  # --from-csv: per-task CSVs to merge
+        report([r for p in args.from_csv for r in read_csv(p)],
+               [r for p in args.from_csv for r in read_csv(p.with_name(p.stem + "_slices.csv"))], args.out, tag)
         return
     start = time.perf_counter()
     print(f"machine: {machine_info()}")
@@ -116,7 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"model: {model.describe()}")
     draws = 3 if args.quick else args.draws
     rows, slices = [], []
-    cross, same = cross_tasks(args.quick), slice_tasks(args.quick)
+    cross = [] if args.only == "same" else cross_tasks(args.quick)
+    same = [] if args.only == "cross" else slice_tasks(args.quick)
     print_provenance([t.query for t in cross] + [t.case for t in same])
     for task in cross:
         seg = model.segmenter(modality=task.modality).fit([task.support.image], [task.support_label()])

@@ -4,8 +4,9 @@
 closest-RAS array) and completes the structure with :meth:`fewshotcx.Segmenter.complete` semantics:
 drawn slices are kept exactly, each structure is restricted to its drawn extent, ``postprocess``
 applies. It differs from ``complete`` in one way that makes it interactive: each undrawn slice is
-predicted from a *local* support, the ``neighbours`` nearest drawn slices on each side of it. A new
-drawn slice then changes only the slices whose local support it joins, and everything else (the
+predicted from a *local* support, the ``neighbours`` nearest drawn slices on each side of it (default
+1: the two drawn slices around it, as for interpolation). A new drawn slice then changes only the
+slices whose local support it joins (with one neighbour: the gap it splits), and everything else (the
 normalised image, the query slabs, the drawn slices' label slabs, every per-slice prediction whose
 support did not change) is cached, so a further ``draw`` + ``result()`` costs a fraction of the
 first (``benchmarks/active_contouring.py`` measures the ratio).
@@ -56,7 +57,7 @@ class ContourSession:
     """
 
     def __init__(self, image: Union[Volume, PathLike], segmenter: Optional[Segmenter] = None,
-                 labels: Optional[Sequence[int]] = None, neighbours: int = 2, modality: str = "auto") -> None:
+                 labels: Optional[Sequence[int]] = None, neighbours: int = 1, modality: str = "auto") -> None:
         self.original = image if isinstance(image, Volume) else load_volume(image)
         self.image = self.original.canonical()
         self.segmenter = segmenter if segmenter is not None else Segmenter(progress=False)
