@@ -18,7 +18,8 @@ draw that shows any structure are the session's values. A draw with any other va
 drawn range and each slice just beyond its ends, the *expected number of wrong voxels* of the
 current result, ``Σ |result − p|``, with ``p`` the mean probability over leave-one-out draws of the
 local support (so disagreement between draws counts); a candidate is credited with its own expected
-errors plus those of the slices between it and the drawn slices around it, weighted by closeness.
+errors plus the share of other slices' errors that drawing it would fix, taken as the fraction by
+which it shortens their distance to the nearest drawn slice.
 """
 
 from __future__ import annotations
@@ -189,20 +190,13 @@ class ContourSession:
         return out
 
     def _credit(self, errors: dict[int, float]) -> dict[int, float]:
-        """Each candidate's own expected errors plus the closeness-weighted errors of the candidates
-        between it and the drawn slices on either side (drawing it fixes those partly too)."""
-        drawn = self.drawn
-        credit = {}
-        for c in errors:
-            below = max([d for d in drawn if d < c], default=-1)
-            above = min([d for d in drawn if d > c], default=self.depth)
-            total = 0.0
-            for z, e in errors.items():
-                if below < z < above:
-                    edge = below if z < c else above
-                    total += e * (1.0 - abs(z - c) / max(abs(edge - c), 1))
-            credit[c] = total
-        return credit
+        """Each candidate ``c``'s share of the expected errors it would fix: a slice ``z`` at distance
+        ``d(z)`` from its nearest drawn slice is credited ``e(z) · (d(z) − |z − c|) / d(z)`` when
+        drawing ``c`` brings it closer (``c`` itself: all of ``e(c)``)."""
+        drawn = np.asarray(self.drawn)
+        nearest = {z: int(np.abs(drawn - z).min()) for z in errors}
+        return {c: sum(e * max(0, nearest[z] - abs(z - c)) / nearest[z] for z, e in errors.items())
+                for c in errors}
 
     def _inside(self) -> list[int]:
         """Undrawn slices between the first and the last drawn slice."""
