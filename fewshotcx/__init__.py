@@ -16,6 +16,7 @@ from importlib import import_module
 
 from .io import Volume, VolumeError, load_volume, save_volume
 from .segmenter import Segmenter
+from .session import ContourSession
 
 __version__ = "0.1.0"
 
@@ -32,9 +33,10 @@ _SUBMODULES = {
     "training": "training",
     "baselines": "baselines",
     "cohort": "cohort",
+    "review": "evaluation.review",
 }
 
-__all__ = ["Segmenter", "Volume", "VolumeError", "load_volume", "save_volume", "__version__", *_SUBMODULES]
+__all__ = ["ContourSession", "Segmenter", "Volume", "VolumeError", "load_volume", "save_volume", "__version__", *_SUBMODULES]
 
 
 def __getattr__(name: str):

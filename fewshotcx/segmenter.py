@@ -20,7 +20,7 @@ from .locks import ReadWriteLock, reads, writes
 from .progress import show_progress
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
 from .pipeline.intensity import Modality, looks_like_ct, normalize
-from .pipeline.postprocess import postprocess
+from .pipeline.postprocess import keep_drawn, postprocess
 from .pipeline.slicing import AxisLike, extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble, relative_position
 from .pipeline.support import SupportPool, SupportVolumes, build_pool, check_support, support_classes
 
@@ -302,13 +302,7 @@ class Segmenter:
             self.pools, self.support, self._support_extent, state = saved
             self.backend.__dict__.clear()
             self.backend.__dict__.update(state)
-        inside = np.zeros(canonical.shape[2], dtype=bool)
-        for value in classes:
-            z = [k for k in drawn_slices if np.any(labels.array[..., k] == value)]
-            inside[:] = False
-            inside[min(z):max(z) + 1] = True
-            result[(result == value) & ~inside[None, None, :]] = 0
-        result[..., drawn_slices] = labels.array[..., drawn_slices]
+        keep_drawn(result, labels.array, drawn_slices, classes)
         return original.with_array(reorient_array(result, canonical.affine, original.affine), label=True)
 
     # ------------------------------------------------------------------ canonical-space internals
@@ -349,6 +343,25 @@ class Segmenter:
     def _generator(self) -> torch.Generator:
         """A CPU generator seeded with ``seed``: the same draws on every device."""
         return torch.Generator(device="cpu").manual_seed(self.seed)
+
+    # ------------------------------------------------------------------ uncertainty (fewshotcx.evaluation.uncertainty)
+    def predict_uncertainty(self, query: VolumeLike, k: int = 8, measure: str = "entropy",
+                            fraction: float = 0.5) -> Volume:
+        """Per-voxel uncertainty on the query's grid: float32 ≥ 0 (``"entropy"``: bits in ``[0, 1]``).
+
+        From ``k`` independent draws (each on a random ``fraction`` of the support pool, with its own
+        seed) × the plane axes; 0 where every draw says exactly the same 0/1. See
+        :mod:`fewshotcx.evaluation.uncertainty`. Costs ``k`` predictions.
+        """
+        from .evaluation.uncertainty import predict_uncertainty
+
+        return predict_uncertainty(self, query, k, measure, fraction)  # type: ignore[arg-type]
+
+    def predict_samples(self, query: VolumeLike, k: int = 8, fraction: float = 0.5) -> list[Volume]:
+        """``k`` plausible label maps on the query's grid, one per independent support draw."""
+        from .evaluation.uncertainty import predict_samples
+
+        return predict_samples(self, query, k, fraction)
 
 
 def _foreground_extent(labels: Sequence[Volume], slices=None) -> tuple[float, float]:

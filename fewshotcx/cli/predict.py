@@ -16,7 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    metavar="IMAGE:LABEL", help="a labelled support volume (repeat for more)")
     p.add_argument("--out", required=True, help="output label map (.nii or .nii.gz)")
     p.add_argument("--proba", action="store_true", help="write foreground probabilities instead of labels")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--uncertainty", default=None, metavar="OUT.nii.gz",
+                   help="also write per-voxel uncertainty (entropy over independent support draws)")
+    p.add_argument("--draws", type=int, default=8, help="independent support draws for --uncertainty")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (and --uncertainty) if they exist")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -25,8 +28,11 @@ def run(args: argparse.Namespace) -> None:
     from ..segmenter import Segmenter
     from ..io.volume import load_volume, save_volume
 
-    out = Path(args.out)
-    check_output(out, args.overwrite)
+    out = check_output(Path(args.out), args.overwrite)
+    uncertainty = None if args.uncertainty is None else check_output(Path(args.uncertainty), args.overwrite,
+                                                                      "--uncertainty")
+    if uncertainty is not None and (uncertainty.resolve() == out.resolve() or args.draws < 1):
+        raise CliError("--uncertainty needs its own file and --draws >= 1")
     query = load_volume(args.image)
     images, labels = zip(*args.support)
     seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **model_options(args))
@@ -36,16 +42,20 @@ def run(args: argparse.Namespace) -> None:
         raise CliError("--proba writes one structure; the support has several label values")
     save_volume(result, out, overwrite=args.overwrite)
     print(f"wrote {out}")
+    if uncertainty is not None:
+        save_volume(seg.predict_uncertainty(query, k=args.draws), uncertainty, overwrite=args.overwrite)
+        print(f"wrote {uncertainty}")
 
 
-def check_output(out: Path, overwrite: bool) -> None:
-    """A NIfTI name, not an existing file without ``--overwrite``, in an existing directory."""
+def check_output(out: Path, overwrite: bool, option: str = "--out") -> Path:
+    """A NIfTI output path that may be written: right suffix, directory present, no silent overwrite."""
     if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
-        raise CliError(f"--out must end in .nii or .nii.gz: {out}")
+        raise CliError(f"{option} must end in .nii or .nii.gz: {out}")
     if out.exists() and not overwrite:
         raise CliError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.exists():
         raise CliError(f"output directory does not exist: {out.parent}")
+    return out
 
 
 def model_options(args: argparse.Namespace) -> dict:

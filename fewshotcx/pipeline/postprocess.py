@@ -64,3 +64,19 @@ def postprocess(
                 mask = restrict_extent(mask, support_extent, extent_margin)
         out[mask & (out == 0)] = value
     return out
+
+
+def keep_drawn(result: np.ndarray, drawn: np.ndarray, slices: Sequence[int], classes: Sequence[int]) -> np.ndarray:
+    """What completing a drawn contour keeps (:meth:`fewshotcx.Segmenter.complete`, ``ContourSession``):
+    each structure only within its drawn axial extent (first to last drawn slice that shows it), and
+    the drawn ``slices`` exactly as drawn. ``result`` and ``drawn`` are ``(X, Y, Z)``; ``result`` is
+    changed in place and returned."""
+    inside = np.zeros(result.shape[2], dtype=bool)
+    for value in classes:
+        z = [k for k in slices if np.any(drawn[..., k] == value)]
+        inside[:] = False
+        if z:
+            inside[min(z):max(z) + 1] = True
+        result[(result == value) & ~inside[None, None, :]] = 0
+    result[..., list(slices)] = drawn[..., list(slices)]
+    return result

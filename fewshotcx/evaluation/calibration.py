@@ -1,0 +1,126 @@
+"""Is a probability of 0.8 right 80 % of the time? Reliability measures and a support-fitted temperature.
+
+* :func:`expected_calibration_error`: the usual binned ECE over voxels.
+* :func:`fit_temperature`: one temperature ``T`` for a fitted segmenter, from its **own support**
+  only (never a query's reference): the support is split into folds (leave-one-volume-out with
+  several support volumes; otherwise the labelled axial slices in two interleaved folds), each fold
+  is predicted by a copy of the segmenter fitted on the rest, and ``T`` minimises the negative
+  log-likelihood of those held-out labels under ``sigmoid(logit(p) / T)``.
+* :func:`review_region`: the voxels worth scoring (near the structure or the prediction), since
+  calibration over a whole volume is dominated by far-away background that every model gets right.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+if TYPE_CHECKING:
+    from ..segmenter import Segmenter
+
+#: Temperatures searched by :func:`fit_temperature` (log-spaced, 0.25 … 8).
+TEMPERATURES = np.geomspace(0.25, 8.0, 41)
+_EPS = 1e-6
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``sigmoid(logit(p) / T)`` elementwise (``T > 1`` softens, ``T < 1`` sharpens), float32."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
+    return (1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))).astype(np.float32)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Binned ECE: ``Σ_b (n_b / n) |mean(y_b) − mean(p_b)|`` over ``bins`` equal-width bins of ``p``."""
+    p, y = np.asarray(probs, dtype=np.float64).ravel(), np.asarray(labels, dtype=np.float64).ravel()
+    if p.size == 0:
+        raise ValueError("no voxels to measure calibration on")
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, y, bins) - np.bincount(which, p, bins))
+    return float(gap.sum() / count.sum())
+
+
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
+    y = np.asarray(labels, dtype=bool)
+    return float(-(np.log(p[y]).sum() + np.log(1 - p[~y]).sum()) / max(p.size, 1))
+
+
+def review_region(reference: np.ndarray, probs: np.ndarray, margin: int = 3) -> np.ndarray:
+    """Boolean ``(X, Y, Z)``: voxels within ``margin`` in-plane voxels of the reference or of ``p ≥ 0.5``."""
+    core = (np.asarray(reference) > 0) | (np.asarray(probs) >= 0.5)
+    return ndimage.binary_dilation(core, np.ones((2 * margin + 1, 2 * margin + 1, 1), bool)) if core.any() else core
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for finding ``positives`` (ties count half); NaN when
+    either class is missing."""
+    s, pos = np.asarray(scores, dtype=np.float64), np.asarray(positives, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = _average_ranks(s)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = np.arange(1, values.size + 1)
+    _, inverse = np.unique(values, return_inverse=True)
+    return (np.bincount(inverse, ranks) / np.bincount(inverse))[inverse]
+
+
+def support_folds(seg: "Segmenter") -> list[tuple[list[int], Optional[list], int, list[int]]]:
+    """Held-out folds of a fitted segmenter's support: ``(train volumes, train slices or None,
+    held-out volume, held-out axial slices)``."""
+    support = seg.support
+    if support is None:
+        raise RuntimeError("call fit() first")
+    n = len(support.labels)
+    if n > 1:
+        return [([j for j in range(n) if j != i], None if support.slices is None else
+                 [support.slices[j] for j in range(n) if j != i], i,
+                 list(range(support.labels[i].shape[2])) if support.slices is None or support.slices[i] is None
+                 else list(support.slices[i])) for i in range(n)]
+    labelled = (list(range(support.labels[0].shape[2])) if support.slices is None or support.slices[0] is None
+                else sorted(support.slices[0]))
+    if len(labelled) < 2:
+        raise ValueError("fitting a temperature needs at least two labelled slices or two support volumes")
+    halves = [labelled[0::2], labelled[1::2]]
+    return [([0], [halves[1 - h]], 0, halves[h]) for h in (0, 1)]
+
+
+def fit_temperature(seg: "Segmenter", temperatures: Sequence[float] = TEMPERATURES) -> float:
+    """The temperature that best explains the support's held-out labels (module docstring); the
+    segmenter itself is left exactly as fitted."""
+    probs, labels = [], []
+    for train, slices, held, held_slices in support_folds(seg):
+        clone = copy.copy(seg)
+        clone.backend = copy.copy(seg.backend)
+        clone.axes = [2] if slices is not None and any(s is not None for s in slices) else seg.axes
+        support = seg.support
+        try:
+            clone.fit([support.images[j] for j in train], [support.labels[j] for j in train], slices=slices)
+        except Exception as exc:  # a fold without foreground cannot be fitted: skip it
+            if "empty" not in str(exc):
+                raise
+            continue
+        _, _, p = clone._canonical_probabilities(support.images[held])
+        reference = support.labels[held].array
+        for i, value in enumerate(seg.classes):
+            y, q = reference[..., held_slices] == value, p[i][..., held_slices]
+            region = review_region(y, q)
+            probs.append(q[region])
+            labels.append(y[region])
+    if not probs:
+        return 1.0
+    p, y = np.concatenate(probs), np.concatenate(labels)
+    losses = [negative_log_likelihood(apply_temperature(p, t), y) for t in temperatures]
+    return float(temperatures[int(np.argmin(losses))])
