@@ -308,6 +308,7 @@ def test_deidentify_dataset_applies_every_profile_action(tmp_path):
     assert retained_sequence.StudyInstanceUID == "1.2.826.0.1.3680043.8.498.7"
     assert retained_sequence.PatientName == "" and 0x00291010 not in retained_sequence
     assert out.to_json() == dicom.deidentify_dataset(ds).to_json()  # deterministic, UIDs mapped consistently
+    assert dicom.has_identifiers(ds) and not dicom.has_identifiers(out)
     for tag in [t for t in out.keys() if t >> 16 in (0x0000, 0x0002)]:  # command set and file meta groups
         del out[tag]
     out.SOPClassUID = dicom.CT_IMAGE_STORAGE

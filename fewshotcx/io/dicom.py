@@ -236,16 +236,19 @@ def dummy_value(element: DataElement) -> object:
         return b""
     if element.VR in ("DS", "IS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"):
         return 0
-    return "ANONYMOUS"[:16 if element.VR in ("AE", "CS", "SH") else 64]
+    return "ANONYMOUS"  # fits every text VR, AE/CS/SH (16 characters) included
 
 
 def has_identifiers(ds: Dataset) -> bool:
-    """Whether ``ds`` holds, at its top level, a non-empty profile attribute with action X, Z or D
-    (other than its dummy value)."""
+    """Whether ``ds`` holds, at its top level, a non-empty attribute that :func:`deidentify_dataset`
+    would remove (``X``, private attributes included) or empty (``Z``), or a ``D`` attribute other than
+    its dummy value (sequences are not looked into)."""
     for element in ds:
-        if profile_action(element.tag) in ("X", "Z", "D") and not element.is_empty:
-            if element.VR == "SQ" or element.value != dummy_value(element):
-                return True
+        action = profile_action(element.tag)
+        if element.is_empty or action not in ("X", "Z", "D"):
+            continue
+        if action != "D" or (element.VR != "SQ" and element.value != dummy_value(element)):
+            return True
     return False
 
 
@@ -268,7 +271,6 @@ def deidentify_dataset(ds: Dataset, retain: Collection[str] = ()) -> Dataset:
     if None in keep:
         raise ValueError(f"retain: unknown DICOM keyword in {sorted(retain)}")
     out = copy.deepcopy(ds)
-    out.remove_private_tags()
     _clean(out, keep)
     out.PatientIdentityRemoved = "YES"
     out.DeidentificationMethod = DEIDENTIFICATION_METHOD
@@ -277,7 +279,7 @@ def deidentify_dataset(ds: Dataset, retain: Collection[str] = ()) -> Dataset:
     return out
 
 
-def _clean(ds: Dataset, keep: set) -> None:
+def _clean(ds: Dataset, keep: set[int]) -> None:
     for tag in list(ds.keys()):
         if tag in keep:
             continue
