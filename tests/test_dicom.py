@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import warnings
 from pathlib import Path
@@ -10,10 +11,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from fewshotcx.io import dicom
+from fewshotcx.io.deid_profile import BASIC_PROFILE
 from fewshotcx.io.volume import Volume, VolumeError, load_volume, save_volume
 
 SHAPE = (20, 24, 10)  # (Columns, Rows, slices)
@@ -189,14 +192,12 @@ def test_unidentified_series_does_not_warn(tmp_path):
         dicom.read_dicom_series(tmp_path / "ct")
 
 
-def test_deidentify_dataset_applies_the_listed_actions(tmp_path):
+def test_deidentify_dataset_removes_identifying_text(tmp_path):
     ds = Dataset()
     for key, value in IDENTITY.items():
         setattr(ds, key, value)
     ds.PatientAddress, ds.OperatorsName, ds.StudyDate = "1 Main Street", "TECH^A", "20240102"
     ds.StudyInstanceUID, ds.SOPInstanceUID, ds.Modality = "1.2.3", "1.2.3.4", "CT"
-    request = Dataset()
-    request.RequestingPhysician, request.AccessionNumber = "ASKING^DR", "ACC77"
     item = Dataset()
     item.ReferencedSOPInstanceUID, item.PerformingPhysicianName = "1.2.3.5", "SCAN^DR"
     ds.ReferencedImageSequence = [item]
@@ -205,16 +206,13 @@ def test_deidentify_dataset_applies_the_listed_actions(tmp_path):
 
     out = dicom.deidentify_dataset(ds)
     assert ds.to_json() == before  # input untouched
-    for key, action in dicom.IDENTIFYING_ATTRIBUTES.items():
-        if action == "X":
-            assert key not in out
-        elif key in out:
-            assert out[key].value in ("", None)
     assert "PatientAddress" not in out and out.PatientName == "" and out.OperatorsName == ""
     assert "PerformingPhysicianName" not in out.ReferencedImageSequence[0]  # nested sequences too
+    assert out.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.5"  # Retain UIDs Option
     assert 0x00091001 not in out  # private
     assert (out.StudyInstanceUID, out.SOPInstanceUID, out.Modality) == ("1.2.3", "1.2.3.4", "CT")
     assert out.PatientIdentityRemoved == "YES" and out.DeidentificationMethod == dicom.DEIDENTIFICATION_METHOD
+    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100", "113110"]
     assert not dicom.has_identifiers(out) and dicom.has_identifiers(ds)
     out.file_meta = FileMetaDataset()
     out.SOPClassUID = dicom.CT_IMAGE_STORAGE
@@ -223,10 +221,119 @@ def test_deidentify_dataset_applies_the_listed_actions(tmp_path):
         assert text.encode() not in raw
 
 
-def test_documented_tag_list_matches_the_module():
+REFERENCE_TABLE = Path(__file__).parent / "data" / "ps3.15_table_e1-1.tsv"
+
+
+def reference_rows() -> list[list[str]]:
+    """Rows ``[tag, basic action, retain-UIDs action, name]`` of the reference copy of Table E.1-1."""
+    lines = [line for line in REFERENCE_TABLE.read_text().splitlines() if not line.startswith("#")]
+    return [line.split("\t") for line in lines[1:]]
+
+
+def test_profile_table_matches_the_reference_copy_of_the_standard():
+    rows = reference_rows()
+    assert len(rows) == 621
+    exact = {int(tag[1:5] + tag[6:10], 16): (action, retain) for tag, action, retain, _ in rows
+             if all(c in "0123456789ABCDEF" for c in tag[1:5] + tag[6:10])}
+    assert len(exact) == len(BASIC_PROFILE) == 617  # a tag dropped from the module fails here
+    for tag, (action, retain) in exact.items():
+        keyword, ours, retained = BASIC_PROFILE[tag]
+        assert (ours, retained) == (action, retain == "K"), hex(tag)
+        assert keyword == keyword_for_tag(tag), hex(tag)
+    masked = {tag for tag, *_ in rows} - {f"({t >> 16:04X},{t & 0xFFFF:04X})" for t in exact}
+    assert masked == {"(50XX,XXXX)", "(60XX,3000)", "(60XX,4000)", "(GGGG,EEEE) WHERE GGGG IS ODD"}
+    for tag in (0x50000010, 0x50F23000, 0x60003000, 0x601E4000, 0x00090010, 0x00111001):
+        assert dicom.profile_action(tag) == "X", hex(tag)
+    for tag in (0x60000010, 0x60023001, 0x00280010, 0x30060026):  # overlay rows, Rows: kept; ROI Name: Z
+        assert dicom.profile_action(tag) == ("Z" if tag == 0x30060026 else None), hex(tag)
+
+
+def identifiable_value(tag: int):
+    """A non-empty value of the attribute's VR (first of ambiguous VRs) that differs from any dummy."""
+    vr = dictionary_VR(tag).split(" or ")[0]
+    if vr == "SQ":
+        item = Dataset()
+        item.PatientName, item.StudyInstanceUID = "DOE^NESTED", "1.2.826.0.1.3680043.8.498.7"
+        item.add_new(0x00291010, "LO", "private nested")
+        return vr, [item]
+    values = {"DA": "20240102", "TM": "101010", "DT": "20240102101010", "AS": "042Y", "DS": "42.5", "IS": "42",
+              "UI": "1.2.826.0.1.3680043.8.498.42", "CS": "SECRET", "AT": 0x00100010, "UR": "http://x.org/1",
+              "FL": 4.5, "FD": 4.5, "OB": b"SECRET", "OW": b"SECRET", "UN": b"SECRET", "OF": b"SECRETSE"}
+    if vr in ("US", "SS", "UL", "SL"):
+        return vr, 42
+    return vr, values.get(vr, "DOE^JANE SECRET")
+
+
+def full_profile_dataset() -> Dataset:
+    """Every attribute of Table E.1-1 with a value, private and overlay attributes, and all of it again
+    inside an item of a sequence the profile does not name."""
+    ds = Dataset()
+    for tag in BASIC_PROFILE:
+        ds.add_new(tag, *identifiable_value(tag))
+    ds.add_new(0x00091001, "LO", "private note")
+    ds.add_new(0x60003000, "OW", b"\x01\x00")
+    ds.add_new(0x50000010, "US", 4)
+    ds.ReferencedFrameOfReferenceSequence = [copy.deepcopy(ds)]
+    return ds
+
+
+def check_profile_actions(before: Dataset, after: Dataset) -> None:
+    for tag, (keyword, _, _) in BASIC_PROFILE.items():
+        action = dicom.profile_action(tag)
+        if action == "X":
+            assert tag not in after, keyword
+            continue
+        assert tag in after, keyword
+        if action == "Z":
+            assert after[tag].is_empty, keyword
+        elif action == "D":
+            if after[tag].VR == "SQ":
+                assert after[tag].value[0]["PatientName"].is_empty, keyword  # kept, cleaned inside
+            else:
+                assert after[tag].value == dicom.dummy_value(after[tag]) != before[tag].value, keyword
+        elif action == "U":
+            assert after[tag].value != before[tag].value and after[tag].value.is_valid, keyword
+        else:
+            assert action == "K" and after[tag].VR == "SQ" or after[tag].value == before[tag].value, keyword
+    for tag in (0x00091001, 0x60003000, 0x50000010):
+        assert tag not in after
+
+
+def test_deidentify_dataset_applies_every_profile_action(tmp_path):
+    ds = full_profile_dataset()
+    out = dicom.deidentify_dataset(ds)
+    check_profile_actions(ds, out)
+    check_profile_actions(ds.ReferencedFrameOfReferenceSequence[0], out.ReferencedFrameOfReferenceSequence[0])
+    retained_sequence = out.ReferencedImageSequence[0]  # K by the Retain UIDs Option: kept, cleaned inside
+    assert retained_sequence.StudyInstanceUID == "1.2.826.0.1.3680043.8.498.7"
+    assert retained_sequence.PatientName == "" and 0x00291010 not in retained_sequence
+    assert out.to_json() == dicom.deidentify_dataset(ds).to_json()  # deterministic, UIDs mapped consistently
+    assert dicom.has_identifiers(ds) and not dicom.has_identifiers(out)
+    for tag in [t for t in out.keys() if t >> 16 in (0x0000, 0x0002)]:  # command set and file meta groups
+        del out[tag]
+    out.SOPClassUID = dicom.CT_IMAGE_STORAGE
+    raw = dicom.write_dataset(out, tmp_path / "all.dcm").read_bytes()
+    assert b"SECRET" not in raw and b"DOE^" not in raw and b"private" not in raw
+
+
+def test_deidentify_dataset_retains_named_attributes():
+    ds = Dataset()
+    ds.StructureSetROISequence = [Dataset()]
+    ds.StructureSetROISequence[0].ROIName = "PTV"
+    ds.StructureSetROISequence[0].ROIDescription = "drawn for DOE^JANE"
+    out = dicom.deidentify_dataset(ds, retain=("ROIName",))
+    assert out.StructureSetROISequence[0].ROIName == "PTV"
+    assert "ROIDescription" not in out.StructureSetROISequence[0]
+    assert dicom.deidentify_dataset(ds).StructureSetROISequence[0].ROIName == ""
+    with pytest.raises(ValueError, match="NotAKeyword"):
+        dicom.deidentify_dataset(ds, retain=("NotAKeyword",))
+
+
+def test_docs_describe_the_applied_profile():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "radiotherapy.md").read_text()
-    for key, action in dicom.IDENTIFYING_ATTRIBUTES.items():
-        assert f"`{key}` | {action}" in doc, key
+    assert dicom.DEIDENTIFICATION_METHOD in doc and "Retain UIDs Option" in doc
+    for compound, applied in dicom.COMPOUND_ACTIONS.items():
+        assert f"`{compound}` → {applied}" in doc, compound
 
 
 @pytest.mark.parametrize("affine_name", ["LPS", "PIR"])

@@ -111,6 +111,9 @@ def test_references_and_patient_module(series, tmp_path):
     assert anonymous.Modality == "RTSTRUCT" and anonymous.SOPClassUID == rtstruct.RT_STRUCTURE_SET_STORAGE
     assert anonymous.PatientName == "" and anonymous.PatientID == "" and anonymous.PatientIdentityRemoved == "YES"
     assert not dicom.has_identifiers(anonymous)
+    assert [r.ROIName for r in anonymous.StructureSetROISequence] == ["PTV"]  # retained: the caller's names
+    assert anonymous.StructureSetLabel == "ANONYMOUS" and anonymous.StructureSetDate == ""  # profile D, Z
+    assert [c.CodeValue for c in anonymous.DeidentificationMethodCodeSequence] == ["113100", "113110"]
     assert anonymous.RTROIObservationsSequence[0].RTROIInterpretedType == "PTV"
     raw = (tmp_path / "anon.dcm").read_bytes()
     assert b"DOE^JANE" not in raw and b"Saint Nowhere" not in raw
@@ -118,6 +121,7 @@ def test_references_and_patient_module(series, tmp_path):
     kept = pydicom.dcmread(rt.write_rtstruct(masks, directory, tmp_path / "kept.dcm", keep_patient_identity=True))
     assert (kept.PatientName, kept.PatientID, kept.PatientIdentityRemoved) == ("DOE^JANE", "MRN-0042", "NO")
     assert "InstitutionName" not in kept
+    assert "DeidentificationMethod" not in kept and "DeidentificationMethodCodeSequence" not in kept
 
 
 def test_even_odd_rule_fills_nested_contours(series, tmp_path):

@@ -11,12 +11,11 @@ returned :class:`Volume` flips the signs of the x and y rows.
 
 De-identification
 -----------------
-:data:`IDENTIFYING_ATTRIBUTES` is the subset of the DICOM PS3.15 Basic Application Level
-Confidentiality Profile (Annex E, Table E.1-1) that fewshotcx applies, with the *Retain UIDs* option
-(an RTSTRUCT must reference the original Study/Series/SOP Instance UIDs). Action ``"Z"`` keeps the
-attribute with an empty value (the profile's Z, or its Z/D choice; used where our IODs need the
-attribute present), ``"X"`` removes it. Private attributes are removed too. Pixel data is not
-inspected for burned-in text.
+:func:`deidentify_dataset` applies the DICOM PS3.15 Annex E *Basic Application Level Confidentiality
+Profile* (every attribute of Table E.1-1, :data:`~fewshotcx.io.deid_profile.BASIC_PROFILE`) with the
+*Retain UIDs Option* (an RTSTRUCT must reference the original Study/Series/SOP Instance UIDs), at any
+nesting depth, deterministically. Private attributes are removed. Pixel data is not inspected for
+burned-in text (the Clean Pixel Data Option is not applied).
 """
 
 from __future__ import annotations
@@ -26,52 +25,33 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.sr.coding import Code
+from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import STR_VR
 
 from .atomic import atomic_output
+from .deid_profile import BASIC_PROFILE, REPEATING_GROUP_ELEMENTS
 from .grid import PathLike, SourceGeometry, Volume, VolumeError
 
-#: Attributes removed ("X") or emptied ("Z") by :func:`deidentify_dataset`, at any nesting depth.
-IDENTIFYING_ATTRIBUTES: dict[str, str] = {
-    # patient
-    "PatientName": "Z", "PatientID": "Z", "PatientBirthDate": "Z", "PatientSex": "Z",
-    "PatientBirthTime": "X", "PatientAge": "X", "PatientSize": "X", "PatientWeight": "X",
-    "PatientAddress": "X", "PatientTelephoneNumbers": "X", "PatientMotherBirthName": "X",
-    "PatientBirthName": "X", "OtherPatientIDs": "X", "OtherPatientNames": "X",
-    "OtherPatientIDsSequence": "X", "EthnicGroup": "X", "Occupation": "X",
-    "AdditionalPatientHistory": "X", "PatientComments": "X", "MedicalRecordLocator": "X",
-    "MilitaryRank": "X", "BranchOfService": "X", "CountryOfResidence": "X", "RegionOfResidence": "X",
-    "ResponsiblePerson": "X", "ReferencedPatientSequence": "X",
-    # study, visit and request
-    "AccessionNumber": "Z", "StudyID": "Z", "StudyDate": "Z", "StudyTime": "Z",
-    "SeriesDate": "X", "SeriesTime": "X", "AcquisitionDate": "X", "AcquisitionTime": "X",
-    "AcquisitionDateTime": "X", "ContentDate": "Z", "ContentTime": "Z",
-    "InstanceCreationDate": "X", "InstanceCreationTime": "X",
-    "PerformedProcedureStepStartDate": "X", "PerformedProcedureStepStartTime": "X",
-    "PerformedProcedureStepID": "X", "RequestedProcedureID": "X", "ScheduledProcedureStepID": "X",
-    "StudyDescription": "X", "SeriesDescription": "X", "ImageComments": "X", "ProtocolName": "X",
-    "RequestedProcedureDescription": "X", "PerformedProcedureStepDescription": "X",
-    "AdmittingDiagnosesDescription": "X", "RequestAttributesSequence": "X",
-    "ReferencedPerformedProcedureStepSequence": "X",
-    # staff
-    "ReferringPhysicianName": "Z", "ReferringPhysicianAddress": "X",
-    "ReferringPhysicianTelephoneNumbers": "X", "PhysiciansOfRecord": "X",
-    "PerformingPhysicianName": "X", "NameOfPhysiciansReadingStudy": "X", "OperatorsName": "Z",
-    "RequestingPhysician": "X", "RequestingService": "X",
-    # institution and device
-    "InstitutionName": "X", "InstitutionAddress": "X", "InstitutionalDepartmentName": "X",
-    "StationName": "X", "DeviceSerialNumber": "X",
-}
-
 #: ``DeidentificationMethod`` (LO, at most 64 characters) written by :func:`deidentify_dataset`.
-DEIDENTIFICATION_METHOD = "fewshotcx: PS3.15 Basic Profile subset, Retain UIDs"
+DEIDENTIFICATION_METHOD = "PS3.15 Basic Application Confidentiality Profile, Retain UIDs"
+
+#: How compound actions of :data:`BASIC_PROFILE` are applied: ``Z`` wherever the table allows it
+#: (a zero-length value keeps Type 2 attributes present and discloses nothing), else ``X``.
+COMPOUND_ACTIONS = {"X/Z": "Z", "Z/D": "Z", "X/Z/D": "Z", "X/Z/U*": "Z", "X/D": "X"}
+
+#: Dummy values for action ``D`` by value representation; other text VRs get ``"ANONYMOUS"``, numbers 0.
+DUMMY_VALUES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000D", "UR": "", "UI": ""}
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -232,37 +212,98 @@ def read_dicom_series(directory: PathLike, label: bool = False, deidentify: bool
 
 
 # ---------------------------------------------------------------------------- de-identification
-def has_identifiers(ds: Dataset) -> bool:
-    """Whether ``ds`` holds a non-empty attribute of :data:`IDENTIFYING_ATTRIBUTES` at its top level."""
-    return any(key in ds and ds[key].value not in (None, "", []) for key in IDENTIFYING_ATTRIBUTES)
+def profile_action(tag: int) -> Optional[str]:
+    """The action :func:`deidentify_dataset` applies to ``tag``: ``K``, ``X``, ``Z``, ``D`` or ``U``.
 
-
-def deidentify_dataset(ds: Dataset) -> Dataset:
-    """A de-identified copy of ``ds`` (see :data:`IDENTIFYING_ATTRIBUTES`); UIDs are retained.
-
-    Also removes private attributes and sets ``PatientIdentityRemoved = "YES"`` and
-    ``DeidentificationMethod``. The input is not modified.
+    The Basic Profile with the Retain UIDs Option (its ``K`` wins) and compound actions resolved by
+    :data:`COMPOUND_ACTIONS`; ``None`` for attributes outside the profile (kept).
     """
+    entry = BASIC_PROFILE.get(tag)
+    if entry is not None:
+        _, action, retained = entry
+        return "K" if retained else COMPOUND_ACTIONS.get(action, action)
+    group, element = tag >> 16, tag & 0xFFFF
+    if group % 2 or any(group & gm == gv and element & em == ev for gm, em, gv, ev in REPEATING_GROUP_ELEMENTS):
+        return "X"
+    return None
+
+
+def dummy_value(element: DataElement) -> object:
+    """The action-``D`` replacement for ``element``: a fixed value of its VR that identifies nobody."""
+    if element.VR in DUMMY_VALUES:
+        return DUMMY_VALUES[element.VR]
+    if element.VR in ("OB", "OW", "OD", "OF", "OL", "OV", "UN"):
+        return b""
+    if element.VR in ("DS", "IS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"):
+        return 0
+    return "ANONYMOUS"  # fits every text VR, AE/CS/SH (16 characters) included
+
+
+def has_identifiers(ds: Dataset) -> bool:
+    """Whether ``ds`` holds, at its top level, a non-empty attribute that :func:`deidentify_dataset`
+    would remove (``X``, private attributes included) or empty (``Z``), or a ``D`` attribute other than
+    its dummy value (sequences are not looked into)."""
+    for element in ds:
+        action = profile_action(element.tag)
+        if element.is_empty or action not in ("X", "Z", "D"):
+            continue
+        if action != "D" or (element.VR != "SQ" and element.value != dummy_value(element)):
+            return True
+    return False
+
+
+def deidentify_dataset(ds: Dataset, retain: Collection[str] = ()) -> Dataset:
+    """A copy of ``ds`` de-identified by the PS3.15 Basic Profile with the Retain UIDs Option.
+
+    At any nesting depth: ``X`` attributes (and private ones, curve and overlay groups) are removed,
+    ``Z`` ones emptied, ``D`` ones set to :func:`dummy_value`, ``U`` ones not kept by the option get a
+    UID derived from the original by a hash (the same input UID always maps to the same output);
+    sequences that stay are cleaned item by item. Sets ``PatientIdentityRemoved = "YES"``,
+    ``DeidentificationMethod`` and ``DeidentificationMethodCodeSequence`` (DCM 113100, 113110).
+    Deterministic; the input is not modified.
+
+    Args:
+        retain: keywords kept as they are, e.g. ``("ROIName",)`` for names written by the caller
+            rather than copied from a patient's files (a departure from the profile: the caller vouches
+            for them).
+    """
+    keep = {tag_for_keyword(k) for k in retain}
+    if None in keep:
+        raise ValueError(f"retain: unknown DICOM keyword in {sorted(retain)}")
     out = copy.deepcopy(ds)
-    out.remove_private_tags()
-    _clean(out)
+    _clean(out, keep)
     out.PatientIdentityRemoved = "YES"
     out.DeidentificationMethod = DEIDENTIFICATION_METHOD
+    out.DeidentificationMethodCodeSequence = [_code(codes.DCM.BasicApplicationConfidentialityProfile),
+                                              _code(codes.DCM.RetainUidsOption)]
     return out
 
 
-def _clean(ds: Dataset) -> None:
-    for key, action in IDENTIFYING_ATTRIBUTES.items():
-        if key not in ds:
+def _clean(ds: Dataset, keep: set[int]) -> None:
+    for tag in list(ds.keys()):
+        if tag in keep:
             continue
+        action, element = profile_action(tag), ds[tag]
         if action == "X":
-            delattr(ds, key)
-        else:
-            ds[key].value = [] if ds[key].VR == "SQ" else ""
-    for element in ds:
+            del ds[tag]
+            continue
+        if action == "Z":
+            element.value = [] if element.VR == "SQ" else ("" if element.VR in STR_VR else None)
+        elif action == "D" and element.VR != "SQ":
+            element.value = dummy_value(element)
+        elif action == "U" and not element.is_empty:
+            uids = element.value if element.VM > 1 else [element.value]
+            new = [generate_uid(entropy_srcs=[str(uid)]) for uid in uids]
+            element.value = new if element.VM > 1 else new[0]
         if element.VR == "SQ":
             for item in element.value:
-                _clean(item)
+                _clean(item, keep)
+
+
+def _code(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    return item
 
 
 # ---------------------------------------------------------------------------- writing

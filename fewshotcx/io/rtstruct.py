@@ -130,8 +130,9 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
         series_dir: folder holding the image series the contours are drawn on.
         out_path: the ``.dcm`` file to write (atomically).
         keep_patient_identity: copy PatientName and PatientID from the series (needed by planning
-            systems to attach the structures to the patient); by default they are left empty and the
-            file is de-identified (:func:`fewshotcx.io.dicom.deidentify_dataset`).
+            systems to attach the structures to the patient); by default they are left empty. The
+            file is de-identified either way (:func:`fewshotcx.io.dicom.deidentify_dataset`: PS3.15
+            Basic Profile with the Retain UIDs Option; the ROI names given here are kept).
         series_uid: which series to reference when the folder holds several.
     Raises:
         FileExistsError: ``out_path`` exists and ``overwrite`` is False.
@@ -149,11 +150,11 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
     contours = {name: _mask_contours(_on_series_grid(mask, series, name)) for name, mask in masks.items()}
     ds = _structure_set(series, contours)
     source = series.headers[0]
-    ds = deidentify_dataset(ds)
+    ds = deidentify_dataset(ds, retain=("ROIName",))  # ROI names are the caller's, not the patient's
     if keep_patient_identity:
         ds.PatientName, ds.PatientID = source.get("PatientName", ""), source.get("PatientID", "")
         ds.PatientIdentityRemoved = "NO"
-        del ds.DeidentificationMethod
+        del ds.DeidentificationMethod, ds.DeidentificationMethodCodeSequence
     return write_dataset(ds, out_path, overwrite=overwrite)
 
 
