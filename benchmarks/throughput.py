@@ -39,20 +39,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine_info, write_csv  # noqa: E402
+from common import machine_info, synthetic_case, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume  # noqa: E402
 from fewshotcx.models import UniverSeg  # noqa: E402
-
-
-def synthetic_case(shape=(96, 96, 40), seed=0) -> tuple[Volume, Volume, Volume]:
-    """Speed only: a smooth random image with an ellipsoid label, and a second image as the query."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
-    label = ((grid / [0.4, 0.3, 0.6]) ** 2).sum(-1) <= 1
-    image = (label + rng.normal(0, 0.2, shape)).astype(np.float32)
-    query = (np.roll(label, 3, axis=0) + rng.normal(0, 0.2, shape)).astype(np.float32)
-    affine = np.diag([1.0, 1.0, 2.5, 1.0])
-    return Volume(image, affine), Volume(label.astype(np.uint8), affine, label=True), Volume(query, affine)
 
 
 def load_average() -> float:
