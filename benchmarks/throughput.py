@@ -12,8 +12,8 @@ load average before and after.
 
 The machine's convolution peak is measured in the same run: the achieved GFLOP/s of a large 3×3
 convolution (64→64 channels, 16×128² images, the v1 network's dominant layer shape), best layout and
-best repeat. Convolution FLOPs of both paths are counted with ``torch.utils.flop_counter``, so each
-path's share of that peak is reported too.
+best repeat. Convolution FLOPs of both paths are counted with ``torch.utils.flop_counter`` (ours on
+its real run, the plain loop on meta tensors), so each path's share of that peak is reported too.
 
     python benchmarks/throughput.py                      # 96×96×40 query, S = 16 and 4, 3 repeats
     python benchmarks/throughput.py --batch-sizes 1,2,4  # + query slabs per forward call (S = 16)
@@ -100,25 +100,17 @@ def plain_slice_by_slice(model: UniverSeg, calls) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, torch.cat(outs)
 
 
-def conv_flops(calls) -> tuple[int, int]:
-    """Convolution FLOPs (2 per multiply-add) of the recorded calls: ``(ours, plain slice by slice)``.
-
-    Counted by ``torch.utils.flop_counter`` on meta tensors (shapes only, nothing computed).
-    """
+def plain_conv_flops(calls) -> int:
+    """Convolution FLOPs (2 per multiply-add) of the plain loop over the recorded calls, counted by
+    ``torch.utils.flop_counter`` on meta tensors (shapes only, nothing computed)."""
     meta = UniverSeg().to("meta")
-    shapes = [[torch.empty(x.shape, device="meta") for x in call[:3]] for call in calls]
-    counts = []
-    for plain in (False, True):
-        counter = FlopCounterMode(display=False)
-        with counter, torch.inference_mode():
-            for t, i, lab in shapes:
-                if plain:
-                    for z in range(t.shape[0]):
-                        meta(t[z:z + 1], i[None], lab[None])
-                else:
-                    meta.forward_shared(t, i, lab)
-        counts.append(int(counter.get_total_flops()))
-    return counts[0], counts[1]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        for targets, images, labels, _ in calls:
+            t, i, lab = (torch.empty(x.shape, device="meta") for x in (targets, images, labels))
+            for z in range(t.shape[0]):
+                meta(t[z:z + 1], i[None], lab[None])
+    return int(counter.get_total_flops())
 
 
 def make_segmenter(model: UniverSeg, support_size: int, depth: int, **options) -> tuple[Segmenter, Volume]:
@@ -136,13 +128,16 @@ def run(support_size: int, depth: int, repeats: int, peak_repeats: int = 3, peak
     recorder = Recorder(model)
     seg, query = make_segmenter(model, support_size, depth)
     recorder.on = True
-    seg.predict_proba(query)  # untimed: warm-up and the record of ours' calls
+    counter = FlopCounterMode(display=False)
+    with counter:
+        seg.predict_proba(query)  # untimed: warm-up, the record of ours' calls and their FLOPs
     recorder.on = False
+    ours_flops = int(counter.get_total_flops())
     calls = recorder.calls
     ours_logits = torch.cat([logits for *_, logits in calls])
     _, plain_logits = plain_slice_by_slice(model, calls)
     max_diff = float((ours_logits - plain_logits).abs().max())
-    ours_flops, plain_flops = conv_flops(calls)
+    plain_flops = plain_conv_flops(calls)
 
     load_before = load_average()
     rows, ours, plain, peaks = [], [], [], []
