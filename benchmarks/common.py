@@ -161,6 +161,24 @@ class SliceTask:
         return binary_mask(self.case, self.structure)
 
 
+def synthetic_case(shape=(96, 96, 40), seed=0) -> tuple[Volume, Volume, Volume]:
+    """Speed only: a smooth random image with an ellipsoid label, and a second image as the query."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
+    label = ((grid / [0.4, 0.3, 0.6]) ** 2).sum(-1) <= 1
+    image = (label + rng.normal(0, 0.2, shape)).astype(np.float32)
+    query = (np.roll(label, 3, axis=0) + rng.normal(0, 0.2, shape)).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])
+    return Volume(image, affine), Volume(label.astype(np.uint8), affine, label=True), Volume(query, affine)
+
+
+def synthetic_subject(shape=(96, 96, 40), seed=0) -> datasets.Case:
+    """A synthetic labelled subject (:func:`synthetic_case`'s image and ellipsoid "blob") as a Case,
+    for dry runs and tests that must not need downloaded data. Never for reported results."""
+    image, label, _ = synthetic_case(shape, seed=seed)
+    return datasets.Case(f"synthetic/blob{seed}", image, label, {1: "blob"}, "synthetic", "generated", "", "MR")
+
+
 def short(case: datasets.Case) -> str:
     """``"pyradiomics/brain2"`` → ``"brain2"``."""
     return case.name.split("/")[-1]

@@ -78,7 +78,8 @@ def undrawn_dice(prediction: np.ndarray, reference: np.ndarray, drawn: Sequence[
     return dice(prediction[..., undrawn], reference[..., undrawn])
 
 
-def run_task(task: DemoTask, out_dir: Path, weights: str, device: str) -> dict:
+def run_task(task: DemoTask, out_dir: Path, weights: str, device: str, **options) -> dict:
+    """One demo task end to end; ``options`` go to the :class:`Segmenter` (e.g. ``precision="bf16"``)."""
     start = time.perf_counter()
     support_case, query_case = task.load()
     support_label = datasets.select_structures(support_case, [task.structure]).labels  # 0/1 mask
@@ -86,14 +87,14 @@ def run_task(task: DemoTask, out_dir: Path, weights: str, device: str) -> dict:
     modality = query_case.modality.lower() or "auto"
     if task.labelled_slices:
         drawn = spread_slices(reference.array > 0, task.labelled_slices, ends=True)
-        seg = Segmenter(weights=weights, device=device, modality=modality, progress=False)
+        seg = Segmenter(weights=weights, device=device, modality=modality, progress=False, **options)
         prediction = seg.complete(query_case.image, reference, drawn)  # reads only the drawn slices
         baseline = interpolate_slices(reference.array, drawn, spacing=reference.spacing)
         detail = f"{len(drawn)} drawn slices {drawn} of {reference.shape[2]}, {query_case.name}"
         scores = (undrawn_dice(prediction.array, reference.array, drawn),
                   undrawn_dice(baseline, reference.array, drawn), "undrawn slices")
     else:
-        seg = Segmenter(weights=weights, device=device, modality=modality, progress=False)
+        seg = Segmenter(weights=weights, device=device, modality=modality, progress=False, **options)
         prediction = seg.fit([support_case.image], [support_label]).predict(query_case.image)
         baseline = label_fusion(reference.shape, [support_label.array])
         detail = f"support: {support_case.name}; query: {query_case.name}"

@@ -32,6 +32,17 @@ def blob_volume(shape=(24, 20, 12), seed=0, centre=None, radius=5.0) -> tuple[np
     return image.astype(np.float32), label.astype(np.uint8)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip ``cuda``-marked tests, saying why, when this machine has no usable CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False "
+                                   f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def orientations():
     return ORIENTATIONS

@@ -89,16 +89,17 @@ def test_forward_and_forward_shared_reproduce_the_stored_reference(case):
             torch.testing.assert_close(shared, ref["logits"], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize(
     "n, s, chunk, channels",
     [(1, 1, None, 1), (3, 4, None, 1), (3, 4, 1, 1), (2, 5, 2, 1), (2, 5, 64, 1), (2, 5, 3, 3), (4, 3, 2, 3)],
 )
-def test_forward_shared_equals_forward(n, s, chunk, channels):
+def test_forward_shared_equals_forward(n, s, chunk, channels, channels_last):
     model = tiny_model(channels)
     targets, images, labels = shared_inputs(n, s, channels)
     with torch.no_grad():
         expected = model(targets, *repeated(n, images, labels))
-        got = model.forward_shared(targets, images, labels, support_chunk=chunk)
+        got = model.forward_shared(targets, images, labels, support_chunk=chunk, channels_last=channels_last)
     assert got.shape == (n, 1, 16, 16)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 

@@ -11,6 +11,7 @@ support runs one-vs-rest, one pass per class, and returns one probability channe
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import nullcontext
 from typing import Optional
 
@@ -44,6 +45,8 @@ class UniverSegBackend:
         precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         slice_size: override the model's native size (must be divisible by 8).
         support_chunk: passed to ``forward_shared`` to bound memory over the support axis.
+        channels_last: passed to ``forward_shared``: channels-last feature layout (same outputs; faster
+            on CPU, see docs/performance.md).
     """
 
     name = "universeg"
@@ -62,6 +65,7 @@ class UniverSegBackend:
         slice_size: Optional[int] = None,
         context: Optional[int] = None,
         support_chunk: Optional[int] = None,
+        channels_last: bool = True,
     ) -> None:
         net, meta = (model, {}) if model is not None else load_universeg(weights, return_metadata=True)
         self.model = net.to(device).eval()
@@ -84,12 +88,15 @@ class UniverSegBackend:
         self.group_size = int(group_size)
         self.precision = precision
         self.support_chunk = support_chunk
+        self.channels_last = bool(channels_last)
         self.pools: dict[int, SupportPool] = {}
+        self._features: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     # ------------------------------------------------------------------ protocol
     def fit(self, pools: dict[int, SupportPool], generator: torch.Generator) -> None:
         """Store the pools (UniverSeg conditions on the support at inference; nothing is trained)."""
         self.pools = {axis: pool.to(self.device) for axis, pool in pools.items()}
+        self._features.clear()
 
     def bytes_per_slab(self) -> int:
         width = max(self.model.widths)
@@ -116,13 +123,36 @@ class UniverSegBackend:
                     members = groups == g
                     sup_idx = self.draw_support(pool, geometry, g, member, generator)
                     for c in range(num_classes):
+                        images = support_images[sup_idx]
+                        labels = rearrange(pool.labels[sup_idx, c], "s h w -> s 1 h w")
                         logits = self.model.forward_shared(
-                            targets[members], support_images[sup_idx],
-                            rearrange(pool.labels[sup_idx, c], "s h w -> s 1 h w"),
-                            support_chunk=self.support_chunk,
+                            targets[members], images, labels,
+                            support_chunk=self.support_chunk, channels_last=self.channels_last,
+                            support_features=self._support_features((geometry.axis, tuple(sup_idx.tolist()), c),
+                                                                    images, labels, self.ensemble * num_classes),
                         )  # (n_g, 1, s, s)
                         probs[members, c] += torch.sigmoid(logits[:, 0].float())
         return probs / self.ensemble
+
+    def _support_features(self, key: tuple, images: torch.Tensor, labels: torch.Tensor, keep: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`UniverSeg.encode_support` of one support set, cached across calls: a query group
+        split over several chunks (the CPU memory budget holds one slab) encodes its support once.
+
+        ``key`` names the support set (axis, pool indices, class); the first block's weight versions
+        are added, so in-place weight updates invalidate it. The ``keep`` most recent sets stay (one
+        group's worth: ensemble members × classes); :meth:`fit` clears them.
+        """
+        block = self.model.enc_blocks[0]
+        key = (*key, *(p._version for p in (block.cross.cross_conv.weight, block.cross.cross_conv.bias,
+                                             block.support.vmapped.conv.weight, block.support.vmapped.conv.bias)))
+        if key in self._features:
+            self._features.move_to_end(key)
+        else:
+            self._features[key] = self.model.encode_support(images, labels, self.channels_last)
+            while len(self._features) > keep:
+                self._features.popitem(last=False)
+        return self._features[key]
 
     def draw_support(self, pool: SupportPool, geometry: SliceGeometry, group: int, member: int,
                      generator: torch.Generator) -> torch.Tensor:
