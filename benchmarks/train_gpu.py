@@ -32,18 +32,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (CrossTask, ModelSpec, brain_cross_tasks, is_held_out, lesion_cross_tasks,  # noqa: E402
+from common import (CrossTask, ModelSpec, brain_cross_tasks, data_role, lesion_cross_tasks,  # noqa: E402
                     machine_info, score, synthetic_subject, write_csv)
 from fewshotcx.models.weights import load_checkpoint  # noqa: E402
 
-#: The same data and held-out rules as scripts/train_default.sh.
+#: The same data and held-out rules as scripts/train_default.sh: a selection set (validates training)
+#: and a report set (kept out of training and validation; the only one reported as unseen).
 DATA = ["synthetic", "slicerio", "pyradiomics", "brain", "nilearn"]
-HOLDOUT_VOLUMES = ["pyradiomics/brain2", "pyradiomics/lung2"]
-HOLDOUT_STRUCTURES = ["left hippocampus", "right hippocampus", "left thalamus", "right thalamus"]
-#: The model card's held-out table: lesions on held-out volumes, brain structures across subjects
-#: (held-out ones, and two trained ones for comparison).
+HOLDOUT_VOLUMES = ["pyradiomics/brain2"]
+HOLDOUT_STRUCTURES = ["left hippocampus", "right hippocampus"]
+REPORT_VOLUMES = ["pyradiomics/lung2"]
+REPORT_STRUCTURES_HELD = ["left thalamus", "right thalamus"]
+#: The model card's table: lesions on held-out volumes, brain structures across subjects (selection,
+#: report, and two trained ones for comparison); each row says its data role.
 REPORT_LESIONS = [("brain1", "brain2"), ("lung1", "lung2")]
-REPORT_STRUCTURES = HOLDOUT_STRUCTURES + ["left caudate", "left putamen"]
+REPORT_STRUCTURES = HOLDOUT_STRUCTURES + REPORT_STRUCTURES_HELD + ["left caudate", "left putamen"]
 
 GPU_ARGS = ["--width", "64", "--size", "128", "--context", "1", "--support-size", "2:16", "--queries", "2",
             "--episodes-per-step", "4", "--steps", "1500", "--lr", "1e-3", "--schedule", "cosine", "--warmup", "50",
@@ -62,6 +65,8 @@ def train_command(out: Path, dry_run: bool, resume: bool) -> list[str]:
     if not dry_run:
         command += [a for v in HOLDOUT_VOLUMES for a in ("--holdout-volume", v)]
         command += [a for s in HOLDOUT_STRUCTURES for a in ("--holdout-structure", s)]
+        command += [a for v in REPORT_VOLUMES for a in ("--report-volume", v)]
+        command += [a for s in REPORT_STRUCTURES_HELD for a in ("--report-structure", s)]
     return command + (["--resume"] if resume else [])
 
 
@@ -99,12 +104,12 @@ def report_tasks(dry_run: bool) -> list[CrossTask]:
 def evaluate(checkpoint: Path, tasks: list[CrossTask], device: str) -> list[dict]:
     """Dice, HD95, surface Dice of the checkpoint on each task (Segmenter defaults, seed 0)."""
     spec = ModelSpec(weights=str(checkpoint), device=device)
-    holdout = spec.holdout()
+    roles = spec.roles()
     rows = []
     for task in tasks:
         seg = spec.segmenter(modality=task.modality, seed=0)
         pred = seg.fit([task.support.image], [task.support_label()]).predict(task.query.image)
-        rows.append({"task": task.name, "structure": task.structure, "held_out": is_held_out(task.query, task.structure, holdout),
+        rows.append({"task": task.name, "structure": task.structure, "data_role": data_role(task.query, task.structure, roles),
                      **score(pred.array, task.reference())})
     return rows
 
@@ -128,7 +133,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "machine": machine_info()}
     rows = [{**r, **common} for r in rows]
     for r in rows:
-        print(f"{r['task']:45s} dice {r['dice']:.3f}  hd95 {r['hd95']}  nsd {r['nsd']:.3f}  held out {r['held_out']}")
+        print(f"{r['task']:45s} dice {r['dice']:.3f}  hd95 {r['hd95']}  nsd {r['nsd']:.3f}  {r['data_role']}")
     print(f"wrote {write_csv(rows, args.report)} (training log: {checkpoint.with_suffix('.csv')})")
     return 0
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Regenerates every CSV under benchmarks/results/ that README.md and docs/ quote, with today's code and
+# the bundled default model (CPU, one thread each). `benchmarks/evidence.py` then checks each quoted
+# number against them. Usage: scripts/regenerate_evidence.sh [model|review|cross|compare|speed|all]
+# (lanes that can run side by side on two cores). About an hour in all on a quiet 2-core machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+R=benchmarks/results
+lane="${1:-all}"
+
+if [[ $lane == model || $lane == all ]]; then
+  "$PY" -m fewshotcx.cli demo --out bench-output/demo
+  cp bench-output/demo/results.csv "$R/demo.csv"
+  "$PY" benchmarks/model_card.py --out "$R" --threads 1
+  "$PY" benchmarks/labelled_slices.py --weights default --out "$R" --plots docs/img --threads 1
+  "$PY" benchmarks/support_size.py --weights default --structures "left thalamus" "right thalamus" \
+    --lesions lung1:lung2 --out "$R" --plots docs/img --threads 1
+fi
+if [[ $lane == review || $lane == all ]]; then
+  "$PY" benchmarks/calibration.py --threads 1 --out "$R"
+  "$PY" benchmarks/active_contouring.py --threads 1 --out "$R" --plots docs/img
+fi
+if [[ $lane == cross || $lane == all ]]; then
+  "$PY" benchmarks/cross_patient.py --out "$R" --plots docs/img --threads 1
+fi
+if [[ $lane == compare || $lane == all ]]; then
+  "$PY" benchmarks/seed_comparison.py --out "$R" --plots docs/img --threads 1
+  "$PY" benchmarks/cohort_scaling.py
+fi
+if [[ $lane == speed || $lane == all ]]; then
+  "$PY" benchmarks/throughput.py --sizes 16 --repeats 3 --threads 1
+  "$PY" benchmarks/model_memory.py --chunks 64,16
+  "$PY" benchmarks/registration_cost.py
+  "$PY" benchmarks/sam2_cost.py --frames 3 --threads 1
+fi
+"$PY" benchmarks/evidence.py
