@@ -343,5 +343,5 @@ def _query_id(path: str, index: int) -> str:
     return name or f"query{index}"
 
 
-__all__ = ["COLUMNS", "METHODS", "MethodUnavailable", "Options", "Outcome", "Run", "check_methods", "compare", "load_run", "score",
-           "write_results"]
+__all__ = ["COLUMNS", "METHODS", "MethodUnavailable", "Options", "Outcome", "Run", "check_methods", "compare",
+           "load_run", "score", "write_results"]

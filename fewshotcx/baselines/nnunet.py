@@ -257,8 +257,9 @@ def train(
     work = Path(work_dir).resolve() if work_dir is not None else dataset_dir.parent / "nnUNet_work"
     env = _environment(dataset_dir.parent, work)
     log = work / "logs" / f"{dataset_dir.name}__{trainer}__{configuration}.log"
-    _run("nnUNetv2_plan_and_preprocess", ["-d", str(dataset_id), "-c", configuration, "-np", "1",
-                                          "--verify_dataset_integrity", "--no_pbar"], env, log, "planning/preprocessing")
+    plan = ["-d", str(dataset_id), "-c", configuration, "-np", "1", "-npfp", "1", "--verify_dataset_integrity",
+            "--no_pbar"]
+    _run("nnUNetv2_plan_and_preprocess", plan, env, log, "planning/preprocessing")
     _run("nnUNetv2_train", [str(dataset_id), configuration, str(fold), "-tr", trainer, "-device", device],
          env, log, "training")
     model_dir = work / "results" / dataset_dir.name / f"{trainer}__nnUNetPlans__{configuration}"
