@@ -97,3 +97,26 @@ def test_compare_cli_writes_predictions_and_results(tmp_path):
     assert main(args) == 2  # never overwrites without --overwrite
     assert (out / "results.csv").read_bytes() == before
     assert main([*args[:-2], "--methods", "nope", "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_seed_comparison_benchmark_runs_every_n_and_writes_csv_and_plot(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from fewshotcx.datasets.cases import Case
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import seed_comparison  # noqa: PLC0415
+
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    cases = [Case(f"synthetic/c{i}", Volume(image, affine), Volume(label, affine, label=True), {1: "blob"},
+                  "synthetic", "test licence", "test citation", "MR")
+             for i, (image, label) in enumerate(blob_volume(seed=s) for s in range(3))]
+    assert [(r.n_support, r.query_ids[0]) for r in seed_comparison.runs(cases, 4)][:3] == [
+        (1, "synthetic_c0"), (1, "synthetic_c0"), (2, "synthetic_c0")]
+    rows = seed_comparison.run_benchmark({"synthetic": cases}, ["label-fusion", "sam"], cmp.Options())
+    fused = [r for r in rows if r["method"] == "label-fusion"]
+    assert len(fused) == 9 and {r["n_support"] for r in fused} == {1, 2} and all(0 <= r["dice"] <= 1 for r in fused)
+    assert {r["status"] for r in rows if r["method"] == "sam"} == {"skipped"}
+    seed_comparison.report(rows, tmp_path / "s.csv", tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 0 and len((tmp_path / "s.csv").read_text().splitlines()) == 19

@@ -274,7 +274,9 @@ def compare(run: Run, methods: Sequence[str], options: Options,
             predictions_dir: Optional[Union[str, Path]] = None, log: Callable[[str], None] = print,
             overwrite: bool = False) -> list[dict]:
     """Run ``methods`` on ``run`` and score them; returns one row per method × query × structure
-    (see :data:`COLUMNS`; a skipped or failed method gets one row per query with ``status`` and ``note``).
+    (see :data:`COLUMNS`). A method that is unavailable (``status="skipped"``) or fails with a
+    RuntimeError/ValueError (``status="failed"``, e.g. nnU-Net's error naming its log) gets one row per
+    query with the reason in ``note``; the other methods still run.
 
     Args:
         predictions_dir: where to write ``<query id>/<method>.nii.gz`` (must exist; existing files are
@@ -289,6 +291,11 @@ def compare(run: Run, methods: Sequence[str], options: Options,
         except MethodUnavailable as exc:
             log(f"  {name}: skipped ({exc})")
             rows += [{**base, "query": qid, "status": "skipped", "note": str(exc)} for qid in run.query_ids]
+            continue
+        except (RuntimeError, ValueError) as exc:  # e.g. nnU-Net failed (its log is named): the others still run
+            note = " ".join(f"{type(exc).__name__}: {exc}".split())
+            log(f"  {name}: failed ({note})")
+            rows += [{**base, "query": qid, "status": "failed", "note": note} for qid in run.query_ids]
             continue
         log(f"  {name}: trained {outcome.train_seconds:.1f} s, inferred {outcome.infer_seconds:.1f} s")
         for qid, prediction, reference in zip(run.query_ids, outcome.predictions, run.references):
