@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -66,13 +66,16 @@ def runs(cases: Sequence[datasets.Case], max_support: int) -> list[Run]:
 
 
 def run_benchmark(cohorts: dict[str, list[datasets.Case]], methods: Sequence[str], options: Options,
-                  max_support: int = 4) -> list[dict]:
-    """Tidy rows (one per cohort × n × query × method × structure) for ``methods`` on every run."""
+                  max_support: int = 4, extra: Optional[dict] = None, partial: Optional[Path] = None) -> list[dict]:
+    """Tidy rows (one per cohort × n × query × method × structure) for ``methods`` on every run, each with
+    the ``extra`` columns; with ``partial``, the rows so far are written there after every run."""
     rows = []
     for name, cases in cohorts.items():
         for run in runs(cases, max_support):
             print(f"{name}: query {run.query_ids[0]}, n = {run.n_support}")
-            rows += [{"cohort": name, **row} for row in compare(run, methods, options)]
+            rows += [{"cohort": name, **row, **(extra or {})} for row in compare(run, methods, options)]
+            if partial is not None:
+                write_csv(rows, partial)
     return rows
 
 
@@ -120,7 +123,7 @@ def main(argv=None) -> None:
         for case in cases:
             print(f"  {case.name}: {case.image.shape} at {args.spacing} mm; {case.source}; {case.licence}")
     start = time.perf_counter()
-    rows = [{**row, "machine": machine} for row in run_benchmark(cohorts, methods, options, args.max_support)]
+    rows = run_benchmark(cohorts, methods, options, args.max_support, {"machine": machine}, args.csv)
     print(f"total {time.perf_counter() - start:.0f} s")
     report(rows, args.csv, args.plot)
 

@@ -171,7 +171,8 @@ def _dataset_id(dataset_dir: Path) -> int:
 
 
 def _environment(raw: Path, work_dir: Path) -> dict[str, str]:
-    """The subprocess environment: nnU-Net's folders under ``work_dir``, our trainers, one worker."""
+    """The subprocess environment: nnU-Net's folders under ``work_dir``, our trainers, augmentation in
+    the training process itself (no worker processes)."""
     env = dict(os.environ)
     env.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(work_dir / "preprocessed"),
                nnUNet_results=str(work_dir / "results"), nnUNet_extTrainer=str(_TRAINERS_DIR),
@@ -259,7 +260,8 @@ def train(
     log = work / "logs" / f"{dataset_dir.name}__{trainer}__{configuration}.log"
     plan = ["-d", str(dataset_id), "-c", configuration, "-np", "1", "-npfp", "1", "--verify_dataset_integrity",
             "--no_pbar"]
-    _run("nnUNetv2_plan_and_preprocess", plan, env, log, "planning/preprocessing")
+    # planning sets torch's thread count from nnUNet_n_proc_DA, which must then be positive
+    _run("nnUNetv2_plan_and_preprocess", plan, {**env, "nnUNet_n_proc_DA": "1"}, log, "planning/preprocessing")
     _run("nnUNetv2_train", [str(dataset_id), configuration, str(fold), "-tr", trainer, "-device", device],
          env, log, "training")
     model_dir = work / "results" / dataset_dir.name / f"{trainer}__nnUNetPlans__{configuration}"
