@@ -47,11 +47,11 @@ from common import (  # noqa: E402
     lesion_cross_tasks, machine_info, ModelSpec, paired_difference, plot_lines, print_provenance,
     print_table, score, summarise, threshold, write_csv,
 )
-from fewshotcx import Volume  # noqa: E402
+from fewshotcx import Segmenter, Volume  # noqa: E402
 from fewshotcx.backends.universeg import DEFAULT_SUPPORT_SIZE  # noqa: E402
 from fewshotcx.baselines.interpolation import label_fusion  # noqa: E402
 from fewshotcx.pipeline.support import SupportPool, select_support  # noqa: E402
-from fewshotcx.baselines.unet import train_unet_2d, unet_predict_volume  # noqa: E402
+from fewshotcx.baselines.unet import UNetBackend, train_unet_2d  # noqa: E402
 
 FULL_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -154,7 +154,8 @@ def run_task(task: CrossTask, model: ModelSpec, config: SweepConfig, role: str =
             if config.unet_steps > 0:
                 start = time.perf_counter()
                 net = train_unet_2d(pool.images[items], pool.labels[items, :1], steps=config.unet_steps, seed=draw)
-                prob = unet_predict_volume(net, task.query.image, modality=task.modality)
+                seg = Segmenter(backend=UNetBackend(model=net), modality=task.modality, progress=False)
+                prob = seg.fit([task.support.image], [label]).predict_proba(task.query.image)
                 rec.add(prob, time.perf_counter() - start, method="unet-scratch", strategy="fixed", ensemble=1,
                         support_size=size, draw=draw)
         print(f"  {task.name}: S = {size} done")

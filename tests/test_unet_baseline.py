@@ -10,7 +10,7 @@ from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import Segmenter, Volume
 from fewshotcx.evaluation.metrics import dice
 from fewshotcx.models import UniverSeg
-from fewshotcx.baselines.unet import UNet2d, train_unet_2d, unet_predict_slabs, unet_predict_volume
+from fewshotcx.baselines.unet import UNet2d, UNetBackend, train_unet_2d, unet_predict_slabs
 
 
 def _disc_slices(count: int = 6, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,19 +59,32 @@ def test_training_is_seeded_and_augmentation_runs():
 
 
 @pytest.mark.parametrize("orientation", ["LPS", "PIR"])
-def test_predicts_on_the_query_grid_with_segmenter_slabs(orientation):
+def test_predicts_on_the_query_grid_through_the_segmenter(orientation):
     affine = ORIENTATIONS[orientation]
     image, label = blob_volume(shape=(24, 20, 12), seed=1)
-    seg = Segmenter(model=UniverSeg((4, 4, 4, 4), (4, 4, 4), in_channels=3), slice_size=32, device="cpu",
+    seg = Segmenter(backend=UNetBackend(slice_size=32, context=1, steps=2, seed=0, base_channels=4), device="cpu",
                     progress=False)
     seg.fit([Volume(image, affine)], [Volume(label, affine, label=True)])
-    pool = seg.pools[2]
-    model = train_unet_2d(pool.images, pool.labels[:, :1], steps=2, seed=0, base_channels=4)
-    assert (model.slice_size, model.context) == (32, 1)
+    (net,) = seg.backend.networks[2]
+    assert (net.slice_size, net.context) == (32, 1)
     query = Volume(blob_volume(shape=(24, 20, 12), seed=2)[0], affine)
-    prob = unet_predict_volume(model, query)
+    prob = seg.predict_proba(query)
     assert prob.shape == query.shape and prob.same_grid(query) and not prob.label
     assert prob.array.dtype == np.float32 and 0.0 <= prob.array.min() and prob.array.max() <= 1.0
+
+
+def test_adopted_network_predicts_through_the_segmenter():
+    image, label = blob_volume(shape=(24, 20, 12), seed=1)
+    volume, labels = Volume(image, np.eye(4)), Volume(label, np.eye(4), label=True)
+    images, masks = _disc_slices(count=6, size=32)
+    net = train_unet_2d(images.repeat(1, 3, 1, 1), masks, steps=2, seed=0, base_channels=4)
+    seg = Segmenter(backend=UNetBackend(model=net), device="cpu", progress=False).fit([volume], [labels])
+    assert seg.backend.networks[2] == [net]
+    prob = seg.predict_proba(volume)
+    assert prob.same_grid(volume) and prob.array.dtype == np.float32
+    two = Volume(np.where(label > 0, 1 + (np.arange(24)[:, None, None] > 12), 0), np.eye(4), label=True)
+    with pytest.raises(ValueError, match="one structure"):
+        Segmenter(backend=UNetBackend(model=net), device="cpu", progress=False).fit([volume], [two])
 
 
 def test_bad_inputs_give_clear_errors():
@@ -85,4 +98,6 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="divisible"):
         UNet2d(1, 4, 3)(torch.zeros(1, 1, 30, 30))
     with pytest.raises(ValueError, match="slice_size"):
-        unet_predict_volume(UNet2d(1, 4, 3), Volume(np.zeros((8, 8, 4), np.float32), np.eye(4)))
+        UNetBackend(model=UNet2d(1, 4, 3))
+    with pytest.raises(RuntimeError, match="fit"):
+        UNetBackend(slice_size=32).predict_slices(torch.zeros(1, 3, 32, 32), None, torch.Generator())

@@ -3,10 +3,10 @@
 An in-context model has to beat the obvious alternative: train an ordinary segmentation network on
 the very slices that would have been its support set. :func:`train_unet_2d` fits a small U-Net
 (16 base channels, 3 resolution levels by default) to ``M`` labelled slabs with light augmentation;
-:func:`unet_predict_volume` runs it over a whole volume with exactly the slicing of
-:class:`fewshotcx.Segmenter` (canonical RAS, volume-level intensity normalisation, the same 2.5D
-slabs, aspect-preserving resize/pad to ``s × s``, per-slab min-max scaling, exact reassembly onto
-the query's grid), so the two are compared on identical inputs.
+:class:`UNetBackend` makes it a backend of :class:`fewshotcx.Segmenter`, so it predicts through the
+Segmenter's own path (canonical RAS, volume-level intensity normalisation, the same 2.5D slabs,
+aspect-preserving resize/pad to ``s × s``, exact reassembly onto the query's grid) and the two are
+compared on identical inputs.
 
 Augmentation: small random affine + elastic warps and intensity changes (gamma, contrast,
 brightness, noise, blur) from :mod:`fewshotcx.training.augment`. Flips are off by default because they break
@@ -19,17 +19,14 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
-import numpy as np
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..training.augment import AugmentConfig, flip_rotate, intensity_augment, random_warp
-from ..pipeline.intensity import Modality, minmax_per_slice, normalize
-from ..pipeline.slicing import AxisLike, extract_slabs, make_geometry, reassemble
+from ..pipeline.intensity import minmax_per_slice
+from ..pipeline.slicing import SliceGeometry
 from ..training.loop import episode_loss
-from ..io.volume import PathLike, Volume, load_volume, reorient_array
 
 #: Light example-level augmentation: mild warps and intensity changes, no task-level remapping.
 LIGHT_AUGMENT = AugmentConfig(p_flip=0.0, p_rot90=0.0, p_invert=0.0, p_remap=0.0, p_edges=0.0,
@@ -54,7 +51,7 @@ class UNet2d(nn.Module):
 
     Input ``(N, C, H, W)`` with ``H`` and ``W`` divisible by ``2 ** (levels - 1)``; output logits
     ``(N, 1, H, W)``. ``slice_size`` and ``context`` record the slab geometry the network was trained
-    on (set by :func:`train_unet_2d`) so :func:`unet_predict_volume` can cut the same slabs.
+    on (set by :func:`train_unet_2d`) so :class:`UNetBackend` can cut the same slabs.
     """
 
     def __init__(self, in_channels: int = 1, base_channels: int = 16, levels: int = 3) -> None:
@@ -133,7 +130,7 @@ def train_unet_2d(
 
     Args:
         images: ``(M, C, s, s)`` slabs in ``[0, 1]`` (``C = 2k+1``; e.g. ``SupportPool.images``);
-            each is min-max scaled per slab, as :func:`unet_predict_volume` does.
+            each is min-max scaled per slab, as :func:`unet_predict_slabs` does.
         labels: ``(M, 1, s, s)`` soft masks in ``[0, 1]``.
         steps: optimisation steps (AdamW, cosine learning-rate decay, soft Dice + cross-entropy loss).
         seed: seeds the initialisation, batch sampling and augmentation.
@@ -177,31 +174,56 @@ def unet_predict_slabs(model: UNet2d, slabs: Tensor, batch_size: int = 32) -> Te
     return torch.cat(out) if out else slabs.new_zeros((0, 1, *slabs.shape[-2:]))
 
 
-def unet_predict_volume(
-    model: UNet2d,
-    volume: Union[Volume, PathLike],
-    axis: AxisLike = "axial",
-    modality: Modality = "auto",
-    window: Optional[tuple[float, float]] = None,
-    batch_size: int = 32,
-) -> Volume:
-    """Run a trained U-Net over every slice of ``volume`` with the Segmenter's slicing.
+class UNetBackend:
+    """The 2D U-Net as a :class:`~fewshotcx.backends.base.Backend`, so it predicts through
+    :class:`fewshotcx.Segmenter`'s own path (normalisation, 2.5D slabs, chunking, reassembly onto the
+    query's grid, post-processing)::
+
+        seg = fx.Segmenter(backend=UNetBackend(steps=300)).fit(images, labels)
+        mask = seg.predict(query)
 
     Args:
-        model: from :func:`train_unet_2d` (its ``slice_size`` and ``context`` set the slabs).
-        volume: the query (Volume or path), in any orientation.
-        axis, modality, window: as for :class:`fewshotcx.Segmenter`.
-    Returns:
-        float32 probability Volume in ``[0, 1]`` on the query's exact grid and orientation.
+        model: an already trained :class:`UNet2d` (single structure); ``fit`` then only checks the
+            support has one class. ``None``: ``fit`` trains one network per class (one-vs-rest) on the
+            support pool of each plane axis with :func:`train_unet_2d`.
+        slice_size, context: slab geometry when training (ignored with ``model``, which records its own).
+        device: where the networks train and run.
+        **train_options: passed to :func:`train_unet_2d` (``steps``, ``seed``, ``base_channels``, …).
     """
-    if model.slice_size is None:
-        raise ValueError("this UNet2d has no slice_size: train it with train_unet_2d or set model.slice_size")
-    original = volume if isinstance(volume, Volume) else load_volume(volume)
-    canonical = original.canonical()
-    array = torch.as_tensor(normalize(canonical.array, modality, window))
-    geometry = make_geometry(canonical.shape, canonical.spacing, axis, model.slice_size, model.context)
-    probs = unet_predict_slabs(model, extract_slabs(array, geometry), batch_size)
-    grid = reassemble(probs.cpu(), geometry)  # (1, X, Y, Z)
-    out = reorient_array(rearrange(grid, "1 x y z -> x y z").numpy(), canonical.affine, original.affine)
-    return original.with_array(out.astype(np.float32), label=False)
 
+    name = "unet"
+    resize_mode = "pad"
+
+    def __init__(self, model: Optional[UNet2d] = None, slice_size: int = 128, context: int = 1,
+                 device: Union[str, torch.device] = "cpu", **train_options) -> None:
+        if model is not None and model.slice_size is None:
+            raise ValueError("this UNet2d has no slice_size: train it with train_unet_2d or set model.slice_size")
+        if model is not None and train_options:
+            raise ValueError(f"training options {sorted(train_options)} make no sense with a trained model")
+        self.model = model
+        self.slice_size = int(model.slice_size if model is not None else slice_size)
+        self.context = int(model.context if model is not None else context)
+        self.device = torch.device(device)
+        self.train_options = train_options
+        self.networks: dict[int, list[UNet2d]] = {}
+
+    def fit(self, pools: dict, generator: torch.Generator) -> None:
+        """Train (or, with ``model``, adopt) one network per foreground class for each plane axis."""
+        if self.model is not None:
+            if any(pool.labels.shape[1] != 1 for pool in pools.values()):
+                raise ValueError("a trained UNet2d segments one structure; the support has several label values")
+            self.networks = {axis: [self.model.to(self.device)] for axis in pools}
+            return
+        self.networks = {axis: [train_unet_2d(pool.images, pool.labels[:, c:c + 1], device=self.device,
+                                              **self.train_options)
+                                for c in range(pool.labels.shape[1])] for axis, pool in pools.items()}
+
+    def predict_slices(self, slabs: Tensor, geometry: SliceGeometry, generator: torch.Generator) -> Tensor:
+        """``(N, 2k+1, s, s)`` slabs → ``(N, L, s, s)`` probabilities, one channel per class."""
+        if not self.networks:
+            raise RuntimeError("call fit() first")
+        return torch.cat([unet_predict_slabs(net, slabs) for net in self.networks[geometry.axis]], dim=1)
+
+    def bytes_per_slab(self) -> int:
+        width = 16 if self.model is None else self.model.encoders[0][0].out_channels
+        return int(6 * 4 * width * self.slice_size ** 2)

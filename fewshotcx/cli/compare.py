@@ -1,0 +1,88 @@
+"""``fewshotcx compare``: every method on the same labelled patients, one results table.
+
+Runs :func:`fewshotcx.baselines.compare.compare` (the same code as ``benchmarks/seed_comparison.py``)
+and writes ``OUT/predictions/<query>/<method>.nii.gz`` and ``OUT/results.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import CliError, support_pair
+
+
+def _query(text: str) -> tuple[str, object]:
+    """``IMAGE[:REFERENCE]`` → ``(image, reference or None)`` (a colon only splits before an existing file)."""
+    image, sep, ref = text.rpartition(":")
+    if sep and image and ref and not Path(text).exists():
+        return image, ref
+    return text, None
+
+
+def _structures(text: str) -> dict[int, str]:
+    """``1=liver,2=spleen`` → ``{1: "liver", 2: "spleen"}``."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        value, sep, name = item.partition("=")
+        if not sep or not value.strip().isdigit() or not name.strip():
+            raise argparse.ArgumentTypeError(f"--structures expects VALUE=NAME[,VALUE=NAME...], got {text!r}")
+        out[int(value)] = name.strip()
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fewshotcx compare``."""
+    from ..baselines.compare import METHODS, Options
+
+    defaults = Options()
+    p = subparsers.add_parser("compare", help="compare methods (UniverSeg, SAM, nnU-Net, U-Net, ...) on the same "
+                                              "labelled patients")
+    p.add_argument("--support", required=True, action="append", type=support_pair, metavar="IMAGE:LABEL",
+                   help="a labelled patient (repeat for more)")
+    p.add_argument("--query", required=True, action="append", type=_query, metavar="IMAGE[:REFERENCE]",
+                   help="a volume to segment, with its reference label map to score against (repeat for more)")
+    p.add_argument("--methods", default="universeg,unet,label-fusion",
+                   help=f"comma-separated, from: {', '.join(METHODS)} (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder (predictions/ and results.csv)")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its files")
+    p.add_argument("--structures", type=_structures, default=None, metavar="VALUE=NAME,...",
+                   help="names of the label values (needed to match TotalSegmentator's classes)")
+    p.add_argument("--weights", default=defaults.weights, help="UniverSeg weights: 'default', 'official' or a path")
+    p.add_argument("--sam-checkpoint", default=None, help="SAM checkpoint (the sam method is skipped without one)")
+    p.add_argument("--device", default=defaults.device, help="'cpu' or 'cuda'")
+    p.add_argument("--modality", default=defaults.modality, choices=["auto", "ct", "mr"])
+    p.add_argument("--unet-steps", type=int, default=defaults.unet_steps)
+    p.add_argument("--nnunet-configuration", default=defaults.nnunet_configuration, choices=["2d", "3d_fullres"])
+    p.add_argument("--nnunet-epochs", type=int, default=defaults.nnunet_epochs)
+    p.add_argument("--nnunet-iterations", type=int, default=defaults.nnunet_iterations,
+                   help="training iterations per nnU-Net epoch (nnU-Net's default: 250)")
+    p.add_argument("--interpolation-step", type=int, default=defaults.interpolation_step)
+    p.add_argument("--totalseg-masks", default=None, metavar="DIR",
+                   help="TotalSegmentator outputs to score (DIR/<query>/<class>.nii.gz, or DIR/ for one query)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..baselines.compare import Options, check_methods, compare, load_run, write_results
+
+    methods = check_methods([m.strip() for m in args.methods.split(",") if m.strip()])
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise CliError(f"{out} exists and is not empty; pass --overwrite to write into it")
+    if not out.parent.is_dir():
+        raise CliError(f"output directory's parent does not exist: {out.parent}")
+    if min(args.unet_steps, args.nnunet_epochs, args.nnunet_iterations, args.interpolation_step) < 1:
+        raise CliError("--unet-steps, --nnunet-epochs, --nnunet-iterations and --interpolation-step must be >= 1")
+    run_ = load_run(args.support, args.query, args.structures)
+    options = Options(weights=args.weights, sam_checkpoint=args.sam_checkpoint, device=args.device,
+                      modality=args.modality, unet_steps=args.unet_steps,
+                      nnunet_configuration=args.nnunet_configuration, nnunet_epochs=args.nnunet_epochs,
+                      nnunet_iterations=args.nnunet_iterations, interpolation_step=args.interpolation_step,
+                      totalseg_masks=args.totalseg_masks, seed=args.seed)
+    predictions = out / "predictions"
+    predictions.mkdir(parents=True, exist_ok=True)
+    rows = compare(run_, methods, options, predictions, overwrite=args.overwrite)
+    write_results(rows, out / "results.csv", overwrite=args.overwrite)
+    print(f"wrote {out / 'results.csv'} ({len(rows)} rows) and predictions in {predictions}")
