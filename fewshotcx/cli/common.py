@@ -27,7 +27,12 @@ def support_pair(text: str) -> tuple[str, str]:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="universeg", choices=["universeg", "sam", "universeg+sam"])
+    from ..backends import BACKENDS
+    from ..pipeline.support import STRATEGIES
+
+    p.add_argument("--backend", default="universeg", choices=list(BACKENDS))
+    p.add_argument("--strategy", default=None, choices=list(STRATEGIES),
+                   help="support selection for universeg backends (default: the backend's)")
     p.add_argument("--sam-weights", default=None, help="SAM checkpoint for --backend universeg+sam")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")

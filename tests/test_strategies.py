@@ -1,0 +1,134 @@
+"""Support strategies that need the query: retrieval, registered, auto (tiny random networks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import blob_volume
+from fewshotcx import Segmenter, Volume, VolumeError
+from fewshotcx.backends.universeg import UniverSegBackend
+from fewshotcx.models import UniverSeg
+from fewshotcx.pipeline.slicing import make_geometry
+from fewshotcx.pipeline.support import (
+    SupportPool, derived_generator, group_features, retrieval_similarity, select_support, slab_features,
+)
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def tiny_universeg(seed=0):
+    torch.manual_seed(seed)
+    return UniverSeg((8, 8, 8, 8), (8, 8, 8), in_channels=1)
+
+
+def _pool(images: torch.Tensor, foreground: torch.Tensor) -> SupportPool:
+    m = images.shape[0]
+    labels = torch.zeros(m, 1, *images.shape[-2:])
+    labels[foreground, 0, 4:8, 4:8] = 1.0
+    return SupportPool(images, labels, torch.linspace(0, 1, m), torch.zeros(m, dtype=torch.long), (1,), 2)
+
+
+def _segmenter(strategy, seed=0, **options):
+    return Segmenter(model=tiny_universeg(), slice_size=32, support_size=3, progress=False, device="cpu",
+                     strategy=strategy, seed=seed, **options)
+
+
+def _case(seed, shape=(20, 20, 16), centre=None):
+    image, label = blob_volume(shape=shape, seed=seed, centre=centre, radius=4.0)
+    return Volume(image, AFFINE), Volume(label, AFFINE, label=True)
+
+
+# ---------------------------------------------------------------------- retrieval
+def test_retrieval_picks_the_planted_slab():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 1, 16, 16, generator=gen)
+    query = torch.rand(1, 1, 16, 16, generator=gen)
+    images[7] = 3.0 * query[0] + 0.5  # same picture, other intensity scale and offset
+    pool = _pool(images, torch.ones(12, dtype=torch.bool))
+    features = group_features(slab_features(query), torch.zeros(1, dtype=torch.long), 8, 1)
+    similarity = retrieval_similarity(features, pool)
+    assert similarity.shape == (1, 12)
+    assert int(similarity.argmax()) == 7 and float(similarity[0, 7]) == pytest.approx(1.0, abs=1e-4)
+    for seed in range(5):
+        drawn = select_support(pool, torch.zeros(1), 1, "retrieval", derived_generator(seed, 0),
+                               similarity=similarity, negative_fraction=0.0)
+        assert drawn.tolist() == [[7]]
+
+
+def test_retrieval_keeps_a_share_of_negatives_and_is_seeded():
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(20, 1, 16, 16, generator=gen)
+    foreground = torch.arange(20) < 14  # 6 negatives
+    pool = _pool(images, foreground)
+    similarity = retrieval_similarity(slab_features(images[:2]), pool)  # two query groups
+    draw = lambda seed: select_support(pool, torch.zeros(2), 8, "retrieval", derived_generator(seed, 3),
+                                       similarity=similarity, negative_fraction=0.25)
+    first = draw(0)
+    assert first.shape == (2, 8)
+    assert all(len(set(row.tolist())) == 8 for row in first)  # without replacement
+    assert ((~foreground)[first].sum(dim=1) >= 2).all()  # at least round(8 * 0.25) empty slabs
+    assert first[0, :].tolist().count(0) == 1 and first[1].tolist().count(1) == 1  # itself is drawn
+    assert torch.equal(first, draw(0))
+
+
+def test_retrieval_errors():
+    pool = _pool(torch.rand(4, 1, 8, 8), torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="similarity"):
+        select_support(pool, torch.zeros(1), 2, "retrieval")
+    with pytest.raises(ValueError, match="unknown support strategy 'nearest'"):
+        select_support(pool, torch.zeros(1), 2, "nearest")
+    with pytest.raises(ValueError, match="needs the query"):
+        select_support(pool, torch.zeros(1), 2, "registered")
+    with pytest.raises(ValueError, match="unknown support strategy"):
+        UniverSegBackend(model=tiny_universeg(), strategy="nearest")
+    with pytest.raises(ValueError, match="registration"):
+        UniverSegBackend(model=tiny_universeg(), strategy="registered", registration="spline")
+
+
+def test_retrieval_backend_needs_the_query_context():
+    support_image, support_label = _case(1)
+    seg = _segmenter("retrieval").fit([support_image], [support_label])
+    geometry = make_geometry((20, 20, 16), (2, 2, 2), 2, 32, 0)
+    with pytest.raises(RuntimeError, match="needs the query volume"):
+        seg.backend.predict_slices(torch.zeros(16, 1, 32, 32), geometry, torch.Generator().manual_seed(0))
+
+
+def test_retrieval_segmenter_is_deterministic_and_chunking_independent():
+    support_image, support_label = _case(1)
+    query, _ = _case(2, centre=(10, 10, 5))
+    big = _segmenter("retrieval").fit([support_image], [support_label]).predict_proba(query)
+    again = _segmenter("retrieval").fit([support_image], [support_label]).predict_proba(query)
+    small = _segmenter("retrieval", memory_budget=1).fit([support_image], [support_label]).predict_proba(query)
+    np.testing.assert_array_equal(big.array, again.array)
+    np.testing.assert_allclose(big.array, small.array, atol=1e-5)
+    assert big.shape == query.shape and np.allclose(big.affine, query.affine)
+    assert seg_pools_unchanged(support_image, support_label, query)
+
+
+def seg_pools_unchanged(support_image, support_label, query) -> bool:
+    """Predicting swaps the pools for the query's and restores the fitted ones afterwards."""
+    seg = _segmenter("retrieval").fit([support_image], [support_label])
+    fitted = seg.backend.pools
+    seg.predict(query)
+    return seg.backend.pools is fitted and seg.backend.query is None
+
+
+def test_retrieval_matches_anatomy_not_relative_position():
+    """The query covers the upper half of the support's anatomy: retrieval draws the support's upper
+    slabs for it, position matching draws slabs from the whole support range."""
+    support_image, support_label = _case(1, shape=(20, 20, 32), centre=(10, 10, 22))
+    grid = np.mgrid[0:20, 0:20, 0:32][2]
+    support_image = support_image.with_array(support_image.array + np.sin(grid / 2.5).astype(np.float32))
+    query = Volume(support_image.array[..., 16:], AFFINE)
+    seg = _segmenter("retrieval").fit([support_image], [support_label])
+    gen = torch.Generator().manual_seed(0)
+    from fewshotcx.pipeline.intensity import normalize
+
+    normalised = torch.as_tensor(normalize(query.array, seg.support.modality))
+    geometry = make_geometry(query.shape, query.spacing, 2, 32, 0)
+    with seg.backend.query_context(seg.support, query, normalised, gen):
+        drawn = torch.cat([seg.backend.draw_support(seg.backend.pools[2], geometry, g, 0, gen) for g in range(2)])
+        positions = seg.backend.pools[2].positions[drawn]
+    assert float(positions.min()) >= 0.4  # the query's anatomy lies at relative positions 0.5 ... 1
