@@ -132,10 +132,10 @@ def register_support(
         strict: raise on the first failure (``"registered"``); else warn and leave that volume out.
     Returns:
         support index → (normalised image ``(X, Y, Z)`` float32, label Volume, coverage ``(X, Y, Z)``
-        float32 in ``[0, 1]``: how much of each query voxel the support's field of view covers), all on
-        the query's grid; volumes that failed are missing.
+        float32 0/1: the query voxels inside the support's field of view), all on the query's grid;
+        volumes that failed are missing.
     """
-    from ..registration import RegistrationError, register, warp
+    from ..registration import RegistrationError, coverage, register, warp
 
     if support.slices is not None and any(z is not None for z in support.slices):
         message = ("strategy 'registered' needs fully labelled support volumes: slices= marks unlabelled "
@@ -146,29 +146,25 @@ def register_support(
         return {}
     aligned = {}
     for i, (image, labels) in enumerate(zip(support.images, support.labels)):
+        name = support_name(support, i)
         try:
-            reg = register(image, query, mode=mode, seed=seed)
-            failure = None if reg.ok else f"registration failed its quality check ({_quality(reg)})"
+            reg = register(image, query, mode=mode, seed=seed, check=False, name=name)
+            failure = None if reg.ok else f"registration of {name} failed its quality check ({_quality(reg)})"
         except RegistrationError as err:
             failure = str(err)
         if failure is not None:
             if strict:
-                raise RegistrationError(f"{support_name(support, i)}: {failure}")
-            warnings.warn(f"strategy='auto': {support_name(support, i)}: {failure}; it is left out of the "
-                          "registered support", stacklevel=4)
+                raise RegistrationError(f"strategy='registered': {failure}")
+            warnings.warn(f"strategy='auto': {failure}; it is left out of the registered support", stacklevel=4)
             continue
-        normalised = warp(image.with_array(support.normalised[i], label=False), reg, query)
-        ones = warp(image.with_array(np.ones(image.shape, np.float32), label=False), reg, query)
+        normalised = warp(image.with_array(support.normalised[i], label=False), reg, query, default=0.0)
         aligned[i] = (normalised.array.astype(np.float32), warp(labels, reg, query, label=True),
-                      np.clip(ones.array, 0.0, 1.0).astype(np.float32))
+                      coverage(image, reg, query).astype(np.float32))
     return aligned
 
 
 def _quality(reg) -> str:
-    quality = getattr(reg, "quality", None)
-    if isinstance(quality, dict):
-        return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in quality.items())
-    return str(quality)
+    return reg.quality.describe() if reg.quality is not None else "not measured"
 
 
 def _pool_on_query(images: Sequence[np.ndarray], labels: Sequence[Volume], coverage: Sequence[np.ndarray],
