@@ -132,3 +132,93 @@ def test_retrieval_matches_anatomy_not_relative_position():
         drawn = torch.cat([seg.backend.draw_support(seg.backend.pools[2], geometry, g, 0, gen) for g in range(2)])
         positions = seg.backend.pools[2].positions[drawn]
     assert float(positions.min()) >= 0.4  # the query's anatomy lies at relative positions 0.5 ... 1
+
+
+# ---------------------------------------------------------------------- registered / auto
+def _head(seed: int, shape=(40, 40, 24), shift=(0.0, 0.0, 0.0)):
+    """A head-like MR volume (bright ellipsoid body with darker inner structures) and a structure label."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), axis=-1)
+    centre = np.array([n / 2 for n in shape]) + np.asarray(shift)
+    body = (((grid - centre) / np.array([15.0, 17.0, 10.0])) ** 2).sum(-1) <= 1
+    inner = (((grid - centre - [4, -3, 1]) / np.array([4.0, 5.0, 3.0])) ** 2).sum(-1) <= 1
+    other = (((grid - centre - [-6, 5, -2]) / np.array([3.0, 3.0, 4.0])) ** 2).sum(-1) <= 1
+    image = 100.0 * body - 40.0 * inner - 25.0 * other + rng.normal(0, 2.0, shape) * body
+    return Volume(image.astype(np.float32), AFFINE), Volume(inner.astype(np.uint8), AFFINE, label=True)
+
+
+def _draws(seg, query):
+    """Support indices drawn for every query group, inside the segmenter's query context."""
+    from fewshotcx.pipeline.intensity import normalize
+
+    gen = torch.Generator().manual_seed(seg.seed)
+    normalised = torch.as_tensor(normalize(query.array, seg.support.modality))
+    geometry = make_geometry(query.shape, query.spacing, 2, 32, 0)
+    with seg.backend.query_context(seg.support, query, normalised, gen):
+        pool = seg.backend.pools[2]
+        return [seg.backend.draw_support(pool, geometry, g, 0, gen).tolist() for g in range(3)], pool
+
+
+def test_registered_equals_position_on_aligned_volumes():
+    pytest.importorskip("SimpleITK")
+    image, label = _head(0)
+    query, _ = _head(1)  # same anatomy, same place, other noise
+    position = _segmenter("position", group_size=8).fit([image], [label])
+    registered = _segmenter("registered", group_size=8).fit([image], [label])
+    drawn, pool = _draws(registered, query)
+    assert len(pool) == len(position.pools[2])  # every slice covered
+    np.testing.assert_allclose(pool.positions, position.pools[2].positions)
+    geometry = make_geometry(query.shape, query.spacing, 2, 32, 0)
+    gen = torch.Generator().manual_seed(0)
+    assert drawn == [position.backend.draw_support(position.pools[2], geometry, g, 0, gen).tolist() for g in range(3)]
+    p_pos, p_reg = position.predict_proba(query).array, registered.predict_proba(query).array
+    assert np.abs(p_pos - p_reg).mean() < 0.02
+    np.testing.assert_array_equal(p_reg, _segmenter("registered", group_size=8).fit([image], [label])
+                                  .predict_proba(query).array)  # deterministic
+
+
+def test_registered_matches_anatomy_when_the_query_is_moved_and_cropped():
+    """Query = the support's anatomy shifted 4 slices and cropped: registered draws the same anatomy."""
+    pytest.importorskip("SimpleITK")
+    image, label = _head(0)
+    moved, moved_label = _head(2, shift=(3.0, -2.0, 4.0))
+    query = Volume(moved.array[..., 8:], AFFINE)
+    seg = _segmenter("registered").fit([image], [label])
+    _, pool = _draws(seg, query)
+    warped = pool.labels[:, 0].flatten(1).amax(1) > 0.5  # (M,) slabs showing the structure
+    truth = moved_label.array[..., 8:].any(axis=(0, 1))
+    covered = pool.positions.numpy() * (query.shape[2] - 1)
+    agreement = (warped.numpy() == truth[np.round(covered).astype(int)]).mean()
+    fitted = seg.pools[2]  # position matching on the original support instead
+    unregistered = fitted.labels[:, 0].flatten(1).amax(1).numpy() > 0.5
+    at = np.round(fitted.positions.numpy() * (query.shape[2] - 1)).astype(int)
+    assert agreement >= 0.85 and agreement > (unregistered == truth[at]).mean() + 0.1
+
+
+def test_registered_failure_names_the_support_volume_and_auto_falls_back():
+    pytest.importorskip("SimpleITK")
+    from fewshotcx.registration import RegistrationError
+
+    image, label = _head(0)
+    blank = image.with_array(np.zeros(image.shape, np.float32))
+    query, _ = _head(1)
+    with pytest.raises(RegistrationError, match="support volume 1"):
+        _segmenter("registered").fit([blank], [label]).predict(query)
+    with pytest.warns(UserWarning, match="support volume 1"):
+        auto = _segmenter("auto").fit([blank], [label]).predict_proba(query)
+    retrieval = _segmenter("retrieval").fit([blank], [label]).predict_proba(query)
+    np.testing.assert_array_equal(auto.array, retrieval.array)
+    # one good volume and one blank: the good one is registered, the blank one left out with a warning
+    with pytest.warns(UserWarning, match="support volume 2"):
+        both = _segmenter("auto").fit([image, blank], [label, label])
+        drawn, pool = _draws(both, query)
+    assert len(pool) == query.shape[2]
+
+
+def test_registered_refuses_partially_labelled_support():
+    pytest.importorskip("SimpleITK")
+    image, label = _head(0)
+    query, _ = _head(1)
+    seg = _segmenter("registered").fit([image], [label], slices=[[10, 12, 14]])
+    with pytest.raises(VolumeError, match="fully labelled"):
+        seg.predict(query)
