@@ -4,10 +4,10 @@ A brain structure labelled on one subject (the support: Colin27 + AAL, or MNI152
 the axial slab z = -52 … +44 mm at 2 mm) is segmented on the other subject (both directions) when the
 query
 
-* ``cropped``: covers only 25–40 % of the support's axial extent, at two positions (the structure's
+* ``cropped``: covers only 25 % of the support's axial extent, at two positions (the structure's
   centre at 30 % or 70 % of the query's height), so "the same relative slice" is not the same anatomy;
 * ``moved``: is also turned by an unknown rigid transform (rotation 10–15° about a random axis,
-  translation 10–20 mm, resampled on its own grid) and then cropped to 40 %, so nothing profits from
+  translation 10–20 mm, resampled on its own grid) and then cropped to 30 %, so nothing profits from
   the two atlases both lying in MNI space.
 
 Methods (one support volume each): UniverSeg (bundled default weights) with the support strategies
@@ -50,7 +50,7 @@ from fewshotcx.baselines.interpolation import label_fusion  # noqa: E402
 
 SPLITS = {"selection": ("left hippocampus", "left caudate"), "report": ("left thalamus", "left putamen")}
 #: (kind, query extent as a fraction of the support's, structure centre's height in the query).
-VARIANTS = (("cropped", 0.25, 0.3), ("cropped", 0.4, 0.7), ("moved", 0.4, 0.5))
+VARIANTS = (("cropped", 0.25, 0.3), ("cropped", 0.25, 0.7), ("moved", 0.3, 0.5))
 IN_CONTEXT = ("position", "random", "retrieval", "registered")
 FUSIONS = ("majority", "staple", "weighted")
 METHODS = (*(f"universeg-{s}" for s in IN_CONTEXT), *(f"atlas-{f}" for f in FUSIONS), "universeg+atlas",
@@ -108,13 +108,15 @@ def cropped(case: datasets.Case, structure: str, fraction: float, height: float,
                    labels=Volume(case.labels.array[..., start:start + length], affine, label=True))
 
 
-def make_tasks(structures: Sequence[str], variants=VARIANTS, spacing: float = 2.0,
+def make_tasks(structures: Sequence[str], variants=VARIANTS, spacing: float = 2.0, alternate: bool = False,
                cases: Optional[tuple[datasets.Case, datasets.Case]] = None) -> list[QueryTask]:
-    """Both directions for each structure, every variant (moved queries are seeded per task)."""
+    """Both directions for each structure (``alternate``: Colin27 → MNI152 for the first structure, the
+    reverse for the second, ...), every variant; moved queries are seeded per task."""
     colin, mni = cases or brain_cases(spacing)
     tasks = []
     for i, structure in enumerate(structures):
-        for j, (support, query) in enumerate(((colin, mni), (mni, colin))):
+        directions = list(enumerate(((colin, mni), (mni, colin))))
+        for j, (support, query) in (directions[i % 2:i % 2 + 1] if alternate else directions):
             for k, (kind, fraction, height) in enumerate(variants):
                 base = moved(query, seed=100 * i + 10 * j + k) if kind == "moved" else query
                 q = cropped(base, structure, fraction, height, support.image.shape[2])
@@ -257,9 +259,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if apply_output_options(args, report, tag):
         return
     structures = args.structures or SPLITS[args.split]
-    tasks = make_tasks(structures[:1] if args.quick else structures, spacing=args.spacing)
-    if args.quick:
-        tasks = [t for t in tasks if t.task.support.name == tasks[0].task.support.name][::2][:2]
+    if args.quick:  # one structure, one direction, one cropped and one moved query
+        tasks = make_tasks(structures[:1], VARIANTS[::2], args.spacing, alternate=True)
+    elif args.split == "selection":  # one direction per structure, one cropped and one moved query
+        tasks = make_tasks(structures, VARIANTS[::2], args.spacing, alternate=True)
+    else:
+        tasks = make_tasks(structures, VARIANTS, args.spacing)
     start = time.perf_counter()
     run(tasks, ModelSpec(args.weights, device=args.device), args.methods, args.out, args.plots, tag)
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
