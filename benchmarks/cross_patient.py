@@ -5,7 +5,8 @@ the axial slab z = -52 … +44 mm at 2 mm) is segmented on the other subject (bo
 query
 
 * ``cropped``: covers only 25 % of the support's axial extent, at two positions (the structure's
-  centre at 30 % or 70 % of the query's height), so "the same relative slice" is not the same anatomy;
+  centre at 30 % of the query's height for Colin27 → MNI152, 70 % for the reverse), so "the same
+  relative slice" is not the same anatomy;
 * ``moved``: is also turned by an unknown rigid transform (rotation 10–15° about a random axis,
   translation 10–20 mm, resampled on its own grid) and then cropped to 30 %, so nothing profits from
   the two atlases both lying in MNI space.
@@ -49,8 +50,12 @@ from fewshotcx import Segmenter, Volume, datasets  # noqa: E402
 from fewshotcx.baselines.interpolation import label_fusion  # noqa: E402
 
 SPLITS = {"selection": ("left hippocampus", "left caudate"), "report": ("left thalamus", "left putamen")}
-#: (kind, query extent as a fraction of the support's, structure centre's height in the query).
-VARIANTS = (("cropped", 0.25, 0.3), ("cropped", 0.25, 0.7), ("moved", 0.3, 0.5))
+#: (kind, query extent as a fraction of the support's, structure centre's height in the query for the
+#: Colin27 → MNI152 and the MNI152 → Colin27 direction).
+VARIANTS = (("cropped", 0.25, (0.3, 0.7)), ("moved", 0.3, (0.5, 0.5)), ("full", 1.0, (0.5, 0.5)))
+#: Variants each split runs: ``full`` (the query covers the support's whole extent) only checks that a
+#: new default does not lose on scans that do cover the same anatomy.
+SPLIT_VARIANTS = {"selection": VARIANTS, "report": VARIANTS[:2]}
 IN_CONTEXT = ("position", "random", "retrieval", "registered")
 FUSIONS = ("majority", "staple", "weighted")
 METHODS = (*(f"universeg-{s}" for s in IN_CONTEXT), *(f"atlas-{f}" for f in FUSIONS), "universeg+atlas",
@@ -117,9 +122,10 @@ def make_tasks(structures: Sequence[str], variants=VARIANTS, spacing: float = 2.
     for i, structure in enumerate(structures):
         directions = list(enumerate(((colin, mni), (mni, colin))))
         for j, (support, query) in (directions[i % 2:i % 2 + 1] if alternate else directions):
-            for k, (kind, fraction, height) in enumerate(variants):
+            for k, (kind, fraction, heights) in enumerate(variants):
                 base = moved(query, seed=100 * i + 10 * j + k) if kind == "moved" else query
-                q = cropped(base, structure, fraction, height, support.image.shape[2])
+                height = heights[j]
+                q = base if kind == "full" else cropped(base, structure, fraction, height, support.image.shape[2])
                 tasks.append(QueryTask(CrossTask(support, q, structure), kind, fraction, height))
     return tasks
 
@@ -250,6 +256,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--split", choices=tuple(SPLITS), default="report")
     parser.add_argument("--structures", nargs="+", default=None, help="override the split's structures")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--kinds", nargs="+", default=None, choices=[v[0] for v in VARIANTS],
+                        help="only these query kinds")
     parser.add_argument("--weights", default="default")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
@@ -260,11 +268,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     structures = args.structures or SPLITS[args.split]
     if args.quick:  # one structure, one direction, one cropped and one moved query
-        tasks = make_tasks(structures[:1], VARIANTS[::2], args.spacing, alternate=True)
-    elif args.split == "selection":  # one direction per structure, one cropped and one moved query
-        tasks = make_tasks(structures, VARIANTS[::2], args.spacing, alternate=True)
-    else:
-        tasks = make_tasks(structures, VARIANTS, args.spacing)
+        tasks = make_tasks(structures[:1], VARIANTS[:2], args.spacing, alternate=True)
+    else:  # selection: one direction per structure
+        tasks = make_tasks(structures, SPLIT_VARIANTS[args.split], args.spacing, alternate=args.split == "selection")
+    tasks = [t for t in tasks if args.kinds is None or t.kind in args.kinds]
     start = time.perf_counter()
     run(tasks, ModelSpec(args.weights, device=args.device), args.methods, args.out, args.plots, tag)
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")

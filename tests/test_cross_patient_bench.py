@@ -47,8 +47,9 @@ def test_cropped_window_holds_the_structure_at_the_asked_height():
 
 def test_cross_patient_benchmark_end_to_end(tmp_path):
     cases = (_case("a", 1, shape=(24, 20, 24), centre=(12, 10, 12)), _case("b", 2, shape=(24, 20, 24), centre=(11, 9, 11)))
-    tasks = cross_patient.make_tasks(["blob"], cases=cases, alternate=True)
-    assert [t.kind for t in tasks] == ["cropped", "cropped", "moved"]
+    tasks = cross_patient.make_tasks(["blob"], cross_patient.VARIANTS[:2], cases=cases)
+    assert [t.kind for t in tasks] == ["cropped", "moved", "cropped", "moved"]
+    assert [t.height for t in tasks] == [0.3, 0.5, 0.7, 0.5]
     methods = ["universeg-position", "universeg-retrieval", "label-fusion"]
     rows = cross_patient.run(tasks, _tiny_model(), methods, tmp_path, tag="cp")
     table = _read(tmp_path / "cp.csv")

@@ -222,3 +222,30 @@ def test_registered_refuses_partially_labelled_support():
     seg = _segmenter("registered").fit([image], [label], slices=[[10, 12, 14]])
     with pytest.raises(VolumeError, match="fully labelled"):
         seg.predict(query)
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_strategy_option(tmp_path, capsys):
+    import nibabel as nib
+
+    from fewshotcx.cli.main import main
+    from fewshotcx.models.weights import save_checkpoint
+
+    image, label = _case(1)
+    query, _ = _case(2, centre=(10, 10, 5))
+    paths = {}
+    for name, vol in {"img": image, "lab": label, "query": query}.items():
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(vol.array, vol.affine), str(paths[name]))
+    model = tiny_universeg()
+    weights = save_checkpoint(model, tmp_path / "tiny.pt", model.config, {"slice_size": 32})
+    out = tmp_path / "pred.nii.gz"
+    args = ["predict", "--image", str(paths["query"]), "--support", f"{paths['img']}:{paths['lab']}",
+            "--out", str(out), "--weights", str(weights), "--device", "cpu"]
+    assert main([*args, "--strategy", "retrieval"]) == 0
+    assert nib.load(str(out)).shape == query.shape
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--strategy", "nearest", "--overwrite"])
+    assert exit_info.value.code == 2 and "--strategy" in capsys.readouterr().err
+    assert main([*args, "--backend", "sam", "--strategy", "retrieval", "--overwrite"]) == 2
+    assert "strategy" in capsys.readouterr().err
