@@ -1,8 +1,8 @@
 """Cross-patient contouring when the scans cover different anatomy, or sit differently in space.
 
 A brain structure labelled on one subject (the support: Colin27 + AAL, or MNI152 + Harvard-Oxford,
-the axial slab z = -52 … +44 mm at 2 mm) is segmented on the other subject (both directions) when the
-query
+the axial slab z = -52 … +44 mm at 2 mm) is segmented on the other subject (one direction per
+structure, alternating; ``--both-directions`` for both) when the query
 
 * ``cropped``: covers only 25 % of the support's axial extent, at two positions (the structure's
   centre at 30 % of the query's height for Colin27 → MNI152, 70 % for the reverse), so "the same
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
@@ -47,7 +48,9 @@ from common import (  # noqa: E402
     print_provenance, print_table, score, summarise, write_csv,
 )
 from fewshotcx import Segmenter, Volume, datasets  # noqa: E402
+from fewshotcx.backends.universeg_atlas import fuse  # noqa: E402
 from fewshotcx.baselines.interpolation import label_fusion  # noqa: E402
+from fewshotcx.pipeline.intensity import normalize  # noqa: E402
 
 SPLITS = {"selection": ("left hippocampus", "left caudate"), "report": ("left thalamus", "left putamen")}
 #: (kind, query extent as a fraction of the support's, structure centre's height in the query for the
@@ -58,6 +61,8 @@ VARIANTS = (("cropped", 0.25, (0.3, 0.7)), ("moved", 0.3, (0.5, 0.5)), ("full", 
 SPLIT_VARIANTS = {"selection": VARIANTS, "report": VARIANTS[:2]}
 IN_CONTEXT = ("position", "random", "retrieval", "registered")
 FUSIONS = ("majority", "staple", "weighted")
+#: ``universeg+atlas`` also reports its atlas prior alone as ``atlas-prior`` (the registered label maps'
+#: majority vote: the same registrations, no second run).
 METHODS = (*(f"universeg-{s}" for s in IN_CONTEXT), *(f"atlas-{f}" for f in FUSIONS), "universeg+atlas",
            "label-fusion")
 
@@ -158,6 +163,32 @@ def method_options(method: str) -> dict[str, Any]:
     raise ValueError(f"unknown method {method!r}")
 
 
+def _universeg_atlas(model: ModelSpec, task: CrossTask, label: Volume) -> dict[str, np.ndarray]:
+    """``universeg+atlas`` and its atlas prior alone, from one fit and one set of registrations."""
+    seg = Segmenter(model=model.network(), slice_size=model.slice_size, device=model.device, progress=False,
+                    modality=task.modality, backend="universeg+atlas")
+    seg.fit([task.support.image], [label])
+    query = task.query.image
+    if not np.allclose(query.canonical().affine, query.affine):
+        raise ValueError("cross_patient queries are canonical")
+    normalised = torch.as_tensor(normalize(query.array, seg.support.modality), device=seg.device)
+    in_context, prior = seg.backend.predict_parts(query, normalised, torch.Generator().manual_seed(seg.seed))
+    fused = in_context if prior is None else fuse(in_context, prior, seg.backend.prior_weight)
+    masks = {"universeg+atlas": fused[0].cpu().numpy() > 0.5}
+    if prior is not None:
+        masks["atlas-prior"] = prior[0].cpu().numpy() > 0.5
+    return masks
+
+
+def _masks(method: str, model: ModelSpec, task: CrossTask, label: Volume, shape) -> dict[str, np.ndarray]:
+    """method name → binary mask on the query's grid (``universeg+atlas`` gives two)."""
+    if method == "label-fusion":
+        return {method: label_fusion(shape, [label.array])}
+    if method == "universeg+atlas":
+        return _universeg_atlas(model, task, label)
+    return {method: _segment(model, task, label, **method_options(method)).array > 0.5}
+
+
 def run_task(qt: QueryTask, model: ModelSpec, methods: Sequence[str], held_out: bool) -> list[dict]:
     """Every method on one task; a method that raises (e.g. a refused registration) gets a row with
     its error and no score."""
@@ -168,23 +199,25 @@ def run_task(qt: QueryTask, model: ModelSpec, methods: Sequence[str], held_out: 
             "subject": task.query.name, "query_slices": reference.shape[2], "held_out": held_out}
     for method in methods:
         try:
-            if method == "label-fusion":
-                mask, secs = _timed(lambda: label_fusion(reference.shape, [label.array]))
-            else:
-                prob, secs = _timed(lambda: _segment(model, task, label, **method_options(method)))
-                mask = (prob.array > 0.5).astype(np.uint8)
-            rows.append({**base, "method": method, **score(mask, reference), "seconds": round(secs, 2), "error": ""})
+            masks, secs = _timed(lambda: _masks(method, model, task, label, reference.shape))
+            new = [{**base, "method": name, **score(mask.astype(np.uint8), reference), "seconds": round(secs, 2),
+                    "error": ""} for name, mask in masks.items()]
         except Exception as err:  # noqa: BLE001 - a benchmark records a method's failure and goes on
-            rows.append({**base, "method": method, "dice": float("nan"), "hd95": float("nan"), "nsd": float("nan"),
-                         "slice_dice": float("nan"), "seconds": float("nan"), "error": str(err).splitlines()[0][:200]})
-        r = rows[-1]
-        print(f"  {qt.name:58s} {method:22s} dice {r['dice']:.3f}  hd95 {r['hd95']:.1f}  {r['seconds']} s {r['error']}",
-              flush=True)
+            new = [{**base, "method": method, "dice": float("nan"), "hd95": float("nan"), "nsd": float("nan"),
+                    "slice_dice": float("nan"), "seconds": float("nan"), "error": str(err).splitlines()[0][:200]}]
+        rows += new
+        for r in new:
+            print(f"  {qt.name:58s} {r['method']:22s} dice {r['dice']:.3f}  hd95 {r['hd95']:.1f}  {r['seconds']} s "
+                  f"{r['error']}", flush=True)
     return rows
 
 
 def report(rows: Sequence[dict], out: Path, plots: Optional[Path], tag: str) -> list[dict]:
-    """Mean Dice / HD95 / seconds per method and task kind (printed, written as ``<tag>_summary.csv``) and a plot."""
+    """Mean Dice / HD95 / seconds per method and task kind (printed, written as ``<tag>_summary.csv``) and a plot.
+
+    With ``--from-csv`` (several runs of this script with different ``--methods``) the rows are also
+    written back as one ``<tag>.csv``."""
+    write_csv(rows, Path(out) / f"{tag}.csv")
     scored = [r for r in rows if r["error"] == ""]
     table = []
     for kind in dict.fromkeys(r["kind"] for r in rows):
@@ -244,7 +277,7 @@ def run(tasks: Sequence[QueryTask], model: ModelSpec, methods: Sequence[str], ou
         warnings.simplefilter("ignore", UserWarning)
         for qt in tasks:
             rows += run_task(qt, model, methods, is_held_out(qt.task.query, qt.task.structure, holdout))
-    write_csv(rows, Path(out) / f"{tag}.csv")
+            write_csv(rows, Path(out) / f"{tag}.csv")  # after every task: a long run is usable when cut short
     report(rows, out, plots, tag)
     return rows
 
@@ -258,6 +291,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--kinds", nargs="+", default=None, choices=[v[0] for v in VARIANTS],
                         help="only these query kinds")
+    parser.add_argument("--both-directions", action="store_true",
+                        help="every structure in both directions (default: Colin27 -> MNI152 for the first, "
+                             "the reverse for the second, ...)")
     parser.add_argument("--weights", default="default")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
@@ -269,8 +305,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     structures = args.structures or SPLITS[args.split]
     if args.quick:  # one structure, one direction, one cropped and one moved query
         tasks = make_tasks(structures[:1], VARIANTS[:2], args.spacing, alternate=True)
-    else:  # selection: one direction per structure
-        tasks = make_tasks(structures, SPLIT_VARIANTS[args.split], args.spacing, alternate=args.split == "selection")
+    else:  # one direction per structure unless --both-directions
+        tasks = make_tasks(structures, SPLIT_VARIANTS[args.split], args.spacing, alternate=not args.both_directions)
     tasks = [t for t in tasks if args.kinds is None or t.kind in args.kinds]
     start = time.perf_counter()
     run(tasks, ModelSpec(args.weights, device=args.device), args.methods, args.out, args.plots, tag)

@@ -249,3 +249,33 @@ def test_cli_strategy_option(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--strategy" in capsys.readouterr().err
     assert main([*args, "--backend", "sam", "--strategy", "retrieval", "--overwrite"]) == 2
     assert "strategy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- universeg+atlas
+def test_universeg_atlas_fuses_in_context_and_prior_on_the_query_grid():
+    pytest.importorskip("SimpleITK")
+    from fewshotcx.backends.universeg_atlas import UniverSegAtlasBackend, fuse
+
+    image, label = _head(0)
+    moved, moved_label = _head(2, shift=(3.0, -2.0, 2.0))
+    query = Volume(moved.array[..., 4:], AFFINE)
+    seg = Segmenter(backend="universeg+atlas", model=tiny_universeg(), slice_size=32, support_size=3,
+                    progress=False, device="cpu").fit([image], [label])
+    assert isinstance(seg.backend, UniverSegAtlasBackend) and seg.backend.universeg.strategy == "registered"
+    fused = seg.predict_proba(query)
+    assert fused.shape == query.shape and np.allclose(fused.affine, query.affine)
+    # the parts: in-context = the registered strategy's prediction; prior = the registered label map
+    from fewshotcx.pipeline.intensity import normalize
+
+    normalised = torch.as_tensor(normalize(query.array, seg.support.modality))
+    in_context, prior = seg.backend.predict_parts(query, normalised, torch.Generator().manual_seed(0))
+    registered = _segmenter("registered").fit([image], [label]).predict_proba(query)
+    np.testing.assert_allclose(in_context[0].numpy(), registered.array, atol=1e-5)
+    np.testing.assert_allclose(fused.array, fuse(in_context, prior, 0.5)[0].numpy(), atol=1e-5)
+    truth = moved_label.array[..., 4:].astype(bool)
+    atlas = prior[0].numpy() > 0.5
+    assert 2 * (atlas & truth).sum() / (atlas.sum() + truth.sum()) > 0.7  # the prior is the registered label
+    with pytest.raises(ValueError, match="prior_weight"):
+        Segmenter(backend="universeg+atlas", model=tiny_universeg(), slice_size=32, prior_weight=1.5)
+    with pytest.raises(ValueError, match="strategy must be 'registered' or 'auto'"):
+        Segmenter(backend="universeg+atlas", model=tiny_universeg(), slice_size=32, strategy="retrieval")

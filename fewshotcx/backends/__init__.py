@@ -1,4 +1,4 @@
-"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam", ...)``."""
+"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam" | "universeg+atlas", ...)``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from .base import Backend, VolumeBackend
 
-BACKENDS = ("universeg", "sam", "universeg+sam")
+BACKENDS = ("universeg", "sam", "universeg+sam", "universeg+atlas")
 
 
 def create_backend(
@@ -27,6 +27,8 @@ def create_backend(
     ``"universeg+sam"`` takes the UniverSeg arguments as usual; options prefixed ``sam_`` go to the SAM
     refiner (``sam_model=`` a ``Sam``, ``sam_weights=`` a checkpoint spec, ``sam_preprocess=``, ...),
     and ``refine_threshold=`` (default 0.5) sets where UniverSeg's map becomes a SAM box.
+    ``"universeg+atlas"`` takes the UniverSeg arguments (``strategy`` ``"registered"`` (default) or
+    ``"auto"``, ``registration=``) and ``prior_weight=`` (in-context share of the fused probability).
     """
     common = dict(model=model, weights=weights, device=device, support_size=support_size,
                   ensemble=ensemble, slice_size=slice_size, context=context)
@@ -56,6 +58,12 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
         refiner = SamBackend(device=common["device"], **{"tune_steps": 0, **sam_options})
         threshold = options.pop("refine_threshold", 0.5)
         return RefinedBackend(UniverSegBackend(**common, **options), refiner, threshold)
+    if name == "universeg+atlas":
+        from .universeg import UniverSegBackend
+        from .universeg_atlas import DEFAULT_PRIOR_WEIGHT, UniverSegAtlasBackend
+
+        weight = options.pop("prior_weight", DEFAULT_PRIOR_WEIGHT)
+        return UniverSegAtlasBackend(UniverSegBackend(**common, **{"strategy": "registered", **options}), weight)
     raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
 
 

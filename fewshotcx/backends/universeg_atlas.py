@@ -1,25 +1,29 @@
 """``backend="universeg+atlas"``: in-context segmentation on registered support, fused with the atlas prior.
 
-Two views of the same registered support volumes:
+Every support volume is registered onto the query **once** (:mod:`fewshotcx.pipeline.query_support`),
+and the registered volumes serve twice:
 
-* **in-context**: UniverSeg with the ``"registered"`` support strategy: every support volume is
-  registered onto the query, resampled onto its grid, and each query slab is conditioned on the
-  support slabs at its own anatomical position (:mod:`fewshotcx.pipeline.query_support`);
-* **atlas prior**: the registered label maps fused (:class:`~fewshotcx.backends.atlas.AtlasBackend`:
-  majority / STAPLE / locally weighted).
+* **in-context**: UniverSeg with the ``"registered"`` support strategy: each query slab is
+  conditioned on the support slabs at its own anatomical position on the query's grid;
+* **atlas prior**: the registered label maps fused by majority vote, as a probability (the share of
+  atlases that give a voxel the class: :meth:`~fewshotcx.pipeline.query_support.QuerySupport.vote_share`).
 
-The result is the linear opinion pool ``w · p_in_context + (1 − w) · p_atlas`` (:func:`fuse`), per
-voxel and class, with ``w = prior_weight`` chosen on held-apart structures (docs/cross_patient.md).
-The two views fail differently: the atlas is smooth and shaped like the *support's* anatomy (it
-misses where the two subjects differ after an affine fit); in-context follows the query's image
-but can leak onto look-alike tissue; averaging keeps what both agree on.
+The result is the linear opinion pool ``w · p_in_context + (1 − w) · p_atlas`` (:func:`fuse`) per
+voxel and class, ``w = prior_weight``. The two views fail differently: the atlas is smooth and shaped
+like the *support's* anatomy (it misses where the subjects differ after an affine fit); in-context
+follows the query's image but can leak onto look-alike tissue; the pool keeps what they agree on
+and, at 0.5 threshold with one atlas, needs in-context and atlas to agree.
 
-The backend is a hybrid (:mod:`fewshotcx.backends.base`): the segmenter calls ``fit`` (slab pools,
-for UniverSeg) and ``fit_volumes`` (for the atlas), then ``predict_volume``.
+With ``strategy="auto"`` a support volume that fails registration is left out (warning); when none
+registers, the prior is missing and the result is the in-context (retrieval) prediction alone.
+
+The backend is a hybrid (:mod:`fewshotcx.backends.base`): the segmenter calls ``fit`` (slab pools)
+and ``fit_volumes``, then ``predict_volume``.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -29,7 +33,8 @@ from ..pipeline.slicing import SliceGeometry
 from ..pipeline.support import SupportPool, SupportVolumes
 from .universeg import UniverSegBackend
 
-#: Weight of the in-context probabilities against the atlas prior (measured: docs/cross_patient.md).
+#: Weight of the in-context probabilities against the atlas prior. Not tuned on the reported tasks
+#: (equal weights; docs/cross_patient.md).
 DEFAULT_PRIOR_WEIGHT = 0.5
 
 
@@ -41,17 +46,22 @@ def fuse(in_context: torch.Tensor, prior: torch.Tensor, weight: float = DEFAULT_
     Returns:
         ``(L, X, Y, Z)`` float32 in ``[0, 1]``.
     """
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"prior_weight must be in [0, 1], got {weight}")
+    check_weight(weight)
     return (weight * in_context.float() + (1.0 - weight) * prior.to(in_context.device).float()).clamp_(0, 1)
 
 
+def check_weight(weight: float) -> float:
+    """``weight`` if in ``[0, 1]``, else a one-line ValueError naming ``prior_weight``."""
+    if not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"prior_weight must be in [0, 1], got {weight}")
+    return float(weight)
+
+
 class UniverSegAtlasBackend:
-    """UniverSeg on registered support, fused with a multi-atlas prior.
+    """UniverSeg on registered support, fused with the registered atlases' majority vote.
 
     Args:
         universeg: the in-context backend; its strategy must be ``"registered"`` or ``"auto"``.
-        atlas: a fitted-per-``fit_volumes`` atlas backend (``predict_volume`` → ``(L, X, Y, Z)``).
         prior_weight: ``w`` of :func:`fuse` (1 = in-context only, 0 = atlas only).
         memory_budget: bytes per chunk of query slabs; ``None`` = the segmenter's default for the device.
     """
@@ -59,13 +69,12 @@ class UniverSegAtlasBackend:
     name = "universeg+atlas"
     resize_mode = "pad"
 
-    def __init__(self, universeg: UniverSegBackend, atlas, prior_weight: float = DEFAULT_PRIOR_WEIGHT,
+    def __init__(self, universeg: UniverSegBackend, prior_weight: float = DEFAULT_PRIOR_WEIGHT,
                  memory_budget: Optional[int] = None) -> None:
         if universeg.strategy not in ("registered", "auto"):
             raise ValueError(f"universeg+atlas conditions on registered support: strategy must be 'registered' or "
                              f"'auto', got {universeg.strategy!r}")
-        fuse(torch.zeros(1), torch.zeros(1), prior_weight)  # validates the weight
-        self.universeg, self.atlas, self.prior_weight = universeg, atlas, float(prior_weight)
+        self.universeg, self.prior_weight = universeg, check_weight(prior_weight)
         self.slice_size, self.context, self.device = universeg.slice_size, universeg.context, universeg.device
         self.memory_budget = memory_budget
         self.support: Optional[SupportVolumes] = None
@@ -75,7 +84,7 @@ class UniverSegAtlasBackend:
         self.universeg.fit(pools, generator)
 
     def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
-        """In-context probabilities only (used inside :meth:`predict_volume`'s query context)."""
+        """In-context probabilities only (valid inside the UniverSeg backend's query context)."""
         return self.universeg.predict_slices(slabs, geometry, generator)
 
     def bytes_per_slab(self) -> int:
@@ -83,24 +92,29 @@ class UniverSegAtlasBackend:
 
     # ------------------------------------------------------------------ VolumeBackend side
     def fit_volumes(self, support: SupportVolumes, generator: torch.Generator) -> None:
-        self.atlas.fit_volumes(support, generator)
+        """Keep the canonical support volumes (registration happens per query)."""
         self.support = support
 
     def predict_volume(self, query: Volume, normalised: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``(L, X, Y, Z)`` fused probabilities on the query's canonical grid."""
         in_context, prior = self.predict_parts(query, normalised, generator)
+        if prior is None:
+            warnings.warn("universeg+atlas: no support volume registered to the query; the result is in-context "
+                          "only", stacklevel=3)
+            return in_context
         return fuse(in_context, prior, self.prior_weight)
 
     def predict_parts(self, query: Volume, normalised: torch.Tensor, generator: torch.Generator
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(in-context, atlas prior)`` probabilities, each ``(L, X, Y, Z)``, before fusion."""
+                      ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(in-context, atlas prior)`` probabilities, each ``(L, X, Y, Z)``, before fusion; the prior is
+        ``None`` when no support volume registered (``strategy="auto"``)."""
         from ..segmenter import DEFAULT_MEMORY_BUDGET, slab_probabilities
 
         if self.support is None:
             raise RuntimeError("fit() the backend before predicting")
-        prior = self.atlas.predict_volume(query, normalised, generator)
         budget = self.memory_budget or DEFAULT_MEMORY_BUDGET.get(self.device.type, 128 << 20)
-        with self.universeg.query_context(self.support, query, normalised, generator):
+        with self.universeg.query_context(self.support, query, normalised, generator) as prepared:
             in_context = slab_probabilities(self.universeg, normalised.to(self.device), query.spacing,
                                             sorted(self.universeg.pools), generator, budget)
-        return in_context, prior
+        prior = prepared.vote_share(self.support.classes)
+        return in_context, None if prior is None else prior.to(in_context.device)

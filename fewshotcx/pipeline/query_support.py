@@ -47,12 +47,22 @@ class QuerySupport:
             registered pools, ``"retrieval"``, or the fitted strategy).
         similarity: per axis, ``(G, M)`` similarity of each query group to the pool (retrieval only).
         registered: indices of the support volumes that were registered onto the query.
+        labels: their label maps resampled onto the query's grid (same order as ``registered``).
     """
 
     pools: dict[int, SupportPool]
     strategy: str
     similarity: dict[int, torch.Tensor] = field(default_factory=dict)
     registered: tuple[int, ...] = ()
+    labels: tuple[Volume, ...] = ()
+
+    def vote_share(self, classes: Sequence[int]) -> Optional[torch.Tensor]:
+        """``(L, X, Y, Z)`` float32: the share of registered label maps that give each voxel class
+        ``classes[l]`` (majority-vote label fusion as a probability); ``None`` when nothing was registered."""
+        if not self.labels:
+            return None
+        votes = sum(torch.stack([torch.as_tensor(lab.array == c) for c in classes]).float() for lab in self.labels)
+        return votes / len(self.labels)
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,7 @@ def prepare_query_support(
             images, labels, covered = zip(*(aligned[i] for i in sorted(aligned)))
             registered_pools = {axis: _pool_on_query(images, labels, covered, axis, support.classes, settings)
                                 for axis in pools}
-            return QuerySupport(registered_pools, "position", registered=tuple(sorted(aligned)))
+            return QuerySupport(registered_pools, "position", registered=tuple(sorted(aligned)), labels=labels)
         warnings.warn("strategy='auto': no support volume registered to the query; support is drawn by "
                       "retrieval instead", stacklevel=4)
     similarity = {axis: retrieval_similarity(query_descriptors(normalised, query.spacing, axis, settings), pool)
