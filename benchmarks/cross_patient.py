@@ -63,8 +63,8 @@ IN_CONTEXT = ("position", "random", "retrieval", "registered")
 FUSIONS = ("majority", "staple", "weighted")
 #: ``universeg+atlas`` also reports its atlas prior alone as ``atlas-prior`` (the registered label maps'
 #: majority vote: the same registrations, no second run).
-METHODS = (*(f"universeg-{s}" for s in IN_CONTEXT), *(f"atlas-{f}" for f in FUSIONS), "universeg+atlas",
-           "label-fusion")
+#: ``atlas`` reports every fusion rule (``atlas-majority``, ...) from one set of registrations.
+METHODS = (*(f"universeg-{s}" for s in IN_CONTEXT), "atlas", "universeg+atlas", "label-fusion")
 
 
 @dataclass(frozen=True)
@@ -142,24 +142,16 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _segment(model: ModelSpec, task: CrossTask, label: Volume, **options: Any) -> Volume:
-    """Fit on the support and return the query's probability map."""
-    if options.get("backend", "universeg") == "universeg":
-        seg = model.segmenter(modality=task.modality, **options)
-    else:
-        seg = Segmenter(weights=model.weights, model=model.model, slice_size=model.slice_size, device=model.device,
-                        progress=False, modality=task.modality, **options)
+    """Fit UniverSeg on the support and return the query's probability map."""
+    seg = model.segmenter(modality=task.modality, **options)
     seg.fit([task.support.image], [label])
     return seg.predict_proba(task.query.image)
 
 
 def method_options(method: str) -> dict[str, Any]:
-    """Segmenter options of a method name (label fusion has none: it is not a Segmenter)."""
+    """Segmenter options of a ``universeg-<strategy>`` method."""
     if method.startswith("universeg-"):
         return {"strategy": method.split("-", 1)[1]}
-    if method.startswith("atlas-"):
-        return {"backend": "atlas", "fusion": method.split("-", 1)[1]}
-    if method == "universeg+atlas":
-        return {"backend": "universeg+atlas"}
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -180,10 +172,26 @@ def _universeg_atlas(model: ModelSpec, task: CrossTask, label: Volume) -> dict[s
     return masks
 
 
+def _atlas(task: CrossTask, label: Volume) -> dict[str, np.ndarray]:
+    """``backend="atlas"`` (its default registration) with every fusion rule; the backend caches its
+    registrations, so they are computed once and fused three ways."""
+    from fewshotcx.backends.atlas import AtlasBackend
+
+    backend = AtlasBackend()
+    seg = Segmenter(backend=backend, progress=False, modality=task.modality).fit([task.support.image], [label])
+    masks = {}
+    for fusion in FUSIONS:
+        backend.fusion = fusion
+        masks[f"atlas-{fusion}"] = seg.predict_proba(task.query.image).array > 0.5
+    return masks
+
+
 def _masks(method: str, model: ModelSpec, task: CrossTask, label: Volume, shape) -> dict[str, np.ndarray]:
-    """method name → binary mask on the query's grid (``universeg+atlas`` gives two)."""
+    """method name → binary mask on the query's grid (``atlas`` and ``universeg+atlas`` give several)."""
     if method == "label-fusion":
         return {method: label_fusion(shape, [label.array])}
+    if method == "atlas":
+        return _atlas(task, label)
     if method == "universeg+atlas":
         return _universeg_atlas(model, task, label)
     return {method: _segment(model, task, label, **method_options(method)).array > 0.5}

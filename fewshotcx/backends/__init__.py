@@ -28,7 +28,8 @@ def create_backend(
     refiner (``sam_model=`` a ``Sam``, ``sam_weights=`` a checkpoint spec, ``sam_preprocess=``, ...),
     and ``refine_threshold=`` (default 0.5) sets where UniverSeg's map becomes a SAM box.
     ``"universeg+atlas"`` takes the UniverSeg arguments (``strategy`` ``"registered"`` (default) or
-    ``"auto"``, ``registration=``) and ``prior_weight=`` (in-context share of the fused probability).
+    ``"auto"``, ``registration=``), ``prior_weight=`` (in-context share of the fused probability) and
+    ``prior_sigma_mm=`` (blur of the atlas prior).
     """
     common = dict(model=model, weights=weights, device=device, support_size=support_size,
                   ensemble=ensemble, slice_size=slice_size, context=context)
@@ -60,10 +61,10 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
         return RefinedBackend(UniverSegBackend(**common, **options), refiner, threshold)
     if name == "universeg+atlas":
         from .universeg import UniverSegBackend
-        from .universeg_atlas import DEFAULT_PRIOR_WEIGHT, UniverSegAtlasBackend
+        from .universeg_atlas import UniverSegAtlasBackend
 
-        weight = options.pop("prior_weight", DEFAULT_PRIOR_WEIGHT)
-        return UniverSegAtlasBackend(UniverSegBackend(**common, **{"strategy": "registered", **options}), weight)
+        prior = {key: options.pop(key) for key in ("prior_weight", "prior_sigma_mm") if key in options}
+        return UniverSegAtlasBackend(UniverSegBackend(**common, **{"strategy": "registered", **options}), **prior)
     raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
 
 

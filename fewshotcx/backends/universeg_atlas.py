@@ -6,13 +6,16 @@ and the registered volumes serve twice:
 * **in-context**: UniverSeg with the ``"registered"`` support strategy: each query slab is
   conditioned on the support slabs at its own anatomical position on the query's grid;
 * **atlas prior**: the registered label maps fused by majority vote, as a probability (the share of
-  atlases that give a voxel the class: :meth:`~fewshotcx.pipeline.query_support.QuerySupport.vote_share`).
+  atlases that give a voxel the class), smoothed by ``prior_sigma_mm`` so that it expresses the
+  registration's uncertainty at the boundary
+  (:meth:`~fewshotcx.pipeline.query_support.QuerySupport.vote_share`).
 
 The result is the linear opinion pool ``w · p_in_context + (1 − w) · p_atlas`` (:func:`fuse`) per
-voxel and class, ``w = prior_weight``. The two views fail differently: the atlas is smooth and shaped
-like the *support's* anatomy (it misses where the subjects differ after an affine fit); in-context
-follows the query's image but can leak onto look-alike tissue; the pool keeps what they agree on
-and, at 0.5 threshold with one atlas, needs in-context and atlas to agree.
+voxel and class, ``w = prior_weight``. The two views fail differently: the atlas is shaped like the
+*support's* anatomy (it misses where the subjects differ after an affine fit); in-context follows
+the query's image but can leak onto look-alike tissue. With equal weights, deep inside the atlas a
+voxel stays unless in-context rules it out, far outside it cannot be added, and across the blurred
+boundary in-context decides. Both defaults were set a priori, not tuned (docs/cross_patient.md).
 
 With ``strategy="auto"`` a support volume that fails registration is left out (warning); when none
 registers, the prior is missing and the result is the in-context (retrieval) prediction alone.
@@ -33,9 +36,10 @@ from ..pipeline.slicing import SliceGeometry
 from ..pipeline.support import SupportPool, SupportVolumes
 from .universeg import UniverSegBackend
 
-#: Weight of the in-context probabilities against the atlas prior. Not tuned on the reported tasks
-#: (equal weights; docs/cross_patient.md).
+#: Weight of the in-context probabilities against the atlas prior (equal weights, set a priori).
 DEFAULT_PRIOR_WEIGHT = 0.5
+#: Gaussian blur (mm) of the atlas prior: about an affine fit's boundary error between two brains.
+DEFAULT_PRIOR_SIGMA_MM = 2.0
 
 
 def fuse(in_context: torch.Tensor, prior: torch.Tensor, weight: float = DEFAULT_PRIOR_WEIGHT) -> torch.Tensor:
@@ -63,6 +67,7 @@ class UniverSegAtlasBackend:
     Args:
         universeg: the in-context backend; its strategy must be ``"registered"`` or ``"auto"``.
         prior_weight: ``w`` of :func:`fuse` (1 = in-context only, 0 = atlas only).
+        prior_sigma_mm: Gaussian blur of the atlas prior in mm (0 = the hard vote share).
         memory_budget: bytes per chunk of query slabs; ``None`` = the segmenter's default for the device.
     """
 
@@ -70,7 +75,10 @@ class UniverSegAtlasBackend:
     resize_mode = "pad"
 
     def __init__(self, universeg: UniverSegBackend, prior_weight: float = DEFAULT_PRIOR_WEIGHT,
-                 memory_budget: Optional[int] = None) -> None:
+                 prior_sigma_mm: float = DEFAULT_PRIOR_SIGMA_MM, memory_budget: Optional[int] = None) -> None:
+        if prior_sigma_mm < 0:
+            raise ValueError(f"prior_sigma_mm must be >= 0, got {prior_sigma_mm}")
+        self.prior_sigma_mm = float(prior_sigma_mm)
         if universeg.strategy not in ("registered", "auto"):
             raise ValueError(f"universeg+atlas conditions on registered support: strategy must be 'registered' or "
                              f"'auto', got {universeg.strategy!r}")
@@ -116,5 +124,5 @@ class UniverSegAtlasBackend:
         with self.universeg.query_context(self.support, query, normalised, generator) as prepared:
             in_context = slab_probabilities(self.universeg, normalised.to(self.device), query.spacing,
                                             sorted(self.universeg.pools), generator, budget)
-        prior = prepared.vote_share(self.support.classes)
+        prior = prepared.vote_share(self.support.classes, self.prior_sigma_mm)
         return in_context, None if prior is None else prior.to(in_context.device)

@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..io.volume import Volume, VolumeError
 from .slicing import extract_slabs, make_geometry
@@ -56,13 +57,18 @@ class QuerySupport:
     registered: tuple[int, ...] = ()
     labels: tuple[Volume, ...] = ()
 
-    def vote_share(self, classes: Sequence[int]) -> Optional[torch.Tensor]:
+    def vote_share(self, classes: Sequence[int], sigma_mm: float = 0.0) -> Optional[torch.Tensor]:
         """``(L, X, Y, Z)`` float32: the share of registered label maps that give each voxel class
-        ``classes[l]`` (majority-vote label fusion as a probability); ``None`` when nothing was registered."""
+        ``classes[l]`` (majority-vote label fusion as a probability), Gaussian-smoothed by ``sigma_mm``
+        (registration is uncertain by a few mm); ``None`` when nothing was registered."""
         if not self.labels:
             return None
-        votes = sum(torch.stack([torch.as_tensor(lab.array == c) for c in classes]).float() for lab in self.labels)
-        return votes / len(self.labels)
+        votes = sum(np.stack([lab.array == c for c in classes]).astype(np.float32) for lab in self.labels)
+        share = votes / len(self.labels)
+        if sigma_mm > 0:
+            sigma = (0.0, *(sigma_mm / s for s in self.labels[0].spacing))
+            share = ndimage.gaussian_filter(share, sigma, mode="constant")
+        return torch.as_tensor(share)
 
 
 @dataclass(frozen=True)
