@@ -1,4 +1,4 @@
-"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam" | "universeg+atlas", ...)``."""
+"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam" | "atlas" | "universeg+atlas", ...)``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from .base import Backend, VolumeBackend
 
-BACKENDS = ("universeg", "sam", "universeg+sam", "universeg+atlas")
+BACKENDS = ("universeg", "sam", "universeg+sam", "atlas", "universeg+atlas")
 
 
 def create_backend(
@@ -27,6 +27,9 @@ def create_backend(
     ``"universeg+sam"`` takes the UniverSeg arguments as usual; options prefixed ``sam_`` go to the SAM
     refiner (``sam_model=`` a ``Sam``, ``sam_weights=`` a checkpoint spec, ``sam_preprocess=``, ...),
     and ``refine_threshold=`` (default 0.5) sets where UniverSeg's map becomes a SAM box.
+
+    ``"atlas"`` (multi-atlas registration, :mod:`fewshotcx.backends.atlas`) takes ``fusion=``,
+    ``registration=`` and registration options; the model arguments must keep their defaults.
     ``"universeg+atlas"`` takes the UniverSeg arguments (``strategy`` ``"registered"`` (default) or
     ``"auto"``, ``registration=``), ``prior_weight=`` (in-context share of the fused probability) and
     ``prior_sigma_mm=`` (blur of the atlas prior).
@@ -65,6 +68,14 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
 
         prior = {key: options.pop(key) for key in ("prior_weight", "prior_sigma_mm") if key in options}
         return UniverSegAtlasBackend(UniverSegBackend(**common, **{"strategy": "registered", **options}), **prior)
+    if name == "atlas":
+        from .atlas import AtlasBackend
+
+        defaults = dict(model=None, weights="default", support_size=None, ensemble=1, slice_size=None, context=None)
+        used = [key for key, value in defaults.items() if common[key] != value]
+        if used:
+            raise ValueError(f"backend 'atlas' has no model: it does not take {', '.join(used)}")
+        return AtlasBackend(device=common["device"], **options)
     raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
 
 
