@@ -26,6 +26,7 @@ _SUBMODULES = {
     "weights": "models.weights",
     "rt": "rt",
     "dicom": "io.dicom",
+    "registration": "registration",
     "sam": "sam",
     "datasets": "datasets",
     "training": "training",

@@ -32,22 +32,28 @@ After registration, on the fixed working grid, within the part of fixed that mov
 covers: ``body_dice`` = Dice of the two body masks (Otsu threshold, largest component, holes filled
 per axial slice), ``ncc`` = normalised cross-correlation of the normalised intensities over the
 union of the bodies, and ``overlap`` = overlapping body volume / the smaller body volume (so a slab
-fully inside the other scan scores ~1, scans that barely touch score ~0). Measured values
-(``benchmarks/registration_cost.py`` and ``tests/test_registration.py``):
+fully inside the other scan scores ~1, scans that barely touch score ~0). Measured values (affine,
+3-mm working grid; ``benchmarks/registration_cost.py`` re-measures them into its CSV):
 
-==========================================================  ==========  ======  ========
-case                                                        body_dice   ncc     overlap
-==========================================================  ==========  ======  ========
-chest CT onto a rotated (8°)+moved 60-mm slab of itself      0.99        0.97    0.99
-chest CT onto pyradiomics lung1 CT (other patient)           0.93        0.53    0.90
-Colin27 brain onto a moved slab of itself                    0.99        0.97    0.99
-chest CT onto Colin27 brain MR (wrong body part/modality)    0.69        0.22    0.55
-chest CT onto a blank or noise image                         refused before registering
-==========================================================  ==========  ======  ========
+=============================================  ==========  ======  ========
+moving → fixed                                 body_dice   ncc     overlap
+=============================================  ==========  ======  ========
+chest CT → rotated + moved slab of itself       0.96        0.99    0.95
+chest CT → pyradiomics lung1 (other patient)    0.85        0.57    0.91
+lung2 → lung1 (other patients)                  0.82        0.60    0.80
+Colin27 brain → MNI152 brain (other subject)    0.96        0.76    1.00
+chest CT → Colin27 brain (wrong body part)      0.00        0.01    0.00
+Colin27 brain → chest CT (wrong body part)      0.47        0.16    0.90
+Colin27 brain → lung1 CT                        0.55        0.01    1.00
+lung1 CT → Colin27 brain                        0.40        0.24    0.15
+Gaussian noise → chest CT                       0.69       -0.07    0.37
+blank image → anything                          refused before registering
+=============================================  ==========  ======  ========
 
-The thresholds sit between the good and bad rows: ``body_dice >= 0.80`` and ``ncc >= 0.30`` and
-``overlap >= 0.30``. Below them :func:`register` raises :class:`RegistrationError` (``check=False``
-returns the registration with ``ok=False`` instead).
+The thresholds sit between the worst good and the best bad value: ``body_dice >= 0.75`` (0.82 vs
+0.69) and ``ncc >= 0.40`` (0.57 vs 0.24); ``overlap >= 0.30`` refuses scans that barely share
+anatomy. Below them :func:`register` raises :class:`RegistrationError` (``check=False`` returns the
+registration with ``ok=False`` instead).
 """
 
 from __future__ import annotations
@@ -72,9 +78,9 @@ Mode = Literal["rigid", "affine", "deformable"]
 MODES = ("rigid", "affine", "deformable")
 
 #: Minimum Dice of the two body masks after registration, within the overlapping field of view.
-MIN_BODY_DICE = 0.80
+MIN_BODY_DICE = 0.75
 #: Minimum normalised cross-correlation of normalised intensities over the bodies.
-MIN_NCC = 0.30
+MIN_NCC = 0.40
 #: Minimum overlapping body volume as a fraction of the smaller body.
 MIN_OVERLAP = 0.30
 
@@ -334,12 +340,19 @@ def _itk_reason(err: RuntimeError) -> str:
     return reason.replace("Description:", "").strip()
 
 
-def _method(seed: int, sampling: float) -> "sitk.ImageRegistrationMethod":
+#: Fewest metric samples per evaluation at full working resolution (small scans are sampled densely).
+MIN_SAMPLES = 200_000
+
+
+def _method(seed: int, sampling: float, fixed: "sitk.Image") -> "sitk.ImageRegistrationMethod":
+    """Mattes MI (32 bins), random sampling of ``sampling`` of fixed's voxels but at least
+    :data:`MIN_SAMPLES` (measured on a 56×64×20 brain slab: 10% left 5-mm rigid errors, all voxels 0.1–0.6 mm)."""
     sitk = _sitk()
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(sampling), int(seed) + 1)  # seed 0 means "wall clock" in ITK
+    fraction = min(1.0, max(float(sampling), MIN_SAMPLES / fixed.GetNumberOfPixels()))
+    reg.SetMetricSamplingPercentage(fraction, int(seed) + 1)  # seed 0 would mean "wall clock" in ITK
     reg.SetInterpolator(sitk.sitkLinear)
     return reg
 
@@ -364,7 +377,7 @@ def _initial(fixed, moving, fixed_mask, moving_mask, seed: int) -> "sitk.Transfo
     transform.SetTranslation(tuple(float(t) for t in base))
     if steps == 0:
         return transform
-    reg = _method(seed, 0.5)
+    reg = _method(seed, 0.5, fixed)
     reg.SetOptimizerAsExhaustive([0, 0, 0, 0, 0, steps], stepLength=step)
     reg.SetOptimizerScales([1.0] * 6)
     reg.SetShrinkFactorsPerLevel([4])
@@ -379,9 +392,10 @@ def _initial(fixed, moving, fixed_mask, moving_mask, seed: int) -> "sitk.Transfo
 def _optimise(stage: str, transform, fixed, moving, seed: int, sampling: float, iterations: int) -> "sitk.Transform":
     """A rigid or affine stage started from ``transform`` (fixed → moving); returns the result."""
     sitk = _sitk()
-    reg = _method(seed, sampling)
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
+    reg = _method(seed, sampling, fixed)
+    levels = _levels(fixed, [4, 2, 1] if stage == "rigid" else [2, 1])  # affine refines the rigid pose
+    reg.SetShrinkFactorsPerLevel(levels)
+    reg.SetSmoothingSigmasPerLevel([level / 2 for level in levels])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     if stage == "affine":
         affine = sitk.AffineTransform(3)
@@ -390,11 +404,19 @@ def _optimise(stage: str, transform, fixed, moving, seed: int, sampling: float, 
         affine.SetTranslation(transform.GetTranslation())
         transform = affine
     reg.SetInitialTransform(transform, inPlace=True)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=iterations,
-                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=4.0, minStep=0.05, numberOfIterations=iterations,
+                                                 relaxationFactor=0.5, gradientMagnitudeTolerance=1e-5)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.Execute(fixed, moving)
     return transform
+
+
+def _levels(fixed: "sitk.Image", factors: list[int], smallest: int = 24) -> list[int]:
+    """The shrink factors that leave at least ``smallest`` voxels along fixed's second-largest axis
+    (always keeping full resolution): a 16-mm level on a small brain made identical images register
+    1.4° apart."""
+    size = sorted(fixed.GetSize())[1]
+    return [f for f in factors if f == 1 or size / f >= smallest]
 
 
 def _demons(transform, fixed, moving, iterations: int, sigma: float) -> "sitk.Transform":
@@ -419,7 +441,7 @@ def _demons(transform, fixed, moving, iterations: int, sigma: float) -> "sitk.Tr
 def _metric(transform, fixed, moving, seed: int, sampling: float) -> float:
     """Mattes mutual information of the final mapping (negative; lower = better)."""
     sitk = _sitk()
-    reg = _method(seed, sampling)
+    reg = _method(seed, sampling, fixed)
     reg.SetMovingInitialTransform(transform)
     reg.SetInitialTransform(sitk.TranslationTransform(3))
     return float(reg.MetricEvaluate(fixed, moving))
@@ -458,15 +480,15 @@ def warp(volume: Volume, registration: Registration, fixed: Volume, label: bool 
     """``volume`` (on the moving scan's grid) resampled onto ``fixed``'s exact grid and affine.
 
     Args:
-        label: label maps use SimpleITK's label-Gaussian interpolation (smooth, never mixes values);
-            images are linear.
+        label: label maps use nearest-neighbour interpolation (never mixes values, exact at identity;
+            label-Gaussian was measured to erode thin structures at identity: Dice 0.97); images linear.
         default: value outside the moving field of view (0 for labels; the image minimum otherwise).
     Returns:
         a Volume with ``fixed``'s shape, affine and source.
     """
     sitk = _sitk()
     if label:
-        image, interpolator = to_sitk(volume, dtype=np.uint16 if volume.array.max() < 65536 else np.uint32), sitk.sitkLabelGaussian
+        image, interpolator = to_sitk(volume, dtype=np.uint16 if volume.array.max() < 65536 else np.uint32), sitk.sitkNearestNeighbor
         fill = 0.0 if default is None else default
     else:
         image, interpolator = to_sitk(volume), sitk.sitkLinear

@@ -40,7 +40,7 @@ class RegisteredAtlas(NamedTuple):
 
     Attributes:
         image: the support's normalised image (``[0, 1]``), warped; 0 outside its field of view.
-        labels: its label map, warped (label-Gaussian interpolation).
+        labels: its label map, warped (nearest neighbour).
         registration: query → support mapping and its quality check.
         known: ``(X, Y, Z)`` bool, the query voxels this atlas covers with labelled slices.
     """

@@ -33,6 +33,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="universeg", choices=list(BACKENDS))
     p.add_argument("--strategy", default=None, choices=list(STRATEGIES),
                    help="support selection for universeg backends (default: the backend's)")
+    p.add_argument("--fusion", default="majority", choices=["majority", "staple", "weighted"],
+                   help="label fusion for --backend atlas")
+    p.add_argument("--registration", default="deformable", choices=["rigid", "affine", "deformable"],
+                   help="registration for --backend atlas")
     p.add_argument("--sam-weights", default=None, help="SAM checkpoint for --backend universeg+sam")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> None:
     query = load_volume(args.image)
     images, labels = zip(*args.support)
     extra = {"sam_weights": args.sam_weights or "official"} if args.backend == "universeg+sam" else {}
+    if args.backend == "atlas":
+        extra = {"fusion": args.fusion, "registration": args.registration}
     if args.strategy is not None:
         extra["strategy"] = args.strategy
     seg = Segmenter(backend=args.backend, weights=args.weights, device=args.device, axis=args.axis,

@@ -1,0 +1,93 @@
+"""The multi-atlas backend through the Segmenter API, on a real brain (Colin27 + AAL at 4 mm)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fewshotcx as fx
+import fewshotcx.datasets as ds
+from fewshotcx.backends import create_backend
+from fewshotcx.backends import atlas as atlas_module
+from fewshotcx.registration import RegistrationError
+
+pytest.importorskip("SimpleITK")
+
+
+@pytest.fixture(scope="module")
+def brain():
+    if not ds.available()["mricron"].startswith("cached"):
+        pytest.skip("Colin27 is not cached (fx.datasets.fetch('mricron'))")
+    case = ds.colin27_aal(downsample=4.0)
+    # two structures: left and right hemisphere (AAL odd / even values)
+    aal = case.labels.array
+    labels = np.where(aal > 0, 1 + (aal % 2 == 0), 0).astype(np.uint8)
+    return case.image, case.labels.with_array(labels)
+
+
+def test_identical_volumes_give_dice_one_for_every_fusion(brain):
+    image, labels = brain
+    for fusion in ("majority", "staple", "weighted"):
+        seg = fx.Segmenter(backend="atlas", fusion=fusion, registration="rigid", device="cpu")
+        pred = seg.fit([image], [labels]).predict(image)
+        assert pred.same_grid(image)
+        for value in (1, 2):
+            assert fx.metrics.dice(pred.array == value, labels.array == value) > 0.995, fusion
+
+
+def test_majority_of_three_identical_atlases_is_the_atlas(brain):
+    image, labels = brain
+    seg = fx.Segmenter(backend="atlas", fusion="majority", registration="rigid", device="cpu")
+    seg.fit([image] * 3, [labels] * 3)
+    probs = seg.predict_proba(image)
+    atlases = seg.backend.registered_support(image.canonical())
+    one = atlases[0].labels.array
+    for value, prob in probs.items():
+        np.testing.assert_array_equal(prob.array, (one == value).astype(np.float32))
+
+
+def test_registrations_are_cached_per_query(brain, monkeypatch):
+    image, labels = brain
+    calls = []
+    real = atlas_module.register
+    monkeypatch.setattr(atlas_module, "register", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seg = fx.Segmenter(backend="atlas", registration="rigid", device="cpu").fit([image], [labels])
+    seg.predict_proba(image)
+    seg.predict(image)
+    assert len(calls) == 1
+
+
+def test_weighted_fusion_prefers_the_atlas_that_looks_like_the_query(brain):
+    image, labels = brain
+    backend = create_backend("atlas", fusion="weighted", registration="rigid")
+    wrong = labels.with_array(np.where(labels.array > 0, 3 - labels.array, 0).astype(np.uint8))  # hemispheres swapped
+    dimmed = image.with_array(image.array * 0.6)  # same anatomy, different contrast: larger local differences
+    seg = fx.Segmenter(backend=backend, device="cpu", modality="mr").fit([image, dimmed], [labels, wrong])
+    pred = seg.predict(image)
+    assert fx.metrics.dice(pred.array == 1, labels.array == 1) > 0.9
+
+
+def test_blank_support_volume_is_named(brain):
+    image, labels = brain
+    blank = image.with_array(np.zeros(image.shape, np.float32))
+    seg = fx.Segmenter(backend="atlas", registration="rigid", device="cpu").fit([image, blank], [labels, labels])
+    with pytest.raises(RegistrationError, match="support volume 1.*blank"):
+        seg.predict(image)
+    skipping = fx.Segmenter(backend="atlas", registration="rigid", device="cpu", skip_failed=True)
+    with pytest.warns(UserWarning, match="support volume 1"):
+        pred = skipping.fit([image, blank], [labels, labels]).predict(image)
+    assert fx.metrics.dice(pred.array == 2, labels.array == 2) > 0.995
+
+
+def test_atlas_options_are_checked():
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        create_backend("atlas", fusion="mean")
+    with pytest.raises(ValueError, match="registration must be one of"):
+        create_backend("atlas", registration="bspline")
+    with pytest.raises(ValueError, match="does not take weights"):
+        create_backend("atlas", weights="official")
+    with pytest.raises(ValueError, match="does not take tune_steps"):
+        create_backend("atlas", tune_steps=3)
+    backend = create_backend("atlas", fusion="staple", device=torch.device("cpu"))
+    assert backend.name == "atlas" and backend.fusion == "staple"
