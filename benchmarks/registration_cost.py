@@ -95,9 +95,8 @@ def main() -> None:
                    "fixed_shape": "x".join(map(str, fixed.shape)), "seconds": round(seconds, 1),
                    "body_dice": round(result.quality.body_dice, 3), "ncc": round(result.quality.ncc, 3),
                    "overlap": round(result.quality.overlap, 3), "ok": result.ok}
-            if fixed is query:
-                mean, worst = landmark_error(result, query, motion)
-                row.update(landmark_mean_mm=round(mean, 2), landmark_max_mm=round(worst, 2))
+            mean, worst = landmark_error(result, query, motion) if fixed is query else ("", "")
+            row.update(landmark_mean_mm=mean and round(mean, 2), landmark_max_mm=worst and round(worst, 2))
             row.update(threads=args.threads, load_avg=round(os.getloadavg()[0], 1), machine=machine)
             rows.append(row)
             print({k: v for k, v in row.items() if k != "machine"}, flush=True)

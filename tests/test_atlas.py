@@ -62,8 +62,10 @@ def test_weighted_fusion_prefers_the_atlas_that_looks_like_the_query(brain):
     image, labels = brain
     backend = create_backend("atlas", fusion="weighted", registration="rigid")
     wrong = labels.with_array(np.where(labels.array > 0, 3 - labels.array, 0).astype(np.uint8))  # hemispheres swapped
-    dimmed = image.with_array(image.array * 0.6)  # same anatomy, different contrast: larger local differences
-    seg = fx.Segmenter(backend=backend, device="cpu", modality="mr").fit([image, dimmed], [labels, wrong])
+    # same anatomy, other contrast (gamma 2: survives percentile scaling): larger local differences
+    scale = float(image.array.max())
+    other = image.with_array(scale * (image.array / scale) ** 2)
+    seg = fx.Segmenter(backend=backend, device="cpu", modality="mr").fit([image, other], [labels, wrong])
     pred = seg.predict(image)
     assert fx.metrics.dice(pred.array == 1, labels.array == 1) > 0.9
 
@@ -91,3 +93,23 @@ def test_atlas_options_are_checked():
         create_backend("atlas", tune_steps=3)
     backend = create_backend("atlas", fusion="staple", device=torch.device("cpu"))
     assert backend.name == "atlas" and backend.fusion == "staple"
+
+
+def test_cli_predict_with_the_atlas_backend(brain, tmp_path, capsys):
+    from fewshotcx.cli.main import main
+
+    image, labels = brain
+    one = labels.with_array((labels.array == 1).astype(np.uint8))
+    fx.save_volume(image, tmp_path / "ct.nii.gz")
+    fx.save_volume(one, tmp_path / "lab.nii.gz")
+    out = tmp_path / "pred.nii.gz"
+    args = ["predict", "--image", str(tmp_path / "ct.nii.gz"), "--support", f"{tmp_path / 'ct.nii.gz'}:{tmp_path / 'lab.nii.gz'}",
+            "--out", str(out), "--backend", "atlas", "--fusion", "weighted", "--registration", "rigid", "--device", "cpu"]
+    assert main(args) == 0
+    pred = fx.load_volume(out, label=True)
+    assert fx.metrics.dice(pred.array == 1, one.array == 1) > 0.995
+    blank = image.with_array(np.zeros(image.shape, np.float32))
+    fx.save_volume(blank, tmp_path / "blank.nii.gz")
+    args[4] = f"{tmp_path / 'blank.nii.gz'}:{tmp_path / 'lab.nii.gz'}"
+    assert main([*args, "--overwrite"]) == 2
+    assert "support volume 0" in capsys.readouterr().err
