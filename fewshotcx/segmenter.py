@@ -7,6 +7,7 @@ post-processing. A result is reoriented exactly once, at the end, onto the query
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from typing import Any, Optional, Sequence, Union
@@ -16,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import Backend, VolumeBackend, create_backend
+from .backends.base import QueryAwareBackend
 from .locks import ReadWriteLock, reads, writes
 from .progress import show_progress
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
@@ -318,8 +320,11 @@ class Segmenter:
         if isinstance(self.backend, VolumeBackend):
             probs = self.backend.predict_volume(canonical, normalised, generator)
         else:
-            probs = slab_probabilities(self.backend, normalised, canonical.spacing, self.axes, generator,
-                                       self.memory_budget, show_progress(self.progress))
+            aware = isinstance(self.backend, QueryAwareBackend)
+            with (self.backend.query_context(self.support, canonical, normalised, generator) if aware
+                  else contextlib.nullcontext()):
+                probs = slab_probabilities(self.backend, normalised, canonical.spacing, self.axes, generator,
+                                           self.memory_budget, show_progress(self.progress))
         return original, canonical, probs.clamp(0, 1).float().cpu().numpy()
 
     def _labels(self, probs: np.ndarray) -> np.ndarray:

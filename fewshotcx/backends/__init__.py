@@ -1,4 +1,4 @@
-"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam" | "sam2" | "atlas", ...)``."""
+"""Backend registry: ``create_backend("universeg" | "sam" | "universeg+sam" | "sam2" | "atlas" | "universeg+atlas", ...)``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from .base import Backend, VolumeBackend
 
-BACKENDS = ("universeg", "sam", "universeg+sam", "sam2", "atlas")
+BACKENDS = ("universeg", "sam", "universeg+sam", "sam2", "atlas", "universeg+atlas")
 
 
 def create_backend(
@@ -30,6 +30,9 @@ def create_backend(
 
     ``"atlas"`` (multi-atlas registration, :mod:`fewshotcx.backends.atlas`) takes ``fusion=``,
     ``registration=`` and registration options; the model arguments must keep their defaults.
+    ``"universeg+atlas"`` takes the UniverSeg arguments (``strategy`` ``"registered"`` (default) or
+    ``"auto"``, ``registration=``), ``prior_weight=`` (in-context share of the fused probability) and
+    ``prior_sigma_mm=`` (blur of the atlas prior).
     """
     common = dict(model=model, weights=weights, device=device, support_size=support_size,
                   ensemble=ensemble, slice_size=slice_size, context=context)
@@ -63,6 +66,12 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
         from .sam2 import Sam2Backend
 
         return Sam2Backend(**common, **options)
+    if name == "universeg+atlas":
+        from .universeg import UniverSegBackend
+        from .universeg_atlas import UniverSegAtlasBackend
+
+        prior = {key: options.pop(key) for key in ("prior_weight", "prior_sigma_mm") if key in options}
+        return UniverSegAtlasBackend(UniverSegBackend(**common, **{"strategy": "registered", **options}), **prior)
     if name == "atlas":
         from .atlas import AtlasBackend
 

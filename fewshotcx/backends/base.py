@@ -15,7 +15,7 @@ objects in place): :meth:`fewshotcx.Segmenter.complete` relies on that to leave 
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import ContextManager, Protocol, runtime_checkable
 
 import torch
 
@@ -90,4 +90,18 @@ class VolumeBackend(Protocol):
             ``(L, X, Y, Z)`` float32 probabilities in ``[0, 1]`` on the query's canonical grid, one
             channel per class of :attr:`SupportVolumes.classes`.
         """
+        ...
+
+
+@runtime_checkable
+class QueryAwareBackend(Protocol):
+    """A slab :class:`Backend` whose support depends on the query (retrieval, registered support).
+
+    The segmenter runs the slab path for a query inside ``query_context(...)``; the backend may swap
+    its pools or precompute per-query state there and must restore its fitted state on exit.
+    """
+
+    def query_context(self, support: SupportVolumes, query: Volume, normalised: torch.Tensor,
+                      generator: torch.Generator) -> ContextManager:
+        """Prepare the support for ``query`` (canonical; ``normalised`` ``(X, Y, Z)`` on the device)."""
         ...

@@ -12,8 +12,8 @@ support runs one-vs-rest, one pass per class, and returns one probability channe
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import nullcontext
-from typing import Optional
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Optional
 
 import torch
 from einops import rearrange
@@ -21,7 +21,11 @@ from einops import rearrange
 from ..pipeline.intensity import minmax_per_slice
 from ..models.universeg import UniverSeg
 from ..pipeline.slicing import SliceGeometry, relative_position
-from ..pipeline.support import Strategy, SupportPool, derived_generator, select_support
+from ..io.volume import Volume
+from ..pipeline.query_support import DEFAULT_REGISTRATION, QuerySupport, SlabSettings, prepare_query_support
+from ..pipeline.support import (
+    QUERY_AWARE, Strategy, SupportPool, SupportVolumes, check_strategy, derived_generator, select_support,
+)
 from ..models.weights import load_universeg
 
 #: Support size when neither the caller nor the checkpoint says: UniverSeg v1 was trained with
@@ -40,7 +44,10 @@ class UniverSegBackend:
         device: torch device.
         support_size: ``S`` support slabs per query group.
         ensemble: ``K`` independent support sets averaged.
-        strategy: ``"position"`` or ``"random"`` (see :mod:`fewshotcx.pipeline.support`).
+        strategy: ``"position"``, ``"random"``, ``"retrieval"``, ``"registered"`` or ``"auto"`` (see
+            :mod:`fewshotcx.pipeline.support`); the last three need the query, which
+            :meth:`query_context` provides (the :class:`~fewshotcx.Segmenter` calls it).
+        registration: transform of ``"registered"``/``"auto"``: ``"rigid"``, ``"affine"`` or ``"deformable"``.
         group_size: neighbouring query slices sharing one support set.
         precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         slice_size: override the model's native size (must be divisible by 8).
@@ -66,6 +73,7 @@ class UniverSegBackend:
         context: Optional[int] = None,
         support_chunk: Optional[int] = None,
         channels_last: bool = True,
+        registration: str = DEFAULT_REGISTRATION,
     ) -> None:
         net, meta = (model, {}) if model is not None else load_universeg(weights, return_metadata=True)
         self.model = net.to(device).eval()
@@ -84,7 +92,11 @@ class UniverSegBackend:
         if self.support_size < 1 or ensemble < 1 or group_size < 1:
             raise ValueError("support_size, ensemble and group_size must be at least 1")
         self.ensemble = int(ensemble)
-        self.strategy = strategy
+        self.strategy = check_strategy(strategy)
+        if registration not in ("rigid", "affine", "deformable"):
+            raise ValueError(f"registration must be 'rigid', 'affine' or 'deformable', got {registration!r}")
+        self.registration = registration
+        self.query: Optional[QuerySupport] = None
         self.group_size = int(group_size)
         self.precision = precision
         self.support_chunk = support_chunk
@@ -97,6 +109,35 @@ class UniverSegBackend:
         """Store the pools (UniverSeg conditions on the support at inference; nothing is trained)."""
         self.pools = {axis: pool.to(self.device) for axis, pool in pools.items()}
         self._features.clear()
+
+    def query_context(self, support: SupportVolumes, query: Volume, normalised: torch.Tensor,
+                      generator: torch.Generator):
+        """A context manager inside which :meth:`predict_slices` draws support for this ``query``
+        (retrieval similarity, or pools registered onto its grid: :mod:`fewshotcx.pipeline.query_support`);
+        a no-op for ``"position"``/``"random"``. The fitted pools are restored on exit.
+
+        Args:
+            support: the fitted support volumes (canonical).
+            query: the query, canonical, original intensities.
+            normalised: ``(X, Y, Z)`` the query as normalised for the backend.
+        """
+        if self.strategy not in QUERY_AWARE:
+            return nullcontext()
+        settings = SlabSettings(self.slice_size, self.context, self.resize_mode, self.group_size, self.device)
+        prepared = prepare_query_support(self.strategy, self.pools, support, query, normalised.to(self.device),
+                                         settings, generator.initial_seed(), self.registration)
+        return self._using(prepared)
+
+    @contextmanager
+    def _using(self, prepared: QuerySupport) -> Iterator[QuerySupport]:
+        fitted = self.pools
+        self.pools, self.query = prepared.pools, prepared
+        self._features.clear()  # cached support features are keyed by pool indices: they belong to one pool
+        try:
+            yield prepared
+        finally:
+            self.pools, self.query = fitted, None
+            self._features.clear()
 
     def bytes_per_slab(self) -> int:
         width = max(self.model.widths)
@@ -159,15 +200,24 @@ class UniverSegBackend:
         """``(S,)`` pool indices of the support set shared by query group ``group`` (slices
         ``group·G … group·G+G−1`` along the axis) for ensemble member ``member``.
 
-        The draw is position-matched to the group's centre and seeded only by the generator's seed, the
-        axis, the group and the member (:func:`~fewshotcx.pipeline.support.derived_generator`), so
+        The draw is matched to the group's centre (position) or to the whole group's look (retrieval,
+        prepared per query by :meth:`query_context`) and seeded only by the generator's seed, the axis,
+        the group and the member (:func:`~fewshotcx.pipeline.support.derived_generator`), so
         predictions depend neither on how the volume is chunked (memory budget) nor on the device.
         """
+        strategy, similarity = self.strategy, None
+        if self.query is not None:
+            strategy = self.query.strategy
+            similarity = self.query.similarity.get(geometry.axis)
+            similarity = None if similarity is None else similarity[group:group + 1]
+        elif strategy in QUERY_AWARE:
+            raise RuntimeError(f"strategy {strategy!r} needs the query volume: predict through fx.Segmenter "
+                               "(or inside UniverSegBackend.query_context)")
         start = group * self.group_size
         last = min(start + self.group_size - 1, geometry.depth - 1)
         position = torch.tensor([relative_position((start + last) / 2, geometry.depth)], device=self.device)
         draw = derived_generator(generator.initial_seed(), geometry.axis, group, member)
-        return select_support(pool, position, self.support_size, self.strategy, draw)[0]
+        return select_support(pool, position, self.support_size, strategy, draw, similarity=similarity)[0]
 
     def _autocast(self):
         precision = self.precision

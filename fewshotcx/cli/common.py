@@ -27,7 +27,12 @@ def support_pair(text: str) -> tuple[str, str]:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="universeg", choices=["universeg", "sam", "universeg+sam", "sam2", "atlas"])
+    from ..backends import BACKENDS
+    from ..pipeline.support import STRATEGIES
+
+    p.add_argument("--backend", default="universeg", choices=list(BACKENDS))
+    p.add_argument("--strategy", default=None, choices=list(STRATEGIES),
+                   help="support selection for universeg backends (default: the backend's)")
     p.add_argument("--config", default=None, help="sam2 config for --backend sam2 (e.g. sam2.1_hiera_t, medsam2)")
     p.add_argument("--fusion", default="majority", choices=["majority", "staple", "weighted"],
                    help="label fusion for --backend atlas")

@@ -67,5 +67,7 @@ def model_options(args: argparse.Namespace) -> dict:
         extra["config"] = args.config
     if args.backend == "atlas":
         extra.update(fusion=args.fusion, registration=args.registration)
+    if args.strategy is not None:
+        extra["strategy"] = args.strategy
     return dict(backend=args.backend, weights=args.weights, support_size=args.support_size, ensemble=args.ensemble,
                 **extra)

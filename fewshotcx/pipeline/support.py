@@ -8,7 +8,15 @@ position along that axis. Drawing a support set for a query slab is then a tenso
 * ``"position"`` — slices whose relative position along the axis is nearest the query's, drawn
   without replacement with probability ``exp(-|Δp| / tau)`` (Gumbel top-k). In 3D anatomy the slice
   at the same height in another patient is the most informative example, and near the ends of an
-  organ the nearest slices are naturally the empty ones.
+  organ the nearest slices are naturally the empty ones. It assumes every scan covers the same
+  anatomy from its first to its last slice;
+* ``"retrieval"`` — the slabs most similar to the query's (:func:`slab_features`), for scans that
+  cover different ranges; needs the query, so the backend computes the similarity at predict time
+  (:mod:`fewshotcx.pipeline.query_support`);
+* ``"registered"`` — support volumes registered and resampled onto the query's grid, then drawn by
+  ``"position"`` on that grid, where relative position *is* anatomical position
+  (:mod:`fewshotcx.pipeline.query_support`); ``"auto"`` = registered, or retrieval where
+  registration fails its quality check.
 """
 
 from __future__ import annotations
@@ -18,11 +26,25 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .slicing import extract_slabs, make_geometry
 from ..io.volume import Volume, VolumeError, check_pair
 
-Strategy = Literal["position", "random"]
+Strategy = Literal["position", "random", "retrieval", "registered", "auto"]
+#: Every support strategy, in the order the CLI lists them.
+STRATEGIES: tuple[str, ...] = ("position", "random", "retrieval", "registered", "auto")
+#: Strategies that need the query volume before drawing (the backend prepares them per query).
+QUERY_AWARE: tuple[str, ...] = ("retrieval", "registered", "auto")
+#: Side of the thumbnail that :func:`slab_features` compares.
+FEATURE_SIZE = 16
+
+
+def check_strategy(strategy: str) -> str:
+    """``strategy`` if it is one of :data:`STRATEGIES`, else a one-line ValueError naming the choices."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown support strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    return strategy
 
 
 @dataclass
@@ -165,6 +187,8 @@ def select_support(
     generator: Optional[torch.Generator] = None,
     tau: float = 0.05,
     negative_fraction: float = 0.25,
+    similarity: Optional[torch.Tensor] = None,
+    temperature: float = 0.01,
 ) -> torch.Tensor:
     """Draw one support set (without replacement) per query position.
 
@@ -172,8 +196,16 @@ def select_support(
         query_positions: ``(G,)`` relative positions in ``[0, 1]`` (one per group of query slabs that
             will share a support set).
         size: support size ``S`` (capped at the pool size).
+        strategy: ``"position"``, ``"random"`` or ``"retrieval"`` (``"registered"`` is ``"position"``
+            on a pool resampled onto the query's grid, prepared by the backend).
         tau: position-matching temperature (relative-position units); smaller = stricter matching.
-        negative_fraction: for ``"random"``, the share of empty slices drawn (if the pool has any).
+        negative_fraction: for ``"random"``, the share of empty slices drawn (if the pool has any);
+            for ``"retrieval"``, the least share of empty slices (the most similar empty ones).
+        similarity: ``(G, M)`` query-group × pool similarity, for ``"retrieval"``
+            (:func:`retrieval_similarity`).
+        temperature: retrieval temperature in similarity units: slabs within about ``temperature``
+            of each other are drawn interchangeably (ensemble members differ), clearly less similar
+            ones are not drawn.
     Returns:
         ``(G, S)`` long indices into the pool.
     """
@@ -197,9 +229,57 @@ def select_support(
         neg_rank = _rank(torch.where(~positive, gumbel, torch.full_like(gumbel, -torch.inf)))
         keep = (positive & (pos_rank < s - want_neg)) | (~positive & (neg_rank < want_neg))
         scores = torch.where(keep, gumbel, torch.full_like(gumbel, -torch.inf))
+    elif strategy == "retrieval":
+        if similarity is None or tuple(similarity.shape) != (g, m):
+            raise ValueError(f"strategy 'retrieval' needs a ({g}, {m}) query-by-pool similarity")
+        scores = similarity.to(device, torch.float32) / temperature + gumbel
+        negative = ~pool.has_foreground.any(dim=1)  # (M,)
+        want_neg = min(int(negative.sum()), round(s * negative_fraction))
+        neg_rank = _rank(torch.where(negative, scores, torch.full_like(scores, -torch.inf)))
+        scores = torch.where(negative & (neg_rank < want_neg), torch.full_like(scores, torch.inf), scores)
     else:
-        raise ValueError(f"unknown support strategy {strategy!r}: expected 'position' or 'random'")
+        check_strategy(strategy)
+        raise ValueError(f"support strategy {strategy!r} needs the query: the backend prepares it per query")
     return scores.topk(s, dim=1).indices
+
+
+def slab_features(slabs: torch.Tensor, size: int = FEATURE_SIZE) -> torch.Tensor:
+    """Retrieval descriptors: each slab shrunk to ``size × size`` (area average over all its channels),
+    centred and scaled to unit length, so a dot product is the Pearson correlation of two thumbnails.
+
+    Why this measure: it compares anatomy by its coarse layout (where the bright and dark structures
+    lie), is invariant to the scanner's intensity scale and offset (per-slab centring and scaling),
+    costs one pooling per slab, and needs no model; the 2.5D channels make it see the neighbouring
+    slices too.
+
+    Args:
+        slabs: ``(N, C, s, s)``.
+    Returns:
+        ``(N, C·size²)`` float32; constant slabs give zero vectors (similar to nothing).
+    """
+    small = F.adaptive_avg_pool2d(slabs.float(), size).flatten(1)
+    small = small - small.mean(dim=1, keepdim=True)
+    return small / small.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def group_features(features: torch.Tensor, indices: torch.Tensor, group_size: int, groups: int) -> torch.Tensor:
+    """Mean descriptor of each group of ``group_size`` neighbouring slices, re-normalised.
+
+    Args:
+        features: ``(N, D)`` from :func:`slab_features`.
+        indices: ``(N,)`` slice index of each slab along the axis.
+        groups: number of groups ``G`` (``ceil(depth / group_size)``).
+    Returns:
+        ``(G, D)``.
+    """
+    total = torch.zeros(groups, features.shape[1], device=features.device)
+    total.index_add_(0, (indices.to(features.device) // group_size).long(), features)
+    return total / total.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def retrieval_similarity(query_features: torch.Tensor, pool: SupportPool) -> torch.Tensor:
+    """``(G, M)`` cosine similarity of query descriptors ``(G, D)`` to every slab of ``pool``."""
+    return query_features @ slab_features(pool.images).to(query_features.device).T
 
 
 def _gumbel(shape: tuple[int, int], generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:

@@ -1,0 +1,198 @@
+"""Support prepared for one query: the strategies that need to see the query before drawing.
+
+* ``"retrieval"``: every query slab is described by :func:`~fewshotcx.pipeline.support.slab_features`
+  and each group of neighbouring query slices gets the ``(1, M)`` row of its similarity to the pool.
+* ``"registered"``: every support volume is registered to the query (:mod:`fewshotcx.registration`)
+  and its normalised image and labels are resampled onto the query's grid; the pools are rebuilt
+  there (only slices the warped support covers), so drawing by relative position on that grid is
+  drawing at the same anatomy. A failed registration is an error naming the support volume.
+* ``"auto"``: registered with the volumes that pass the quality check (a warning names each one
+  that fails); retrieval on the original pools when none passes.
+
+The result, :class:`QuerySupport`, is what a backend uses instead of its fitted pools while it
+predicts that one query (:meth:`fewshotcx.backends.universeg.UniverSegBackend.query_context`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..io.volume import Volume, VolumeError
+from .slicing import extract_slabs, make_geometry
+from .support import (
+    QUERY_AWARE, SupportPool, SupportVolumes, build_pool, group_features, retrieval_similarity, slab_features,
+)
+
+#: Registration transform used by ``"registered"``/``"auto"`` unless the backend is told otherwise.
+DEFAULT_REGISTRATION = "affine"
+#: A warped support slice joins the pool when it covers at least this share of the best-covered slice.
+MIN_COVERAGE = 0.5
+#: Query slabs described per batch (bounds memory on long volumes).
+_FEATURE_BATCH = 64
+
+
+@dataclass
+class QuerySupport:
+    """What one query's support draw uses.
+
+    Attributes:
+        pools: per plane axis, the pool to draw from (the fitted one, or one on the query's grid).
+        strategy: the draw :func:`~fewshotcx.pipeline.support.select_support` makes (``"position"`` on
+            registered pools, ``"retrieval"``, or the fitted strategy).
+        similarity: per axis, ``(G, M)`` similarity of each query group to the pool (retrieval only).
+        registered: indices of the support volumes that were registered onto the query.
+        labels: their label maps resampled onto the query's grid (same order as ``registered``).
+    """
+
+    pools: dict[int, SupportPool]
+    strategy: str
+    similarity: dict[int, torch.Tensor] = field(default_factory=dict)
+    registered: tuple[int, ...] = ()
+    labels: tuple[Volume, ...] = ()
+
+    def vote_share(self, classes: Sequence[int], sigma_mm: float = 0.0) -> Optional[torch.Tensor]:
+        """``(L, X, Y, Z)`` float32: the share of registered label maps that give each voxel class
+        ``classes[l]`` (majority-vote label fusion as a probability), Gaussian-smoothed by ``sigma_mm``
+        (registration is uncertain by a few mm); ``None`` when nothing was registered."""
+        if not self.labels:
+            return None
+        votes = sum(np.stack([lab.array == c for c in classes]).astype(np.float32) for lab in self.labels)
+        share = votes / len(self.labels)
+        if sigma_mm > 0:
+            sigma = (0.0, *(sigma_mm / s for s in self.labels[0].spacing))
+            share = ndimage.gaussian_filter(share, sigma, mode="constant")
+        return torch.as_tensor(share)
+
+
+@dataclass(frozen=True)
+class SlabSettings:
+    """How the backend cuts slabs: model ``size``, ``context``, ``resize_mode``, query ``group_size``."""
+
+    size: int
+    context: int
+    resize_mode: str
+    group_size: int
+    device: torch.device
+
+
+def support_name(support: SupportVolumes, index: int) -> str:
+    """``"support volume 2 (p2_ct.nii.gz)"``: how errors and warnings name a support volume."""
+    source = support.images[index].source
+    path = getattr(source, "path", None) if source is not None else None
+    return f"support volume {index + 1}" + (f" ({path})" if path else "")
+
+
+def prepare_query_support(
+    strategy: str,
+    pools: dict[int, SupportPool],
+    support: SupportVolumes,
+    query: Volume,
+    normalised: torch.Tensor,
+    settings: SlabSettings,
+    seed: int,
+    registration: str = DEFAULT_REGISTRATION,
+) -> QuerySupport:
+    """The support for one query under ``strategy`` (see the module docstring).
+
+    Args:
+        pools: the fitted pools, per plane axis (their axes are the ones predicted).
+        support: the fitted support volumes (canonical).
+        query: the query, canonical, original intensities.
+        normalised: ``(X, Y, Z)`` the query as the backend sees it, on ``settings.device``.
+        seed: seeds the registration's sampling.
+        registration: ``"rigid"``, ``"affine"`` or ``"deformable"``.
+    Raises:
+        fewshotcx.registration.RegistrationError: ``"registered"`` and a support volume fails to register.
+        VolumeError: ``"registered"`` with partially labelled support (``slices=``).
+    """
+    if strategy not in QUERY_AWARE:
+        return QuerySupport(pools, strategy)
+    if strategy in ("registered", "auto"):
+        aligned = register_support(support, query, registration, seed, strict=strategy == "registered")
+        if aligned:
+            images, labels, covered = zip(*(aligned[i] for i in sorted(aligned)))
+            registered_pools = {axis: _pool_on_query(images, labels, covered, axis, support.classes, settings)
+                                for axis in pools}
+            return QuerySupport(registered_pools, "position", registered=tuple(sorted(aligned)), labels=labels)
+        warnings.warn("strategy='auto': no support volume registered to the query; support is drawn by "
+                      "retrieval instead", stacklevel=4)
+    similarity = {axis: retrieval_similarity(query_descriptors(normalised, query.spacing, axis, settings), pool)
+                  for axis, pool in pools.items()}
+    return QuerySupport(pools, "retrieval", similarity)
+
+
+def query_descriptors(normalised: torch.Tensor, spacing: Sequence[float], axis: int,
+                      settings: SlabSettings) -> torch.Tensor:
+    """``(G, D)`` retrieval descriptor of each group of ``settings.group_size`` query slices along ``axis``."""
+    geometry = make_geometry(tuple(normalised.shape), spacing, axis, settings.size, settings.context,
+                             device=normalised.device, resize_mode=settings.resize_mode)
+    features = torch.cat([slab_features(extract_slabs(normalised, geometry.subset(start, start + _FEATURE_BATCH)))
+                          for start in range(0, geometry.num_slices, _FEATURE_BATCH)])
+    groups = math.ceil(geometry.depth / settings.group_size)
+    return group_features(features, geometry.indices, settings.group_size, groups)
+
+
+def register_support(
+    support: SupportVolumes, query: Volume, mode: str, seed: int, strict: bool,
+) -> dict[int, tuple[np.ndarray, Volume, np.ndarray]]:
+    """Register each support volume to ``query`` and resample it onto the query's grid.
+
+    Args:
+        strict: raise on the first failure (``"registered"``); else warn and leave that volume out.
+    Returns:
+        support index → (normalised image ``(X, Y, Z)`` float32, label Volume, coverage ``(X, Y, Z)``
+        float32 0/1: the query voxels inside the support's field of view), all on the query's grid;
+        volumes that failed are missing.
+    """
+    from ..registration import RegistrationError, coverage, register, warp
+
+    if support.slices is not None and any(z is not None for z in support.slices):
+        message = ("strategy 'registered' needs fully labelled support volumes: slices= marks unlabelled "
+                   "slices, which resampling would mix with labelled ones")
+        if strict:
+            raise VolumeError(message)
+        warnings.warn(message + "; using retrieval", stacklevel=4)
+        return {}
+    aligned = {}
+    for i, (image, labels) in enumerate(zip(support.images, support.labels)):
+        name = support_name(support, i)
+        try:
+            reg = register(image, query, mode=mode, seed=seed, check=False, name=name)
+            failure = None if reg.ok else f"registration of {name} failed its quality check ({_quality(reg)})"
+        except RegistrationError as err:
+            failure = str(err)
+        if failure is not None:
+            if strict:
+                raise RegistrationError(f"strategy='registered': {failure}")
+            warnings.warn(f"strategy='auto': {failure}; it is left out of the registered support", stacklevel=4)
+            continue
+        normalised = warp(image.with_array(support.normalised[i], label=False), reg, query, default=0.0)
+        aligned[i] = (normalised.array.astype(np.float32), warp(labels, reg, query, label=True),
+                      coverage(image, reg, query).astype(np.float32))
+    return aligned
+
+
+def _quality(reg) -> str:
+    return reg.quality.describe() if reg.quality is not None else "not measured"
+
+
+def _pool_on_query(images: Sequence[np.ndarray], labels: Sequence[Volume], coverage: Sequence[np.ndarray],
+                   axis: int, classes: tuple[int, ...], settings: SlabSettings) -> SupportPool:
+    """The pool of the warped supports along ``axis``, keeping the slices they cover."""
+    covered = []
+    for cover in coverage:
+        per_slice = cover.mean(axis=tuple(a for a in range(3) if a != axis))
+        covered.append(np.flatnonzero(per_slice >= MIN_COVERAGE * max(float(per_slice.max()), 1e-6)).tolist())
+    return build_pool(images, labels, axis, settings.size, settings.context, covered, classes,
+                      device=settings.device, resize_mode=settings.resize_mode)
+
+
+__all__ = ["DEFAULT_REGISTRATION", "QuerySupport", "SlabSettings", "prepare_query_support", "query_descriptors",
+           "register_support", "support_name"]
