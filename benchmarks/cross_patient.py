@@ -44,7 +44,7 @@ from scipy.spatial.transform import Rotation
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    add_output_options, apply_output_options, brain_cases, CrossTask, is_held_out, machine_info, ModelSpec,
+    add_output_options, apply_output_options, brain_cases, CrossTask, data_role, machine_info, ModelSpec,
     print_provenance, print_table, score, summarise, write_csv,
 )
 from fewshotcx import Segmenter, Volume, datasets  # noqa: E402
@@ -197,14 +197,14 @@ def _masks(method: str, model: ModelSpec, task: CrossTask, label: Volume, shape)
     return {method: _segment(model, task, label, **method_options(method)).array > 0.5}
 
 
-def run_task(qt: QueryTask, model: ModelSpec, methods: Sequence[str], held_out: bool) -> list[dict]:
+def run_task(qt: QueryTask, model: ModelSpec, methods: Sequence[str], role: str) -> list[dict]:
     """Every method on one task; a method that raises (e.g. a refused registration) gets a row with
     its error and no score."""
     task, rows = qt.task, []
     label, reference = task.support_label(), task.reference()
     base = {"task": qt.name, "structure": datasets.canonical_name(task.structure), "kind": qt.kind,
             "fraction": qt.fraction, "height": qt.height, "support_subject": task.support.name,
-            "subject": task.query.name, "query_slices": reference.shape[2], "held_out": held_out}
+            "subject": task.query.name, "query_slices": reference.shape[2], "data_role": role}
     for method in methods:
         try:
             masks, secs = _timed(lambda: _masks(method, model, task, label, reference.shape))
@@ -279,12 +279,12 @@ def run(tasks: Sequence[QueryTask], model: ModelSpec, methods: Sequence[str], ou
     print(f"machine: {machine_info()}")
     print(f"model: {model.describe()}")
     print_provenance([c for t in tasks for c in (t.task.support, t.task.query)])
-    holdout = model.holdout()
+    roles = model.roles()
     rows: list[dict] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for qt in tasks:
-            rows += run_task(qt, model, methods, is_held_out(qt.task.query, qt.task.structure, holdout))
+            rows += run_task(qt, model, methods, data_role(qt.task.query, qt.task.structure, roles) if not model.in_memory else "unknown")
             write_csv(rows, Path(out) / f"{tag}.csv")  # after every task: a long run is usable when cut short
     report(rows, out, plots, tag)
     return rows

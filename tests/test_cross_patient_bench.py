@@ -55,7 +55,7 @@ def test_cross_patient_benchmark_end_to_end(tmp_path):
     table = _read(tmp_path / "cp.csv")
     assert len(table) == len(rows) == len(tasks) * len(methods)
     assert all(r["error"] == "" for r in table)
-    for column in ("task", "kind", "method", "dice", "hd95", "seconds", "query_slices", "held_out"):
+    for column in ("task", "kind", "method", "dice", "hd95", "seconds", "query_slices", "data_role"):
         assert column in table[0]
     summary = _read(tmp_path / "cp_summary.csv")
     assert {(r["kind"], r["method"]) for r in summary} == {(k, m) for k in ("cropped", "moved") for m in methods}
