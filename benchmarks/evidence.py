@@ -14,8 +14,11 @@ A quoted number carries its source in an HTML comment right after it (invisible 
 
 The quoted number is the last number before the comment on its line; it must equal the CSV's value
 rounded to as many decimals as the quote shows. In README.md's "What it measured" section every
-number with a decimal point must carry a comment. Run ``python benchmarks/evidence.py`` to list
+number with a decimal point must carry a comment, except thresholds written after a comparison sign
+(``Dice ≥ 0.85``). Run ``python benchmarks/evidence.py`` to list
 every claim with its CSV value (exit 1 when one disagrees); ``tests/test_evidence.py`` runs the same.
+``--fix`` rewrites each tagged number from its CSV at the precision it is quoted with (after a rerun);
+read the prose around the numbers afterwards, since a comparison in words may have flipped.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ DOCUMENTS = ("README.md", "docs/*.md")
 MEASURED_SECTION = "## What it measured"
 
 _CLAIM = re.compile(r"(-?\d+(?:\.\d+)?)[^\d<\n]*?<!--\s*evidence:\s*(.*?)\s*-->")
-_DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+#: A decimal number that is a measurement: not one right after a comparison sign (``Dice < 0.7`` is a
+#: threshold, not a result).
+_DECIMAL = re.compile(r"(?<![\w.<>≤≥])(?<![<>≤≥] )\d+\.\d+(?![\w.])")
 _AGGREGATES = ("mean", "min", "max", "sum", "count")
 
 
@@ -116,14 +121,42 @@ def check(claim: Claim, results: Path = RESULTS) -> Optional[str]:
     return None
 
 
+def fix(path: Path, results: Path = RESULTS) -> int:
+    """Rewrite every tagged number in ``path`` from its CSV (same number of decimals); returns how
+    many changed. A claim whose spec cannot be evaluated is left as it is (``check`` reports it)."""
+    changed = 0
+
+    def rewrite(match: re.Match) -> str:
+        nonlocal changed
+        quoted, spec = match.group(1), match.group(2)
+        try:
+            value = evaluate(spec, results)
+        except (OSError, ValueError, KeyError):
+            return match.group(0)
+        decimals = len(quoted.partition(".")[2])
+        new = f"{round(value, decimals):.{decimals}f}"
+        changed += new != quoted
+        return new + match.group(0)[len(quoted):]
+
+    lines = [_CLAIM.sub(rewrite, line) for line in path.read_text().splitlines(keepends=True)]
+    path.write_text("".join(lines))
+    return changed
+
+
 def documents(root: Path = ROOT) -> list[Path]:
     """README.md and every page under docs/."""
     return sorted(p for pattern in DOCUMENTS for p in root.glob(pattern))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Print every claim (``ok`` or the mismatch) and the README numbers without evidence."""
-    del argv
+    """Print every claim (``ok`` or the mismatch) and the README numbers without evidence;
+    ``--fix`` first rewrites the tagged numbers from their CSVs."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--fix" in argv:
+        for doc in documents():
+            count = fix(doc)
+            if count:
+                print(f"rewrote {count} number(s) in {doc.relative_to(ROOT)}")
     problems = []
     for doc in documents():
         for claim in claims(doc):

@@ -16,22 +16,23 @@ if [[ $lane == model || $lane == all ]]; then
   "$PY" benchmarks/labelled_slices.py --weights default --out "$R" --plots docs/img --threads 1
   "$PY" benchmarks/support_size.py --weights default --structures "left thalamus" "right thalamus" \
     --lesions lung1:lung2 --out "$R" --plots docs/img --threads 1
+  "$PY" benchmarks/finetune_benefit.py --weights default --steps 150 --out "$R" --plots docs/img
 fi
 if [[ $lane == review || $lane == all ]]; then
   "$PY" benchmarks/calibration.py --threads 1 --out "$R"
   "$PY" benchmarks/active_contouring.py --threads 1 --out "$R" --plots docs/img
 fi
 if [[ $lane == cross || $lane == all ]]; then
-  "$PY" benchmarks/cross_patient.py --out "$R" --plots docs/img --threads 1
+  "$PY" benchmarks/cross_patient.py --out "$R" --plots docs/img
 fi
 if [[ $lane == compare || $lane == all ]]; then
-  "$PY" benchmarks/seed_comparison.py --out "$R" --plots docs/img --threads 1
-  "$PY" benchmarks/cohort_scaling.py
+  "$PY" benchmarks/seed_comparison.py --cohorts brain --nnunet-epochs 1 --nnunet-iterations 10 --unet-steps 60
+  "$PY" benchmarks/cohort_scaling.py --out "$R"
 fi
 if [[ $lane == speed || $lane == all ]]; then
   "$PY" benchmarks/throughput.py --sizes 16 --repeats 3 --threads 1
   "$PY" benchmarks/model_memory.py --chunks 64,16
-  "$PY" benchmarks/registration_cost.py
+  (cd benchmarks && "../$PY" registration_cost.py)
   "$PY" benchmarks/sam2_cost.py --frames 3 --threads 1
 fi
 "$PY" benchmarks/evidence.py

@@ -50,8 +50,17 @@ def test_checker_reports_a_wrong_quote_and_a_missing_row(results):
 def test_claims_and_untagged_numbers_are_found(tmp_path, monkeypatch):
     monkeypatch.setattr(evidence, "ROOT", tmp_path)
     doc = tmp_path / "README.md"
-    doc.write_text("# x\n## What it measured\n| a | **0.869** <!-- evidence: r.csv column=dice --> | 2.33× |\n"
+    doc.write_text("# x\n## What it measured\n| a | **0.869** <!-- evidence: r.csv column=dice --> | 2.33× |"
+                   " slices with Dice < 0.7 or ≥0.85 |\n"
                    "## Next\n1.5 is fine here\n")
     found = evidence.claims(doc)
     assert [(c.quoted, c.spec) for c in found] == [("0.869", "r.csv column=dice")]
     assert [m.split(": ")[1].split()[0] for m in evidence.untagged_numbers(doc)] == ["2.33"]
+
+
+def test_fix_rewrites_numbers_from_the_csv(results, tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("model 0.000 <!-- evidence: r.csv task=a method=model column=dice --> vs 9 "
+                   "<!-- evidence: r.csv task=zz column=dice -->\n")
+    assert evidence.fix(doc, results) == 1
+    assert doc.read_text().startswith("model 0.869 <!-- evidence:") and "vs 9 <!--" in doc.read_text()
