@@ -279,8 +279,9 @@ def register(
     """Register ``moving`` (a labelled support scan) to ``fixed`` (the query).
 
     Args:
-        moving, fixed: volumes of any orientation/spacing/origin (their world coordinates may be
-            unrelated); usually canonical.
+        moving: the scan to align (any orientation/spacing/origin; world coordinates may be unrelated
+            to ``fixed``'s); usually canonical.
+        fixed: the scan it is aligned to (the query).
         mode: ``"rigid"`` (6 parameters), ``"affine"`` (12, after rigid) or ``"deformable"`` (affine
             then a dense displacement field by symmetric-forces demons).
         seed: seeds the metric's random sampling: the same seed (and ``threads``) gives the same result.
