@@ -23,7 +23,7 @@ from .progress import show_progress
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
 from .pipeline.intensity import Modality, looks_like_ct, normalize
 from .pipeline.postprocess import keep_drawn, postprocess
-from .pipeline.slicing import AxisLike, extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble, relative_position
+from .pipeline.slicing import AxisLike, Framing, extract_slabs, iter_chunks, plane_axes, reassemble, relative_position
 from .pipeline.support import SupportPool, SupportVolumes, build_pool, check_support, support_classes
 
 VolumeLike = Union[Volume, PathLike]
@@ -83,9 +83,10 @@ def slab_probabilities(
         ``(L, X, Y, Z)`` float32 probabilities in ``[0, 1]`` on the same grid.
     """
     total = None
+    framing = Framing.of(backend)
     for axis in axes:
-        geometry = make_geometry(tuple(normalised.shape), spacing, axis, backend.slice_size, backend.context,
-                                 device=normalised.device, resize_mode=backend.resize_mode)
+        geometry = framing.geometry(tuple(normalised.shape), spacing, axis, device=normalised.device,
+                                    centre=framing.centre(normalised, axis))
         chunks = list(iter_chunks(geometry, backend.bytes_per_slab(), memory_budget))
         outputs = []
         for start, stop in tqdm(chunks, desc=f"slices (axis {axis})", disable=not progress or len(chunks) < 2,
@@ -221,8 +222,8 @@ class Segmenter:
         pools = {}
         if isinstance(self.backend, Backend):
             b = self.backend
-            pools = {axis: build_pool(support.normalised, labs, axis, b.slice_size, b.context, chosen, support.classes,
-                                      device=self.device, resize_mode=b.resize_mode) for axis in self.axes}
+            pools = {axis: build_pool(support.normalised, labs, axis, Framing.of(b), chosen, support.classes,
+                                      device=self.device) for axis in self.axes}
             self.backend.fit(pools, generator)
         if isinstance(self.backend, VolumeBackend):
             self.backend.fit_volumes(support, generator)

@@ -36,7 +36,7 @@ from .io.atomic import atomic_output
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
 from .pipeline.intensity import normalize
 from .pipeline.postprocess import keep_drawn, postprocess
-from .pipeline.slicing import extract_slabs, from_model_square, make_geometry, relative_position
+from .pipeline.slicing import Framing, extract_slabs, from_model_square, relative_position
 from .pipeline.support import SupportPool
 from .segmenter import Segmenter, decide_modality
 
@@ -74,6 +74,7 @@ class ContourSession:
         self._version = 0
         self._cache: dict[Key, np.ndarray] = {}  # -> (L, X, Y) probabilities of one slice
         self._slabs: Optional[torch.Tensor] = None
+        self._centre: Optional[tuple[float, float]] = None  # in-plane framing centre (set with the slabs)
         self._label_slabs: dict[tuple[int, int, tuple], torch.Tensor] = {}
         self.predicted_slices = 0  # slices run through the model so far (cost counter)
         self.cache_limit: Optional[int] = None  # cached slice predictions kept; None = 8 × depth
@@ -263,8 +264,7 @@ class ContourSession:
         clone = copy.copy(backend)  # fit() rebinds its state: the segmenter's backend is untouched
         generator = self.segmenter._generator()
         clone.fit({2: pool}, generator)
-        geometry = make_geometry(self.image.shape, self.image.spacing, 2, backend.slice_size, backend.context,
-                                 indices=slices, device=slabs.device, resize_mode=backend.resize_mode)
+        geometry = self._geometry(self.image.shape, indices=slices, device=slabs.device)
         probs = clone.predict_slices(slabs[slices], geometry, generator)  # (N, L, s, s)
         self.predicted_slices += len(slices)
         return from_model_square(probs.float(), geometry).clamp_(0, 1).cpu().numpy()
@@ -274,21 +274,28 @@ class ContourSession:
         if self._slabs is None:
             backend, device = self.segmenter.backend, self.segmenter.device
             normalised = torch.as_tensor(normalize(self.image.array, self.modality, self.segmenter.window), device=device)
-            geometry = make_geometry(self.image.shape, self.image.spacing, 2, backend.slice_size, backend.context,
-                                     device=device, resize_mode=backend.resize_mode)
-            self._slabs = extract_slabs(normalised, geometry)
+            self._centre = Framing.of(backend).centre(normalised, 2)
+            self._slabs = extract_slabs(normalised, self._geometry(self.image.shape, device=device))
         return self._slabs
+
+    def _geometry(self, shape, indices=None, device=None, context=None):
+        """Axial slab geometry of this image (or a one-slice label stack of its in-plane size) under the
+        backend's framing, centred where the image's slabs are (:meth:`_query_slabs` sets the centre)."""
+        framing = Framing.of(self.segmenter.backend)
+        if framing.mode == "physical" and self._centre is None:
+            self._query_slabs()  # sets the centre
+        return framing.geometry(shape, self.image.spacing, 2, indices, device or self.segmenter.device,
+                                self._centre, context)
 
     def _label_slab(self, z: int, classes: tuple[int, ...]) -> torch.Tensor:
         """``(L, s, s)`` one-hot label slab of drawn slice ``z`` (cached per drawing)."""
         mask, version = self._drawn[z]
         key = (z, version, classes)
         if key not in self._label_slabs:
-            backend, device = self.segmenter.backend, self.segmenter.device
+            device = self.segmenter.device
             one_hot = torch.as_tensor(np.stack([mask == c for c in classes])[..., None], dtype=torch.float32,
                                       device=device)  # (L, X, Y, 1)
-            geometry = make_geometry(one_hot.shape[1:], self.image.spacing, 2, backend.slice_size, 0,
-                                     device=device, resize_mode=backend.resize_mode)
+            geometry = self._geometry(one_hot.shape[1:], device=device, context=0)
             self._label_slabs[key] = extract_slabs(one_hot, geometry)[0].clamp_(0.0, 1.0)
         return self._label_slabs[key]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import ORIENTATIONS
-from fewshotcx.pipeline.slicing import extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble
+from fewshotcx.pipeline.slicing import Framing, body_centre, extract_slabs, iter_chunks, make_geometry, plane_axes, reassemble
 from fewshotcx.io.volume import Volume
 
 
@@ -113,3 +113,66 @@ def test_stretch_mode_fills_square_and_inverts():
     assert (back - volume).abs().max() < 0.05
     with pytest.raises(ValueError, match="resize_mode"):
         make_geometry(volume.shape, (1, 1, 1), "axial", size=32, resize_mode="crop")
+
+
+# ------------------------------------------------------------------ physical framing
+def _phantom(spacing, shape, origin):
+    """A body (ellipse, 300 × 200 mm, centred at x=10, y=-20 mm) with an organ (disk, r=30 mm) and
+    intensity varying along z, sampled on a grid of ``spacing`` mm with its first voxel at ``origin``."""
+    axes = [origin[i] + np.arange(shape[i]) * spacing[i] for i in range(3)]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    body = ((x - 10) / 150) ** 2 + ((y + 20) / 100) ** 2 < 1
+    organ = (x - 60) ** 2 + (y + 10) ** 2 < 30 ** 2
+    return (0.5 * body + 0.4 * organ + 0.05 * np.sin(z / 7) * body).astype(np.float32)
+
+
+def test_physical_framing_gives_the_same_input_at_two_fields_of_view_and_spacings():
+    framing = Framing(128, 1, "physical", pixel_mm=2.5, context_mm=6.0)
+    small = _phantom((1.0, 1.0, 3.0), (400, 300, 9), (-190.0, -170.0, 0.0))   # 400 x 300 mm, 3 mm slices
+    large = _phantom((0.7, 0.7, 2.0), (700, 520, 13), (-250.0, -200.0, 0.0))  # 490 x 364 mm, 2 mm slices
+    slabs = []
+    for volume, spacing, z in ((small, (1.0, 1.0, 3.0), 4), (large, (0.7, 0.7, 2.0), 6)):  # both at z = 12 mm
+        geometry = framing.geometry(volume.shape, spacing, "axial", indices=[z], centre=framing.centre(volume, 2))
+        slabs.append(extract_slabs(torch.from_numpy(volume), geometry))
+    assert slabs[0].shape == slabs[1].shape == (1, 3, 128, 128)
+    difference = (slabs[0] - slabs[1]).abs()
+    assert difference.mean() < 0.01  # edges resampled differently; the anatomy coincides
+    # the same check against field-of-view fitting ("pad"), which scales each scan differently, fails:
+    fitted = [extract_slabs(torch.from_numpy(v), make_geometry(v.shape, sp, "axial", 128, 1, [z]))
+              for v, sp, z in ((small, (1.0, 1.0, 3.0), 4), (large, (0.7, 0.7, 2.0), 6))]
+    assert (fitted[0] - fitted[1]).abs().mean() > 5 * difference.mean()
+
+
+def test_physical_framing_pixel_size_and_body_centre():
+    volume = _phantom((1.0, 1.0, 3.0), (400, 300, 3), (-190.0, -170.0, 0.0))
+    ch, cw = body_centre(volume, 2)
+    assert abs((-190 + ch) - 10) < 4 and abs((-170 + cw) + 20) < 4  # the ellipse's centre, in mm
+    geometry = make_geometry(volume.shape, (1.0, 1.0, 3.0), "axial", 64, 0, resize_mode="physical", pixel_mm=4.0,
+                             centre=(ch, cw))
+    assert geometry.resized == (100, 75)  # 400 mm / 4 mm, 300 mm / 4 mm: no stretching to the square
+    square = extract_slabs(torch.from_numpy(volume), geometry)[0, 0]
+    rows = (square > 0.2).any(dim=1).nonzero()
+    assert 64 - 4 <= rows.max() - rows.min() + 1 <= 64  # the 300 mm wide body is cropped to 64 x 4 mm = 256 mm
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("pixel_mm", [0.6, 1.0, 2.0])
+def test_physical_round_trip(axis, pixel_mm):
+    volume = _smooth((24, 20, 16), seed=axis)
+    geometry = make_geometry(volume.shape, (1.0, 1.2, 2.0), axis, 32, 1, resize_mode="physical", pixel_mm=pixel_mm,
+                             centre=(9.0, 8.0))
+    back = reassemble(extract_slabs(volume, geometry)[:, 1:2], geometry)[0]
+    inside = reassemble(torch.ones(geometry.num_slices, 1, 32, 32), geometry)[0] > 0.999  # what the square covers
+    assert inside.float().mean() > 0.3
+    error = (back - volume)[inside].abs()
+    assert error.mean() < 0.03 and error.max() < (0.08 if pixel_mm <= 1.0 else 0.2)  # 2 mm pixels lose detail
+    if pixel_mm < 1.0:  # a 32-pixel square of 0.6 mm does not reach the whole slice: the rest comes back 0
+        assert not inside.all() and back[~inside].abs().max() <= volume.abs().max()
+
+
+def test_context_mm_interpolates_neighbours_at_a_fixed_distance():
+    volume = torch.arange(10.0).view(1, 1, 10).expand(4, 4, 10).contiguous()  # value = z index, 2 mm slices
+    geometry = make_geometry(volume.shape, (1, 1, 2.0), "axial", 4, 1, indices=[0, 5, 9], context_mm=3.0)
+    assert geometry.step == 1.5
+    values = extract_slabs(volume, geometry)[:, :, 0, 0]
+    assert torch.allclose(values, torch.tensor([[0.0, 0.0, 1.5], [3.5, 5.0, 6.5], [7.5, 9.0, 9.0]]))

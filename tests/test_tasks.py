@@ -8,6 +8,7 @@ import torch
 
 from conftest import ORIENTATIONS, blob_volume
 from fewshotcx.pipeline.intensity import normalize
+from fewshotcx.pipeline.slicing import Framing
 from fewshotcx.pipeline.support import build_pool
 from fewshotcx.training.synthetic import synthetic_cases, synthetic_family
 from fewshotcx.training.tasks import (LABEL_SCALE, LabelledVolume, build_tasks, fixed_episodes, sample_episode, split_tasks,
@@ -56,7 +57,7 @@ def test_slabs_and_labels_equal_the_inference_support_pool():
     task = build_tasks([vol], size=32, context=1, axes=("axial",), margin=10.0)[0]
     part = task.volumes[0]
     assert part.rows.tolist() == list(range(vol.image.shape[2]))  # a wide margin keeps every slice
-    pool = build_pool([normalize(vol.image.array, "auto")], [vol.labels], axis=2, size=32, context=1)
+    pool = build_pool([normalize(vol.image.array, "auto")], [vol.labels], axis=2, framing=Framing(32, 1))
     images, labels = part.take(torch.arange(len(part)))
     assert torch.allclose(images, pool.images, atol=2e-3)  # float16 storage
     assert torch.allclose(labels, pool.labels, atol=0.5 / LABEL_SCALE + 1e-6)  # uint8 storage

@@ -20,7 +20,7 @@ from einops import rearrange
 
 from ..pipeline.intensity import minmax_per_slice
 from ..models.universeg import UniverSeg
-from ..pipeline.slicing import SliceGeometry, relative_position
+from ..pipeline.slicing import Framing, SliceGeometry, relative_position
 from ..io.volume import Volume
 from ..pipeline.query_support import DEFAULT_REGISTRATION, QuerySupport, SlabSettings, prepare_query_support
 from ..pipeline.support import (
@@ -51,13 +51,16 @@ class UniverSegBackend:
         group_size: neighbouring query slices sharing one support set.
         precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         slice_size: override the model's native size (must be divisible by 8).
+        pixel_mm: in-plane pixel size in mm of physical framing (slices resampled around the body,
+            never stretched to the field of view); ``None`` = the checkpoint's (``pixel_mm`` in its
+            metadata; checkpoints without it, e.g. the official v1, fit the field of view: ``"pad"``).
+        context_mm: distance of the 2.5D neighbours in mm; ``None`` = the checkpoint's, else adjacent slices.
         support_chunk: passed to ``forward_shared`` to bound memory over the support axis.
         channels_last: passed to ``forward_shared``: channels-last feature layout (same outputs; faster
             on CPU, see docs/performance.md).
     """
 
     name = "universeg"
-    resize_mode = "pad"
 
     def __init__(
         self,
@@ -74,6 +77,8 @@ class UniverSegBackend:
         support_chunk: Optional[int] = None,
         channels_last: bool = True,
         registration: str = DEFAULT_REGISTRATION,
+        pixel_mm: Optional[float] = None,
+        context_mm: Optional[float] = None,
     ) -> None:
         net, meta = (model, {}) if model is not None else load_universeg(weights, return_metadata=True)
         self.model = net.to(device).eval()
@@ -88,6 +93,12 @@ class UniverSegBackend:
         self.slice_size = int(slice_size or meta.get("slice_size", 128))
         if self.slice_size % 8:
             raise ValueError(f"UniverSeg needs a slice size divisible by 8, got {self.slice_size}")
+        self.pixel_mm = pixel_mm if pixel_mm is not None else meta.get("pixel_mm")
+        self.context_mm = context_mm if context_mm is not None else meta.get("context_mm")
+        if any(v is not None and v <= 0 for v in (self.pixel_mm, self.context_mm)):
+            raise ValueError("pixel_mm and context_mm must be positive")
+        #: ``"physical"`` when a pixel size is known, else the field-of-view fit of older checkpoints.
+        self.resize_mode = "physical" if self.pixel_mm else "pad"
         self.support_size = int(support_size or meta.get("support_size", DEFAULT_SUPPORT_SIZE))
         if self.support_size < 1 or ensemble < 1 or group_size < 1:
             raise ValueError("support_size, ensemble and group_size must be at least 1")
@@ -123,7 +134,7 @@ class UniverSegBackend:
         """
         if self.strategy not in QUERY_AWARE:
             return nullcontext()
-        settings = SlabSettings(self.slice_size, self.context, self.resize_mode, self.group_size, self.device)
+        settings = SlabSettings(Framing.of(self), self.group_size, self.device)
         prepared = prepare_query_support(self.strategy, self.pools, support, query, normalised.to(self.device),
                                          settings, generator.initial_seed(), self.registration)
         return self._using(prepared)

@@ -72,8 +72,6 @@ class UniverSegAtlasBackend:
     """
 
     name = "universeg+atlas"
-    resize_mode = "pad"
-
     def __init__(self, universeg: UniverSegBackend, prior_weight: float = DEFAULT_PRIOR_WEIGHT,
                  prior_sigma_mm: float = DEFAULT_PRIOR_SIGMA_MM, memory_budget: Optional[int] = None) -> None:
         if prior_sigma_mm < 0:
@@ -84,6 +82,7 @@ class UniverSegAtlasBackend:
                              f"'auto', got {universeg.strategy!r}")
         self.universeg, self.prior_weight = universeg, check_weight(prior_weight)
         self.slice_size, self.context, self.device = universeg.slice_size, universeg.context, universeg.device
+        self.resize_mode, self.pixel_mm, self.context_mm = universeg.resize_mode, universeg.pixel_mm, universeg.context_mm
         self.memory_budget = memory_budget
         self.support: Optional[SupportVolumes] = None
 

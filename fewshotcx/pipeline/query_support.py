@@ -25,7 +25,7 @@ import torch
 from scipy import ndimage
 
 from ..io.volume import Volume, VolumeError
-from .slicing import extract_slabs, make_geometry
+from .slicing import Framing, extract_slabs
 from .support import (
     QUERY_AWARE, SupportPool, SupportVolumes, build_pool, group_features, retrieval_similarity, slab_features,
 )
@@ -73,11 +73,9 @@ class QuerySupport:
 
 @dataclass(frozen=True)
 class SlabSettings:
-    """How the backend cuts slabs: model ``size``, ``context``, ``resize_mode``, query ``group_size``."""
+    """How the backend cuts slabs (``framing``) and groups query slices (``group_size``)."""
 
-    size: int
-    context: int
-    resize_mode: str
+    framing: Framing
     group_size: int
     device: torch.device
 
@@ -131,8 +129,9 @@ def prepare_query_support(
 def query_descriptors(normalised: torch.Tensor, spacing: Sequence[float], axis: int,
                       settings: SlabSettings) -> torch.Tensor:
     """``(G, D)`` retrieval descriptor of each group of ``settings.group_size`` query slices along ``axis``."""
-    geometry = make_geometry(tuple(normalised.shape), spacing, axis, settings.size, settings.context,
-                             device=normalised.device, resize_mode=settings.resize_mode)
+    framing = settings.framing
+    geometry = framing.geometry(tuple(normalised.shape), spacing, axis, device=normalised.device,
+                                centre=framing.centre(normalised, axis))
     features = torch.cat([slab_features(extract_slabs(normalised, geometry.subset(start, start + _FEATURE_BATCH)))
                           for start in range(0, geometry.num_slices, _FEATURE_BATCH)])
     groups = math.ceil(geometry.depth / settings.group_size)
@@ -190,8 +189,7 @@ def _pool_on_query(images: Sequence[np.ndarray], labels: Sequence[Volume], cover
     for cover in coverage:
         per_slice = cover.mean(axis=tuple(a for a in range(3) if a != axis))
         covered.append(np.flatnonzero(per_slice >= MIN_COVERAGE * max(float(per_slice.max()), 1e-6)).tolist())
-    return build_pool(images, labels, axis, settings.size, settings.context, covered, classes,
-                      device=settings.device, resize_mode=settings.resize_mode)
+    return build_pool(images, labels, axis, settings.framing, covered, classes, device=settings.device)
 
 
 __all__ = ["DEFAULT_REGISTRATION", "QuerySupport", "SlabSettings", "prepare_query_support", "query_descriptors",

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .slicing import extract_slabs, make_geometry
+from .slicing import Framing, extract_slabs
 from ..io.volume import Volume, VolumeError, check_pair
 
 Strategy = Literal["position", "random", "retrieval", "registered", "auto"]
@@ -85,12 +85,10 @@ def build_pool(
     images: Sequence[np.ndarray],
     labels: Sequence[Volume],
     axis: int,
-    size: int,
-    context: int,
+    framing: Framing,
     slices: Optional[Sequence[Optional[Sequence[int]]]] = None,
     classes: Optional[Sequence[int]] = None,
     device: torch.device = torch.device("cpu"),
-    resize_mode: str = "pad",
 ) -> SupportPool:
     """Build the pool of labelled slabs along ``axis`` from normalised images and label volumes.
 
@@ -100,7 +98,8 @@ def build_pool(
         slices: per volume, the indices along ``axis`` that are labelled (``None`` = all slices;
             empty slices are then true negatives).
         classes: label values to model; default = all non-zero values on the labelled slices.
-        resize_mode: see :func:`~fewshotcx.pipeline.slicing.make_geometry`.
+        framing: how slabs are cut (:class:`~fewshotcx.pipeline.slicing.Framing`); under physical
+            framing each volume is centred on its own body.
     """
     if len(images) != len(labels) or not labels:
         raise VolumeError("support needs the same number (≥ 1) of images and labels")
@@ -111,13 +110,14 @@ def build_pool(
     parts = []
     for vid, (image, lab) in enumerate(zip(images, labels)):
         chosen = None if slices is None else slices[vid]
-        geometry = make_geometry(lab.shape, lab.spacing, axis, size, context, chosen, device, resize_mode)
+        centre = framing.centre(image, axis)
+        geometry = framing.geometry(lab.shape, lab.spacing, axis, chosen, device, centre)
         if geometry.num_slices == 0:
             continue
         image_t = torch.as_tensor(np.ascontiguousarray(image), device=device)
         label_t = torch.as_tensor(lab.array.astype(np.int64), device=device)
         one_hot = (label_t[None] == class_values.view(-1, 1, 1, 1)).float()  # (L, X, Y, Z)
-        label_geometry = make_geometry(lab.shape, lab.spacing, axis, size, 0, chosen, device, resize_mode)
+        label_geometry = framing.geometry(lab.shape, lab.spacing, axis, chosen, device, centre, context=0)
         parts.append((
             extract_slabs(image_t, geometry),
             extract_slabs(one_hot, label_geometry).clamp_(0.0, 1.0),

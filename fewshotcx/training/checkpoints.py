@@ -15,6 +15,7 @@ from ..io.atomic import atomic_output
 from ..io.tables import write_csv
 from ..io.volume import PathLike
 from ..models.universeg import UniverSeg
+from ..pipeline.slicing import Framing
 from ..models.weights import load_checkpoint, load_universeg, save_checkpoint
 from .config import TrainConfig
 
@@ -30,15 +31,24 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -
                                "param_groups": saved["param_groups"]})
 
 
-def save_training_state(model: UniverSeg, path: Path, config: TrainConfig, size: int, context: int, step: int,
+def save_training_state(model: UniverSeg, path: Path, config: TrainConfig, framing: Framing, step: int,
           optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator], summary: dict[str, Any]) -> None:
     extra = {
-        "slice_size": size, "context": context, "dtype": "float32",
+        **framing_metadata(framing), "dtype": "float32",
         "training": {"config": config.to_dict(), "step": step, **summary},
         "optimizer": optimizer_state(optimizer),
         "rng": {name: g.get_state() for name, g in generators.items()},
     }
     save_checkpoint(model, path, model.config, extra)
+
+
+def framing_metadata(framing: Framing) -> dict[str, Any]:
+    """What a checkpoint records of how its slabs were cut: ``slice_size``, ``context`` and, under
+    physical framing, ``pixel_mm`` / ``context_mm`` (inference reads them back)."""
+    meta: dict[str, Any] = {"slice_size": framing.size, "context": framing.context}
+    meta.update({k: float(v) for k, v in (("pixel_mm", framing.pixel_mm), ("context_mm", framing.context_mm))
+                 if v is not None})
+    return meta
 
 
 def export_checkpoint(src: PathLike, dst: PathLike, dtype: str = "float16") -> Path:
@@ -52,6 +62,7 @@ def export_checkpoint(src: PathLike, dst: PathLike, dtype: str = "float16") -> P
     model, meta = load_universeg(src, return_metadata=True)
     training = dict(meta.get("training", {}))
     extra = {"slice_size": int(meta.get("slice_size", 128)), "context": int(meta.get("context", 0)),
+             **{k: meta[k] for k in ("pixel_mm", "context_mm") if meta.get(k) is not None},
              "dtype": dtype, "training": training}
     path = save_checkpoint(model.to(getattr(torch, dtype)), dst, model.config, extra)
     summary = {"architecture": model.config, **{k: v for k, v in extra.items() if k != "training"},

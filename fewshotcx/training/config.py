@@ -16,6 +16,9 @@ class TrainConfig:
     (``None`` = the init checkpoint's, else 64); ``context`` the 2.5D neighbours (``None`` = the init
     checkpoint's, else 0); ``support_size`` the ``(min, max)`` support set size; ``val_max_tasks``
     caps the validation tasks per dataset (evenly spaced), ``val_episodes`` the fixed episodes per task.
+    ``pixel_mm``/``context_mm`` select physical framing (slices resampled to ``pixel_mm`` around the
+    body, neighbours ``context_mm`` apart; ``None`` = the init checkpoint's, else the field-of-view fit),
+    recorded in the checkpoint so inference frames slices the same way.
     """
 
     data: list[str] = field(default_factory=lambda: ["synthetic"])
@@ -26,6 +29,8 @@ class TrainConfig:
     width: int = 32
     size: Optional[int] = None
     context: Optional[int] = None
+    pixel_mm: Optional[float] = None
+    context_mm: Optional[float] = None
     support_size: tuple[int, int] = (4, 16)
     queries: int = 4
     episodes_per_step: int = 2
@@ -79,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"support_size must be (min, max) with 1 <= min <= max, got {self.support_size}")
         if self.size is not None and (self.size < 8 or self.size % 8):
             raise ValueError(f"size must be a multiple of 8 (UniverSeg pools three times), got {self.size}")
+        if any(v is not None and v <= 0 for v in (self.pixel_mm, self.context_mm)):
+            raise ValueError("pixel_mm and context_mm must be positive")
         if self.context is not None and self.context < 0:
             raise ValueError(f"context must be >= 0, got {self.context}")
         if self.schedule not in ("cosine", "constant"):

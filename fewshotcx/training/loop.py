@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .augment import AugmentConfig, augment_episode
 from ..pipeline.intensity import minmax_per_slice
+from ..pipeline.slicing import Framing
 from ..models.universeg import UniverSeg, inflate_to_context
 from ..segmenter import resolve_device
 from .synthetic import synthetic_cases
@@ -77,7 +78,7 @@ def load_source(name: str, config: TrainConfig) -> list[LabelledVolume]:
     raise ValueError(f"unknown data source {name!r}: expected one of {', '.join(DATA_SOURCES)}")
 
 
-def _training_tasks(config: TrainConfig, size: int, context: int, extra_volumes: Sequence[LabelledVolume]
+def _training_tasks(config: TrainConfig, framing: Framing, extra_volumes: Sequence[LabelledVolume]
                     ) -> tuple[list[Task], list[Task]]:
     """``(train, validation)`` tasks from the config's sources, user pairs and ``extra_volumes``."""
     volumes = [v for name in config.data for v in load_source(name, config)]
@@ -92,7 +93,8 @@ def _training_tasks(config: TrainConfig, size: int, context: int, extra_volumes:
                          f"{', '.join(sorted(known)[:6])}, ...)")
     # The report set is kept out of training *and* validation: only reported results ever see it.
     volumes = [v for v in volumes if v.name not in set(config.report_volumes)]
-    build = dict(size=size, context=context, axes=config.axes, margin=config.margin, max_slices=config.max_slices)
+    build = dict(size=framing.size, context=framing.context, axes=config.axes, margin=config.margin,
+                 max_slices=config.max_slices, pixel_mm=framing.pixel_mm, context_mm=framing.context_mm)
     reported = {canonical_name(s) for s in config.report_structures}
     tasks = [t for t in build_tasks(volumes, **build) if t.structure not in reported]
     train, val = split_tasks(tasks, config.holdout_volumes, config.holdout_structures)
@@ -136,12 +138,12 @@ class TaskSampler:
 
 
 # ------------------------------------------------------------------------------------------- model
-def _build_model(config: TrainConfig) -> tuple[UniverSeg, int, int, dict[str, Any]]:
-    """``(model, slice size, context, init metadata)`` from ``config.init`` (inflated if asked) or fresh."""
+def _build_model(config: TrainConfig) -> tuple[UniverSeg, Framing, dict[str, Any]]:
+    """``(model, framing, init metadata)`` from ``config.init`` (inflated if asked) or fresh."""
     if config.init is None:
         context = config.context or 0
         model = UniverSeg((config.width,) * 4, (config.width,) * 3, in_channels=2 * context + 1)
-        return model, config.size or 64, context, {}
+        return model, _framing(config.size or 64, context, config.pixel_mm, config.context_mm), {}
     model, meta = load_universeg(config.init, return_metadata=True)
     model = model.float()
     have = (model.in_channels - 1) // 2
@@ -154,7 +156,13 @@ def _build_model(config: TrainConfig) -> tuple[UniverSeg, int, int, dict[str, An
         inflated.load_state_dict(inflate_to_context(model.state_dict(), context))
         model = inflated
     size = config.size or int(meta.get("slice_size", 128))
-    return model, size, context, meta
+    pixel_mm = config.pixel_mm if config.pixel_mm is not None else meta.get("pixel_mm")
+    context_mm = config.context_mm if config.context_mm is not None else meta.get("context_mm")
+    return model, _framing(size, context, pixel_mm, context_mm), meta
+
+
+def _framing(size: int, context: int, pixel_mm: Optional[float], context_mm: Optional[float]) -> Framing:
+    return Framing(int(size), int(context), "physical" if pixel_mm else "pad", pixel_mm, context_mm)
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:
@@ -225,8 +233,8 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
     check_outputs(config, out)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model, size, context, init_meta = _build_model(config)
-    train_tasks, val_tasks = _training_tasks(config, size, context, volumes)
+    model, framing, init_meta = _build_model(config)
+    train_tasks, val_tasks = _training_tasks(config, framing, volumes)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sampler_gen = torch.Generator().manual_seed(config.seed)
@@ -298,9 +306,9 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
             validate(done)
         if done % config.checkpoint_every == 0 or done == config.steps:
             summary["seconds"] = round(time.perf_counter() - start, 1)
-            save_training_state(model, out, config, size, context, done, optimizer, generators, summary)
+            save_training_state(model, out, config, framing, done, optimizer, generators, summary)
     if first_step >= config.steps:  # no step ran (e.g. steps=0): still leave a loadable checkpoint
-        save_training_state(model, out, config, size, context, first_step, optimizer, generators, summary)
+        save_training_state(model, out, config, framing, first_step, optimizer, generators, summary)
     if config.export:
         return export_checkpoint(out, config.export, config.export_dtype)
     return out

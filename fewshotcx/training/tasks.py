@@ -3,8 +3,8 @@
 A :class:`Task` is one structure seen along one plane axis in every volume that labels it: for each
 volume, the slabs around the structure (its slices plus a margin of empty ones) and the structure's
 binary mask on them. Slabs are cut exactly as inference cuts them (:func:`~fewshotcx.pipeline.intensity.normalize`
-on the whole volume, then :func:`~fewshotcx.pipeline.slicing.make_geometry` / :func:`~fewshotcx.pipeline.slicing.extract_slabs`
-with the aspect-preserving pad; labels as soft masks like :func:`~fewshotcx.pipeline.support.build_pool`), once,
+on the whole volume, then :class:`~fewshotcx.pipeline.slicing.Framing` / :func:`~fewshotcx.pipeline.slicing.extract_slabs`
+with the run's framing; labels as soft masks like :func:`~fewshotcx.pipeline.support.build_pool`), once,
 at the training resolution, and stored compactly (images float16, shared by all structures of a
 volume; labels uint8 in 1/255 steps).
 
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..datasets.cases import canonical_name
 from ..pipeline.intensity import normalize
-from ..pipeline.slicing import axis_index, extract_slabs, make_geometry
+from ..pipeline.slicing import Framing, axis_index, extract_slabs
 from ..io.volume import Volume, check_pair
 
 #: Soft labels are stored as uint8 in steps of 1/LABEL_SCALE.
@@ -171,6 +171,8 @@ def build_tasks(
     axes: Sequence[str | int] = ("axial",),
     margin: float = 0.25,
     max_slices: int = 48,
+    pixel_mm: Optional[float] = None,
+    context_mm: Optional[float] = None,
 ) -> list[Task]:
     """Cut every structure of every volume into tasks at the training resolution.
 
@@ -181,6 +183,8 @@ def build_tasks(
         margin: empty slices kept on each side of a structure, as a fraction of its extent (queries
             and supports then include "nothing here" examples near its ends, as at inference).
         max_slices: at most this many slabs per volume and task (evenly spaced over the range).
+        pixel_mm, context_mm: physical framing, as at inference (``None`` = the field-of-view fit
+            of older checkpoints); see :class:`~fewshotcx.pipeline.slicing.Framing`.
     Returns:
         tasks, grouped by ``(group, canonical structure name, axis)``; structures too small to show
         at ``size`` are skipped.
@@ -192,14 +196,15 @@ def build_tasks(
         raise ValueError("labelled volumes need unique names")
     grouped: dict[tuple[str, str, int], list[TaskVolume]] = {}
     datasets: dict[str, str] = {}
+    framing = Framing(int(size), int(context), "physical" if pixel_mm else "pad", pixel_mm, context_mm)
     for vol in volumes:
-        for (structure, axis), part in _volume_tasks(vol, size, context, axes, margin, max_slices).items():
+        for (structure, axis), part in _volume_tasks(vol, framing, axes, margin, max_slices).items():
             grouped.setdefault((vol.group, structure, axis), []).append(part)
             datasets[vol.group] = vol.dataset
     return [Task(structure, group, datasets[group], axis, parts) for (group, structure, axis), parts in grouped.items()]
 
 
-def _volume_tasks(vol: LabelledVolume, size: int, context: int, axes: Sequence[str | int], margin: float,
+def _volume_tasks(vol: LabelledVolume, framing: Framing, axes: Sequence[str | int], margin: float,
                   max_slices: int) -> dict[tuple[str, int], TaskVolume]:
     """One volume's :class:`TaskVolume` per (canonical structure name, axis)."""
     image = torch.as_tensor(normalize(vol.image.array, vol.modality))  # (X, Y, Z) in [0, 1]
@@ -208,7 +213,8 @@ def _volume_tasks(vol: LabelledVolume, size: int, context: int, axes: Sequence[s
     label_t = torch.as_tensor(labels.astype(np.int64))
     out = {}
     for axis in sorted({axis_index(a) for a in axes}):
-        geometry = make_geometry(vol.image.shape, vol.image.spacing, axis, size, context)
+        centre = framing.centre(image, axis)
+        geometry = framing.geometry(vol.image.shape, vol.image.spacing, axis, centre=centre)
         stack = SlabStack(extract_slabs(image, geometry).half(), geometry.positions)
         depth = geometry.depth
         for value, name in vol.structures.items():
@@ -217,7 +223,7 @@ def _volume_tasks(vol: LabelledVolume, size: int, context: int, axes: Sequence[s
                 continue
             rows = _rows(box[axis].start, box[axis].stop, depth, margin, max_slices)
             mask = (label_t == value).float()
-            label_geometry = make_geometry(vol.image.shape, vol.image.spacing, axis, size, 0, rows)
+            label_geometry = framing.geometry(vol.image.shape, vol.image.spacing, axis, rows, centre=centre, context=0)
             soft = extract_slabs(mask, label_geometry).clamp_(0.0, 1.0)  # (n, 1, s, s)
             part = TaskVolume(vol.name, stack, rows, (soft * LABEL_SCALE).round_().to(torch.uint8))
             if part.foreground.any():
