@@ -206,7 +206,10 @@ def dice(dry_run: bool, device: str) -> list[dict]:
     return rows
 
 
-def run(out: Path, dry_run: bool) -> list[dict]:
+PARTS = ("tests", "equality", "speed", "dice")
+
+
+def run(out: Path, dry_run: bool, only: tuple[str, ...] = PARTS) -> list[dict]:
     cuda = torch.cuda.is_available() and not dry_run
     if dry_run:
         torch.set_num_threads(1)  # tiny tensors: threads only add contention
@@ -221,7 +224,7 @@ def run(out: Path, dry_run: bool) -> list[dict]:
              ("speed", lambda: speed(sizes, device)), ("dice", lambda: dice(dry_run, device))]
     if not cuda and not dry_run:
         print(f"warning: {NO_CUDA}; running the CPU parts at full size", flush=True)
-    for name, part in parts:
+    for name, part in [(n, p) for n, p in parts if n in only]:
         t = time.perf_counter()
         try:
             new = part()
@@ -242,8 +245,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu_check.csv", help="CSV to write")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU; CUDA parts skipped")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated parts to run (default all: {','.join(PARTS)}); 'dice' needs the demo data")
     args = parser.parse_args(argv)
-    rows = run(args.out, args.dry_run)
+    only = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = [p for p in only if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part {unknown[0]!r}: expected some of {', '.join(PARTS)}")
+    rows = run(args.out, args.dry_run, only)
     bad = [r for r in rows if r["status"] in ("failed", "error")]
     print(f"wrote {args.out}: {len(rows)} rows, {len(bad)} failed or errored")
     return 1 if bad else 0

@@ -49,12 +49,23 @@ def test_train_gpu_dry_run_trains_evaluates_and_resumes(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (first,) = _rows(report)
     assert first["resumed"] == "False" and first["finished"] == "True"
-    assert int(first["steps_done"]) == int(first["steps_planned"]) == 4
+    assert int(first["steps_done"]) == 4 and float(first["budget_seconds"]) > 0
     assert 0 <= float(first["dice"]) <= 1 and first["mode"] == "dry-run"
     again = _script("train_gpu.sh", *args)  # the checkpoint exists: the run resumes (nothing left to do)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     (second,) = _rows(report)
     assert second["resumed"] == "True" and second["steps_done"] == "4" and second["dice"] == first["dice"]
+
+
+def test_train_gpu_eval_only_evaluates_an_existing_checkpoint_on_the_cpu(tmp_path):
+    report, again = tmp_path / "first.csv", tmp_path / "again.csv"
+    out = ("--dry-run", "--out", str(tmp_path / "run"))
+    assert _script("train_gpu.sh", *out, "--skip-eval", "--report", str(report)).returncode == 0
+    assert not report.exists()  # --skip-eval: trained, nothing evaluated
+    done = _script("train_gpu.sh", *out, "--eval-only", "--device", "cpu", "--report", str(again))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (row,) = _rows(again)
+    assert row["eval_device"] == "cpu" and 0 <= float(row["dice"]) <= 1 and row["steps_done"] == ""
 
 
 def test_train_gpu_without_cuda_and_without_dry_run_says_so(tmp_path):

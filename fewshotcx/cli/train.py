@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=d.width, help="features per CrossBlock for a new model (v1: 64)")
     p.add_argument("--size", type=int, default=None, help="slice size (default: the init checkpoint's, else 64)")
     p.add_argument("--context", type=int, default=None, help="2.5D neighbour slices each side")
+    p.add_argument("--volume-cache", default=None, metavar="FILE.npz",
+                   help="the real sources' loaded volumes: read from FILE when it exists, else written there "
+                        "(carry a run to a machine without the data sources)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="time budget: stop when it is spent, the learning rate decaying to 0 by then")
     p.add_argument("--pixel-mm", type=float, default=None,
                    help="physical framing: in-plane pixel size in mm around the body (default: the init "
                         "checkpoint's, else the field-of-view fit)")
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
     data = args.data if args.data is not None else ([] if args.images else ["synthetic"])
     config = TrainConfig(
         data=data, images=args.images, labels=args.labels, init=args.init, steps=args.steps, width=args.width,
-        size=args.size, context=args.context, pixel_mm=args.pixel_mm, context_mm=args.context_mm, support_size=args.support_size, queries=args.queries,
+        size=args.size, context=args.context, volume_cache=args.volume_cache, max_seconds=args.max_seconds, pixel_mm=args.pixel_mm, context_mm=args.context_mm, support_size=args.support_size, queries=args.queries,
         episodes_per_step=args.episodes_per_step, lr=args.lr, schedule=args.schedule, warmup=args.warmup,
         synthetic_ratio=args.synthetic_ratio, synthetic_families=args.synthetic_families, axes=args.axes,
         holdout_volumes=args.holdout_volume, holdout_structures=args.holdout_structure,

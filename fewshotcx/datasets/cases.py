@@ -314,3 +314,45 @@ def nilearn_mni(downsample: Optional[float] = None) -> Case:
     labels = image.with_array(array, label=True)
     case = _case("nilearn/icbm152_2009a_tissue", "nilearn", image, labels, {1: "grey matter", 2: "white matter"}, "MR")
     return _downsampled(case, downsample)
+
+
+# --------------------------------------------------------------- development data beside the repository
+#: Licence and citation of the soft-tissue-sarcoma scans (``../shared/data``, development only: never bundled).
+STS_LICENCE = "CC BY 3.0 (Soft-tissue-Sarcoma collection, The Cancer Imaging Archive; copied from oncoray/mirp test data)"
+STS_CITATION = ("Vallières M, Freeman CR, Skamene SR, El Naqa I. A radiomics model from joint FDG-PET and MRI texture "
+                "features for the prediction of lung metastases in soft-tissue sarcomas of the extremities. Phys Med "
+                "Biol 2015;60(14):5471-5496 (data: TCIA Soft-tissue-Sarcoma)")
+
+
+def shared_data_dir() -> Optional[Path]:
+    """The development data folder: ``$FEWSHOTCX_SHARED_DATA``, else ``../shared/data`` beside a source
+    checkout; ``None`` when neither exists (a user's install: these scans are never bundled)."""
+    import os
+
+    configured = os.environ.get("FEWSHOTCX_SHARED_DATA")
+    folder = Path(configured) if configured else Path(__file__).resolve().parents[3] / "shared" / "data"
+    return folder if folder.is_dir() else None
+
+
+def sts_cases(modalities: Sequence[str] = ("CT", "MR_T1")) -> list[Case]:
+    """The three soft-tissue-sarcoma patients (CT and T1 MR of the thigh region, 0.98 mm in-plane,
+    3.27 mm slices) with the ``GTV_Mass`` contour as a mask on each grid.
+
+    Raises:
+        DatasetError: the development data folder (:func:`shared_data_dir`) is absent.
+    """
+    root = shared_data_dir()
+    folder = None if root is None else root / "mirp" / "sts_images_flat" / "nifti"
+    if folder is None or not folder.is_dir():
+        raise DatasetError("the sarcoma scans are development data beside the repository (../shared/data or "
+                           "$FEWSHOTCX_SHARED_DATA); they are not distributed with fewshotcx")
+    cases = []
+    for patient in ("STS_001", "STS_002", "STS_003"):
+        for modality in modalities:
+            name = f"sts/{patient}_{modality}"
+            image, labels = _load_pair(name, folder / f"{patient}_{modality}_image.nii.gz",
+                                       folder / f"{patient}_{modality}_mask.nii.gz")
+            labels = labels.with_array((labels.array > 0).astype(np.uint8))
+            cases.append(Case(name, image, labels, {1: "GTV"}, "sts", STS_LICENCE, STS_CITATION,
+                              "CT" if modality == "CT" else "MR"))
+    return cases

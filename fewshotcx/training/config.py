@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 #: Real data sources ``--data`` accepts (loaders in :mod:`fewshotcx.datasets`), plus ``"synthetic"``.
-DATA_SOURCES = ("synthetic", "slicerio", "pyradiomics", "brain", "nilearn")
+DATA_SOURCES = ("synthetic", "slicerio", "pyradiomics", "brain", "nilearn", "sts")
 
 @dataclass
 class TrainConfig:
@@ -18,10 +18,14 @@ class TrainConfig:
     caps the validation tasks per dataset (evenly spaced), ``val_episodes`` the fixed episodes per task.
     ``pixel_mm``/``context_mm`` select physical framing (slices resampled to ``pixel_mm`` around the
     body, neighbours ``context_mm`` apart; ``None`` = the init checkpoint's, else the field-of-view fit),
-    recorded in the checkpoint so inference frames slices the same way.
+    recorded in the checkpoint so inference frames slices the same way. ``volume_cache``: a file of
+    the real sources' loaded volumes, read when it exists, else written (a run can move to a machine
+    without the data sources; :mod:`fewshotcx.training.volume_cache`). ``max_seconds``: a time budget;
+    the run stops when it is spent, and the cosine schedule decays to 0 by then (or by ``steps``).
     """
 
     data: list[str] = field(default_factory=lambda: ["synthetic"])
+    volume_cache: Optional[str] = None
     images: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     init: Optional[str] = None
@@ -59,6 +63,7 @@ class TrainConfig:
     out: str = "fewshotcx-runs/universeg.pt"
     export: Optional[str] = None
     export_dtype: str = "float16"
+    max_seconds: Optional[float] = None
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
@@ -66,7 +71,7 @@ class TrainConfig:
     progress: bool = True
 
     #: Fields that may differ between a run and its resumption.
-    RESUMABLE_CHANGES = ("steps", "resume", "overwrite", "progress", "device", "export", "export_dtype", "checkpoint_every")
+    RESUMABLE_CHANGES = ("volume_cache", "max_seconds", "steps", "resume", "overwrite", "progress", "device", "export", "export_dtype", "checkpoint_every")
 
     def __post_init__(self) -> None:
         self.support_size = tuple(int(v) for v in self.support_size)  # type: ignore[assignment]

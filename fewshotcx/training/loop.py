@@ -48,6 +48,7 @@ from ..models.weights import load_universeg
 from .checkpoints import (check_outputs, export_checkpoint, log_path, resume_training_state, save_training_state,
                           truncate_log, write_log_row)
 from .config import DATA_SOURCES, TrainConfig
+from .volume_cache import load_volume_cache, save_volume_cache
 
 #: Brains are resampled to this voxel size (mm) before slicing: slices are downsampled to the
 #: training size anyway, and it makes loading four times faster.
@@ -65,9 +66,17 @@ def load_source(name: str, config: TrainConfig) -> list[LabelledVolume]:
     if name == "slicerio":
         return [LabelledVolume.from_case(datasets.slicerio_chest(), group="chest CT", dataset="slicerio")]
     if name == "pyradiomics":
-        # brain1/brain2 are one task, lung1/lung2 another: group by what the case images.
-        return [LabelledVolume.from_case(c, group="pyradiomics " + c.name.split("/")[-1].rstrip("0123456789"),
+        # brain1/brain2 are one task, lung1/lung2 another: group by what the case images. The lung CTs
+        # also carry their HU-defined anatomy (datasets.ct_anatomy), shared with the other CTs' group.
+        return [LabelledVolume.from_case(datasets.with_hu_anatomy(c), group="CT", dataset="pyradiomics")
+                if c.modality == "CT" else
+                LabelledVolume.from_case(c, group="pyradiomics " + c.name.split("/")[-1].rstrip("0123456789"),
                                          dataset="pyradiomics") for c in datasets.pyradiomics_cases()]
+    if name == "sts":
+        # Sarcoma CTs (GTV + HU anatomy, with the other CTs) and T1 MRs (GTV), development data only.
+        return [LabelledVolume.from_case(datasets.with_hu_anatomy(c) if c.modality == "CT" else c,
+                                         group="CT" if c.modality == "CT" else "sarcoma MR", dataset="sts")
+                for c in datasets.sts_cases()]
     if name == "brain":
         # Colin27 (AAL) and MNI152 (Harvard-Oxford): structures both atlases name form two-subject tasks.
         return [LabelledVolume.from_case(c, group="brain MR", dataset="brain")
@@ -81,18 +90,18 @@ def load_source(name: str, config: TrainConfig) -> list[LabelledVolume]:
 def _training_tasks(config: TrainConfig, framing: Framing, extra_volumes: Sequence[LabelledVolume]
                     ) -> tuple[list[Task], list[Task]]:
     """``(train, validation)`` tasks from the config's sources, user pairs and ``extra_volumes``."""
-    volumes = [v for name in config.data for v in load_source(name, config)]
+    volumes, omitted = _real_volumes(config)
+    volumes += load_source("synthetic", config) if "synthetic" in config.data else []
     pairs = [(load_volume(i), load_volume(l, label=True)) for i, l in zip(config.images, config.labels)]
     volumes += user_volumes(pairs) + list(extra_volumes)
     if not volumes:
         raise ValueError("no training data: give --data sources or --images/--labels pairs")
-    known = {v.name for v in volumes}
+    known = {v.name for v in volumes} | set(omitted)
     missing = [n for n in (*config.holdout_volumes, *config.report_volumes) if n not in known]
     if missing:
         raise ValueError(f"held-out volume {missing[0]!r} is not in the training data (names: "
                          f"{', '.join(sorted(known)[:6])}, ...)")
-    # The report set is kept out of training *and* validation: only reported results ever see it.
-    volumes = [v for v in volumes if v.name not in set(config.report_volumes)]
+    volumes = [v for v in volumes if v.name not in set(config.report_volumes)]  # never trained or validated on
     build = dict(size=framing.size, context=framing.context, axes=config.axes, margin=config.margin,
                  max_slices=config.max_slices, pixel_mm=framing.pixel_mm, context_mm=framing.context_mm)
     reported = {canonical_name(s) for s in config.report_structures}
@@ -104,6 +113,22 @@ def _training_tasks(config: TrainConfig, framing: Framing, extra_volumes: Sequen
     if not train:
         raise ValueError("every task is held out: nothing left to train on")
     return train, val
+
+
+def _real_volumes(config: TrainConfig) -> tuple[list[LabelledVolume], list[str]]:
+    """The real sources' volumes less the report set, and the report volumes' names; from
+    ``config.volume_cache`` when that file exists (written by the first run that names it:
+    :mod:`fewshotcx.training.volume_cache`), else loaded."""
+    cache = Path(config.volume_cache).expanduser() if config.volume_cache else None
+    if cache is not None and cache.exists():
+        return load_volume_cache(cache)
+    volumes = [v for name in config.data if name != "synthetic" for v in load_source(name, config)]
+    # The report set is kept out of training *and* validation: only reported results ever see it.
+    omitted = [v.name for v in volumes if v.name in set(config.report_volumes)]
+    volumes = [v for v in volumes if v.name not in set(omitted)]
+    if cache is not None:
+        save_volume_cache(volumes, cache, omitted)
+    return volumes, omitted
 
 
 def _cap_per_dataset(tasks: Sequence[Task], cap: int) -> list[Task]:
@@ -165,13 +190,16 @@ def _framing(size: int, context: int, pixel_mm: Optional[float], context_mm: Opt
     return Framing(int(size), int(context), "physical" if pixel_mm else "pad", pixel_mm, context_mm)
 
 
-def _learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 0 at ``steps``."""
+def _learning_rate(config: TrainConfig, step: int, seconds: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 0 at ``steps`` or, with
+    ``max_seconds``, at whichever of the two comes first (``seconds`` of training so far)."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     if config.schedule == "constant":
         return config.lr
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    if config.max_seconds:
+        progress = max(progress, seconds / config.max_seconds)
     return 0.5 * config.lr * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -283,9 +311,14 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
         validate(0)
     bar = tqdm(range(step, config.steps), initial=step, total=config.steps, desc="training",
                disable=not show_progress(config.progress))
+    done = step
+    budget_start = time.perf_counter() - elapsed  # the budget counts training steps only, not the first validation
     for step in bar:
+        seconds = time.perf_counter() - budget_start
+        if config.max_seconds and seconds >= config.max_seconds:  # the time budget ends the run here
+            break
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(config, step)
+            group["lr"] = _learning_rate(config, step, seconds)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(config.episodes_per_step):
@@ -307,7 +340,12 @@ def train(config: TrainConfig, volumes: Sequence[LabelledVolume] = ()) -> Path:
         if done % config.checkpoint_every == 0 or done == config.steps:
             summary["seconds"] = round(time.perf_counter() - start, 1)
             save_training_state(model, out, config, framing, done, optimizer, generators, summary)
-    if first_step >= config.steps:  # no step ran (e.g. steps=0): still leave a loadable checkpoint
+    if first_step < done < config.steps:  # stopped by max_seconds: validate and keep the last step
+        if config.val_every and done % config.val_every:
+            validate(done)
+        summary["seconds"] = round(time.perf_counter() - start, 1)
+        save_training_state(model, out, config, framing, done, optimizer, generators, summary)
+    if done == first_step:  # no step ran (e.g. steps=0): still leave a loadable checkpoint
         save_training_state(model, out, config, framing, first_step, optimizer, generators, summary)
     if config.export:
         return export_checkpoint(out, config.export, config.export_dtype)

@@ -1,0 +1,138 @@
+"""In-context segmentation across two real CT patients whose scans cover different anatomy.
+
+The pair (the model's report set: neither its training nor its selection saw either patient):
+
+* **LUNG1-001** (NSCLC-Radiomics, TCIA, CC BY-NC: development data in ``../shared/data``, never
+  bundled): a clinical planning CT, 512×512×134, 0.98 mm pixels, 3 mm slices, with its clinical
+  RTSTRUCT (``Lung-Left``, ``Lung-Right``);
+* **CTChest4** (slicerio, MIT): another patient, another scanner, 128×128×34, 3.05 mm pixels, 10 mm
+  slices, LPS, with ``left lung`` / ``right lung`` segments.
+
+Each is the support for the other (both directions). The query is cropped to the caudal 60 % of its
+extent (``kind=cropped``: support and query cover different anatomy, the case ``position`` matching
+gets wrong) and also used whole (``kind=full``: same coverage, where ``auto`` must lose nothing against
+``position``). Methods: UniverSeg (bundled default weights) with the support strategies
+``position``, ``retrieval``, ``registered`` and ``auto``; ``atlas`` (deformable registration + label
+fusion: one atlas here); ``universeg+atlas``. Per structure: Dice, HD95 (mm), seconds per query.
+
+Lungs *as a structure type* were seen in training (HU-defined lungs on other patients' CTs,
+``fewshotcx.datasets.ct_anatomy``), so this measures generalisation to unseen patients, scanners and
+coverage, not to an unseen structure.
+
+    python benchmarks/ct_cross_patient.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine_info, score, summarise, write_csv  # noqa: E402
+from fewshotcx import Segmenter, Volume, datasets, load_volume  # noqa: E402
+from fewshotcx.io.rtstruct import read_rtstruct  # noqa: E402
+
+LUNG1 = Path("mirp/ct_images_seg_nsclc/LUNG1-001")
+STRUCTURES = ("left lung", "right lung")
+METHODS = {
+    "universeg-position": dict(strategy="position"),
+    "universeg-retrieval": dict(strategy="retrieval"),
+    "universeg-registered": dict(strategy="registered", registration="deformable"),
+    "universeg-auto": dict(strategy="auto", registration="deformable"),
+    "atlas": dict(backend="atlas", registration="deformable"),
+    "universeg+atlas": dict(backend="universeg+atlas", registration="deformable"),
+}
+#: Share of the query's axial extent kept (from its caudal end) for ``kind=cropped``.
+CROP = 0.6
+
+
+def lung1_001(root: Path) -> tuple[Volume, Volume]:
+    """LUNG1-001's canonical CT and its lungs (1 = left, 2 = right) from the clinical RTSTRUCT."""
+    folder = root / LUNG1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # identifying-data warnings: nothing is written from this series
+        image = load_volume(folder / "image")
+        masks = read_rtstruct(folder / "mask_rtstruct" / "1-1.dcm", folder / "image")
+    by_name = {datasets.canonical_name(k): v for k, v in masks.items()}
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    for value, name in enumerate(STRUCTURES, start=1):
+        mask = by_name[{"left lung": "lung left", "right lung": "lung right"}[name]].canonical()
+        labels[mask.array > 0] = value
+    return image, image.with_array(labels, label=True)
+
+
+def ctchest4() -> tuple[Volume, Volume]:
+    case = datasets.select_structures(datasets.slicerio_chest(), STRUCTURES)
+    return case.image.canonical(), case.labels.canonical()
+
+
+def crop(image: Volume, labels: Volume, share: float) -> tuple[Volume, Volume]:
+    """The caudal ``share`` of the axial extent (canonical RAS: low z is caudal), affine shifted."""
+    keep = max(1, round(image.shape[2] * share))
+    return (Volume(image.array[..., :keep], image.affine.copy()),
+            Volume(labels.array[..., :keep], labels.affine.copy(), label=True))
+
+
+def run_pair(support: tuple[Volume, Volume], query: tuple[Volume, Volume], direction: str, kind: str,
+             methods: dict[str, dict]) -> list[dict]:
+    rows = []
+    for method, options in methods.items():
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                seg = Segmenter(progress=False, seed=0, **options)
+                pred = seg.fit([support[0]], [support[1]]).predict(query[0]).array
+            note = "; ".join(sorted({str(w.message)[:120] for w in caught}))[:300]
+            error = ""
+        except Exception as err:  # noqa: BLE001 - a failing method is a result (recorded), not a crash
+            pred, note, error = np.zeros(query[1].shape, dtype=np.uint8), "", f"{type(err).__name__}: {err}"[:300]
+        seconds = round(time.perf_counter() - start, 1)
+        for value, structure in enumerate(STRUCTURES, start=1):
+            reference = query[1].with_array((query[1].array == value).astype(np.uint8), label=True)
+            rows.append({"direction": direction, "kind": kind, "method": method, "structure": structure,
+                         **score((pred == value).astype(np.uint8), reference), "predicted_voxels":
+                         int((pred == value).sum()), "seconds": seconds, "warnings": note, "error": error})
+        print(f"{direction:28s} {kind:8s} {method:22s} dice " + " ".join(f"{r['dice']:.3f}" for r in rows[-2:])
+              + f"  {seconds:6.1f} s {error}", flush=True)
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=None, help="development data folder (default: ../shared/data)")
+    parser.add_argument("--out", type=Path, default=Path("bench-output/ct_cross_patient"))
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    parser.add_argument("--kinds", default="cropped,full")
+    args = parser.parse_args(argv)
+    root = args.shared or datasets.shared_data_dir()
+    if root is None or not (root / LUNG1).is_dir():
+        print("error: LUNG1-001 is development data in ../shared/data (or --shared); it is not distributed",
+              file=sys.stderr)
+        return 2
+    methods = {m: METHODS[m] for m in args.methods.split(",")}
+    patients = {"LUNG1-001": lung1_001(root), "CTChest4": ctchest4()}
+    rows = []
+    for kind in args.kinds.split(","):
+        for src, dst in (("LUNG1-001", "CTChest4"), ("CTChest4", "LUNG1-001")):
+            query = crop(*patients[dst], CROP) if kind == "cropped" else patients[dst]
+            rows += run_pair(patients[src], query, f"{src} -> {dst}", kind, methods)
+    machine = machine_info()
+    rows = [{**r, "data_role": "report", "machine": machine} for r in rows]
+    write_csv(rows, args.out / "ct_cross_patient.csv")
+    summary = summarise(rows, ("kind", "method"))
+    write_csv(summary, args.out / "ct_cross_patient_summary.csv")
+    for r in summary:
+        print(r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
