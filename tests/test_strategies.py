@@ -295,3 +295,26 @@ def test_query_pools_start_and_leave_with_an_empty_feature_cache():
         assert not backend._features
         backend._features[("query",)] = (torch.zeros(1), torch.zeros(1))
     assert not backend._features
+
+
+def test_registered_and_auto_support_may_be_deformable(monkeypatch):
+    """registration="deformable" reaches the one registration path and still draws the right anatomy."""
+    pytest.importorskip("SimpleITK")
+    from fewshotcx.registration import onto_query
+
+    modes = []
+    real = onto_query.register
+    monkeypatch.setattr(onto_query, "register", lambda *a, **k: modes.append(k["mode"]) or real(*a, **k))
+    image, label = _head(0)
+    moved, moved_label = _head(2, shift=(3.0, -2.0, 4.0))
+    query = Volume(moved.array[..., 8:], AFFINE)
+    seg = _segmenter("registered", registration="deformable").fit([image], [label])
+    _, pool = _draws(seg, query)
+    assert modes == ["deformable"]
+    warped = pool.labels[:, 0].flatten(1).amax(1) > 0.5
+    truth = moved_label.array[..., 8:].any(axis=(0, 1))
+    covered = np.round(pool.positions.numpy() * (query.shape[2] - 1)).astype(int)
+    assert (warped.numpy() == truth[covered]).mean() >= 0.85
+    auto = _segmenter("auto", registration="deformable").fit([image], [label]).predict_proba(query)
+    assert modes == ["deformable", "deformable"]
+    assert auto.shape == query.shape and np.isfinite(auto.array).all()

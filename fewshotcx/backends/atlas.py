@@ -49,22 +49,26 @@ class RegistrationCache(OrderedDict):
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         super().__init__()
         self.max_bytes = int(max_bytes)
+        self._lock = threading.Lock()  # predict runs under a shared read lock: threads share this cache
 
     @property
     def nbytes(self) -> int:
-        return sum(entry.nbytes for entry in self.values())
+        with self._lock:
+            return sum(entry.nbytes for entry in self.values())
 
     def get(self, key, default=None):
-        if key in self:
+        with self._lock:
+            if key not in self:
+                return default
             self.move_to_end(key)
-            return self[key]
-        return default
+            return super().__getitem__(key)
 
     def __setitem__(self, key, entry: RegisteredVolume) -> None:
-        super().__setitem__(key, entry)
-        self.move_to_end(key)
-        while len(self) > 1 and self.nbytes > self.max_bytes:
-            self.popitem(last=False)
+        with self._lock:
+            super().__setitem__(key, entry)
+            self.move_to_end(key)
+            while len(self) > 1 and sum(e.nbytes for e in self.values()) > self.max_bytes:
+                self.popitem(last=False)
 
 
 class AtlasBackend:

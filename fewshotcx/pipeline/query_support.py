@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..io.volume import Volume, VolumeError
+from ..registration import register_support as register_volumes, volume_name, vote_share
 from .slicing import extract_slabs, make_geometry
 from .support import (
     QUERY_AWARE, SupportPool, SupportVolumes, build_pool, group_features, retrieval_similarity, slab_features,
@@ -63,8 +64,6 @@ class QuerySupport:
         give it class ``classes[l]`` (:func:`fewshotcx.registration.vote_share`, the atlas backend's
         majority vote), Gaussian-smoothed by ``sigma_mm`` (registration is uncertain by a few mm);
         ``None`` when nothing was registered."""
-        from ..registration import vote_share
-
         if not self.labels:
             return None
         share = vote_share([lab.array for lab in self.labels], classes, self.coverage or None, sigma_mm,
@@ -86,8 +85,6 @@ class SlabSettings:
 def support_name(support: SupportVolumes, index: int) -> str:
     """``"support volume 2 (p2_ct.nii.gz)"``: how errors and warnings name a support volume
     (:func:`fewshotcx.registration.volume_name`)."""
-    from ..registration import volume_name
-
     return volume_name(index, support.images[index])
 
 
@@ -154,8 +151,6 @@ def register_support(
         float32 0/1: the query voxels inside the support's field of view), all on the query's grid;
         volumes that failed are missing.
     """
-    from ..registration import register_support as register_volumes
-
     if support.slices is not None and any(z is not None for z in support.slices):
         message = ("strategy 'registered' needs fully labelled support volumes: slices= marks unlabelled "
                    "slices, which resampling would mix with labelled ones")

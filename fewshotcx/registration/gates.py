@@ -38,11 +38,12 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Minimum Dice of the two body masks after registration, within the overlapping field of view.
 MIN_BODY_DICE = 0.75
 #: Minimum overlapping body volume as a fraction of the smaller body.
-MIN_OVERLAP = 0.30
+MIN_OVERLAP = 0.60
 #: Minimum normalised cross-correlation of normalised intensities over the bodies.
-MIN_NCC = 0.20
-#: Minimum lead of ``ncc`` over the mirrored and the ``SHIFT_MM``-shifted mappings.
-MIN_MARGIN = 0.0
+MIN_NCC = 0.25
+#: Minimum lead of ``ncc`` over the mirrored and the ``SHIFT_MM``-shifted mappings (slightly below 0:
+#: along a scan axis where the anatomy barely changes, a right registration and its shifted copy tie).
+MIN_MARGIN = -0.02
 #: Superior-inferior shift (mm) of the perturbed mappings that ``margin`` compares against.
 SHIFT_MM = 20.0
 #: Bins per axis of the joint histogram behind ``nmi``.

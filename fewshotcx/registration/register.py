@@ -19,7 +19,7 @@ quality gate (:mod:`fewshotcx.registration.gates`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
 
 import numpy as np
 
@@ -123,13 +123,21 @@ def register(
     return result
 
 
-def measure(transform: "sitk.Transform", moving: Volume, fixed: Volume, modality: str = "auto",
-            working_spacing: float = 3.0) -> Quality:
-    """The gate's measures of any fixed → moving ``transform`` (e.g. one edited by hand, or a deliberately
-    broken one in ``benchmarks/registration_gates.py``), prepared exactly as :func:`register` does."""
+def measure(transforms: Union["sitk.Transform", Sequence["sitk.Transform"]], moving: Volume, fixed: Volume,
+            modality: str = "auto", working_spacing: float = 3.0) -> Union[Quality, list[Quality]]:
+    """The gate's measures of any fixed → moving transform (e.g. one edited by hand, or a deliberately
+    broken one in ``benchmarks/registration_gates.py``), prepared exactly as :func:`register` does.
+
+    Args:
+        transforms: one SimpleITK transform, or a list of them (the scans are prepared once).
+    Returns:
+        a :class:`~fewshotcx.registration.gates.Quality`, or a list of them for a list.
+    """
     fixed_img, moving_img, fixed_mask, moving_mask = _prepare(moving, fixed, modality, working_spacing,
                                                               _describe(moving))
-    return assess(transform, fixed_img, moving_img, fixed_mask, moving_mask)
+    if not isinstance(transforms, (list, tuple)):
+        return assess(transforms, fixed_img, moving_img, fixed_mask, moving_mask)
+    return [assess(t, fixed_img, moving_img, fixed_mask, moving_mask) for t in transforms]
 
 
 def _prepare(moving: Volume, fixed: Volume, modality: str, spacing: float, label: str):
