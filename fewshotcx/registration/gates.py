@@ -165,8 +165,11 @@ def assess(transform, fixed, moving, fixed_mask: np.ndarray, moving_mask: np.nda
     """The gate's measures of ``transform`` (fixed → moving) on the working grids.
 
     Args:
-        fixed, moving: normalised working images; ``fixed_mask``/``moving_mask``: their ``(Z, Y, X)``
-            bool body masks (:func:`body_mask`).
+        transform: the mapping to judge.
+        fixed: the query's normalised working image.
+        moving: the support's normalised working image.
+        fixed_mask: ``(Z, Y, X)`` bool body mask of ``fixed`` (:func:`body_mask`).
+        moving_mask: the same for ``moving``.
     """
     sitk = load_sitk()
     dice, overlap, ncc, nmi = _similarity(transform, fixed, moving, fixed_mask, moving_mask)

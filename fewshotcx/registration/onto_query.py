@@ -67,7 +67,8 @@ def register_onto(image: Volume, labels: Volume, normalised: np.ndarray, query: 
     """Register one support volume to ``query`` (canonical) and resample it onto the query's grid.
 
     Args:
-        image, labels: the support scan (original intensities) and its label map on the same grid.
+        image: the support scan (original intensities).
+        labels: its label map on the same grid.
         normalised: ``(X, Y, Z)`` float32 the support image as the backends see it.
         slices: labelled axial indices of the support (``None`` = all).
         **options: passed to :func:`~fewshotcx.registration.register`.
