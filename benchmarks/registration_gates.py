@@ -126,7 +126,7 @@ def label_dice(support: datasets.Case, query: datasets.Case, result: reg.Registr
     """Mean Dice over the query's structures of the support's labels warped onto the query."""
     warped = reg.warp(support.labels, result, query.labels, label=True).array
     scores = [fx.metrics.dice(warped == value, query.labels.array == value) for value in sorted(query.structures)
-              if support.structures.get(value) == query.structures[value]]
+              if datasets.canonical_name(support.structures.get(value, "")) == datasets.canonical_name(query.structures[value])]
     return float(np.mean(scores)) if scores else math.nan
 
 
