@@ -10,7 +10,7 @@ import fewshotcx as fx
 import fewshotcx.datasets as ds
 from fewshotcx.backends import create_backend
 from fewshotcx.backends import atlas as atlas_module
-from fewshotcx.registration import RegistrationError
+from fewshotcx.registration import Quality, Registration, RegistrationError, onto_query
 
 pytest.importorskip("SimpleITK")
 
@@ -49,8 +49,8 @@ def test_majority_of_three_identical_atlases_is_the_atlas(brain):
 def test_registrations_are_cached_per_query(brain, monkeypatch):
     image, labels = brain
     calls = []
-    real = atlas_module.register
-    monkeypatch.setattr(atlas_module, "register", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = onto_query.register
+    monkeypatch.setattr(onto_query, "register", lambda *a, **k: calls.append(1) or real(*a, **k))
     seg = fx.Segmenter(backend="atlas", registration="rigid", device="cpu").fit([image], [labels])
     seg.predict_proba(image)
     seg.predict(image)
@@ -73,10 +73,10 @@ def test_blank_support_volume_is_named(brain):
     image, labels = brain
     blank = image.with_array(np.zeros(image.shape, np.float32))
     seg = fx.Segmenter(backend="atlas", registration="rigid", device="cpu").fit([image, blank], [labels, labels])
-    with pytest.raises(RegistrationError, match="support volume 1.*blank"):
+    with pytest.raises(RegistrationError, match="support volume 2.*blank"):
         seg.predict(image)
     skipping = fx.Segmenter(backend="atlas", registration="rigid", device="cpu", skip_failed=True)
-    with pytest.warns(UserWarning, match="support volume 1"):
+    with pytest.warns(UserWarning, match="support volume 2"):
         pred = skipping.fit([image, blank], [labels, labels]).predict(image)
     assert fx.metrics.dice(pred.array == 2, labels.array == 2) > 0.995
 
@@ -111,4 +111,45 @@ def test_cli_predict_with_the_atlas_backend(brain, tmp_path, capsys):
     fx.save_volume(blank, tmp_path / "blank.nii.gz")
     args[4] = f"{tmp_path / 'blank.nii.gz'}:{tmp_path / 'lab.nii.gz'}"
     assert main([*args, "--overwrite"]) == 2
-    assert "support volume 0" in capsys.readouterr().err
+    assert "support volume 1" in capsys.readouterr().err
+
+
+def test_the_registration_cache_stays_within_its_byte_budget_over_ten_queries(brain, monkeypatch):
+    """A cohort worker segments patient after patient: the cache keeps the most recent entries only."""
+    import SimpleITK as sitk
+
+    image, labels = brain
+    identity = Registration(sitk.Transform(3, sitk.sitkIdentity), "rigid", quality=Quality(1.0, 1.0, 1.0, 2.0, 1.0))
+    calls = []
+    monkeypatch.setattr(onto_query, "register", lambda *a, **k: calls.append(1) or identity)
+    backend = create_backend("atlas", registration="rigid")
+    seg = fx.Segmenter(backend=backend, device="cpu").fit([image], [labels])
+    seg.predict(image.with_array(image.array - 1))
+    entry_bytes = backend.cache.nbytes  # one registered support volume
+    backend.cache.max_bytes = 3 * entry_bytes
+    calls.clear()
+    for i in range(10):
+        query = image.with_array(image.array + i)  # ten different patients on the same grid
+        pred = seg.predict(query)
+        assert fx.metrics.dice(pred.array == 1, labels.array == 1) > 0.995
+        assert len(backend.cache) <= 3 and backend.cache.nbytes <= 3 * entry_bytes
+    assert len(calls) == 10 and len(backend.cache) == 3
+    seg.predict(image.with_array(image.array + 9))  # the most recent query is still cached
+    assert len(calls) == 10
+    seg.predict(image.with_array(image.array + 0))  # the first one was evicted
+    assert len(calls) == 11
+
+
+def test_registration_cache_evicts_least_recently_used():
+    cache = atlas_module.RegistrationCache(max_bytes=250)
+
+    class Entry:
+        nbytes = 100
+
+    cache["a"], cache["b"] = Entry(), Entry()
+    assert cache.get("a") is not None  # "a" becomes the most recent
+    cache["c"] = Entry()
+    assert list(cache) == ["a", "c"] and cache.nbytes == 200
+    big = atlas_module.RegistrationCache(max_bytes=10)
+    big["x"] = Entry()  # the newest entry is kept even when larger than the budget
+    assert list(big) == ["x"]

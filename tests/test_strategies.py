@@ -295,3 +295,46 @@ def test_query_pools_start_and_leave_with_an_empty_feature_cache():
         assert not backend._features
         backend._features[("query",)] = (torch.zeros(1), torch.zeros(1))
     assert not backend._features
+
+
+def test_registered_and_auto_support_may_be_deformable(monkeypatch):
+    """registration="deformable" reaches the one registration path and still draws the right anatomy."""
+    pytest.importorskip("SimpleITK")
+    from fewshotcx.registration import onto_query
+
+    modes = []
+    real = onto_query.register
+    monkeypatch.setattr(onto_query, "register", lambda *a, **k: modes.append(k["mode"]) or real(*a, **k))
+    image, label = _head(0)
+    moved, moved_label = _head(2, shift=(3.0, -2.0, 4.0))
+    query = Volume(moved.array[..., 8:], AFFINE)
+    seg = _segmenter("registered", registration="deformable").fit([image], [label])
+    _, pool = _draws(seg, query)
+    assert modes == ["deformable"]
+    warped = pool.labels[:, 0].flatten(1).amax(1) > 0.5
+    truth = moved_label.array[..., 8:].any(axis=(0, 1))
+    covered = np.round(pool.positions.numpy() * (query.shape[2] - 1)).astype(int)
+    assert (warped.numpy() == truth[covered]).mean() >= 0.85
+    auto = _segmenter("auto", registration="deformable").fit([image], [label]).predict_proba(query)
+    assert modes == ["deformable", "deformable"]
+    assert auto.shape == query.shape and np.isfinite(auto.array).all()
+
+
+def test_one_majority_vote_for_the_atlas_prior_and_the_atlas_backend():
+    """An atlas votes only where it sees the query: the registered prior and the atlas backend share
+    fx.registration.vote_share, so a slab atlas does not dilute the vote outside its field of view."""
+    from fewshotcx.pipeline.query_support import QuerySupport
+    from fewshotcx.registration import vote_share
+
+    shape = (4, 4, 6)
+    full = np.ones(shape, np.uint8)  # atlas A: the structure everywhere, sees everything
+    slab = np.zeros(shape, np.uint8)  # atlas B: background, but sees only the lower half
+    seen = np.zeros(shape, np.float32)
+    seen[..., :3] = 1.0
+    labels = (Volume(full, AFFINE, label=True), Volume(slab, AFFINE, label=True))
+    prior = QuerySupport({}, "position", registered=(0, 1), labels=labels,
+                         coverage=(np.ones(shape, np.float32), seen)).vote_share((1,))
+    expected = np.where(np.arange(6) < 3, 0.5, 1.0) * np.ones(shape)
+    np.testing.assert_allclose(prior[0].numpy(), expected)
+    np.testing.assert_allclose(vote_share([full, slab], (1,), [np.ones(shape), seen]), expected[None])
+    assert float(vote_share([full, slab], (1,), [np.zeros(shape), np.zeros(shape)]).max()) == 0.0  # nobody sees it

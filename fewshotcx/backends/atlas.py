@@ -20,9 +20,10 @@ labelled slices cover it — an atlas that does not see a voxel does not vote th
 
 from __future__ import annotations
 
-import hashlib
+import threading
 import warnings
-from typing import NamedTuple, Optional
+from collections import OrderedDict
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,25 +31,44 @@ from scipy import ndimage
 
 from ..io.volume import Volume
 from ..pipeline.support import SupportVolumes
-from ..registration import MODES, Registration, RegistrationError, coverage, register, warp
+from ..registration import MODES, RegisteredVolume, RegistrationError, register_support, vote_share
 
 FUSIONS = ("majority", "staple", "weighted")
 
 
-class RegisteredAtlas(NamedTuple):
-    """One support volume brought onto the query's grid.
+#: Back-compatible name: one support volume registered onto the query.
+RegisteredAtlas = RegisteredVolume
+#: Bytes of registered support the backend keeps between calls (least recently used evicted first).
+DEFAULT_CACHE_BYTES = 512 << 20
 
-    Attributes:
-        image: the support's normalised image (``[0, 1]``), warped; 0 outside its field of view.
-        labels: its label map, warped (nearest neighbour).
-        registration: query → support mapping and its quality check.
-        known: ``(X, Y, Z)`` bool, the query voxels this atlas covers with labelled slices.
-    """
 
-    image: Volume
-    labels: Volume
-    registration: Registration
-    known: np.ndarray
+class RegistrationCache(OrderedDict):
+    """Registered support volumes by ``(index, query fingerprint, seed, mode)``, least recently used
+    first, holding at most ``max_bytes`` of arrays (the newest entry is always kept, even if larger)."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        super().__init__()
+        self.max_bytes = int(max_bytes)
+        self._lock = threading.Lock()  # predict runs under a shared read lock: threads share this cache
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(entry.nbytes for entry in self.values())
+
+    def get(self, key, default=None):
+        with self._lock:
+            if key not in self:
+                return default
+            self.move_to_end(key)
+            return super().__getitem__(key)
+
+    def __setitem__(self, key, entry: RegisteredVolume) -> None:
+        with self._lock:
+            super().__setitem__(key, entry)
+            self.move_to_end(key)
+            while len(self) > 1 and sum(e.nbytes for e in self.values()) > self.max_bytes:
+                self.popitem(last=False)
 
 
 class AtlasBackend:
@@ -62,6 +82,8 @@ class AtlasBackend:
             instead of raising; an error is still raised when none is left.
         sigma: smoothing (voxels) of the squared difference for ``"weighted"``.
         temperature: ``h`` of ``"weighted"``, in squared normalised-intensity units.
+        cache_bytes: most bytes of registered support kept between calls (LRU; a cohort worker's
+            memory stays bounded however many patients it segments).
         **register_options: passed to :func:`fewshotcx.registration.register` (``working_spacing``,
             ``iterations``, ``threads``, ...).
     """
@@ -70,7 +92,8 @@ class AtlasBackend:
 
     def __init__(self, fusion: str = "majority", registration: str = "deformable",
                  device: torch.device = torch.device("cpu"), skip_failed: bool = False,
-                 sigma: float = 2.0, temperature: float = 0.01, **register_options) -> None:
+                 sigma: float = 2.0, temperature: float = 0.01, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 **register_options) -> None:
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if registration not in MODES:
@@ -85,18 +108,19 @@ class AtlasBackend:
         self.sigma, self.temperature = float(sigma), float(temperature)
         self.register_options = register_options
         self.support: Optional[SupportVolumes] = None
-        self._cache: dict[tuple[int, str, int], RegisteredAtlas] = {}
+        self.cache = RegistrationCache(cache_bytes)
 
     def fit_volumes(self, support: SupportVolumes, generator: torch.Generator) -> None:
         """Store the support (registration waits for a query)."""
         self.support = support
-        self._cache = {}
+        self.cache = RegistrationCache(self.cache.max_bytes)
 
-    def registered_support(self, query: Volume, seed: int = 0) -> list[RegisteredAtlas]:
-        """Every support volume registered to ``query`` (canonical) and warped onto its grid.
+    def registered_support(self, query: Volume, seed: int = 0) -> list[RegisteredVolume]:
+        """Every support volume registered to ``query`` (canonical) and warped onto its grid
+        (:func:`fewshotcx.registration.register_support`).
 
-        Cached per (support index, query fingerprint, seed) within this backend, so
-        ``predict_proba`` then ``predict`` (or a hybrid) register once.
+        Cached (LRU, ``cache_bytes``) per (support index, query fingerprint, seed, mode) within this
+        backend, so ``predict_proba`` then ``predict`` (or a hybrid) register once.
 
         Raises:
             RegistrationError: a registration failed or was refused (naming the support volume), or
@@ -104,63 +128,35 @@ class AtlasBackend:
         """
         if self.support is None:
             raise RuntimeError("call fit_volumes() first")
-        key = _fingerprint(query)
-        atlases, failures = [], []
-        for index in range(len(self.support.images)):
-            entry = self._cache.get((index, key, seed))
-            if entry is None:
-                try:
-                    entry = self._register(index, query, seed)
-                except RegistrationError as err:
-                    if not self.skip_failed:
-                        raise
-                    warnings.warn(f"skipping {err}", stacklevel=2)
-                    failures.append(str(err))
-                    continue
-                self._cache = {**self._cache, (index, key, seed): entry}
-            atlases.append(entry)
-        if not atlases:
-            raise RegistrationError(f"no support volume could be registered to the query: {failures[0]}")
-        return atlases
-
-    def _register(self, index: int, query: Volume, seed: int) -> RegisteredAtlas:
         support = self.support
-        image, labels = support.images[index], support.labels[index]
-        path = image.source.path if image.source is not None else None
-        name = f"support volume {index}" + (f" ({path})" if path else "")
-        reg = register(image, query, mode=self.registration, seed=seed, modality=support.modality, name=name,
-                       **self.register_options)
-        labelled = np.ones(image.shape, dtype=np.uint8)
-        if support.slices is not None and support.slices[index] is not None:
-            labelled[:] = 0
-            labelled[:, :, list(support.slices[index])] = 1
-        return RegisteredAtlas(
-            image=warp(image.with_array(support.normalised[index], label=False), reg, query, default=0.0),
-            labels=warp(labels, reg, query, label=True),
-            registration=reg,
-            known=coverage(image.with_array(labelled, label=True), reg, query),
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            aligned = register_support(support.images, support.labels, support.normalised, query,
+                                       self.registration, seed, support.modality, support.slices,
+                                       strict=not self.skip_failed, who="backend 'atlas'", cache=self.cache,
+                                       **self.register_options)
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        if not aligned:
+            raise RegistrationError(f"no support volume could be registered to the query: {caught[0].message}")
+        return [aligned[i] for i in sorted(aligned)]
 
     def predict_volume(self, query: Volume, normalised: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``(L, X, Y, Z)`` fused probabilities on the query's canonical grid."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         atlases = self.registered_support(query, seed)
         known = np.stack([a.known for a in atlases])  # (A, X, Y, Z)
-        labels = np.stack([a.labels.array for a in atlases])
-        if self.fusion == "weighted":
-            target = normalised.detach().float().cpu().numpy()
-            weights = self._local_weights(np.stack([a.image.array for a in atlases]), target, known)
+        labels = [a.labels.array for a in atlases]
+        if self.fusion == "staple":
+            stacked = np.stack(labels)
+            probs = np.stack([_staple(stacked == c, known) for c in self.support.classes])
         else:
             weights = known.astype(np.float32)
-        probs = [self._fuse(labels == c, weights, known) for c in self.support.classes]
-        return torch.as_tensor(np.stack(probs), dtype=torch.float32, device=self.device)
-
-    def _fuse(self, votes: np.ndarray, weights: np.ndarray, known: np.ndarray) -> np.ndarray:
-        """One class: ``votes`` ``(A, X, Y, Z)`` bool → ``(X, Y, Z)`` probability."""
-        if self.fusion == "staple":
-            return _staple(votes, known)
-        total = weights.sum(axis=0)
-        return np.divide((weights * votes).sum(axis=0), total, out=np.zeros(total.shape, np.float32), where=total > 0)
+            if self.fusion == "weighted":
+                target = normalised.detach().float().cpu().numpy()
+                weights = self._local_weights(np.stack([a.image for a in atlases]), target, known)
+            probs = vote_share(labels, self.support.classes, weights)
+        return torch.as_tensor(probs, dtype=torch.float32, device=self.device)
 
     def _local_weights(self, images: np.ndarray, target: np.ndarray, known: np.ndarray) -> np.ndarray:
         """``(A, X, Y, Z)`` per-voxel weights of each atlas from local intensity agreement."""
@@ -183,8 +179,3 @@ def _staple(votes: np.ndarray, known: np.ndarray) -> np.ndarray:
     posterior = sitk.GetArrayFromImage(staple.Execute(images)).astype(np.float32)
     return np.where(known.any(axis=0), np.nan_to_num(posterior), 0.0).astype(np.float32)
 
-
-def _fingerprint(volume: Volume) -> str:
-    digest = hashlib.sha1(np.ascontiguousarray(volume.array).tobytes())
-    digest.update(np.ascontiguousarray(volume.affine).tobytes())
-    return digest.hexdigest()

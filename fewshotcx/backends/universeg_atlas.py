@@ -6,7 +6,8 @@ and the registered volumes serve twice:
 * **in-context**: UniverSeg with the ``"registered"`` support strategy: each query slab is
   conditioned on the support slabs at its own anatomical position on the query's grid;
 * **atlas prior**: the registered label maps fused by majority vote, as a probability (the share of
-  atlases that give a voxel the class), smoothed by ``prior_sigma_mm`` so that it expresses the
+  the atlases covering a voxel that give it the class: :func:`fewshotcx.registration.vote_share`, the
+  same vote as ``backend="atlas"``), smoothed by ``prior_sigma_mm`` so that it expresses the
   registration's uncertainty at the boundary
   (:meth:`~fewshotcx.pipeline.query_support.QuerySupport.vote_share`).
 

@@ -22,9 +22,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..io.volume import Volume, VolumeError
+from ..registration import register_support as register_volumes, volume_name, vote_share
 from .slicing import Framing, extract_slabs
 from .support import (
     QUERY_AWARE, SupportPool, SupportVolumes, build_pool, group_features, retrieval_similarity, slab_features,
@@ -49,6 +49,7 @@ class QuerySupport:
         similarity: per axis, ``(G, M)`` similarity of each query group to the pool (retrieval only).
         registered: indices of the support volumes that were registered onto the query.
         labels: their label maps resampled onto the query's grid (same order as ``registered``).
+        coverage: their ``(X, Y, Z)`` 0/1 coverage of the query's grid (same order).
     """
 
     pools: dict[int, SupportPool]
@@ -56,18 +57,17 @@ class QuerySupport:
     similarity: dict[int, torch.Tensor] = field(default_factory=dict)
     registered: tuple[int, ...] = ()
     labels: tuple[Volume, ...] = ()
+    coverage: tuple[np.ndarray, ...] = ()
 
     def vote_share(self, classes: Sequence[int], sigma_mm: float = 0.0) -> Optional[torch.Tensor]:
-        """``(L, X, Y, Z)`` float32: the share of registered label maps that give each voxel class
-        ``classes[l]`` (majority-vote label fusion as a probability), Gaussian-smoothed by ``sigma_mm``
-        (registration is uncertain by a few mm); ``None`` when nothing was registered."""
+        """``(L, X, Y, Z)`` float32: among the registered label maps that cover each voxel, the share that
+        give it class ``classes[l]`` (:func:`fewshotcx.registration.vote_share`, the atlas backend's
+        majority vote), Gaussian-smoothed by ``sigma_mm`` (registration is uncertain by a few mm);
+        ``None`` when nothing was registered."""
         if not self.labels:
             return None
-        votes = sum(np.stack([lab.array == c for c in classes]).astype(np.float32) for lab in self.labels)
-        share = votes / len(self.labels)
-        if sigma_mm > 0:
-            sigma = (0.0, *(sigma_mm / s for s in self.labels[0].spacing))
-            share = ndimage.gaussian_filter(share, sigma, mode="constant")
+        share = vote_share([lab.array for lab in self.labels], classes, self.coverage or None, sigma_mm,
+                           self.labels[0].spacing)
         return torch.as_tensor(share)
 
 
@@ -81,10 +81,9 @@ class SlabSettings:
 
 
 def support_name(support: SupportVolumes, index: int) -> str:
-    """``"support volume 2 (p2_ct.nii.gz)"``: how errors and warnings name a support volume."""
-    source = support.images[index].source
-    path = getattr(source, "path", None) if source is not None else None
-    return f"support volume {index + 1}" + (f" ({path})" if path else "")
+    """``"support volume 2 (p2_ct.nii.gz)"``: how errors and warnings name a support volume
+    (:func:`fewshotcx.registration.volume_name`)."""
+    return volume_name(index, support.images[index])
 
 
 def prepare_query_support(
@@ -118,7 +117,8 @@ def prepare_query_support(
             images, labels, covered = zip(*(aligned[i] for i in sorted(aligned)))
             registered_pools = {axis: _pool_on_query(images, labels, covered, axis, support.classes, settings)
                                 for axis in pools}
-            return QuerySupport(registered_pools, "position", registered=tuple(sorted(aligned)), labels=labels)
+            return QuerySupport(registered_pools, "position", registered=tuple(sorted(aligned)), labels=labels,
+                                coverage=covered)
         warnings.warn("strategy='auto': no support volume registered to the query; support is drawn by "
                       "retrieval instead", stacklevel=4)
     similarity = {axis: retrieval_similarity(query_descriptors(normalised, query.spacing, axis, settings), pool)
@@ -150,8 +150,6 @@ def register_support(
         float32 0/1: the query voxels inside the support's field of view), all on the query's grid;
         volumes that failed are missing.
     """
-    from ..registration import RegistrationError, coverage, register, warp
-
     if support.slices is not None and any(z is not None for z in support.slices):
         message = ("strategy 'registered' needs fully labelled support volumes: slices= marks unlabelled "
                    "slices, which resampling would mix with labelled ones")
@@ -159,27 +157,10 @@ def register_support(
             raise VolumeError(message)
         warnings.warn(message + "; using retrieval", stacklevel=4)
         return {}
-    aligned = {}
-    for i, (image, labels) in enumerate(zip(support.images, support.labels)):
-        name = support_name(support, i)
-        try:
-            reg = register(image, query, mode=mode, seed=seed, check=False, name=name)
-            failure = None if reg.ok else f"registration of {name} failed its quality check ({_quality(reg)})"
-        except RegistrationError as err:
-            failure = str(err)
-        if failure is not None:
-            if strict:
-                raise RegistrationError(f"strategy='registered': {failure}")
-            warnings.warn(f"strategy='auto': {failure}; it is left out of the registered support", stacklevel=4)
-            continue
-        normalised = warp(image.with_array(support.normalised[i], label=False), reg, query, default=0.0)
-        aligned[i] = (normalised.array.astype(np.float32), warp(labels, reg, query, label=True),
-                      coverage(image, reg, query).astype(np.float32))
-    return aligned
-
-
-def _quality(reg) -> str:
-    return reg.quality.describe() if reg.quality is not None else "not measured"
+    aligned = register_volumes(support.images, support.labels, support.normalised, query, mode, seed,
+                               support.modality, strict=strict, who="strategy='registered'" if strict else
+                               "strategy='auto'")
+    return {i: (entry.image, entry.labels, entry.known.astype(np.float32)) for i, entry in aligned.items()}
 
 
 def _pool_on_query(images: Sequence[np.ndarray], labels: Sequence[Volume], coverage: Sequence[np.ndarray],
