@@ -322,8 +322,9 @@ class Segmenter:
         else:
             aware = isinstance(self.backend, QueryAwareBackend)
             with (self.backend.query_context(self.support, canonical, normalised, generator) if aware
-                  else contextlib.nullcontext()):
-                probs = slab_probabilities(self.backend, normalised, canonical.spacing, self.axes, generator,
+                  else contextlib.nullcontext()) as for_query:  # per-query state stays local to this call
+                backend = self.backend if for_query is None else for_query
+                probs = slab_probabilities(backend, normalised, canonical.spacing, self.axes, generator,
                                            self.memory_budget, show_progress(self.progress))
         return original, canonical, probs.clamp(0, 1).float().cpu().numpy()
 
