@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 demo: install
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
 		apt-get update -qq; fi
-	$(PY) -m fewshotcx.cli demo --out demo-output
+	$(PY) -m fewshotcx.cli demo --out demo-output --overwrite
 
 test: install
 	$(PY) -m pytest -q
