@@ -145,3 +145,23 @@ def test_demo_refuses_an_earlier_run_without_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "results.csv exists" in err and "--overwrite" in err
     assert (tmp_path / "results.csv").read_text() == "a user's table\n"
+
+
+def test_benchmark_csvs_record_the_commit_and_the_checkpoint_hash(tmp_path):
+    import hashlib
+    import re
+
+    import torch
+
+    from fewshotcx.models import UniverSeg
+    from fewshotcx.models.weights import load_universeg, save_checkpoint
+
+    torch.manual_seed(0)
+    model = UniverSeg((8, 8), (8,))
+    ckpt = save_checkpoint(model, tmp_path / "w.pt", model.config, {"slice_size": 32})
+    load_universeg(str(ckpt))
+    path = common.write_csv([{"x": 1}, {"x": 2, "git_commit": "kept"}], tmp_path / "r.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", rows[0]["git_commit"]) and rows[1]["git_commit"] == "kept"
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert all(digest in r["checkpoint_sha256"].split(";") for r in rows)
