@@ -10,7 +10,7 @@ TORCH_PINS ?= $(shell test -f /etc/xdg/pip/constraints.txt && echo "torch==2.14.
 # toolkit (nvcc) and a CUDA build of torch: without both, build it without (SAM2_BUILD_CUDA=0).
 SAM2_CUDA = $$($(PY) -c "import shutil, torch; print(int(bool(torch.version.cuda) and bool(shutil.which('nvcc'))))" 2>/dev/null || echo 0)
 
-.PHONY: install demo test bench docs clean
+.PHONY: install demo test test-data bench docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,17 @@ install: $(VENV)/.installed
 demo: install
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
 		apt-get update -qq; fi
-	$(PY) -m fewshotcx.cli demo --out demo-output
+	$(PY) -m fewshotcx.cli demo --out demo-output --overwrite
 
-test: install
+# Real data some tests use (Colin27 + AAL from Debian's mricron-data), fetched once here so that the
+# tests themselves never touch the network; offline, those tests skip and say so.
+test-data: install
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
+		apt-get update -qq || true; fi
+	@$(PY) -c "import fewshotcx.datasets as ds; ds.fetch('mricron')" 2>/dev/null \
+		|| echo "make test-data: could not fetch Colin27 (offline?); the tests that need it will skip"
+
+test: install test-data
 	$(PY) -m pytest -q
 
 bench: install

@@ -299,10 +299,19 @@ def score(pred: np.ndarray, reference: Volume, exclude_slices: Sequence[int] = (
 # ------------------------------------------------------------------------------------------- output
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Tidy CSV (one row per measurement, columns in first-seen order), written atomically; a
-    benchmark's output folder is its own, so an earlier CSV of the same name is replaced."""
+    benchmark's output folder is its own, so an earlier CSV of the same name is replaced.
+
+    Every row gets the provenance columns ``git_commit`` and ``checkpoint_sha256``
+    (:func:`provenance`) unless it has them already."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tables.write_csv(rows, path, overwrite=True)
+    from provenance import provenance
+
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    stamp = provenance()
+    columns = list(dict.fromkeys([*(k for row in rows for k in row), *stamp]))  # provenance last
+    return tables.write_csv([{**stamp, **r} for r in rows], path, columns, overwrite=True)
 
 
 def summarise(rows: Sequence[dict[str, Any]], group: Sequence[str], value: str = "dice") -> list[dict[str, Any]]:

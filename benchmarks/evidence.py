@@ -10,12 +10,16 @@ A quoted number carries its source in an HTML comment right after it (invisible 
 * ``column=COL`` — the value, aggregated over the kept rows by ``agg=mean`` (default; NaN rows are
   left out, as tasks with nothing to predict must be), ``min``, ``max``, ``sum`` or ``count``
   (the number of kept rows with a finite value);
-* ``scale=100`` — multiply (percentages).
+* ``scale=100`` — multiply (percentages);
+* ``SPEC / SPEC`` — a ratio of two such values (``a.csv workers=0 column=wall_s / a.csv workers=2
+  column=wall_s``: a speed-up between two rows).
 
 The quoted number is the last number before the comment on its line; it must equal the CSV's value
-rounded to as many decimals as the quote shows. In README.md's "What it measured" section every
-number with a decimal point must carry a comment, except thresholds written after a comparison sign
-(``Dice ≥ 0.85``). Run ``python benchmarks/evidence.py`` to list
+rounded to as many decimals as the quote shows. In README.md's "What it measured" section, and in
+the docs sections listed in :data:`CHECKED_SECTIONS`, every number with a decimal point must carry a
+comment, except thresholds written after a comparison sign (``Dice ≥ 0.85``); on any line of any
+page, a line with a tag must tag every decimal number on it (a tag covers one number, not its
+neighbours). Run ``python benchmarks/evidence.py`` to list
 every claim with its CSV value (exit 1 when one disagrees); ``tests/test_evidence.py`` runs the same.
 ``--fix`` rewrites each tagged number from its CSV at the precision it is quoted with (after a rerun);
 read the prose around the numbers afterwards, since a comparison in words may have flipped.
@@ -37,6 +41,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = ("README.md", "docs/*.md")
 #: README section whose decimal numbers must all carry evidence.
 MEASURED_SECTION = "## What it measured"
+#: Docs sections held to the same rule (page, heading prefix). Pages not yet listed are checked line
+#: by line only (:func:`partly_tagged_lines`).
+CHECKED_SECTIONS = (("docs/cohort.md", "## Measured throughput"),)
 
 _CLAIM = re.compile(r"(-?\d+(?:\.\d+)?)[^\d<\n]*?<!--\s*evidence:\s*(.*?)\s*-->")
 #: A decimal number that is a measurement: not one right after a comparison sign (``Dice < 0.7`` is a
@@ -77,14 +84,49 @@ def untagged_numbers(path: Path, section: str = MEASURED_SECTION) -> list[str]:
     end = text.find("\n## ", start + len(section))
     missing = []
     for line in text[start:end if end > 0 else None].splitlines():
-        tagged = {m.start(1) for m in _CLAIM.finditer(line)}
+        tagged = _tagged_positions(line)
         missing += [f"{path.name}: {m.group(0)} in {line.strip()[:80]!r}" for m in _DECIMAL.finditer(line)
-                    if m.start() not in tagged]
+                    if m.start() not in tagged and not _inside_tag(line, m.start())]
     return missing
+
+
+def partly_tagged_lines(path: Path) -> list[str]:
+    """Decimal numbers without evidence on lines of ``path`` that tag some other number."""
+    missing = []
+    for line in path.read_text().splitlines():
+        tagged = _tagged_positions(line)
+        if tagged:
+            missing += [f"{path.name}: {m.group(0)} in {line.strip()[:80]!r}" for m in _DECIMAL.finditer(line)
+                        if m.start() not in tagged and not _inside_tag(line, m.start())]
+    return missing
+
+
+def _tagged_positions(line: str) -> set[int]:
+    """Where the tagged numbers of ``line`` start (a negative number also at its first digit)."""
+    return {m.start(1) + skip for m in _CLAIM.finditer(line) for skip in (0, m.group(1).startswith("-"))}
+
+
+def _inside_tag(line: str, position: int) -> bool:
+    """Whether ``position`` lies inside an ``<!-- ... -->`` comment (a spec's own numbers)."""
+    return any(m.start() <= position < m.end() for m in re.finditer(r"<!--.*?-->", line))
+
+
+def unchecked_numbers(root: Optional[Path] = None) -> list[str]:
+    """Every rule above at once: README's measured section, :data:`CHECKED_SECTIONS`, partly tagged lines."""
+    root = ROOT if root is None else root
+    missing = untagged_numbers(root / "README.md")
+    for page, heading in CHECKED_SECTIONS:
+        missing += untagged_numbers(root / page, heading)
+    for doc in documents(root):
+        missing += partly_tagged_lines(doc)
+    return list(dict.fromkeys(missing))
 
 
 def evaluate(spec: str, results: Path = RESULTS) -> float:
     """The value a claim's spec selects from its CSV (see the module docstring)."""
+    if " / " in spec:
+        numerator, denominator = spec.split(" / ", 1)
+        return evaluate(numerator, results) / evaluate(denominator, results)
     words = shlex.split(spec)
     if not words or not words[0].endswith(".csv"):
         raise ValueError(f"evidence spec must start with a CSV file name: {spec!r}")
@@ -163,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             problem = check(claim)
             problems += [problem] if problem else []
             print(problem or f"ok  {claim.document}:{claim.line}: {claim.quoted}")
-    for missing in untagged_numbers(ROOT / "README.md"):
+    for missing in unchecked_numbers():
         problems.append(f"no evidence: {missing}")
         print(problems[-1])
     print(f"{len(problems)} problem(s)")

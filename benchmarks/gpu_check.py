@@ -198,7 +198,7 @@ def dice(dry_run: bool, device: str) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
-            scores = {p: run_task(task, Path(tmp), "default", device, precision=p, **options)["dice_model"]
+            scores = {p: run_task(task, Path(tmp), "default", device, True, precision=p, **options)["dice_model"]
                       for p in ("fp32", "bf16")}
             rows += [row("dice", f"{task.name} {p}", "done", scores[p], "Dice", device) for p in scores]
             rows.append(row("dice", f"{task.name} bf16 - fp32", "done", round(scores["bf16"] - scores["fp32"], 4),

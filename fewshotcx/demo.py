@@ -78,8 +78,9 @@ def undrawn_dice(prediction: np.ndarray, reference: np.ndarray, drawn: Sequence[
     return dice(prediction[..., undrawn], reference[..., undrawn])
 
 
-def run_task(task: DemoTask, out_dir: Path, weights: str, device: str, **options) -> dict:
-    """One demo task end to end; ``options`` go to the :class:`Segmenter` (e.g. ``precision="bf16"``)."""
+def run_task(task: DemoTask, out_dir: Path, weights: str, device: str, overwrite: bool = False, **options) -> dict:
+    """One demo task end to end; ``options`` go to the :class:`Segmenter` (e.g. ``precision="bf16"``).
+    Its outputs (:func:`task_outputs`) are replaced only with ``overwrite``."""
     start = time.perf_counter()
     support_case, query_case = task.load()
     support_label = datasets.select_structures(support_case, [task.structure]).labels  # 0/1 mask
@@ -99,10 +100,10 @@ def run_task(task: DemoTask, out_dir: Path, weights: str, device: str, **options
         baseline = label_fusion(reference.shape, [support_label.array])
         detail = f"support: {support_case.name}; query: {query_case.name}"
         scores = (dice(prediction.array, reference.array), dice(baseline, reference.array), "whole volume")
-    task_dir = out_dir / task.name
-    task_dir.mkdir(parents=True, exist_ok=True)
-    save_volume(prediction, task_dir / "prediction.nii.gz", overwrite=True)
-    save_overlay(query_case.image, prediction, task_dir / "overlay.png", reference=reference,
+    prediction_path, overlay_path = task_outputs(task, out_dir)
+    prediction_path.parent.mkdir(parents=True, exist_ok=True)
+    save_volume(prediction, prediction_path, overwrite=overwrite)
+    save_overlay(query_case.image, prediction, overlay_path, reference=reference, overwrite=overwrite,
                  title=f"{task.structure}: {detail}", modality=query_case.modality.lower() or "auto")
     return {"task": task.name, "structure": task.structure, "setting": detail,
             "scored_on": scores[2], "dice_model": round(scores[0], 3),
@@ -110,19 +111,34 @@ def run_task(task: DemoTask, out_dir: Path, weights: str, device: str, **options
             "seconds": round(time.perf_counter() - start, 1), "licence": query_case.licence}
 
 
-def run_demo(out_dir: Path, device: str = "auto", weights: str = "default") -> list[dict]:
-    """Run every demo task, print a table, write ``results.csv``; returns the rows."""
+def task_outputs(task: DemoTask, out_dir: Path) -> tuple[Path, Path]:
+    """The files one task writes: ``<out>/<task>/prediction.nii.gz`` and ``overlay.png``."""
+    return out_dir / task.name / "prediction.nii.gz", out_dir / task.name / "overlay.png"
+
+
+def run_demo(out_dir: Path, device: str = "auto", weights: str = "default", overwrite: bool = False) -> list[dict]:
+    """Run every demo task, print a table, write ``results.csv``; returns the rows.
+
+    Raises:
+        FileExistsError: an output of an earlier run is in ``out_dir`` and ``overwrite`` is False
+            (checked before anything runs).
+    """
     from .models.weights import describe
 
     out_dir = Path(out_dir)
+    existing = [p for t in TASKS for p in task_outputs(t, out_dir) if p.exists()]
+    existing += [out_dir / "results.csv"] if (out_dir / "results.csv").exists() else []
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists (an earlier demo run?); pass --overwrite to replace the demo's "
+                              "outputs, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"fewshotcx demo — model: {describe(weights, 'universeg')}")
-    rows = [run_task(task, out_dir, weights, device) for task in TASKS]
+    rows = [run_task(task, out_dir, weights, device, overwrite) for task in TASKS]
     print(f"\n{'task':27s} {'structure':14s} {'Dice model':>10s} {'Dice baseline':>13s}  {'scored on':15s} baseline")
     for r in rows:
         print(f"{r['task']:27s} {r['structure']:14s} {r['dice_model']:10.3f} {r['dice_baseline']:13.3f}  "
               f"{r['scored_on']:15s} {r['baseline']} ({r['setting']}; {r['seconds']} s)")
-    write_csv(rows, out_dir / "results.csv", overwrite=True)  # the demo's own output folder
+    write_csv(rows, out_dir / "results.csv", overwrite=overwrite)
     print(f"\nwrote {out_dir}/<task>/prediction.nii.gz, overlay.png and {out_dir}/results.csv")
     print("data licences: " + "; ".join(sorted({r['licence'] for r in rows})))
     return rows

@@ -20,6 +20,7 @@ from .backends import Backend, VolumeBackend, create_backend
 from .backends.base import QueryAwareBackend
 from .locks import ReadWriteLock, reads, writes
 from .progress import show_progress
+from .io.grid import canonical_axial_slices
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
 from .pipeline.intensity import Modality, looks_like_ct, normalize
 from .pipeline.postprocess import keep_drawn, postprocess
@@ -278,19 +279,22 @@ class Segmenter:
         Pure: an earlier :meth:`fit` (support, pools, backend state) is left exactly as it was.
 
         Args:
-            image: the volume being contoured.
+            image: the volume being contoured (a path is read in the file's own layout).
             drawn: label map on ``image``'s grid; only ``slices`` are read.
-            slices: axial indices (of the canonical array) that were drawn (empty ones are negatives).
+            slices: drawn slices (empty ones are negatives), counted along the third array axis of
+                ``image`` *as given*: for a file, its own stored slice order (what a viewer shows;
+                the same numbers as ``fewshotcx complete --slices``), for a :class:`Volume`, its
+                ``array[:, :, k]``. That axis must run superior–inferior
+                (:func:`~fewshotcx.io.grid.canonical_axial_slices`).
         Returns:
             label map on ``image``'s grid.
         """
-        original = image if isinstance(image, Volume) else load_volume(image)
+        original = load_volume(image, canonical=False)
         canonical, labels = original.canonical(), load_volume(drawn, label=True)
         if not canonical.same_grid(labels, atol=1e-3 * max(1.0, max(canonical.spacing))):
             raise VolumeError(f"drawn: the drawn mask {labels.shape} is not on the image's grid {canonical.shape}")
-        drawn_slices = sorted({int(z) for z in slices})
-        if not drawn_slices or min(drawn_slices) < 0 or max(drawn_slices) >= canonical.shape[2]:
-            raise VolumeError(f"slices must be axial indices in [0, {canonical.shape[2] - 1}]")
+        what = "the image" if isinstance(image, Volume) else str(image)
+        drawn_slices = sorted(set(canonical_axial_slices(original.affine, original.shape, slices, what)))
         saved = (self.pools, self.support, self._support_extent, copy.copy(self.backend.__dict__))
         try:
             self.fit([canonical], [labels], slices=[drawn_slices])
@@ -323,8 +327,9 @@ class Segmenter:
         else:
             aware = isinstance(self.backend, QueryAwareBackend)
             with (self.backend.query_context(self.support, canonical, normalised, generator) if aware
-                  else contextlib.nullcontext()):
-                probs = slab_probabilities(self.backend, normalised, canonical.spacing, self.axes, generator,
+                  else contextlib.nullcontext()) as for_query:  # per-query state stays local to this call
+                backend = self.backend if for_query is None else for_query
+                probs = slab_probabilities(backend, normalised, canonical.spacing, self.axes, generator,
                                            self.memory_budget, show_progress(self.progress))
         return original, canonical, probs.clamp(0, 1).float().cpu().numpy()
 

@@ -36,11 +36,13 @@ def save_overlay(
     slices: Optional[Sequence[int]] = None,
     title: str = "",
     modality: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Write a PNG with one row per axial slice: image | reference (green) | prediction (red).
 
     All volumes must share ``image``'s (canonical) grid. Slices are shown in radiological convention
-    (patient right on the left of the picture, anterior at the top).
+    (patient right on the left of the picture, anterior at the top). An existing ``path`` is
+    replaced only with ``overwrite`` (:func:`save_figure`).
     """
     import matplotlib
 
@@ -67,7 +69,23 @@ def save_overlay(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return save_figure(fig, path, overwrite)
+
+
+def save_figure(fig, path: Path, overwrite: bool = False) -> Path:
+    """Write a matplotlib figure atomically (format from the suffix) and close it.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False (nothing is written).
+    """
+    import matplotlib.pyplot as plt
+
+    from .io.atomic import atomic_output
+
     path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, dpi=90, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

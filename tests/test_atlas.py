@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fewshotcx as fx
-import fewshotcx.datasets as ds
+from conftest import cached_colin27
 from fewshotcx.backends import create_backend
 from fewshotcx.backends import atlas as atlas_module
 from fewshotcx.registration import Quality, Registration, RegistrationError, onto_query
@@ -17,8 +17,7 @@ pytest.importorskip("SimpleITK")
 
 @pytest.fixture(scope="module")
 def brain():
-    # fetched on first use (Debian mricron-data) and cached: a failed fetch fails the test
-    case = ds.colin27_aal(downsample=4.0)
+    case = cached_colin27(downsample=4.0)  # cache only (make test fetches it once)
     # two structures: left and right hemisphere (AAL odd / even values)
     aal = case.labels.array
     labels = np.where(aal > 0, 1 + (aal % 2 == 0), 0).astype(np.uint8)

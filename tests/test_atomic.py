@@ -39,3 +39,18 @@ def test_refuses_existing_and_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="directory"):
         with atomic_output(tmp_path / "missing" / "x"):
             pass
+
+
+def test_a_file_that_appears_while_writing_is_not_replaced(tmp_path):
+    """The existence check happens before writing; publishing must not replace a file created in
+    between (another process or worker): it was an unconditional os.replace."""
+    path = tmp_path / "out.nii.gz"
+    with pytest.raises(FileExistsError, match="appeared while"):
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(b"ours")
+            path.write_bytes(b"theirs")  # someone else's file, created meanwhile
+    assert path.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]  # no temporary left
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_bytes(b"ours")
+    assert path.read_bytes() == b"ours"

@@ -206,7 +206,7 @@ def test_csv_has_every_column_and_plot_draws_flat_lines(tmp_path):
             {"x": 5, "y": 0.3, "line": "flat", "extra": 1}]
     common.write_csv(rows, tmp_path / "r.csv")
     table = _read(tmp_path / "r.csv")
-    assert list(table[0]) == ["x", "y", "line", "extra"] and table[2]["extra"] == "1"
+    assert list(table[0]) == ["x", "y", "line", "extra", "git_commit", "checkpoint_sha256"] and table[2]["extra"] == "1"
     _assert_png(common.plot_lines(rows, "x", "y", "line", tmp_path / "p.png", flat=("flat",), log2_x=True))
     with pytest.raises(ValueError, match="no rows"):
         common.write_csv([], tmp_path / "empty.csv")

@@ -132,3 +132,28 @@ def test_weights_list_runs(capsys):
     assert main(["weights", "list"]) == 0
     listing = capsys.readouterr().out
     assert "universeg-official" in listing and "OpenRAIL" in listing
+
+
+def test_missing_optional_dependency_names_the_extra(case, monkeypatch, capsys):
+    """``--backend atlas`` without SimpleITK: one line naming the extra, exit 2, nothing written (it
+    was an "internal error ... please report it")."""
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import SimpleITK -> ModuleNotFoundError
+    args = _predict_args(case, **{"--weights": None})
+    assert main(["predict", *args, "--backend", "atlas"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install" in err and "fewshotcx[registration]" in err
+    assert "internal error" not in err and not list(case["out"].parent.iterdir())
+
+
+@pytest.mark.parametrize("module, expected", [("nnunetv2.run", 2), ("not_an_extra", 1)])
+def test_missing_module_is_a_user_error_only_for_known_extras(case, monkeypatch, capsys, module, expected):
+    from fewshotcx.segmenter import Segmenter
+
+    def needs(self, *args, **kwargs):
+        raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+    monkeypatch.setattr(Segmenter, "fit", needs)
+    assert main(["predict", *_predict_args(case)]) == expected
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert ("fewshotcx[nnunet]" in err) == (expected == 2)

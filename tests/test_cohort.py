@@ -330,3 +330,58 @@ def test_cli_refuses_foreign_output_unless_overwrite(ray_cluster, data, cli_case
     os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
     assert main(cli_case + ["--seed", "5"]) == 2  # other options would redo it: refused without --overwrite
     assert "p0.nii.gz exists" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ model options (issue #23)
+COHORT_OPTIONS = {
+    "strategy": ["--strategy", "retrieval"],
+    "fusion": ["--backend", "atlas", "--registration", "rigid", "--fusion", "weighted"],
+    "registration": ["--strategy", "registered", "--registration", "rigid"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(COHORT_OPTIONS))
+def test_cli_cohort_forwards_model_options_like_predict(ray_cluster, cli_case, tmp_path, name):
+    """Each model option gives the cohort output that ``predict`` gives with the same option."""
+    from test_strategies import _head
+
+    option = COHORT_OPTIONS[name]
+    if "atlas" in option or "registered" in option:
+        pytest.importorskip("SimpleITK")
+    (image, label), (image2, label2), (query, _) = _head(0), _head(1, shift=(-3.0, 2.0, -2.0)), _head(2, shift=(3.0, -2.0, 2.0))
+    from scipy import ndimage
+
+    label2 = label2.with_array(ndimage.binary_dilation(label2.array, iterations=2).astype(np.uint8))  # atlases disagree
+    files = [tmp_path / n for n in ("sup.nii.gz", "sup_lab.nii.gz", "q.nii.gz", "sup2.nii.gz", "sup2_lab.nii.gz")]
+    for volume, path in zip((image, label, query, image2, label2), files):
+        _save(volume.array, volume.affine, path, label=volume.label)
+    weights = cli_case[cli_case.index("--weights") + 1]
+    model = [] if "atlas" in option else ["--weights", weights]  # the atlas backend has no network
+    shared = ["--support", f"{files[0]}:{files[1]}", "--support", f"{files[3]}:{files[4]}", "--device", "cpu", "--modality", "mr", *model]
+    rows = write_manifest(tmp_path / "one.csv", [{"id": "p0", "image": files[2].name}])
+    out = tmp_path / "out"
+    assert main(["cohort", "--manifest", str(rows), "--out", str(out), "--workers", "1", *shared, *option]) == 0
+    assert main(["predict", "--image", str(files[2]), "--out", str(tmp_path / "p.nii.gz"), *shared, *option]) == 0
+    predicted = load_volume(tmp_path / "p.nii.gz", label=True).array
+    np.testing.assert_array_equal(load_volume(out / "p0.nii.gz", label=True).array, predicted)
+    default = {"registration": ["--strategy", "registered"], "fusion": option[:4]}.get(name, [])
+    assert main(["predict", "--image", str(files[2]), "--out", str(tmp_path / "d.nii.gz"), *shared, *default]) == 0
+    assert not np.array_equal(load_volume(tmp_path / "d.nii.gz", label=True).array, predicted), \
+        f"--{name} made no difference here: the test could not fail"
+
+
+def test_cli_cohort_forwards_the_sam2_config(cli_case, monkeypatch):
+    """--config reaches the workers' Segmenter (captured; a SAM 2 checkpoint is too big for a test)."""
+    from fewshotcx import cohort
+
+    seen = {}
+
+    def fake_run(*args, segmenter_options, **kwargs):
+        seen.update(segmenter_options)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cohort, "require_ray", lambda: None)
+    monkeypatch.setattr(cohort, "run", fake_run)
+    with pytest.raises(SystemExit):
+        main(cli_case + ["--backend", "sam2", "--config", "medsam2"])
+    assert seen["config"] == "medsam2" and seen["backend"] == "sam2"

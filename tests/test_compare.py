@@ -120,3 +120,13 @@ def test_seed_comparison_benchmark_runs_every_n_and_writes_csv_and_plot(tmp_path
     assert {r["status"] for r in rows if r["method"] == "sam"} == {"skipped"}
     seed_comparison.report(rows, tmp_path / "s.csv", tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 0 and len((tmp_path / "s.csv").read_text().splitlines()) == 19
+
+
+def test_totalsegmentator_is_full_resolution_and_never_scores_colon_as_rectum(monkeypatch):
+    """It ran the 3 mm fast model and mapped "rectum" to the whole colon."""
+    import inspect
+
+    assert inspect.signature(ts.predict).parameters["fast"].default is False
+    with pytest.raises(ValueError, match="no rectum class"):
+        ts.classes_for("Rectum")
+    assert ts.classes_for("colon") == ("colon",)

@@ -514,3 +514,26 @@ def test_every_source_pins_its_archive():
     for src in sources.SOURCES.values():
         assert len(src.sha256) == 64 and int(src.sha256, 16) >= 0, src.key
         assert src.requirement.replace("==", "-").replace("=", "_") in src.filename, src.key
+
+
+def test_tests_never_download_real_data(tmp_path, monkeypatch):
+    """``make test`` is hermetic: the test modules read real data only through conftest's cache-only
+    helpers (the Makefile's test-data step fetches it); with nothing cached they skip, saying how."""
+    import re
+    from pathlib import Path
+
+    from conftest import cached_colin27
+
+    here = Path(__file__).resolve().parent
+    fetching = [p.name for p in sorted(here.glob("test_*.py")) if p.name != "test_datasets.py"
+                and re.search(r"\bds\.(colin27_aal|fetch)\(|\bdatasets\.fetch\(", p.read_text())]
+    assert not fetching, f"these tests download at test time: {fetching}"
+    monkeypatch.setenv("FEWSHOTCX_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a test tried to download")
+
+    monkeypatch.setattr(sources, "fetch", no_network)
+    monkeypatch.setattr(ds, "fetch", no_network)
+    with pytest.raises(pytest.skip.Exception, match="make test-data"):
+        cached_colin27(downsample=4.0)

@@ -20,8 +20,21 @@ def test_every_quoted_number_matches_its_csv():
     assert not problems, "\n".join(problems)
 
 
-def test_readme_results_carry_evidence():
-    assert not evidence.untagged_numbers(evidence.ROOT / "README.md")
+def test_readme_and_checked_docs_results_carry_evidence():
+    """README's measured section, the docs sections in CHECKED_SECTIONS, and every line of every
+    page that tags one number (a tag covers one number, not its neighbours)."""
+    assert not evidence.unchecked_numbers()
+
+
+def test_a_tag_covers_only_its_own_number_and_ratios_are_checked(results, tmp_path):
+    doc = tmp_path / "docs" / "page.md"
+    doc.parent.mkdir()
+    doc.write_text("1.5–1.7× faster, i.e. 1.74 <!-- evidence: r.csv task=a method=model column=dice / "
+                   "r.csv task=a method=base column=dice --> (threshold < 0.5)\nplain 2.5 mm text\n")
+    assert [m.split(": ")[1].split()[0] for m in evidence.partly_tagged_lines(doc)] == ["1.5", "1.7"]
+    ratio = _claim("1.74 <!-- evidence: r.csv task=a method=model column=dice / r.csv task=a method=base column=dice -->")
+    assert evidence.check(ratio, results) is None  # 0.8694 / 0.5
+    assert "gives 1.74" in evidence.check(_claim(ratio.spec.join(["1.70 <!-- evidence: ", " -->"])), results)
 
 
 @pytest.fixture()

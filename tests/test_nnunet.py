@@ -115,3 +115,15 @@ def test_failed_training_names_nnunets_log(tmp_path):
     with pytest.raises(nnunet.NnUNetError, match=r"see its log: .*\.log"):
         nnunet.train(folder, "2d", trainer="NoSuchTrainer", work_dir=tmp_path / "work")
     assert "NoSuchTrainer" in next((tmp_path / "work" / "logs").glob("*.log")).read_text()
+
+
+def test_channel_follows_the_modality_so_mr_is_not_ct_normalised(tmp_path):
+    """The export declared every dataset "CT" (nnU-Net's CT normalisation on MR)."""
+    _, mr = _export(tmp_path / "mr")  # noise and balls at 0-150: no air, not CT
+    assert json.loads((mr / "dataset.json").read_text())["channel_names"] == {"0": "MRI"}
+    cases = [_case(i) for i in range(2)]
+    ct_images = [c[0].with_array(np.where(c[0].array > 40, c[0].array, -1000.0).astype(np.float32)) for c in cases]
+    ct = nnunet.export_dataset(ct_images, [c[1] for c in cases], tmp_path / "ct", 4, "ct")
+    assert json.loads((ct / "dataset.json").read_text())["channel_names"] == {"0": "CT"}
+    forced = nnunet.export_dataset([c[0] for c in cases], [c[1] for c in cases], tmp_path / "f", 5, "f", modality="ct")
+    assert json.loads((forced / "dataset.json").read_text())["channel_names"] == {"0": "CT"}

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fewshotcx.cli.main import main
@@ -109,3 +110,58 @@ def test_training_draws_no_progress_bar_into_a_log(tmp_path, capsys):
     train(TrainConfig(**{**TINY, "progress": True}, steps=2, val_every=1, out=str(tmp_path / "run.pt")))
     captured = capsys.readouterr()
     assert "training" not in captured.err and "it/s" not in captured.err and "\r" not in captured.err
+
+
+def test_fresh_training_run_keeps_an_existing_log(tmp_path, capsys):
+    """A fresh run used to delete ``<out>.csv`` (another run's log) when no checkpoint was there."""
+    log = tmp_path / "run.csv"
+    log.write_text("a user's table\n")
+    with pytest.raises(FileExistsError, match="run.csv exists"):
+        train(TrainConfig(**TINY, steps=1, val_every=0, out=str(tmp_path / "run.pt")))
+    assert log.read_text() == "a user's table\n" and not (tmp_path / "run.pt").exists()
+    train(TrainConfig(**TINY, steps=1, val_every=0, out=str(tmp_path / "run.pt"), overwrite=True))
+    assert not log.exists() or log.read_text() != "a user's table\n"  # replaced (or dropped) on request
+
+
+def test_figures_are_not_overwritten_without_overwrite(tmp_path):
+    from fewshotcx import Volume
+    from fewshotcx.viz import save_overlay
+
+    image = Volume(np.random.default_rng(0).random((8, 8, 4)).astype(np.float32), np.eye(4))
+    mask = Volume((image.array > 0.5).astype(np.uint8), np.eye(4), label=True)
+    png = tmp_path / "overlay.png"
+    png.write_bytes(b"a user's picture")
+    with pytest.raises(FileExistsError, match="overlay.png exists"):
+        save_overlay(image, mask, png)
+    assert png.read_bytes() == b"a user's picture" and [p.name for p in tmp_path.iterdir()] == ["overlay.png"]
+    save_overlay(image, mask, png, overwrite=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_refuses_an_earlier_run_without_overwrite(tmp_path, capsys):
+    """``fewshotcx demo --out D`` used to rewrite D's results; now exit 2 before any work."""
+    (tmp_path / "results.csv").write_text("a user's table\n")
+    assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results.csv exists" in err and "--overwrite" in err
+    assert (tmp_path / "results.csv").read_text() == "a user's table\n"
+
+
+def test_benchmark_csvs_record_the_commit_and_the_checkpoint_hash(tmp_path):
+    import hashlib
+    import re
+
+    import torch
+
+    from fewshotcx.models import UniverSeg
+    from fewshotcx.models.weights import load_universeg, save_checkpoint
+
+    torch.manual_seed(0)
+    model = UniverSeg((8, 8), (8,))
+    ckpt = save_checkpoint(model, tmp_path / "w.pt", model.config, {"slice_size": 32})
+    load_universeg(str(ckpt))
+    path = common.write_csv([{"x": 1}, {"x": 2, "git_commit": "kept"}], tmp_path / "r.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", rows[0]["git_commit"]) and rows[1]["git_commit"] == "kept"
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert all(digest in r["checkpoint_sha256"].split(";") for r in rows)

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-import fewshotcx.datasets as ds
+from conftest import cached_colin27
 from fewshotcx.io.volume import Volume
 from fewshotcx import registration as reg
 
@@ -40,8 +40,7 @@ def test_label_conversion_keeps_integer_values():
 # ------------------------------------------------------------------ a real brain, moved and cropped
 @pytest.fixture(scope="module")
 def brain():
-    # fetched on first use (Debian mricron-data) and cached: a failed fetch fails the test
-    return ds.colin27_aal(downsample=3.0)
+    return cached_colin27(downsample=3.0)  # cache only (make test fetches it once)
 
 
 def _known_rigid() -> np.ndarray:

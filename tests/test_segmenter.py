@@ -7,7 +7,7 @@ import torch
 from scipy import ndimage
 
 from conftest import ORIENTATIONS, blob_volume
-from fewshotcx import Segmenter, Volume, VolumeError, save_volume
+from fewshotcx import Segmenter, Volume, VolumeError, load_volume, save_volume
 from fewshotcx.backends.universeg import UniverSegBackend
 from fewshotcx.pipeline.intensity import minmax_per_slice, normalize
 from fewshotcx.models import UniverSeg
@@ -229,3 +229,30 @@ def test_predictions_do_not_depend_on_chunking():
                         memory_budget=budget, progress=False)
         probs.append(seg.fit([image], [label]).predict_proba(image).array)
     assert np.allclose(probs[0], probs[1], atol=1e-6)
+
+
+def test_complete_counts_slices_in_the_files_own_order(tmp_path):
+    """One slice convention for paths, Volumes and the CLI: the third array axis as stored. A file
+    stored LPS superior-first (file slice k = canonical Z-1-k) drawn on file slices 2, 5, 8: the
+    result keeps exactly those file slices and nothing outside them (it took canonical indices)."""
+    import nibabel as nib
+
+    image, label = _support(affine=ORIENTATIONS["RAS"])
+    depth = image.shape[2]
+    lps = np.diag([-0.8, -1.1, -2.5, 1.0])  # L, P, and superior-first
+    stored_img, stored_lab = image.array[::-1, ::-1, ::-1].copy(), label.array[::-1, ::-1, ::-1].copy()
+    z = np.nonzero(stored_lab.any(axis=(0, 1)))[0]
+    drawn = [int(z[1]), int(z[len(z) // 2]), int(z[-2])]
+    paths = {}
+    for name, array in {"img": stored_img, "lab": stored_lab}.items():
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(array, lps), str(paths[name]))
+    seg = Segmenter(model=tiny_universeg(), slice_size=32, progress=False)
+    out = seg.complete(paths["img"], paths["lab"], drawn)
+    assert np.allclose(out.affine, lps) and out.shape == stored_img.shape  # the file's layout
+    for k in drawn:
+        assert np.array_equal(out.array[..., k], stored_lab[..., k])
+    outside = [k for k in range(depth) if k < drawn[0] or k > drawn[-1]]
+    assert out.array[..., outside].sum() == 0
+    as_volume = seg.complete(load_volume(paths["img"], canonical=False), paths["lab"], drawn)
+    np.testing.assert_array_equal(as_volume.array, out.array)

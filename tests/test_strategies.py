@@ -112,7 +112,7 @@ def seg_pools_unchanged(support_image, support_label, query) -> bool:
     seg = _segmenter("retrieval").fit([support_image], [support_label])
     fitted = seg.backend.pools
     seg.predict(query)
-    return seg.backend.pools is fitted and seg.backend.query is None
+    return seg.backend.pools is fitted and not hasattr(seg.backend, "query")
 
 
 def test_retrieval_matches_anatomy_not_relative_position():
@@ -128,9 +128,9 @@ def test_retrieval_matches_anatomy_not_relative_position():
 
     normalised = torch.as_tensor(normalize(query.array, seg.support.modality))
     geometry = make_geometry(query.shape, query.spacing, 2, 32, 0)
-    with seg.backend.query_context(seg.support, query, normalised, gen):
-        drawn = torch.cat([seg.backend.draw_support(seg.backend.pools[2], geometry, g, 0, gen) for g in range(2)])
-        positions = seg.backend.pools[2].positions[drawn]
+    with seg.backend.query_context(seg.support, query, normalised, gen) as for_query:
+        drawn = torch.cat([for_query.draw_support(for_query.pools[2], geometry, g, 0, gen) for g in range(2)])
+        positions = for_query.pools[2].positions[drawn]
     assert float(positions.min()) >= 0.4  # the query's anatomy lies at relative positions 0.5 ... 1
 
 
@@ -154,9 +154,9 @@ def _draws(seg, query):
     gen = torch.Generator().manual_seed(seg.seed)
     normalised = torch.as_tensor(normalize(query.array, seg.support.modality))
     geometry = make_geometry(query.shape, query.spacing, 2, 32, 0)
-    with seg.backend.query_context(seg.support, query, normalised, gen):
-        pool = seg.backend.pools[2]
-        return [seg.backend.draw_support(pool, geometry, g, 0, gen).tolist() for g in range(3)], pool
+    with seg.backend.query_context(seg.support, query, normalised, gen) as for_query:
+        pool = for_query.pools[2]
+        return [for_query.draw_support(pool, geometry, g, 0, gen).tolist() for g in range(3)], pool
 
 
 def test_registered_equals_position_on_aligned_volumes():
@@ -281,20 +281,20 @@ def test_universeg_atlas_fuses_in_context_and_prior_on_the_query_grid():
         Segmenter(backend="universeg+atlas", model=tiny_universeg(), slice_size=32, strategy="retrieval")
 
 
-def test_query_pools_start_and_leave_with_an_empty_feature_cache():
-    """Cached support features are keyed by pool indices, so they belong to one pool: swapping in a
-    query's own (registered/retrieval) pool, and back, must drop them."""
+def test_each_query_gets_its_own_feature_cache():
+    """Cached support features are keyed by pool indices, so they belong to one pool: each query's
+    (registered/retrieval) pool comes with its own empty cache, and the backend keeps none."""
     pytest.importorskip("SimpleITK")
     image, label = _head(0)
     query, _ = _head(1)
     seg = _segmenter("registered").fit([image], [label])
     backend = seg.backend
-    backend._features[("stale",)] = (torch.zeros(1), torch.zeros(1))
     normalised = torch.as_tensor(query.array, dtype=torch.float32)
-    with backend.query_context(seg.support, query, normalised, torch.Generator().manual_seed(0)):
-        assert not backend._features
-        backend._features[("query",)] = (torch.zeros(1), torch.zeros(1))
-    assert not backend._features
+    with backend.query_context(seg.support, query, normalised, torch.Generator().manual_seed(0)) as first:
+        first._features[("query",)] = (torch.zeros(1), torch.zeros(1))
+    with backend.query_context(seg.support, query, normalised, torch.Generator().manual_seed(0)) as second:
+        assert not second._features and second.pools is not backend.pools
+    assert not any(isinstance(v, dict) and ("query",) in v for v in vars(backend).values())
 
 
 def test_registered_and_auto_support_may_be_deformable(monkeypatch):

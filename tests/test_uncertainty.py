@@ -104,6 +104,11 @@ def test_review_flags_the_slices_where_draws_disagree(tmp_path):
     assert rev.flagged == [z for z in np.argsort(-rev.scores, kind="stable") if rev.scores[z] > 0.3]
     png = fx_review.save_figure(rev, tmp_path / "review.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+    png.write_bytes(b"a user's picture")  # replaced only with overwrite (it was silent)
+    with pytest.raises(FileExistsError, match="review.png exists"):
+        fx_review.save_figure(rev, png)
+    assert png.read_bytes() == b"a user's picture"
+    assert fx_review.save_figure(rev, png, overwrite=True).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_writes_uncertainty_on_the_query_grid(tmp_path, capsys):

@@ -97,11 +97,14 @@ class VolumeBackend(Protocol):
 class QueryAwareBackend(Protocol):
     """A slab :class:`Backend` whose support depends on the query (retrieval, registered support).
 
-    The segmenter runs the slab path for a query inside ``query_context(...)``; the backend may swap
-    its pools or precompute per-query state there and must restore its fitted state on exit.
+    The segmenter runs the slab path for a query inside ``query_context(...)``. The context manager
+    yields a :class:`Backend` for that one query (its own pools, per-query support and caches) and
+    the segmenter predicts through it; the backend itself must not store per-query state, since
+    several threads may predict different queries with one fitted backend at once.
     """
 
     def query_context(self, support: SupportVolumes, query: Volume, normalised: torch.Tensor,
                       generator: torch.Generator) -> ContextManager:
-        """Prepare the support for ``query`` (canonical; ``normalised`` ``(X, Y, Z)`` on the device)."""
+        """Prepare the support for ``query`` (canonical; ``normalised`` ``(X, Y, Z)`` on the device) and
+        yield the slab backend that predicts it."""
         ...

@@ -12,8 +12,8 @@ support runs one-vs-rest, one pass per class, and returns one probability channe
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext
-from typing import Iterator, Optional
+from contextlib import nullcontext
+from typing import ContextManager, Optional
 
 import torch
 from einops import rearrange
@@ -107,25 +107,27 @@ class UniverSegBackend:
         if registration not in ("rigid", "affine", "deformable"):
             raise ValueError(f"registration must be 'rigid', 'affine' or 'deformable', got {registration!r}")
         self.registration = registration
-        self.query: Optional[QuerySupport] = None
         self.group_size = int(group_size)
         self.precision = precision
         self.support_chunk = support_chunk
         self.channels_last = bool(channels_last)
         self.pools: dict[int, SupportPool] = {}
-        self._features: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     # ------------------------------------------------------------------ protocol
     def fit(self, pools: dict[int, SupportPool], generator: torch.Generator) -> None:
-        """Store the pools (UniverSeg conditions on the support at inference; nothing is trained)."""
+        """Store the pools (UniverSeg conditions on the support at inference; nothing is trained).
+        Rebinds ``self.pools``: a shallow copy of the backend keeps its own fit."""
         self.pools = {axis: pool.to(self.device) for axis, pool in pools.items()}
-        self._features.clear()
 
     def query_context(self, support: SupportVolumes, query: Volume, normalised: torch.Tensor,
-                      generator: torch.Generator):
-        """A context manager inside which :meth:`predict_slices` draws support for this ``query``
+                      generator: torch.Generator) -> ContextManager["UniverSegQuery"]:
+        """A context manager yielding a :class:`UniverSegQuery`: the slab backend for this one ``query``.
+
+        For ``"retrieval"``/``"registered"``/``"auto"`` its support is prepared for the query
         (retrieval similarity, or pools registered onto its grid: :mod:`fewshotcx.pipeline.query_support`);
-        a no-op for ``"position"``/``"random"``. The fitted pools are restored on exit.
+        for ``"position"``/``"random"`` it uses the fitted pools. Either way the per-query state
+        (pools, similarity, cached support features) lives in the yielded object, never in the
+        backend, so several threads may predict different queries with one backend at once.
 
         Args:
             support: the fitted support volumes (canonical).
@@ -133,93 +135,44 @@ class UniverSegBackend:
             normalised: ``(X, Y, Z)`` the query as normalised for the backend.
         """
         if self.strategy not in QUERY_AWARE:
-            return nullcontext()
+            return nullcontext(UniverSegQuery(self, self.pools, None))
         settings = SlabSettings(Framing.of(self), self.group_size, self.device)
         prepared = prepare_query_support(self.strategy, self.pools, support, query, normalised.to(self.device),
                                          settings, generator.initial_seed(), self.registration)
-        return self._using(prepared)
-
-    @contextmanager
-    def _using(self, prepared: QuerySupport) -> Iterator[QuerySupport]:
-        fitted = self.pools
-        self.pools, self.query = prepared.pools, prepared
-        self._features.clear()  # cached support features are keyed by pool indices: they belong to one pool
-        try:
-            yield prepared
-        finally:
-            self.pools, self.query = fitted, None
-            self._features.clear()
+        return nullcontext(UniverSegQuery(self, prepared.pools, prepared))
 
     def bytes_per_slab(self) -> int:
+        return self._bytes_per_slab(self.pools)
+
+    def _bytes_per_slab(self, pools: dict[int, SupportPool]) -> int:
         width = max(self.model.widths)
-        s = min(self.support_size, max((len(p) for p in self.pools.values()), default=self.support_size))
+        s = min(self.support_size, max((len(p) for p in pools.values()), default=self.support_size))
         if self.support_chunk:
             s = min(s, self.support_chunk)
         # ~4 live (S, width, s, s) float tensors at full resolution, +1/3 for the coarser levels.
         return int(4 * 4 * s * width * self.slice_size ** 2 * 4 / 3)
 
-    @torch.inference_mode()
     def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
-        """``(N, 2k+1, s, s)`` query slabs → ``(N, L, s, s)`` probabilities (see :class:`Backend`)."""
-        pool = self.pools.get(geometry.axis)
-        if pool is None:
-            raise RuntimeError("fit() the backend before predicting")
-        targets = minmax_per_slice(slabs.to(self.device, torch.float32))
-        support_images = minmax_per_slice(pool.images)
-        n, num_classes = targets.shape[0], pool.labels.shape[1]
-        groups = geometry.indices.to(self.device) // self.group_size  # (N,) global group of each slab
-        probs = torch.zeros(n, num_classes, *targets.shape[-2:], device=self.device)
-        with self._autocast():
-            for member in range(self.ensemble):
-                for g in groups.unique().tolist():  # one shared support set per group of neighbouring slices
-                    members = groups == g
-                    sup_idx = self.draw_support(pool, geometry, g, member, generator)
-                    for c in range(num_classes):
-                        images = support_images[sup_idx]
-                        labels = rearrange(pool.labels[sup_idx, c], "s h w -> s 1 h w")
-                        logits = self.model.forward_shared(
-                            targets[members], images, labels,
-                            support_chunk=self.support_chunk, channels_last=self.channels_last,
-                            support_features=self._support_features((geometry.axis, tuple(sup_idx.tolist()), c),
-                                                                    images, labels, self.ensemble * num_classes),
-                        )  # (n_g, 1, s, s)
-                        probs[members, c] += torch.sigmoid(logits[:, 0].float())
-        return probs / self.ensemble
-
-    def _support_features(self, key: tuple, images: torch.Tensor, labels: torch.Tensor, keep: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`UniverSeg.encode_support` of one support set, cached across calls: a query group
-        split over several chunks (the CPU memory budget holds one slab) encodes its support once.
-
-        ``key`` names the support set (axis, pool indices, class); the first block's weight versions
-        are added, so in-place weight updates invalidate it. The ``keep`` most recent sets stay (one
-        group's worth: ensemble members × classes); :meth:`fit` clears them.
-        """
-        block = self.model.enc_blocks[0]
-        key = (*key, *(p._version for p in (block.cross.cross_conv.weight, block.cross.cross_conv.bias,
-                                             block.support.vmapped.conv.weight, block.support.vmapped.conv.bias)))
-        if key in self._features:
-            self._features.move_to_end(key)
-        else:
-            self._features[key] = self.model.encode_support(images, labels, self.channels_last)
-            while len(self._features) > keep:
-                self._features.popitem(last=False)
-        return self._features[key]
+        """``(N, 2k+1, s, s)`` query slabs → ``(N, L, s, s)`` probabilities (see :class:`Backend`), on
+        the fitted pools (``"position"``/``"random"``; the query-aware strategies need
+        :meth:`query_context`). Support features are cached within this call only."""
+        return UniverSegQuery(self, self.pools, None).predict_slices(slabs, geometry, generator)
 
     def draw_support(self, pool: SupportPool, geometry: SliceGeometry, group: int, member: int,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: torch.Generator, query: Optional[QuerySupport] = None) -> torch.Tensor:
         """``(S,)`` pool indices of the support set shared by query group ``group`` (slices
         ``group·G … group·G+G−1`` along the axis) for ensemble member ``member``.
 
         The draw is matched to the group's centre (position) or to the whole group's look (retrieval,
-        prepared per query by :meth:`query_context`) and seeded only by the generator's seed, the axis,
-        the group and the member (:func:`~fewshotcx.pipeline.support.derived_generator`), so
-        predictions depend neither on how the volume is chunked (memory budget) nor on the device.
+        prepared per query by :meth:`query_context` and passed as ``query``) and seeded only by the
+        generator's seed, the axis, the group and the member
+        (:func:`~fewshotcx.pipeline.support.derived_generator`), so predictions depend neither on how
+        the volume is chunked (memory budget) nor on the device.
         """
         strategy, similarity = self.strategy, None
-        if self.query is not None:
-            strategy = self.query.strategy
-            similarity = self.query.similarity.get(geometry.axis)
+        if query is not None:
+            strategy = query.strategy
+            similarity = query.similarity.get(geometry.axis)
             similarity = None if similarity is None else similarity[group:group + 1]
         elif strategy in QUERY_AWARE:
             raise RuntimeError(f"strategy {strategy!r} needs the query volume: predict through fx.Segmenter "
@@ -240,3 +193,82 @@ class UniverSegBackend:
         if dtype is None:
             raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
         return torch.autocast(self.device.type, dtype=dtype)
+
+
+class UniverSegQuery:
+    """The :class:`UniverSegBackend` as seen by one query's prediction: a slab
+    :class:`~fewshotcx.backends.base.Backend` with its own support pools, per-query support
+    (``query``: retrieval similarity or registered pools, ``None`` for position/random) and support
+    feature cache. Made by :meth:`UniverSegBackend.query_context`; nothing here is shared with other
+    queries or written back to the backend.
+
+    Attributes:
+        backend: the fitted backend (model, settings), read only.
+        pools: plane axis → support pool used for this query.
+        query: the prepared per-query support, or ``None``.
+    """
+
+    def __init__(self, backend: UniverSegBackend, pools: dict[int, SupportPool],
+                 query: Optional[QuerySupport]) -> None:
+        self.backend, self.pools, self.query = backend, pools, query
+        self.name, self.slice_size, self.context = backend.name, backend.slice_size, backend.context
+        self.device, self.resize_mode = backend.device, backend.resize_mode
+        self._features: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def bytes_per_slab(self) -> int:
+        return self.backend._bytes_per_slab(self.pools)
+
+    def draw_support(self, pool: SupportPool, geometry: SliceGeometry, group: int, member: int,
+                     generator: torch.Generator) -> torch.Tensor:
+        """``(S,)`` pool indices for one query group (:meth:`UniverSegBackend.draw_support`)."""
+        return self.backend.draw_support(pool, geometry, group, member, generator, self.query)
+
+    @torch.inference_mode()
+    def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
+        """``(N, 2k+1, s, s)`` query slabs → ``(N, L, s, s)`` probabilities (see :class:`Backend`)."""
+        b = self.backend
+        pool = self.pools.get(geometry.axis)
+        if pool is None:
+            raise RuntimeError("fit() the backend before predicting")
+        targets = minmax_per_slice(slabs.to(b.device, torch.float32))
+        support_images = minmax_per_slice(pool.images)
+        n, num_classes = targets.shape[0], pool.labels.shape[1]
+        groups = geometry.indices.to(b.device) // b.group_size  # (N,) global group of each slab
+        probs = torch.zeros(n, num_classes, *targets.shape[-2:], device=b.device)
+        with b._autocast():
+            for member in range(b.ensemble):
+                for g in groups.unique().tolist():  # one shared support set per group of neighbouring slices
+                    members = groups == g
+                    sup_idx = self.draw_support(pool, geometry, g, member, generator)
+                    for c in range(num_classes):
+                        images = support_images[sup_idx]
+                        labels = rearrange(pool.labels[sup_idx, c], "s h w -> s 1 h w")
+                        logits = b.model.forward_shared(
+                            targets[members], images, labels,
+                            support_chunk=b.support_chunk, channels_last=b.channels_last,
+                            support_features=self._support_features((geometry.axis, tuple(sup_idx.tolist()), c),
+                                                                    images, labels, b.ensemble * num_classes),
+                        )  # (n_g, 1, s, s)
+                        probs[members, c] += torch.sigmoid(logits[:, 0].float())
+        return probs / b.ensemble
+
+    def _support_features(self, key: tuple, images: torch.Tensor, labels: torch.Tensor, keep: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`UniverSeg.encode_support` of one support set, cached for this query: a query group
+        split over several chunks (the CPU memory budget holds one slab) encodes its support once.
+
+        ``key`` names the support set (axis, pool indices, class) in this object's own pools; the
+        first block's weight versions are added, so in-place weight updates invalidate it. The
+        ``keep`` most recent sets stay (one group's worth: ensemble members × classes).
+        """
+        model = self.backend.model
+        block = model.enc_blocks[0]
+        key = (*key, *(p._version for p in (block.cross.cross_conv.weight, block.cross.cross_conv.bias,
+                                             block.support.vmapped.conv.weight, block.support.vmapped.conv.bias)))
+        if key in self._features:
+            self._features.move_to_end(key)
+        else:
+            self._features[key] = model.encode_support(images, labels, self.backend.channels_last)
+            while len(self._features) > keep:
+                self._features.popitem(last=False)
+        return self._features[key]

@@ -121,8 +121,8 @@ class UniverSegAtlasBackend:
         if self.support is None:
             raise RuntimeError("fit() the backend before predicting")
         budget = self.memory_budget or DEFAULT_MEMORY_BUDGET.get(self.device.type, 128 << 20)
-        with self.universeg.query_context(self.support, query, normalised, generator) as prepared:
-            in_context = slab_probabilities(self.universeg, normalised.to(self.device), query.spacing,
-                                            sorted(self.universeg.pools), generator, budget)
-        prior = prepared.vote_share(self.support.classes, self.prior_sigma_mm)
+        with self.universeg.query_context(self.support, query, normalised, generator) as for_query:
+            in_context = slab_probabilities(for_query, normalised.to(self.device), query.spacing,
+                                            sorted(for_query.pools), generator, budget)
+        prior = for_query.query.vote_share(self.support.classes, self.prior_sigma_mm)
         return in_context, None if prior is None else prior.to(in_context.device)

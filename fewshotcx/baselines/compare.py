@@ -69,7 +69,8 @@ class Options:
         sam_checkpoint: SAM checkpoint path (SAM is skipped without one).
         device: torch device for the in-context models and the U-Net; nnU-Net gets ``"cuda"`` when this is
             a CUDA device, else ``"cpu"``.
-        modality: intensity normalisation for the Segmenter-based methods.
+        modality: intensity normalisation for the Segmenter-based methods and nnU-Net's channel
+            (CT or MRI normalisation).
         unet_steps, unet_slice_size: the 2D U-Net's training steps and slab size.
         nnunet_configuration, nnunet_epochs, nnunet_iterations: nnU-Net's configuration and budget.
         interpolation_step: interpolation reads every ``step``-th slice of the query's reference (in the
@@ -170,7 +171,8 @@ def nnunet(run: Run, options: Options) -> Outcome:
               f"iterations on {device} (nnU-Net default: 1000 x 250)")
     with tempfile.TemporaryDirectory(prefix="fewshotcx-nnunet-", dir=options.work_dir) as tmp:
         start = time.perf_counter()
-        dataset = nn.export_dataset(run.support_images, run.support_labels, Path(tmp) / "raw", 1, "support")
+        dataset = nn.export_dataset(run.support_images, run.support_labels, Path(tmp) / "raw", 1, "support",
+                                    modality=options.modality)
         model = nn.train(dataset, options.nnunet_configuration, epochs=options.nnunet_epochs,
                          iterations=options.nnunet_iterations, device=device, work_dir=Path(tmp) / "work")
         trained = time.perf_counter()
@@ -229,7 +231,7 @@ def totalsegmentator(run: Run, options: Options) -> Outcome:
         if reason is not None:
             raise MethodUnavailable(reason)
         masks = [ts.predict(query, names, device=options.device) for query in run.queries]
-        budget = "pretrained (fast)"
+        budget = "pretrained (full resolution, 1.5 mm)"
     values = np.array([0, *sorted(run.structures)])
     predictions = [mask.with_array(values[mask.array].astype(np.uint8), label=True) for mask in masks]
     return Outcome(predictions, 0.0, time.perf_counter() - start, setting="pretrained, no support", budget=budget)

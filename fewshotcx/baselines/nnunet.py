@@ -80,6 +80,7 @@ def export_dataset(
     channel_names: Optional[Mapping[str, str]] = None,
     label_names: Optional[Mapping[int, str]] = None,
     overwrite: bool = False,
+    modality: str = "auto",
 ) -> Path:
     """Write labelled volumes as an nnU-Net v2 raw dataset ``<out_dir>/Dataset<ID>_<name>``.
 
@@ -95,8 +96,12 @@ def export_dataset(
         out_dir: the ``nnUNet_raw`` folder (created if missing).
         dataset_id: nnU-Net dataset ID, 1–999.
         name: dataset name (letters, digits, ``_``, ``-``).
-        channel_names: nnU-Net channel names, default ``{"0": "CT"}`` (``"CT"`` selects nnU-Net's CT
-            normalisation; anything else z-scores each image).
+        channel_names: nnU-Net channel names; default from ``modality``: ``{"0": "CT"}`` (nnU-Net's
+            CT normalisation: clip to the foreground's percentiles, then its mean/sd) or
+            ``{"0": "MRI"}`` (any other name: each image z-scored on its own).
+        modality: ``"ct"``, ``"mr"`` or ``"auto"`` (the majority of
+            :func:`~fewshotcx.pipeline.intensity.looks_like_ct` over the images, as the Segmenter
+            decides); used only when ``channel_names`` is not given.
         label_names: optional names for your label values (default ``label_<value>``).
         overwrite: replace an existing dataset folder of the same name.
     Returns:
@@ -105,8 +110,7 @@ def export_dataset(
         VolumeError: mismatched grids, non-integer or empty label maps.
         ValueError: bad ID, name, channel names or case counts; FileExistsError: the folder exists.
     """
-    channel_names = dict(channel_names or {"0": "CT"})
-    if list(channel_names) != ["0"]:
+    if channel_names is not None and list(channel_names) != ["0"]:
         raise ValueError(f"channel_names must have exactly one channel '0' (one image per case), got {channel_names}")
     if not 1 <= int(dataset_id) <= 999:
         raise ValueError(f"dataset_id must be in 1..999, got {dataset_id}")
@@ -117,6 +121,11 @@ def export_dataset(
     if len(images) != len(labels) or not images:
         raise ValueError(f"got {len(images)} images and {len(labels)} labels; need the same non-zero number")
     cases = [_case_pair(img, lab, i) for i, (img, lab) in enumerate(zip(images, labels))]
+    if channel_names is None:  # MR must not get CT normalisation
+        from ..segmenter import decide_modality  # noqa: PLC0415
+
+        channel_names = {"0": "CT" if decide_modality([img.array for img, _ in cases], modality) == "ct" else "MRI"}
+    channel_names = dict(channel_names)
     values = sorted(set().union(*(np.unique(lab.array).tolist() for _, lab in cases)) - {0})
     if not values:
         raise VolumeError("every label map is empty: nnU-Net needs at least one foreground label")

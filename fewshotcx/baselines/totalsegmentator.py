@@ -44,7 +44,6 @@ NAME_MAP: dict[str, tuple[str, ...]] = {
     "bladder": ("urinary_bladder",),
     "urinary bladder": ("urinary_bladder",),
     "prostate": ("prostate",),
-    "rectum": ("colon",),  # TotalSegmentator's colon class includes the rectum
     "colon": ("colon",),
     "small bowel": ("small_bowel",),
     "duodenum": ("duodenum",),
@@ -68,10 +67,24 @@ NAME_MAP: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Structures TotalSegmentator's "total" task does not segment as such (scoring a stand-in against
+#: them would misstate the baseline): structure → why.
+NOT_SEGMENTED: dict[str, str] = {
+    "rectum": "its 'total' task has no rectum class (its colon class is the whole large bowel, rectum included; "
+              "scoring the colon against a rectum contour would understate the baseline)",
+}
+
+
 def classes_for(structure: str) -> tuple[str, ...]:
     """The TotalSegmentator classes for ``structure`` (see :data:`NAME_MAP`; else the name itself,
-    as TotalSegmentator spells classes: lower case with underscores)."""
+    as TotalSegmentator spells classes: lower case with underscores).
+
+    Raises:
+        ValueError: a structure in :data:`NOT_SEGMENTED`.
+    """
     key = canonical_name(structure)
+    if key in NOT_SEGMENTED:
+        raise ValueError(f"TotalSegmentator baseline for {structure!r}: {NOT_SEGMENTED[key]}")
     return NAME_MAP.get(key, (structure.strip().lower().replace(" ", "_").replace("-", "_"),))
 
 
@@ -131,8 +144,11 @@ def load_masks(folder: PathLike, structures: Sequence[str], query: Union[Volume,
 
 
 def predict(query: Union[Volume, PathLike], structures: Sequence[str], device: str = "cpu",
-            fast: bool = True) -> Volume:
+            fast: bool = False) -> Volume:
     """Run TotalSegmentator on ``query`` for ``structures`` (label ``i + 1`` = ``structures[i]``).
+
+    ``fast=False`` (default) runs its full-resolution 1.5 mm model, the one its published accuracy
+    is for; ``fast=True`` is the 3 mm model (much quicker on CPU, coarser: not a fair baseline).
 
     Raises:
         ImportError: the package or its weights are absent (the message is :func:`unavailable`'s).
@@ -151,4 +167,4 @@ def predict(query: Union[Volume, PathLike], structures: Sequence[str], device: s
         return load_masks(Path(tmp) / "masks", structures, original)
 
 
-__all__ = ["INSTALL_HINT", "NAME_MAP", "classes_for", "load_masks", "predict", "unavailable"]
+__all__ = ["INSTALL_HINT", "NAME_MAP", "NOT_SEGMENTED", "classes_for", "load_masks", "predict", "unavailable"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from .common import CliError, add_model_options, support_pair
+from .predict import model_options
 
-#: ``add_model_options`` destinations passed to :class:`~fewshotcx.Segmenter` as they are.
-_SEGMENTER_OPTIONS = ("backend", "weights", "device", "axis", "support_size", "ensemble", "seed", "modality")
+#: ``add_model_options`` destinations passed to :class:`~fewshotcx.Segmenter` as they are (the
+#: others go through :func:`~fewshotcx.cli.predict.model_options`, exactly as for ``predict``).
+_SEGMENTER_OPTIONS = ("device", "axis", "seed", "modality")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,9 +43,7 @@ def run(args: argparse.Namespace) -> None:
         cohort.require_ray()
     except ImportError as exc:
         raise CliError(str(exc)) from None
-    options = {name: getattr(args, name) for name in _SEGMENTER_OPTIONS}
-    if args.backend == "universeg+sam":
-        options["sam_weights"] = args.sam_weights or "official"
+    options = {**{name: getattr(args, name) for name in _SEGMENTER_OPTIONS}, **model_options(args)}
     results = cohort.run(args.manifest, support=args.support, out_dir=args.out, address=args.address,
                          workers=args.workers, segmenter_options=options, overwrite=args.overwrite,
                          gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)

@@ -36,8 +36,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="sam2 config for --backend sam2 (e.g. sam2.1_hiera_t, medsam2)")
     p.add_argument("--fusion", default="majority", choices=["majority", "staple", "weighted"],
                    help="label fusion for --backend atlas")
-    p.add_argument("--registration", default="deformable", choices=["rigid", "affine", "deformable"],
-                   help="registration for --backend atlas")
+    p.add_argument("--registration", default=None, choices=["rigid", "affine", "deformable"],
+                   help="registration for --backend atlas (default deformable) and for the universeg strategies "
+                        "registered/auto (default affine)")
     p.add_argument("--sam-weights", default=None, help="SAM checkpoint for --backend universeg+sam")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")

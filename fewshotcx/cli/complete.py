@@ -4,8 +4,8 @@
 axis (what most viewers call slice ``k`` of an axial series). That axis must be the
 superior–inferior one; files stored inferior-first or superior-first both work (the index is mapped
 to the canonical axial index, ``Z-1-k`` for superior-first storage). A file whose third axis is
-left–right or anterior–posterior is refused: reorient it, or run ``Segmenter.complete`` with
-canonical indices.
+left–right or anterior–posterior is refused: reorient it. ``Segmenter.complete`` takes the same
+numbers (:func:`fewshotcx.io.grid.canonical_axial_slices`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-from nibabel import orientations as ornt
-
 from .common import CliError, add_model_options
-
-_AXIS_NAMES = ("left-right", "anterior-posterior", "superior-inferior")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,23 +40,6 @@ def slice_list(text: str) -> list[int]:
     return values
 
 
-def canonical_slices(affine: np.ndarray, shape: tuple[int, int, int], slices: list[int], what: str) -> list[int]:
-    """Indices along the stored third array axis → axial indices of the canonical (RAS) array.
-
-    Raises:
-        CliError: the third axis is not superior-inferior, or an index is outside ``[0, shape[2])``.
-    """
-    axis, flip = ornt.io_orientation(affine)[2]
-    if int(axis) != 2:
-        raise CliError(f"--slices: the third array axis of {what} runs {_AXIS_NAMES[int(axis)]}, not superior-inferior; "
-                       "reorient the file so its slices are axial")
-    depth = shape[2]
-    bad = [k for k in slices if not 0 <= k < depth]
-    if bad:
-        raise CliError(f"--slices: {bad[0]} is outside [0, {depth - 1}] for {what}")
-    return [k if flip > 0 else depth - 1 - k for k in slices]
-
-
 def run(args: argparse.Namespace) -> None:
     from ..io.volume import load_volume, save_volume
     from ..segmenter import Segmenter
@@ -74,7 +52,6 @@ def run(args: argparse.Namespace) -> None:
     if not image.canonical().same_grid(drawn, atol=1e-3 * max(1.0, max(image.spacing))):
         raise CliError(f"--drawn {args.drawn} is not on the grid of --image {args.image} "
                        f"(shape {drawn.shape} vs {image.canonical().shape} after reorientation, or different affines)")
-    slices = canonical_slices(image.affine, image.shape, args.slices, args.image)
     seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **model_options(args))
-    save_volume(seg.complete(image, drawn, slices), out, overwrite=args.overwrite)
+    save_volume(seg.complete(image, drawn, args.slices), out, overwrite=args.overwrite)
     print(f"wrote {out}")

@@ -2,7 +2,8 @@
 
 Every user error (bad path, mismatched grids, an existing output without ``--overwrite``, a missing
 checkpoint) is reported as one line on stderr with exit status 2, and no output file is written. An
-internal failure (a bug, not the user's input) is one line too, with exit status 1. Set
+internal failure (a bug, not the user's input) is one line too, with exit status 1. A missing optional
+dependency (SimpleITK, Ray, nnU-Net, SAM 2) is a user error naming the extra to install. Set
 ``FEWSHOTCX_DEBUG=1`` to get the full traceback instead.
 
 Each sub-command lives in a module of this package with a ``register(subparsers)`` function that adds
@@ -30,6 +31,20 @@ USER_ERRORS = (CliError, VolumeError, DatasetError, FileExistsError, FileNotFoun
                PermissionError, ValueError)
 
 
+#: Optional dependency (top-level module) → the extra that installs it.
+EXTRAS = {"SimpleITK": "registration", "ray": "cohort", "nnunetv2": "nnunet", "sam2": "sam2"}
+
+
+def missing_extra(exc: ImportError) -> Optional[str]:
+    """One line naming the extra to install when ``exc`` is a missing optional dependency, else ``None``."""
+    module = (exc.name or "").split(".")[0]
+    if "pip install" in str(exc):  # already says what to install
+        return _one_line(exc)
+    if module in EXTRAS and isinstance(exc, ModuleNotFoundError):
+        return f"this needs the optional dependency {module}: pip install 'fewshotcx[{EXTRAS[module]}]'"
+    return None
+
+
 def build_parser() -> OneLineParser:
     """The ``fewshotcx`` parser with every sub-command of :data:`COMMANDS`."""
     parser = OneLineParser(prog="fewshotcx", description="Few-shot in-context segmentation of 3D medical images.")
@@ -50,16 +65,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"fewshotcx {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except ImportError as exc:
+        line = missing_extra(exc)
+        if line is None or os.environ.get("FEWSHOTCX_DEBUG"):
+            return _internal(args.command, exc)
+        print(f"fewshotcx {args.command}: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("fewshotcx: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if os.environ.get("FEWSHOTCX_DEBUG"):
-            raise
-        print(f"fewshotcx {args.command}: internal error ({type(exc).__name__}): {_one_line(exc)} "
-              "(set FEWSHOTCX_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
-        return EXIT_INTERNAL
+        return _internal(args.command, exc)
     return 0
+
+
+def _internal(command: str, exc: Exception) -> int:
+    """Report an internal error in one line (or re-raise it with ``FEWSHOTCX_DEBUG``): exit 1."""
+    if os.environ.get("FEWSHOTCX_DEBUG"):
+        raise exc
+    print(f"fewshotcx {command}: internal error ({type(exc).__name__}): {_one_line(exc)} "
+          "(set FEWSHOTCX_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def _one_line(exc: BaseException) -> str:

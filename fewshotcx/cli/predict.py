@@ -59,14 +59,19 @@ def check_output(out: Path, overwrite: bool, option: str = "--out") -> Path:
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    """Segmenter keyword arguments from :func:`~fewshotcx.cli.common.add_model_options`'s options."""
+    """Segmenter keyword arguments from :func:`~fewshotcx.cli.common.add_model_options`'s options
+    (everything but ``device``/``axis``/``seed``/``modality``; ``fewshotcx cohort`` uses it too)."""
     extra = {"sam_weights": args.sam_weights or "official"} if args.backend == "universeg+sam" else {}
     if args.backend == "sam2":
         if args.config is None or args.weights in ("default", "official"):
             raise CliError("--backend sam2 needs --weights CHECKPOINT and --config CONFIG (e.g. sam2.1_hiera_t, medsam2)")
         extra["config"] = args.config
     if args.backend == "atlas":
-        extra.update(fusion=args.fusion, registration=args.registration)
+        extra["fusion"] = args.fusion
+    if args.registration is not None:
+        if args.backend not in ("atlas", "universeg", "universeg+atlas"):
+            raise CliError(f"--registration applies to --backend atlas, universeg or universeg+atlas, not {args.backend}")
+        extra["registration"] = args.registration
     if args.strategy is not None:
         extra["strategy"] = args.strategy
     return dict(backend=args.backend, weights=args.weights, support_size=args.support_size, ensemble=args.ensemble,

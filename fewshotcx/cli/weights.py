@@ -13,6 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="run the bundled model on real package-shipped data")
     p.add_argument("--out", default="demo-output", help="output directory")
     p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo run in --out")
     p.set_defaults(func=run_demo)
 
     p = subparsers.add_parser("weights", help="list, locate or verify checkpoints")
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from ..demo import run_demo as demo
 
-    demo(Path(args.out), device=args.device)
+    demo(Path(args.out), device=args.device, overwrite=args.overwrite)
 
 
 def run_weights(args: argparse.Namespace) -> None:

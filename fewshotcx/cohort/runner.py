@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..io.atomic import atomic_output
+from .raysession import RaySession
 from ..io.volume import PathLike, Volume, load_volume
 from ..pipeline.support import check_support
 from .manifest import Patient, read_manifest
@@ -157,7 +157,7 @@ def run(
     outcomes: dict[str, dict[str, Any]] = {}
     try:
         if todo:
-            with _RaySession(ray, address, workers, cpus_per_worker):
+            with RaySession(ray, address, workers, cpus_per_worker):
                 pool = _WorkerPool(ray, options, (images, labels), workers, gpus_per_worker, cpus_per_worker, len(todo))
                 try:
                     for patient, outcome in pool.process(todo, max_attempts):
@@ -229,34 +229,6 @@ def _write_results(rows: Sequence[Mapping[str, Any]], path: Path, columns: Seque
 
 
 # ---------------------------------------------------------------------------------------- Ray
-class _RaySession:
-    """Connect to Ray for the run: reuse this process's connection, start a private local instance
-    (stopped on exit), or join the cluster at ``address``."""
-
-    def __init__(self, ray, address: Optional[str], workers: Optional[int], cpus_per_worker: int) -> None:
-        self.ray, self.address, self.owned = ray, address, False
-        self.num_cpus = workers * cpus_per_worker if workers else None
-
-    def __enter__(self):
-        ray = self.ray
-        if ray.is_initialized():
-            return self
-        quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-        if self.address is None:
-            ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count(), **quiet)
-        else:
-            try:
-                ray.init(address=self.address, **quiet)
-            except ConnectionError as exc:
-                raise ValueError(f"cannot join the Ray cluster at {self.address!r}: {exc}") from None
-        self.owned = True
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.owned:
-            self.ray.shutdown()
-
-
 class _WorkerPool:
     """The worker actors and the patient queue between them.
 

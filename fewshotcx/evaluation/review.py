@@ -107,16 +107,17 @@ def review(seg: "Segmenter", query: "VolumeLike", k: int = 8, flag_below: float 
                   slice_scores(probs, labels, seg.classes), tuple(seg.classes), float(flag_below))
 
 
-def save_figure(rev: Review, path, rows: int = 3, modality: str = "auto") -> Path:
+def save_figure(rev: Review, path, rows: int = 3, modality: str = "auto", overwrite: bool = False) -> Path:
     """PNG: the per-slice score along z (flag level dashed), then for the ``rows`` worst slices the
-    image with the contour (red) and the uncertainty map (radiological convention)."""
+    image with the contour (red) and the uncertainty map (radiological convention). An existing
+    ``path`` is replaced only with ``overwrite`` (``FileExistsError`` otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from ..pipeline.intensity import normalize
-    from ..viz import _radiological
+    from ..viz import _radiological, save_figure as write_figure
 
     worst = rev.flagged[:rows] or [int(np.argmax(rev.scores))]
     shown = normalize(rev.image.array, modality)
@@ -142,7 +143,4 @@ def save_figure(rev: Review, path, rows: int = 3, modality: str = "auto") -> Pat
         right.set_title(f"z={z}: uncertainty", fontsize=9)
         fig.colorbar(heat, ax=right, fraction=0.046)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, overwrite)

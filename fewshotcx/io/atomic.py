@@ -37,8 +37,14 @@ def atomic_output(path: Union[str, os.PathLike], overwrite: bool = False) -> Ite
     """Yield a temporary path beside ``path`` (same extensions) to write to; on success it is renamed
     onto ``path`` with the usual permissions (``0666 & ~umask``), on any failure it is removed.
 
+    Without ``overwrite`` the finished file is published with a hard link, which fails if ``path``
+    exists at that moment: a file that appeared while this one was being written (another process,
+    another worker) is never replaced. Where the file system has no hard links the existence check
+    is repeated just before the rename (a much smaller window).
+
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False (checked before anything is written).
+        FileExistsError: ``path`` exists and ``overwrite`` is False (checked before anything is
+            written, and again, atomically, when the result is published).
         FileNotFoundError: the output directory does not exist.
     """
     path = Path(path)
@@ -52,6 +58,28 @@ def atomic_output(path: Union[str, os.PathLike], overwrite: bool = False) -> Ite
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            publish_new(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def publish_new(tmp: Path, path: Path) -> None:
+    """Move the finished ``tmp`` to ``path`` only if ``path`` does not exist (no-replace rename).
+
+    Raises:
+        FileExistsError: ``path`` exists (``tmp`` is left for the caller to remove).
+    """
+    try:
+        os.link(tmp, path)  # atomic, and fails if path exists
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists (it appeared while this file was being written); "
+                              "pass overwrite=True (CLI: --overwrite) to replace it") from None
+    except OSError:  # no hard links here (some network/FUSE/FAT file systems)
+        if path.exists():
+            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()

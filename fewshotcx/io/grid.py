@@ -195,3 +195,30 @@ def check_pair(image: Volume, label: Volume, what: str = "image/label") -> None:
         raise VolumeError(f"{what}: grids differ (affines do not match)")
     if not np.any(label.array):
         raise VolumeError(f"{what}: the label volume is empty (no foreground voxels)")
+
+
+_AXIS_NAMES = ("left-right", "anterior-posterior", "superior-inferior")
+
+
+def canonical_axial_slices(affine: np.ndarray, shape: tuple[int, ...], slices, what: str = "the image") -> list[int]:
+    """Slice indices along a volume's *own* third array axis → axial indices of its canonical array.
+
+    The one slice convention of fewshotcx (``Segmenter.complete``, ``fewshotcx complete --slices``):
+    index ``k`` counts along the third array axis of the volume as stored (what a viewer calls slice
+    ``k`` of an axial series), which must run superior–inferior; for superior-first storage that is
+    canonical index ``Z-1-k``. A canonical volume's indices are therefore unchanged.
+
+    Raises:
+        VolumeError: the third axis is not superior–inferior, or an index is outside ``[0, Z)``.
+    """
+    axis, flip = ornt.io_orientation(np.asarray(affine))[2]
+    if int(axis) != 2:
+        raise VolumeError(f"slices: the third array axis of {what} runs {_AXIS_NAMES[int(axis)]}, not "
+                          "superior-inferior; reorient it so its slices are axial")
+    depth = int(shape[2])
+    values = [int(k) for k in slices]
+    bad = [k for k in values if not 0 <= k < depth]
+    if not values or bad:
+        raise VolumeError(f"slices must be axial indices in [0, {depth - 1}] of {what}"
+                          + (f", got {bad[0]}" if bad else ", got none"))
+    return [k if flip > 0 else depth - 1 - k for k in values]

@@ -101,10 +101,11 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 def check_outputs(config: TrainConfig, out: Path) -> None:
-    """A fresh run never replaces an earlier run's checkpoint or export unless ``overwrite`` is set."""
+    """A fresh run never replaces an earlier run's checkpoint, its ``.csv`` log or the export unless
+    ``overwrite`` is set."""
     if config.resume or config.overwrite:
         return
-    for path in (out, config.export and Path(config.export).expanduser()):
+    for path in (out, log_path(out), config.export and Path(config.export).expanduser()):
         if path and path.exists():
             raise FileExistsError(f"{path} exists; pass resume=True to continue that run or overwrite=True "
                                   "(CLI: --resume / --overwrite) to replace it")

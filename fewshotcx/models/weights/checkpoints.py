@@ -18,8 +18,13 @@ from ..universeg import V1_DECODER_BLOCKS, V1_ENCODER_BLOCKS, UniverSeg
 from .registry import PathLike, WeightsError, registry_entry, resolve
 
 
+#: Every checkpoint file this process has read, in order (benchmarks record their hashes: provenance).
+LOADED: list[Path] = []
+
+
 def load_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a checkpoint safely (``weights_only=True``) as ``(state_dict, metadata)``.
+    """Read a checkpoint safely (``weights_only=True``) as ``(state_dict, metadata)``; its path is
+    added to :data:`LOADED`.
 
     Accepts a bare state dict or a dict holding it under ``"state_dict"`` or ``"model"``; metadata is
     every other top-level entry (for our own checkpoints ``"config"`` and ``"extra"``), ``{}`` for a
@@ -32,6 +37,8 @@ def load_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({reason})") from err
+    if Path(path).resolve() not in LOADED:
+        LOADED.append(Path(path).resolve())
     metadata: dict[str, Any] = {}
     if isinstance(payload, dict):
         for key in ("state_dict", "model"):

@@ -1,0 +1,99 @@
+"""Per-query support state is local to one prediction (issue #23 item 1).
+
+Two threads predicting two different queries with one fitted segmenter must get exactly the
+sequential results, for every support strategy; shallow copies of a backend (``complete``,
+``ContourSession``, uncertainty draws) must not share mutable per-query state with the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from fewshotcx import Segmenter, Volume
+from fewshotcx.models import UniverSeg
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+STRATEGIES = ["position", "random", "retrieval", "registered", "auto"]
+
+
+def _tiny(seed: int = 0) -> UniverSeg:
+    torch.manual_seed(seed)
+    return UniverSeg((8, 8, 8), (8, 8), in_channels=1)
+
+
+def _head(seed: int, shape=(24, 24, 16), shift=(0.0, 0.0, 0.0), crop: int = 0) -> tuple[Volume, Volume]:
+    """A small head-like volume ``(X, Y, Z)`` and a label of its inner structure; ``crop`` drops the
+    first axial slices (the query then covers less anatomy than the support)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), axis=-1)
+    centre = np.array([n / 2 for n in shape]) + np.asarray(shift)
+    body = (((grid - centre) / np.array([9.0, 10.0, 7.0])) ** 2).sum(-1) <= 1
+    inner = (((grid - centre - [2, -2, 1]) / np.array([3.0, 3.0, 3.0])) ** 2).sum(-1) <= 1
+    image = 100.0 * body - 40.0 * inner + rng.normal(0, 3.0, shape) * body
+    return (Volume(image[..., crop:].astype(np.float32), AFFINE),
+            Volume(inner[..., crop:].astype(np.uint8), AFFINE, label=True))
+
+
+def _segmenter(strategy: str) -> Segmenter:
+    if strategy in ("registered", "auto"):
+        pytest.importorskip("SimpleITK")
+    seg = Segmenter(model=_tiny(), slice_size=16, support_size=3, group_size=4, progress=False, device="cpu",
+                    strategy=strategy, seed=3, memory_budget=1)  # one slab per chunk: many backend calls
+    support = [_head(0), _head(1, shift=(1.0, 0.0, -1.0))]
+    return seg.fit([s[0] for s in support], [s[1] for s in support])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_threads_two_queries_equal_sequential(strategy):
+    seg = _segmenter(strategy)
+    queries = [_head(5, crop=6)[0], _head(6, shift=(-2.0, 1.0, 2.0))[0]]
+    expected = [seg.predict_proba(q).array for q in queries]
+    assert not np.array_equal(expected[0][..., :4], expected[1][..., 6:10])  # the queries differ
+    for _ in range(3):
+        results: dict[int, np.ndarray] = {}
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(2)
+
+        def work(i: int) -> None:
+            try:
+                barrier.wait()
+                results[i] = seg.predict_proba(queries[i]).array
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for i in range(2):
+            np.testing.assert_array_equal(results[i], expected[i], err_msg=f"query {i} ({strategy})")
+
+
+def _mutable_state(obj) -> dict[str, object]:
+    """Snapshot of the mutable containers in ``obj.__dict__`` (what a shallow copy would share)."""
+    return {k: (id(v), len(v), list(v)) for k, v in vars(obj).items() if isinstance(v, (dict, list, set))}
+
+
+def test_shallow_copy_of_a_backend_shares_no_per_query_state():
+    """What ``complete()``, ``ContourSession`` and the uncertainty draws do: copy, then re-fit the copy."""
+    seg = _segmenter("position")
+    query = _head(5)[0]
+    seg.predict_proba(query)
+    before = _mutable_state(seg.backend)
+    clone = copy.copy(seg.backend)
+    clone.fit({axis: pool for axis, pool in seg.pools.items()}, seg._generator())
+    assert _mutable_state(seg.backend) == before
+
+
+def test_predictions_leave_the_fitted_backend_untouched():
+    seg = _segmenter("retrieval")
+    fitted = dict(vars(seg.backend))
+    seg.predict_proba(_head(5, crop=6)[0])
+    assert {k: v for k, v in vars(seg.backend).items()} == fitted
