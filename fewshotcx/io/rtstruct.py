@@ -163,7 +163,7 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
         if not name.strip() or len(name) > 64 or "\\" in name:
             raise ValueError(f"ROI name {name!r} must be 1-64 characters without a backslash")
     series = scan_series(series_dir, series_uid)
-    contours = {name: _mask_contours(_on_series_grid(mask, series, name)) for name, mask in masks.items()}
+    contours = {name: _mask_contours(on_series_grid(mask, series, name)) for name, mask in masks.items()}
     ds = _structure_set(series, contours, roi_types or {}, colours or {})
     source = series.headers[0]
     if keep_patient_identity:
@@ -176,10 +176,11 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
     return write_dataset(ds, out_path, overwrite=overwrite)
 
 
-def _on_series_grid(mask: Volume, series: DicomSeries, name: str) -> np.ndarray:
-    """The mask as a bool array in the series' own ``(X, Y, Z)`` layout, or a VolumeError."""
+def on_series_grid(mask: Volume, series: DicomSeries, name: str, binary: bool = True) -> np.ndarray:
+    """The mask as a bool array (its values with ``binary=False``) in the series' own ``(X, Y, Z)``
+    layout, or a VolumeError."""
     transform = ornt.ornt_transform(ornt.io_orientation(mask.affine), ornt.io_orientation(series.affine))
-    array = ornt.apply_orientation(binary_mask(mask), transform)
+    array = ornt.apply_orientation(binary_mask(mask) if binary else mask.array, transform)
     affine = mask.affine @ ornt.inv_ornt_aff(transform, mask.shape)
     atol = 1e-3 * max(1.0, *mask.spacing)
     if tuple(array.shape) != series.shape or not np.allclose(affine, series.affine, atol=atol):

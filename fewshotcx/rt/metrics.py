@@ -187,8 +187,3 @@ def _row(name: str, pred_name: Optional[str], ref: Optional[Volume], pred: Optio
                apl=added_path_length(pred, ref, apl_tolerance))
     row[column] = surface_dice_area(pred, ref, tolerance)
     return row
-
-
-def table_columns(rows: Sequence[dict]) -> list[str]:
-    """Column order of an :func:`evaluate_structures` table."""
-    return list(rows[0]) if rows else ["structure", "status"]

@@ -114,9 +114,12 @@ def _target_kind(name: str) -> str | None:
     return k[:3] if k[:3] in TARGET_PREFIXES else None
 
 
-def match_structure(requested: str, available: Sequence[str], source: str = "the RTSTRUCT") -> str:
+def match_structure(requested: str, available: Sequence[str], source: str = "the RTSTRUCT",
+                    missing_ok: bool = False) -> str | None:
     """The ROI name among ``available`` that stands for ``requested`` (see the module docstring).
 
+    Returns:
+        the matching name; None when nothing matches and ``missing_ok``.
     Raises:
         ValueError: one line: nothing matches (listing every available name), or two ROIs match equally.
     """
@@ -132,6 +135,8 @@ def match_structure(requested: str, available: Sequence[str], source: str = "the
         if found:
             raise ValueError(f"structure {requested!r} matches several ROIs of {source}: "
                              f"{', '.join(map(repr, found))}; ask for one of them by its exact name")
+    if missing_ok:
+        return None
     listed = ", ".join(map(repr, available)) or "none"
     raise ValueError(f"structure {requested!r} is not in {source}; its ROIs are: {listed}")
 

@@ -215,6 +215,49 @@ def load_labels(path: PathLike) -> tuple[Volume, list[str]]:
     return labels, [by_value[v] for v in range(1, len(by_value) + 1)]
 
 
+def support_from(image: PathLike, labels: PathLike, names: Sequence[str]) -> tuple[Volume, Volume]:
+    """One support pair for :meth:`~fewshotcx.Segmenter.fit` with values ``1..len(names)`` in ``names`` order.
+
+    Args:
+        image: the CT series folder (or, with a label map, any volume).
+        labels: an RTSTRUCT drawn on ``image`` (:func:`read_structures`), or a label map with a
+            ``.structures.json`` sidecar whose names are matched like ROI names.
+    Raises:
+        ValueError: a label map without a sidecar, or a name it does not have.
+    """
+    if is_rtstruct(labels):
+        found = read_structures(labels, image, names)
+        return found.image, found.labels
+    volume, own = load_labels(labels)
+    if not sidecar_path(labels).is_file():
+        raise ValueError(f"{labels}: naming structures needs an RTSTRUCT or a label map with a "
+                         f"{sidecar_path(labels).name} sidecar")
+    names = check_names(names)
+    array = np.zeros(volume.shape, dtype=np.uint8)
+    for value, name in enumerate(names, start=1):
+        array[volume.array == own.index(match_structure(name, own, source=str(labels))) + 1] = value
+    return load_volume(image), volume.with_array(array, label=True)
+
+
+def structure_masks(path: PathLike, image: PathLike) -> dict[str, Volume]:
+    """``{name: mask}`` of an RTSTRUCT (rasterised on the series ``image``) or a named label map.
+
+    Raises:
+        ValueError: an RTSTRUCT with two ROIs of the same name. VolumeError: unreadable input,
+            RTSTRUCT on another series.
+    """
+    if is_rtstruct(path):
+        ds, names = rtstruct_rois(path)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{path} has several ROIs named {', '.join(map(repr, twice))}")
+        _check_same_series(path, ds, image)
+        return read_rtstruct(path, image)
+    labels, names = load_labels(path)
+    return {name: labels.with_array((labels.array == i).astype(np.uint8), label=True)
+            for i, name in enumerate(names, start=1)}
+
+
 def write_structures(labels: Volume, names: Sequence[str], series: PathLike, out: PathLike,
                      overwrite: bool = False, deidentify: bool = False) -> Path:
     """A named label map on a DICOM series as an RTSTRUCT a planning system files with that CT.
