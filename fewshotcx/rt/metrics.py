@@ -89,7 +89,7 @@ def surface_dice_area(pred: Volume, ref: Volume, tolerance: float = 2.0) -> floa
     to_r = ndimage.distance_transform_edt(~border_r, sampling=spacing)[border_p]
     to_p = ndimage.distance_transform_edt(~border_p, sampling=spacing)[border_r]
     within = area_p[border_p][to_r <= tolerance].sum() + area_r[border_r][to_p <= tolerance].sum()
-    return float(within / (area_p.sum() + area_r.sum()))
+    return float(min(1.0, within / (area_p.sum() + area_r.sum())))  # rounding of the two sums
 
 
 def _box(mask: np.ndarray) -> tuple[slice, ...]:
