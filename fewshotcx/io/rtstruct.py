@@ -56,12 +56,7 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike,
         VolumeError: not an RTSTRUCT, series or frame of reference mismatch, contours not parallel to
             the image slices.
     """
-    try:
-        ds = pydicom.dcmread(rtstruct_path)
-    except (InvalidDicomError, OSError) as exc:
-        raise VolumeError(f"cannot read {rtstruct_path} as DICOM: {exc}") from None
-    if ds.get("Modality") != "RTSTRUCT" or "StructureSetROISequence" not in ds:
-        raise VolumeError(f"{rtstruct_path} is not an RT Structure Set (Modality {ds.get('Modality')!r})")
+    ds = read_structure_set(rtstruct_path)
     series = scan_series(series_dir, _referenced_series_uid(ds))
     frame = str(series.headers[0].get("FrameOfReferenceUID", ""))
     rois = {int(r.ROINumber): (str(r.ROIName), str(r.get("ReferencedFrameOfReferenceUID", frame)))
@@ -96,6 +91,21 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike,
         key = name if name not in masks else f"{name}_{roi.ReferencedROINumber}"
         masks[key] = Volume(inside.astype(np.uint8), series.affine, label=True).canonical()
     return masks
+
+
+def read_structure_set(rtstruct_path: PathLike) -> Dataset:
+    """The RT Structure Set dataset of a file (contours as DICOM values, not rasterised).
+
+    Raises:
+        VolumeError: not readable as DICOM, or not an RT Structure Set.
+    """
+    try:
+        ds = pydicom.dcmread(rtstruct_path)
+    except (InvalidDicomError, OSError) as exc:
+        raise VolumeError(f"cannot read {rtstruct_path} as DICOM: {exc}") from None
+    if ds.get("Modality") != "RTSTRUCT" or "StructureSetROISequence" not in ds:
+        raise VolumeError(f"{rtstruct_path} is not an RT Structure Set (Modality {ds.get('Modality')!r})")
+    return ds
 
 
 def _why(kind: str) -> str:

@@ -26,7 +26,7 @@ prediction misses adds the whole reference contour; APL 0 means nothing to redra
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Optional
 

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import pydicom
@@ -35,7 +35,7 @@ from pydicom.errors import InvalidDicomError
 from ..io.atomic import atomic_output
 from ..io.dicom import deidentify_dataset, read_dicom_series, scan_series, write_dataset
 from ..io.grid import PathLike, Volume, VolumeError
-from ..io.rtstruct import read_rtstruct, write_rtstruct
+from ..io.rtstruct import read_rtstruct, read_structure_set, write_rtstruct
 from ..io.volume import load_volume, save_volume
 from .names import check_names, display_colour, interpreted_type, match_structure, tg263_name
 
@@ -70,12 +70,7 @@ def rtstruct_rois(rtstruct: PathLike) -> tuple[pydicom.Dataset, list[str]]:
     Raises:
         VolumeError: not readable as DICOM, or not an RT Structure Set.
     """
-    try:
-        ds = pydicom.dcmread(rtstruct)
-    except (InvalidDicomError, OSError) as exc:
-        raise VolumeError(f"cannot read {rtstruct} as DICOM: {exc}") from None
-    if ds.get("Modality") != "RTSTRUCT" or "StructureSetROISequence" not in ds:
-        raise VolumeError(f"{rtstruct} is not an RT Structure Set (Modality {ds.get('Modality')!r})")
+    ds = read_structure_set(rtstruct)
     return ds, [str(r.ROIName) for r in ds.StructureSetROISequence]
 
 
