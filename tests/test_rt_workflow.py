@@ -151,6 +151,9 @@ def test_deidentified_rtstruct_fits_the_deidentified_series(case, tmp_path):
     assert ct.PatientID == "" and ct.PatientName == "" and "NEW-7" not in str(structure_set)
     back = rt.read_rtstruct(out, copy)  # the pair still fits together
     assert [name for name in back] == ["Lung_L", "SpinalCord", "GTV"]
+    if shutil.which("dciodvfy"):
+        result = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, timeout=60)
+        assert "Error" not in result.stdout + result.stderr
 
 
 def test_evaluate_scores_a_structure_set_against_itself(case, tmp_path, capsys):
@@ -239,3 +242,24 @@ def test_write_structures_rejects_labels_off_the_series_grid(case, tmp_path):
     with pytest.raises(VolumeError, match="not on the grid"):
         rt.write_structures(wrong, ["GTV"], case["query"], tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_evaluate_bad_input_is_one_line_and_writes_nothing(case, tmp_path, capsys):
+    _, other_rs = make_plan(tmp_path, shift=2, patient="ELSE")
+    table = tmp_path / "t.csv"
+    runs = {
+        "RTSTRUCT on another series": (["--reference", str(other_rs), "--prediction", str(case["nifti"])],
+                                       "drawn on series"),
+        "RTSTRUCT on a file image": (["--reference", str(case["rtstruct"]), "--prediction", str(case["nifti"]),
+                                      "--image", str(case["nifti"])], "not a directory"),
+        "negative tolerance": (["--reference", str(case["rtstruct"]), "--prediction", str(case["nifti"]),
+                                "--tolerance", "-1"], ">= 0"),
+    }
+    for label, (args, fragment) in runs.items():
+        argv = ["evaluate", "--image", str(case["query"]), *args, "--out", str(table)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main(argv) == 2, label
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and fragment in err, (label, err)
+        assert not table.exists(), label
