@@ -263,3 +263,17 @@ def test_evaluate_bad_input_is_one_line_and_writes_nothing(case, tmp_path, capsy
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and fragment in err, (label, err)
         assert not table.exists(), label
+
+
+def test_named_label_map_support_is_remapped_to_the_requested_order(case, tmp_path, capsys):
+    labels, names = rt.load_labels(case["nifti"])
+    assert names == ["Lung_L", "SpinalCord", "GTV"]
+    image, remapped = rt.support_from(case["query"], case["nifti"], ["gtv", "Lung-Left"])
+    np.testing.assert_array_equal(remapped.array, np.select([labels.array == 3, labels.array == 1], [1, 2], 0))
+    assert image.same_grid(remapped)
+    with pytest.raises(ValueError, match="'Heart' is not in"):
+        rt.support_from(case["query"], case["nifti"], ["Heart"])
+    bare = tmp_path / "bare.nii.gz"
+    shutil.copy(case["nifti"], bare)
+    with pytest.raises(ValueError, match="structures.json sidecar"):
+        rt.support_from(case["query"], bare, ["GTV"])
