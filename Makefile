@@ -10,7 +10,7 @@ TORCH_PINS ?= $(shell test -f /etc/xdg/pip/constraints.txt && echo "torch==2.14.
 # toolkit (nvcc) and a CUDA build of torch: without both, build it without (SAM2_BUILD_CUDA=0).
 SAM2_CUDA = $$($(PY) -c "import shutil, torch; print(int(bool(torch.version.cuda) and bool(shutil.which('nvcc'))))" 2>/dev/null || echo 0)
 
-.PHONY: install demo test test-data bench docs clean
+.PHONY: install system-deps demo test test-data bench docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# dciodvfy (Debian dicom3tools) checks the RTSTRUCT/SEG files in the tests; they skip, saying so, without it.
+system-deps:
+	@if ! command -v dciodvfy >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq dicom3tools; \
+		else echo "install dicom3tools (apt-get install dicom3tools) for the DICOM validation tests"; fi; fi
 
 # The demo's second brain comes from Debian's mricron-data; `apt-get download` needs package lists.
 demo: install
@@ -35,7 +41,7 @@ test-data: install
 	@$(PY) -c "import fewshotcx.datasets as ds; ds.fetch('mricron')" 2>/dev/null \
 		|| echo "make test-data: could not fetch Colin27 (offline?); the tests that need it will skip"
 
-test: install test-data
+test: install system-deps test-data
 	$(PY) -m pytest -q
 
 bench: install

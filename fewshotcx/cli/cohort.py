@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import CliError, add_model_options, support_pair
-from .predict import model_options
+from .predict import model_options, structure_list, support_volumes
 
 #: ``add_model_options`` destinations passed to :class:`~fewshotcx.Segmenter` as they are (the
 #: others go through :func:`~fewshotcx.cli.predict.model_options`, exactly as for ``predict``).
@@ -21,7 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Needs the cohort extra: pip install 'fewshotcx[cohort]'.")
     p.add_argument("--manifest", required=True, help="CSV with columns id,image (or series) and optional reference")
     p.add_argument("--support", required=True, action="append", type=support_pair,
-                   metavar="IMAGE:LABEL", help="a labelled support volume (repeat for more)")
+                   metavar="IMAGE:LABEL", help="a labelled support volume, or a previous plan CT_DIR:RS.dcm "
+                   "with --structures (repeat for more)")
+    p.add_argument("--structures", default=None, metavar="A,B,...",
+                   help="structures to learn from the support plans; the ROI names of every patient's RTSTRUCT")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--address", default=None,
                    help="join a running Ray cluster ('auto' or HOST:PORT); default: a private local one")
@@ -44,7 +47,9 @@ def run(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise CliError(str(exc)) from None
     options = {**{name: getattr(args, name) for name in _SEGMENTER_OPTIONS}, **model_options(args)}
-    results = cohort.run(args.manifest, support=args.support, out_dir=args.out, address=args.address,
+    names = structure_list(args.structures)
+    support = list(zip(*support_volumes(args.support, names)))
+    results = cohort.run(args.manifest, support=support, out_dir=args.out, address=args.address, structures=names,
                          workers=args.workers, segmenter_options=options, overwrite=args.overwrite,
                          gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
     print(results.summary())

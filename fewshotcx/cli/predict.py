@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from .common import CliError, add_model_options, support_pair
 
@@ -13,8 +15,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="segment a query volume from labelled support volumes")
     p.add_argument("--image", required=True, help="query volume (NIfTI, NRRD or DICOM directory)")
     p.add_argument("--support", required=True, action="append", type=support_pair,
-                   metavar="IMAGE:LABEL", help="a labelled support volume (repeat for more)")
-    p.add_argument("--out", required=True, help="output label map (.nii or .nii.gz)")
+                   metavar="IMAGE:LABEL", help="a labelled support volume, or a previous plan CT_DIR:RS.dcm "
+                   "(a DICOM series folder and an RTSTRUCT drawn on it); repeat for more")
+    p.add_argument("--structures", default=None, metavar="A,B,...",
+                   help="structures to learn from the support RTSTRUCTs (TG-263 synonyms match, e.g. Lung_L "
+                        "finds Lung-Left) and the names of the outputs; label value i is the i-th name")
+    p.add_argument("--out", required=True,
+                   help="output: label map (.nii/.nii.gz, with X.structures.json naming the values when "
+                        "--structures is given), RTSTRUCT (.dcm) or DICOM SEG (.seg.dcm); DICOM outputs need "
+                        "a DICOM series as --image")
+    p.add_argument("--deidentify", default=None, metavar="SERIES_DIR",
+                   help="write the RTSTRUCT de-identified (PS3.15 Basic Profile, UIDs kept) and a copy of the "
+                        "query series de-identified the same way into SERIES_DIR; default: the RTSTRUCT is in "
+                        "the query's patient and study")
     p.add_argument("--proba", action="store_true", help="write foreground probabilities instead of labels")
     p.add_argument("--uncertainty", default=None, metavar="OUT.nii.gz",
                    help="also write per-voxel uncertainty (entropy over independent support draws)")
@@ -28,34 +41,108 @@ def run(args: argparse.Namespace) -> None:
     from ..segmenter import Segmenter
     from ..io.volume import load_volume, save_volume
 
-    out = check_output(Path(args.out), args.overwrite)
+    out, kind = check_output(Path(args.out), args.overwrite, dicom_ok=True)
     uncertainty = None if args.uncertainty is None else check_output(Path(args.uncertainty), args.overwrite,
-                                                                      "--uncertainty")
+                                                                      "--uncertainty")[0]
     if uncertainty is not None and (uncertainty.resolve() == out.resolve() or args.draws < 1):
         raise CliError("--uncertainty needs its own file and --draws >= 1")
+    names = structure_list(args.structures)
+    check_named_outputs(args, out, kind, names)
+    images, labels = support_volumes(args.support, names)
     query = load_volume(args.image)
-    images, labels = zip(*args.support)
     seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **model_options(args))
     seg.fit(images=list(images), labels=list(labels))
     result = seg.predict_proba(query) if args.proba else seg.predict(query)
     if isinstance(result, dict):
         raise CliError("--proba writes one structure; the support has several label values")
-    save_volume(result, out, overwrite=args.overwrite)
-    print(f"wrote {out}")
+    write_prediction(result, names or [f"label_{c}" for c in range(1, max(seg.classes) + 1)], out, kind, args)
     if uncertainty is not None:
         save_volume(seg.predict_uncertainty(query, k=args.draws), uncertainty, overwrite=args.overwrite)
         print(f"wrote {uncertainty}")
 
 
-def check_output(out: Path, overwrite: bool, option: str = "--out") -> Path:
-    """A NIfTI output path that may be written: right suffix, directory present, no silent overwrite."""
-    if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
-        raise CliError(f"{option} must end in .nii or .nii.gz: {out}")
+def structure_list(text: Optional[str]) -> Optional[list[str]]:
+    """``--structures A,B`` → checked names, or None."""
+    if text is None:
+        return None
+    from ..rt.names import check_names
+
+    return check_names([n for n in text.split(",") if n.strip()] or [""])
+
+
+def check_named_outputs(args: argparse.Namespace, out: Path, kind: str, names: Optional[list[str]]) -> None:
+    """Refuse, before any work, what cannot be written: DICOM outputs without a DICOM query, --proba into
+    DICOM, --deidentify without an RTSTRUCT output, existing sidecars or de-identified series."""
+    from ..rt.structures import sidecar_path
+
+    if kind != "nifti":
+        if not Path(args.image).is_dir():
+            raise CliError(f"--out {out.name} writes DICOM on the query series: --image must be a DICOM series folder")
+        if args.proba:
+            raise CliError("--proba writes probabilities: use a .nii.gz --out")
+    if args.deidentify is not None:
+        target = Path(args.deidentify)
+        if kind != "rtstruct":
+            raise CliError("--deidentify goes with an RTSTRUCT --out (.dcm)")
+        if target.exists() and any(target.iterdir()) and not args.overwrite:
+            raise CliError(f"{target} is not empty; pass --overwrite to write into it")
+    if kind == "nifti" and names is not None and sidecar_path(out).exists() and not args.overwrite:
+        raise CliError(f"{sidecar_path(out)} exists; pass --overwrite to replace it")
+    if args.proba and names is not None and len(names) > 1:
+        raise CliError("--proba writes one structure; --structures names several")
+
+
+def support_volumes(pairs: Sequence[tuple[str, str]], names: Optional[list[str]]) -> tuple[list, list]:
+    """Support images and label maps: plans read through ``--structures``, label maps as they are."""
+    from ..rt.structures import is_rtstruct, support_from
+
+    plans = [label for _, label in pairs if is_rtstruct(label)]
+    if plans and names is None:
+        raise CliError(f"--support {plans[0]} is an RTSTRUCT: say which structures to learn with --structures")
+    if names is None:
+        return [image for image, _ in pairs], [label for _, label in pairs]
+    images, labels = [], []
+    for image, label in pairs:
+        volume, label_map = support_from(image, label, names)
+        images.append(volume)
+        labels.append(label_map)
+    return images, labels
+
+
+def write_prediction(result, names: list[str], out: Path, kind: str, args: argparse.Namespace) -> None:
+    """Write the label map (and sidecar), RTSTRUCT or SEG; prints one line per file."""
+    from .. import rt
+    from ..io.volume import save_volume
+
+    if kind == "rtstruct":
+        rt.write_structures(result, names, args.image, out, overwrite=args.overwrite,
+                            deidentify=args.deidentify is not None)
+        if args.deidentify is not None:
+            rt.deidentify_series(args.image, args.deidentify, overwrite=args.overwrite)
+            print(f"wrote {args.deidentify} (de-identified query series)")
+    elif kind == "seg":
+        rt.write_seg(result, names, args.image, out, overwrite=args.overwrite)
+    elif args.structures is not None:
+        rt.save_labels(result, names, out, overwrite=args.overwrite)
+    else:
+        save_volume(result, out, overwrite=args.overwrite)
+    print(f"wrote {out}" + (f": {', '.join(names)}" if args.structures is not None else ""))
+
+
+def check_output(out: Path, overwrite: bool, option: str = "--out", dicom_ok: bool = False) -> tuple[Path, str]:
+    """An output path that may be written and its kind (``nifti``, ``rtstruct``, ``seg``): right suffix,
+    directory present, no silent overwrite."""
+    name = out.name.lower()
+    kind = ("seg" if name.endswith(".seg.dcm") else "rtstruct" if name.endswith(".dcm")
+            else "nifti" if name.endswith((".nii", ".nii.gz")) else None)
+    if kind is None or (kind != "nifti" and not dicom_ok):
+        allowed = ".nii, .nii.gz, .dcm (RTSTRUCT) or .seg.dcm (DICOM SEG)" if dicom_ok else ".nii or .nii.gz"
+        raise CliError(f"{option} must end in {allowed}: {out}")
     if out.exists() and not overwrite:
         raise CliError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.exists():
         raise CliError(f"output directory does not exist: {out.parent}")
-    return out
+    return out, kind
 
 
 def model_options(args: argparse.Namespace) -> dict:

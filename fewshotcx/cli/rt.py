@@ -1,4 +1,4 @@
-"""Radiotherapy sub-commands of the ``fewshotcx`` console script: ``margin`` and ``rtstruct``.
+"""Radiotherapy sub-commands of the ``fewshotcx`` console script: ``margin``, ``rtstruct`` and ``evaluate``.
 
 :mod:`fewshotcx.cli.main` calls :func:`register` with its subparsers; each command's function raises ``ValueError``,
 ``VolumeError`` or ``FileExistsError`` on bad input and the entry point turns those into one-line errors.
@@ -18,7 +18,7 @@ _AXES = {"lr": ("left", "right"), "ap": ("anterior", "posterior"), "si": ("super
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``margin`` and ``rtstruct`` subcommands (``func`` set to their run functions)."""
+    """Add the ``margin``, ``rtstruct`` and ``evaluate`` subcommands (``func`` set to their run functions)."""
     p = subparsers.add_parser(
         "margin", help="grow (or shrink) a mask by an exact margin in mm, e.g. CTV -> PTV",
         description="Exact Euclidean margins in world directions (any voxel layout). Later options "
@@ -47,6 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="copy PatientName/PatientID from the series (planning systems match on them)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run_rtstruct)
+
+    p = subparsers.add_parser(
+        "evaluate", help="compare structures (RTSTRUCT or label map) with a reference: Dice, HD95, APL, ...",
+        description="One CSV row per structure: dice, hd95 and assd (mm), surface Dice at --tolerance from surface "
+                    "areas, added path length (apl, mm; Vaassen et al. 2020), volumes in cc, and a status. "
+                    "Structures pair up by name (case, spaces, underscores and TG-263 synonyms ignored); one "
+                    "present on one side only gets status missing_in_prediction/missing_in_reference.")
+    p.add_argument("--reference", required=True, help="reference RTSTRUCT (.dcm) or label map (+ .structures.json)")
+    p.add_argument("--prediction", required=True, help="predicted RTSTRUCT (.dcm) or label map (+ .structures.json)")
+    p.add_argument("--image", required=True, help="the image both lie on: DICOM series folder (needed for "
+                   "RTSTRUCTs) or volume file")
+    p.add_argument("--structures", default=None, metavar="A,B,...", help="only these structures (default: all)")
+    p.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance in mm (default 2)")
+    p.add_argument("--apl-tolerance", type=float, default=0.0,
+                   help="in-plane distance in mm within which a reference contour pixel needs no editing (default 0)")
+    p.add_argument("--out", required=True, help="output table (.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run_evaluate)
 
 
 def margin_spec(args: argparse.Namespace) -> dict[str, float]:
@@ -102,4 +120,38 @@ def run_rtstruct(args: argparse.Namespace) -> int:
     out = rt.write_rtstruct(masks, args.series, args.out, overwrite=args.overwrite,
                             keep_patient_identity=args.keep_patient_identity)
     print(f"wrote {out}: {len(masks)} ROI(s) on series {args.series}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``fewshotcx evaluate``: the per-structure table of :func:`fewshotcx.rt.evaluate_structures`."""
+    from ..io.tables import write_csv
+    from ..rt.names import check_names, match_structure
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".csv":
+        raise ValueError(f"--out must end in .csv: {out}")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.tolerance < 0 or args.apl_tolerance < 0:
+        raise ValueError("--tolerance and --apl-tolerance must be >= 0 mm")
+    image = load_volume(args.image)
+    sides = {}
+    for option in ("reference", "prediction"):
+        masks = rt.structure_masks(getattr(args, option), args.image)
+        for name, mask in masks.items():
+            if not mask.same_grid(image):
+                raise ValueError(f"--{option} structure {name!r} is not on the grid of --image {args.image}")
+        if args.structures is not None:
+            wanted = check_names(args.structures.split(","))
+            found = {name: match_structure(name, list(masks), str(getattr(args, option)), missing_ok=True)
+                     for name in wanted}
+            masks = {name: masks[roi] for name, roi in found.items() if roi is not None}
+        sides[option] = masks
+    rows = rt.evaluate_structures(sides["reference"], sides["prediction"], tolerance=args.tolerance,
+                                  apl_tolerance=args.apl_tolerance)
+    write_csv(rows, out, overwrite=args.overwrite)
+    ok = [r for r in rows if r["status"] == "ok"]
+    print(f"wrote {out}: {len(rows)} structure(s), {len(ok)} scored"
+          + (f", mean Dice {np.mean([r['dice'] for r in ok]):.3f}" if ok else ""))
     return 0

@@ -97,6 +97,7 @@ def run(
     cpus_per_worker: int = 1,
     max_attempts: int = 3,
     progress: Optional[bool] = None,
+    structures: Optional[Sequence[str]] = None,
 ) -> CohortResults:
     """Segment every patient of ``manifest`` from the labelled ``support``, on Ray.
 
@@ -120,6 +121,8 @@ def run(
         cpus_per_worker: CPUs per actor (and its torch threads).
         max_attempts: times a patient is tried when its worker process dies under it.
         progress: progress bar over patients; default: when stderr is a terminal.
+        structures: names of label values 1..N (e.g. from :func:`fewshotcx.rt.support_from` plans):
+            the ROI names of each patient's RTSTRUCT (default ``label_<value>``).
     Returns:
         the results table (also written to ``out_dir/results.csv``).
     Raises:
@@ -142,7 +145,12 @@ def run(
     labels = [load_volume(label, label=True) for _, label in support]
     check_support(images, labels)
     options = dict(segmenter_options or {})
-    config = digest(__version__, options_fingerprint(options), volumes_digest(images + labels))
+    if structures is not None:
+        from ..rt.names import check_names
+
+        structures = check_names(structures)
+    config = digest(__version__, options_fingerprint(options), volumes_digest(images + labels),
+                    *(() if structures is None else (structures,)))
     keys = {p.id: digest(config, p.series, input_state(p.image), input_state(p.reference)) for p in patients}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +166,8 @@ def run(
     try:
         if todo:
             with RaySession(ray, address, workers, cpus_per_worker):
-                pool = _WorkerPool(ray, options, (images, labels), workers, gpus_per_worker, cpus_per_worker, len(todo))
+                pool = _WorkerPool(ray, options, (images, labels), workers, gpus_per_worker, cpus_per_worker, len(todo),
+                                   structures)
                 try:
                     for patient, outcome in pool.process(todo, max_attempts):
                         outcomes[patient.id] = _finish(patient, outcome, keys[patient.id], record, out, overwrite)
@@ -239,7 +248,8 @@ class _WorkerPool:
     """
 
     def __init__(self, ray, options: dict[str, Any], support: tuple, workers: Optional[int],
-                 gpus_per_worker: Optional[float], cpus_per_worker: int, patients: int) -> None:
+                 gpus_per_worker: Optional[float], cpus_per_worker: int, patients: int,
+                 structures: Optional[Sequence[str]] = None) -> None:
         self.ray = ray
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0))
@@ -255,7 +265,7 @@ class _WorkerPool:
             options = {**options, "device": "cpu"}
         actor = ray.remote(CohortWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                  max_restarts=-1, max_task_retries=0)
-        self.setup_args = (ray.put(options), ray.put(support))
+        self.setup_args = (ray.put(options), ray.put(support), structures)
         self.actors = [actor.remote(cpus_per_worker) for _ in range(workers)]
         self.deaths = [0] * workers
         try:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 
 from ..io.volume import Volume, load_volume, save_volume
@@ -54,12 +53,15 @@ class CohortWorker:
     def __init__(self, threads: int) -> None:
         torch.set_num_threads(max(1, int(threads)))
         self.segmenter: Optional[Segmenter] = None
+        self.structures: Optional[list[str]] = None
 
-    def setup(self, options: dict[str, Any], support: tuple[Sequence[Volume], Sequence[Volume]]
-              ) -> Optional[BaseException]:
+    def setup(self, options: dict[str, Any], support: tuple[Sequence[Volume], Sequence[Volume]],
+              structures: Optional[Sequence[str]] = None) -> Optional[BaseException]:
         """Build the segmenter from ``options`` (Segmenter keyword arguments) and fit it on ``support``
-        (``(images, labels)``, lists of :class:`Volume`). Returns None, or the exception that
-        prevented it (bad weights, a CUDA error) for the driver to raise as the one-line error it is."""
+        (``(images, labels)``, lists of :class:`Volume`); ``structures`` name label values 1..N in the
+        RTSTRUCTs. Returns None, or the exception that prevented it (bad weights, a CUDA error) for
+        the driver to raise as the one-line error it is."""
+        self.structures = None if structures is None else list(structures)
         try:
             segmenter = Segmenter(**{**options, "progress": False})
             self.segmenter = segmenter.fit(images=list(support[0]), labels=list(support[1]))
@@ -75,7 +77,8 @@ class CohortWorker:
             prediction = self.segmenter.predict(query)
             files = {patient.outputs[0]: _nifti_bytes(prediction)}
             if patient.series:
-                files[patient.outputs[1]] = _rtstruct_bytes(prediction, patient.image, self.segmenter.classes)
+                names = self.structures or [f"label_{c}" for c in range(1, max(self.segmenter.classes) + 1)]
+                files[patient.outputs[1]] = _rtstruct_bytes(prediction, patient.image, names)
         except Exception as exc:  # noqa: BLE001 - one patient's failure must not stop the cohort
             return Outcome(patient.id, "failed", time.perf_counter() - start, one_line(exc))
         scores, error = {}, ""
@@ -101,13 +104,13 @@ def _nifti_bytes(volume: Volume) -> bytes:
         return path.read_bytes()
 
 
-def _rtstruct_bytes(prediction: Volume, series_dir: Path, classes: Sequence[int]) -> bytes:
-    """The prediction as an RT Structure Set on its DICOM series: one ROI ``label_<value>`` per class."""
-    from ..io.rtstruct import write_rtstruct
+def _rtstruct_bytes(prediction: Volume, series_dir: Path, names: Sequence[str]) -> bytes:
+    """The prediction as an RT Structure Set in its DICOM series' patient and study: label value ``i``
+    is ROI ``names[i - 1]``."""
+    from ..rt.structures import write_structures
 
-    masks = {f"label_{c}": prediction.with_array((prediction.array == c).astype(np.uint8)) for c in classes}
     with tempfile.TemporaryDirectory(prefix="fewshotcx-cohort-") as tmp:
-        return write_rtstruct(masks, series_dir, Path(tmp) / "rtstruct.dcm").read_bytes()
+        return write_structures(prediction, names, series_dir, Path(tmp) / "rtstruct.dcm").read_bytes()
 
 
 def one_line(exc: BaseException) -> str:

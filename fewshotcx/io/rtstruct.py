@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -26,11 +27,16 @@ from .grid import PathLike, Volume, VolumeError, binary_mask
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 _STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # what planning systems expect in the study reference
+#: Patient and study attributes copied from the image series with ``keep_patient_identity``.
+IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                     "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+                     "IssuerOfPatientID", "OtherPatientIDs")
 _COLOURS = ((255, 0, 0), (0, 160, 255), (0, 200, 0), (255, 200, 0), (200, 0, 255), (0, 220, 200),
             (255, 120, 0), (150, 150, 255))
 
 
-def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike) -> dict[str, Volume]:
+def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike,
+                  names: Optional[Collection[str]] = None) -> dict[str, Volume]:
     """Rasterise every ROI of an RTSTRUCT on its referenced image series.
 
     Closed planar contours are assigned to the nearest slice and filled with the even-odd rule across
@@ -42,6 +48,7 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike) -> dict[str, Vo
         rtstruct_path: the RT Structure Set file.
         series_dir: folder holding the referenced image series (the series UID named in the RTSTRUCT
             is used when present).
+        names: rasterise only the ROIs with these exact names (default: all).
     Returns:
         ``{ROI name: uint8 Volume}`` on the series' grid in closest-canonical RAS, i.e. aligned with
         ``load_volume(series_dir)``; ``save_volume`` writes them in the series' own layout.
@@ -49,20 +56,17 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike) -> dict[str, Vo
         VolumeError: not an RTSTRUCT, series or frame of reference mismatch, contours not parallel to
             the image slices.
     """
-    try:
-        ds = pydicom.dcmread(rtstruct_path)
-    except (InvalidDicomError, OSError) as exc:
-        raise VolumeError(f"cannot read {rtstruct_path} as DICOM: {exc}") from None
-    if ds.get("Modality") != "RTSTRUCT" or "StructureSetROISequence" not in ds:
-        raise VolumeError(f"{rtstruct_path} is not an RT Structure Set (Modality {ds.get('Modality')!r})")
+    ds = read_structure_set(rtstruct_path)
     series = scan_series(series_dir, _referenced_series_uid(ds))
     frame = str(series.headers[0].get("FrameOfReferenceUID", ""))
-    names = {int(r.ROINumber): (str(r.ROIName), str(r.get("ReferencedFrameOfReferenceUID", frame)))
-             for r in ds.StructureSetROISequence}
+    rois = {int(r.ROINumber): (str(r.ROIName), str(r.get("ReferencedFrameOfReferenceUID", frame)))
+            for r in ds.StructureSetROISequence}
     inverse = np.linalg.inv(series.affine_lps)
     masks: dict[str, Volume] = {}
     for roi in ds.get("ROIContourSequence", []):
-        name, roi_frame = names.get(int(roi.ReferencedROINumber), (f"ROI {roi.ReferencedROINumber}", frame))
+        name, roi_frame = rois.get(int(roi.ReferencedROINumber), (f"ROI {roi.ReferencedROINumber}", frame))
+        if names is not None and name not in names:
+            continue
         if roi_frame != frame:
             raise VolumeError(f"ROI {name!r} is in frame of reference {roi_frame}, the series in {frame}")
         inside = np.zeros(series.shape, dtype=bool)
@@ -87,6 +91,21 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike) -> dict[str, Vo
         key = name if name not in masks else f"{name}_{roi.ReferencedROINumber}"
         masks[key] = Volume(inside.astype(np.uint8), series.affine, label=True).canonical()
     return masks
+
+
+def read_structure_set(rtstruct_path: PathLike) -> Dataset:
+    """The RT Structure Set dataset of a file (contours as DICOM values, not rasterised).
+
+    Raises:
+        VolumeError: not readable as DICOM, or not an RT Structure Set.
+    """
+    try:
+        ds = pydicom.dcmread(rtstruct_path)
+    except (InvalidDicomError, OSError) as exc:
+        raise VolumeError(f"cannot read {rtstruct_path} as DICOM: {exc}") from None
+    if ds.get("Modality") != "RTSTRUCT" or "StructureSetROISequence" not in ds:
+        raise VolumeError(f"{rtstruct_path} is not an RT Structure Set (Modality {ds.get('Modality')!r})")
+    return ds
 
 
 def _why(kind: str) -> str:
@@ -118,7 +137,9 @@ def _polygon_mask(vertices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: PathLike,
                    overwrite: bool = False, keep_patient_identity: bool = False,
-                   series_uid: Optional[str] = None) -> Path:
+                   series_uid: Optional[str] = None,
+                   roi_types: Optional[Mapping[str, str]] = None,
+                   colours: Optional[Mapping[str, Sequence[int]]] = None) -> Path:
     """Write masks as an RT Structure Set referencing a DICOM image series.
 
     Each mask slice is contoured at the 0.5 level (marching squares on voxel centres), so reading the
@@ -129,11 +150,16 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
             layout (e.g. as read by ``load_volume`` or predicted on ``load_volume(series_dir)``).
         series_dir: folder holding the image series the contours are drawn on.
         out_path: the ``.dcm`` file to write (atomically).
-        keep_patient_identity: copy PatientName and PatientID from the series (needed by planning
-            systems to attach the structures to the patient); by default they are left empty. The
-            file is de-identified either way (:func:`fewshotcx.io.dicom.deidentify_dataset`: PS3.15
-            Basic Profile with the Retain UIDs Option; the ROI names given here are kept).
+        keep_patient_identity: copy the patient and study attributes (:data:`IDENTITY_KEYWORDS`:
+            names, IDs, birth date, sex, study date/time/ID, accession number, referring physician)
+            from the series, so that a planning system files the structures with the patient and
+            study of the CT. Otherwise the file is de-identified
+            (:func:`fewshotcx.io.dicom.deidentify_dataset`: PS3.15 Basic Profile with the Retain UIDs
+            Option; the ROI names given here are kept), which matches a series de-identified the same way.
         series_uid: which series to reference when the folder holds several.
+        roi_types: ``RTROIInterpretedType`` per ROI name (default: GTV/CTV/PTV from the name prefix,
+            else empty).
+        colours: ``ROIDisplayColor`` (RGB 0-255) per ROI name (default: a fixed palette).
     Raises:
         FileExistsError: ``out_path`` exists and ``overwrite`` is False.
         ValueError: no masks, or an ROI name DICOM cannot hold. VolumeError: a mask off the grid.
@@ -147,21 +173,24 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
         if not name.strip() or len(name) > 64 or "\\" in name:
             raise ValueError(f"ROI name {name!r} must be 1-64 characters without a backslash")
     series = scan_series(series_dir, series_uid)
-    contours = {name: _mask_contours(_on_series_grid(mask, series, name)) for name, mask in masks.items()}
-    ds = _structure_set(series, contours)
+    contours = {name: _mask_contours(on_series_grid(mask, series, name)) for name, mask in masks.items()}
+    ds = _structure_set(series, contours, roi_types or {}, colours or {})
     source = series.headers[0]
-    ds = deidentify_dataset(ds, retain=("ROIName",))  # ROI names are the caller's, not the patient's
     if keep_patient_identity:
-        ds.PatientName, ds.PatientID = source.get("PatientName", ""), source.get("PatientID", "")
+        for keyword in IDENTITY_KEYWORDS:
+            if keyword in source:
+                setattr(ds, keyword, source[keyword].value)
         ds.PatientIdentityRemoved = "NO"
-        del ds.DeidentificationMethod, ds.DeidentificationMethodCodeSequence
+    else:
+        ds = deidentify_dataset(ds, retain=("ROIName",))  # ROI names are the caller's, not the patient's
     return write_dataset(ds, out_path, overwrite=overwrite)
 
 
-def _on_series_grid(mask: Volume, series: DicomSeries, name: str) -> np.ndarray:
-    """The mask as a bool array in the series' own ``(X, Y, Z)`` layout, or a VolumeError."""
+def on_series_grid(mask: Volume, series: DicomSeries, name: str, binary: bool = True) -> np.ndarray:
+    """The mask as a bool array (its values with ``binary=False``) in the series' own ``(X, Y, Z)``
+    layout, or a VolumeError."""
     transform = ornt.ornt_transform(ornt.io_orientation(mask.affine), ornt.io_orientation(series.affine))
-    array = ornt.apply_orientation(binary_mask(mask), transform)
+    array = ornt.apply_orientation(binary_mask(mask) if binary else mask.array, transform)
     affine = mask.affine @ ornt.inv_ornt_aff(transform, mask.shape)
     atol = 1e-3 * max(1.0, *mask.spacing)
     if tuple(array.shape) != series.shape or not np.allclose(affine, series.affine, atol=atol):
@@ -191,7 +220,8 @@ def _drop_collinear(polygon: np.ndarray) -> np.ndarray:
     return polygon[np.abs(turn) > 1e-9]
 
 
-def _structure_set(series: DicomSeries, contours: Mapping[str, list[tuple[int, np.ndarray]]]) -> Dataset:
+def _structure_set(series: DicomSeries, contours: Mapping[str, list[tuple[int, np.ndarray]]],
+                   roi_types: Mapping[str, str], colours: Mapping[str, Sequence[int]]) -> Dataset:
     """The RT Structure Set dataset (patient, study, RT series, structure set, ROI contour modules)."""
     source = series.headers[0]
     if "FrameOfReferenceUID" not in source or "StudyInstanceUID" not in source:
@@ -206,8 +236,11 @@ def _structure_set(series: DicomSeries, contours: Mapping[str, list[tuple[int, n
     for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "ReferringPhysicianName", "StudyID", "AccessionNumber", "OperatorsName"):
         setattr(ds, key, "")
+    ds.FrameOfReferenceUID = frame
+    ds.PositionReferenceIndicator = source.get("PositionReferenceIndicator", "")
     ds.StructureSetLabel = "fewshotcx"
-    ds.StructureSetDate, ds.StructureSetTime = "", ""
+    now = datetime.now()
+    ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
     images = [_image_ref(sop_class, uid) for uid in series.sop_instance_uids]
     ref_series = Dataset()
@@ -228,12 +261,13 @@ def _structure_set(series: DicomSeries, contours: Mapping[str, list[tuple[int, n
         ds.StructureSetROISequence.append(roi)
         item = Dataset()
         item.ReferencedROINumber = number
-        item.ROIDisplayColor = list(_COLOURS[(number - 1) % len(_COLOURS)])
-        item.ContourSequence = [_contour(k, polygon, series, sop_class) for k, polygon in polygons]
+        item.ROIDisplayColor = [int(c) for c in colours.get(name, _COLOURS[(number - 1) % len(_COLOURS)])]
+        if polygons:  # Type 3: an empty structure has no ContourSequence rather than an empty one
+            item.ContourSequence = [_contour(k, polygon, series, sop_class) for k, polygon in polygons]
         ds.ROIContourSequence.append(item)
         observation = Dataset()
         observation.ObservationNumber, observation.ReferencedROINumber = number, number
-        observation.RTROIInterpretedType = _interpreted_type(name)
+        observation.RTROIInterpretedType = roi_types.get(name, _interpreted_type(name))
         observation.ROIInterpreter = ""
         ds.RTROIObservationsSequence.append(observation)
     return ds
