@@ -3,9 +3,6 @@ real uvicorn server on a free loopback port in a background thread."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -42,34 +39,10 @@ def disc(centre: tuple[int, int], radius: float, shape: tuple[int, int], value: 
     return np.where((x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= radius ** 2, value, 0).astype(np.int64)
 
 
-def free_port() -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @contextmanager
 def serving(store, api_key: Optional[str] = None, data_root: Optional[Path] = None) -> Iterator[str]:
-    """Run ``create_app(store, ...)`` under uvicorn on loopback; yields its URL; stops it after."""
-    import uvicorn
+    """Run the ``fewshotcx serve`` app on a free loopback port; yields its URL."""
+    from fewshotcx.server.background import background_server
 
-    from fewshotcx.server import create_app
-
-    sock = free_port()
-    config = uvicorn.Config(create_app(store, api_key=api_key, data_root=data_root), log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        store.close_all()
+    with background_server(store, api_key=api_key, data_root=data_root) as url:
+        yield url

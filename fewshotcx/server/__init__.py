@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["SessionStore", "create_app", "is_loopback"]
+__all__ = ["SessionStore", "background_server", "create_app", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
@@ -29,6 +29,8 @@ def is_loopback(host: str) -> bool:
 def __getattr__(name: str):
     if name == "create_app":
         return import_module(".app", __name__).create_app
+    if name == "background_server":
+        return import_module(".background", __name__).background_server
     if name == "SessionStore":
         return import_module(".store", __name__).SessionStore
     raise AttributeError(f"module 'fewshotcx.server' has no attribute {name!r}")
