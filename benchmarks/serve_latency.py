@@ -2,7 +2,10 @@
 
 A simulated user contours one structure slice by slice: each *draw* is ``draw(z, reference slice)``
 followed by ``result()`` (what a viewer asks for after each stroke), on the structure's slices in
-bisection order (its first and last slice, then the middle of the widest gap, ...), up to ``--draws``.
+bisection order (its first and last slice, then the middle of the widest gap, ...), up to ``--draws``
+(fewer when the structure spans fewer slices). A short untimed warm-up comes first. The in-process
+session runs in a worker thread, as the server's request handlers do: torch's CPU threading differs
+between the main thread and others, which on a busy machine changes the timings more than HTTP does.
 Modes: ``in-process`` (:class:`fewshotcx.ContourSession`), ``server`` (one
 :class:`fewshotcx.client.RemoteSession` on a loopback ``fewshotcx serve`` app) and ``server-concurrent``
 (``--clients`` sessions drawing at the same time; the shared model runs one request at a time).
@@ -68,7 +71,10 @@ def run(image: Volume, reference: np.ndarray, task: str, model: ModelSpec, draws
     zs = np.flatnonzero(reference.any(axis=(0, 1)))
     slices = bisection_order(int(zs[0]), int(zs[-1]), draws)
     per_draw: dict[str, list[float]] = {}
-    per_draw["in-process"] = contour(ContourSession(image, model.segmenter(modality=modality)), reference, slices)
+    with ThreadPoolExecutor(1) as pool:  # a worker thread, like the server's request handlers
+        local = lambda: ContourSession(image, model.segmenter(modality=modality))  # noqa: E731
+        pool.submit(contour, local(), reference, slices[:3]).result()  # warm-up, not timed
+        per_draw["in-process"] = pool.submit(contour, local(), reference, slices).result()
     store = SessionStore(model.segmenter(modality=modality), max_sessions=clients + 1)
     with background_server(store) as url:
         per_draw["server"] = contour(RemoteSession(url, image), reference, slices)

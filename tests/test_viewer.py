@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -156,3 +157,42 @@ def test_draw_two_slices_in_the_browser_complete_and_download_equals_the_python_
     got = load_volume(downloaded, label=True)
     assert got.same_grid(expected) and np.array_equal(got.array, expected.array)
     assert got.array[..., 4:8].any()
+
+
+@pytest.mark.slow
+def test_screenshot_of_a_real_scan_drawn_in_python_and_completed_in_the_browser(browser, tmp_path):
+    """The bundled model on MNI152 (2 mm): three thalamus slices drawn through RemoteSession, the
+    session opened in the page with ?session=ID, completed there; the result overlay is rendered."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import binary_mask, brain_cases
+
+    from fewshotcx import Segmenter
+
+    try:
+        _, mni = brain_cases(2.0)
+    except Exception as exc:  # noqa: BLE001 - no cached data and no network
+        pytest.skip(f"MNI152 data unavailable: {exc}")
+    image, reference = mni.image.canonical(), binary_mask(mni, "left thalamus").canonical().array
+    zs = np.flatnonzero(reference.any(axis=(0, 1)))
+    drawn = [int(zs[0]), int(zs[len(zs) // 2]), int(zs[-1])]
+    with serving(SessionStore(Segmenter(modality="mr", progress=False))) as url:
+        remote = RemoteSession(url, image)
+        for z in drawn:
+            remote.draw(z, reference[..., z])
+        browser.get(f"{url}/?session={remote.session_id}")
+        wait_for(lambda: browser.execute_script("return document.body.dataset.ready === '1'"), what="the session")
+        assert browser.find_element("id", "drawn").text == ", ".join(map(str, drawn))
+        browser.find_element("id", "complete").click()
+        wait_for(lambda: browser.execute_script("return document.body.dataset.completed === '1'"), 300, "complete")
+        browser.find_element("id", "suggest").click()
+        idle(browser)
+        go_to_slice(browser, (drawn[0] + drawn[1]) // 2)
+        idle(browser)
+        page = screenshot(browser, tmp_path, "contouring_browser_mni.png")
+        result = remote.result().array
+    pixels = canvas_pixels(browser, page).astype(int)
+    green = (pixels[..., 1] > pixels[..., 0] + 40) & (pixels[..., 1] > pixels[..., 2] + 40)
+    assert green.sum() > 50  # the completed structure is drawn over the slice
+    undrawn = [z for z in range(drawn[0], drawn[-1] + 1) if z not in drawn]
+    overlap = (result[..., undrawn] > 0) & (reference[..., undrawn] > 0)
+    assert 2 * overlap.sum() / ((result[..., undrawn] > 0).sum() + (reference[..., undrawn] > 0).sum()) > 0.5
