@@ -13,8 +13,14 @@ are imported on first use.
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from .io import Volume, VolumeError, load_volume, save_volume
+
+if TYPE_CHECKING:  # imported on first use (below), so that fewshotcx.io and fewshotcx.client need no torch
+    from .client import RemoteSession
+    from .segmenter import Segmenter
+    from .session import ContourSession
 
 __version__ = "0.1.0"
 
