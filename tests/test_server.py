@@ -171,3 +171,44 @@ def test_the_client_imports_without_torch():
                           cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "torch-free"
+
+
+def test_fewshotcx_serve_starts_answers_healthz_and_enforces_its_key(tmp_path):
+    """The real command in a subprocess: tiny checkpoint, a key file, loopback."""
+    import socket
+    import time
+
+    import torch
+
+    from fewshotcx.models import UniverSeg
+    from fewshotcx.models.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    model = UniverSeg((8, 8, 8, 8), (8, 8, 8), in_channels=1)
+    weights = save_checkpoint(model, tmp_path / "tiny.pt", model.config, {"slice_size": 32})
+    (tmp_path / "key").write_text("k3y\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "fewshotcx.cli", "serve", "--port", str(port), "--weights", str(weights),
+                             "--device", "cpu", "--api-key-file", str(tmp_path / "key")],
+                            cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                assert json.loads(urllib.request.urlopen(url + "/healthz", timeout=2).read())["status"] == "ok"
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "fewshotcx serve did not come up"
+                time.sleep(0.3)
+        with pytest.raises(RemoteError, match="API key"):
+            RemoteSession(url, write_image(tmp_path))
+        session = RemoteSession(url, write_image(tmp_path), api_key="k3y")
+        session.draw(2, disc((12, 10), 4, XY))
+        session.draw(7, disc((12, 10), 4, XY))
+        assert session.result().array[..., 2:8].any()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -128,6 +128,26 @@ def test_draw_two_slices_in_the_browser_complete_and_download_equals_the_python_
             stroke(browser, 0, 0)
             idle(browser)
         assert browser.find_element("id", "drawn").text == "3, 8"
+        # A stroke on slice 10, wiped with the eraser (the session forgets the slice), then two undos.
+        go_to_slice(browser, 10)
+        stroke(browser, 0, 0)
+        idle(browser)
+        assert browser.find_element("id", "drawn").text == "3, 8, 10"
+        browser.find_element("id", "tool-eraser").click()
+        pen.clear()
+        pen.send_keys("15", "\n")
+        stroke(browser, 0, 0)
+        idle(browser)
+        assert browser.find_element("id", "drawn").text == "3, 8"
+        browser.find_element("id", "undo").click()
+        idle(browser)
+        assert browser.find_element("id", "drawn").text == "3, 8, 10"
+        browser.find_element("id", "undo").click()
+        idle(browser)
+        assert browser.find_element("id", "drawn").text == "3, 8"
+        assert browser.execute_script(
+            "const s = window.fxViewer, n = s.dims[0] * s.dims[1];"
+            "return s.nv.drawBitmap.subarray(10 * n, 11 * n).some(v => v !== 0)") is False
         browser.find_element("id", "complete").click()
         wait_for(lambda: browser.execute_script("return document.body.dataset.completed === '1'"), what="complete")
         browser.find_element("id", "suggest").click()
