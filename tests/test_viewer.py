@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("fastapi")
 webdriver = pytest.importorskip("selenium.webdriver")
 
-from servekit import serving, tiny_segmenter, write_image  # noqa: E402
+from servekit import SHAPE, serving, tiny_segmenter, write_image  # noqa: E402
 
 from fewshotcx import ContourSession, load_volume  # noqa: E402
 from fewshotcx.client import RemoteSession  # noqa: E402
@@ -177,6 +177,30 @@ def test_draw_two_slices_in_the_browser_complete_and_download_equals_the_python_
     got = load_volume(downloaded, label=True)
     assert got.same_grid(expected) and np.array_equal(got.array, expected.array)
     assert got.array[..., 4:8].any()
+
+
+def test_the_page_needs_the_key_for_data_and_works_with_it(browser, tmp_path):
+    path = write_image(tmp_path)
+    with serving(SessionStore(tiny_segmenter()), api_key="s3cret") as url:
+        session = RemoteSession(url, path, api_key="s3cret")
+        mask = np.zeros(SHAPE[:2], dtype=np.int64)
+        mask[9:15, 3:7] = 1  # not symmetric: a transposed or flipped slice would not match
+        session.draw(4, mask)
+        browser.get(f"{url}/?session={session.session_id}")  # the page itself is open ...
+        idle_or_error = lambda: browser.execute_script("return document.body.dataset.pending === '0'")  # noqa: E731
+        wait_for(idle_or_error, what="the page")
+        status = browser.find_element("id", "status")
+        assert "API key" in status.text and "error" in status.get_attribute("class")  # ... its data is not
+        assert browser.execute_script("return document.body.dataset.ready") is None
+        key = browser.find_element("id", "key")
+        key.send_keys("s3cret", "\t")
+        browser.refresh()
+        wait_for(lambda: browser.execute_script("return document.body.dataset.ready === '1'"), what="the session")
+        assert browser.find_element("id", "drawn").text == "4"
+        shown = browser.execute_script(
+            "const s = window.fxViewer, n = s.dims[0] * s.dims[1], out = [];"
+            "s.nv.drawBitmap.subarray(4 * n, 5 * n).forEach((v, i) => { if (v) out.push(i); }); return out")
+        assert shown == np.flatnonzero(mask.ravel(order="F")).tolist()  # NiiVue's voxel order: x fastest
 
 
 @pytest.mark.slow
