@@ -184,6 +184,11 @@ class RemoteSession:
             return result.with_array(array, label=True)
         return self.original.with_array(reorient_array(array, result.affine, self.original.affine), label=True)
 
+    def preview(self, z: int, result: bool = False) -> bytes:
+        """Slice ``z`` as PNG bytes: the drawing in red, and the completed result in green if
+        ``result`` (anterior up, patient left on the left)."""
+        return self._request("GET", self._route(f"/slices/{int(z)}/png"), params={"result": str(bool(result)).lower()})
+
     def download(self, path: PathLike, format: str = "nifti", overwrite: bool = False) -> Path:
         """Write the result to ``path`` atomically: ``"nifti"`` (the image's own layout) or
         ``"rtstruct"`` (DICOM images only).

@@ -212,3 +212,32 @@ def test_fewshotcx_serve_starts_answers_healthz_and_enforces_its_key(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_slice_preview_png_shows_the_drawing_and_the_result_in_display_orientation(tmp_path):
+    import io
+
+    import matplotlib.image as mpimg
+
+    from fewshotcx.server.preview import to_display
+
+    mask = np.zeros(XY, dtype=np.int64)
+    mask[14:20, 2:6] = 1  # right of centre, posterior: off every symmetry axis
+    with serving(SessionStore(tiny_segmenter())) as url:
+        session = RemoteSession(url, write_image(tmp_path))
+        session.draw(2, mask)
+        session.draw(8, mask)
+        drawn = mpimg.imread(io.BytesIO(session.preview(2)))[..., :3]
+        plain = mpimg.imread(io.BytesIO(session.preview(5)))[..., :3]
+        completed = mpimg.imread(io.BytesIO(session.preview(5, result=True)))[..., :3]
+        expected = session.result().canonical().array[..., 5]
+        with pytest.raises(RemoteError, match="slice index"):
+            session.preview(99)
+    assert drawn.shape == (XY[1], XY[0], 3)
+    red = (drawn[..., 0] > drawn[..., 1] + 0.2) & (drawn[..., 0] > drawn[..., 2] + 0.2)
+    assert np.array_equal(red, to_display(mask) > 0)
+    shown = to_display(mask)  # rows: anterior (high y) at the top; columns: x, patient left first
+    assert shown[XY[1] - 1 - 2, 14] == 1 and shown[2, 14] == 0 and shown[XY[1] - 1 - 2, XY[0] - 1 - 14] == 0
+    green = (completed[..., 1] > completed[..., 0] + 0.2) & (completed[..., 1] > completed[..., 2] + 0.2)
+    assert expected.any() and np.array_equal(green, to_display(expected) > 0)
+    assert not (plain[..., 1] > plain[..., 0] + 0.2).any()  # no overlay without a drawing or result=true

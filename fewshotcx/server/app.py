@@ -15,6 +15,8 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 ``GET /sessions/{id}/result?format=F``      ``nifti`` (the image's own layout), ``canonical`` (RAS NIfTI,
                                             for the viewer), ``rtstruct`` (DICOM images only)
 ``GET /sessions/{id}/image``                the canonical image as NIfTI (for the viewer)
+``GET /sessions/{id}/slices/{z}/png``       slice ``z`` as a PNG, drawn slice in red (``?result=true``:
+                                            the completed result in green too; see :mod:`.preview`)
 ``GET /sessions/{id}/drawing``              every drawn slice, wire format (X·Y·Z bytes)
 ``DELETE /sessions/{id}``                   close
 =========================================  ===============================================================
@@ -42,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from ..io.volume import VolumeError, save_volume
 from ..io.rtstruct import write_rtstruct
 from .store import UPLOAD_SUFFIXES, Entry, SessionLimitError, SessionStore, UnknownSession, resolve_under
+from .preview import slice_png, window_range
 from .wire import decode_mask, encode_mask, nifti_bytes
 
 _OCTETS = "application/octet-stream"
@@ -184,6 +187,18 @@ def _session_routes(store: SessionStore, data_root: Optional[Path]) -> APIRouter
                 raise HTTPError(400, "RTSTRUCT export needs a DICOM image; this session's image is not DICOM")
             volume = entry.session.result()
             return _export(entry, volume, format)
+
+    @router.get("/{session_id}/slices/{z}/png")
+    def slice_preview(session_id: str, z: int, result: bool = False) -> Response:
+        with store.use(session_id, model=result) as entry:
+            s = entry.session
+            if not 0 <= z < s.depth:
+                raise ValueError(f"slice index must be in [0, {s.depth - 1}], got {z}")
+            if entry.window is None:
+                entry.window = window_range(s.image.array)
+            drawn = s.drawn_mask(z) if z in s.drawn else None
+            completed = s.result().canonical().array[..., z] if result and s.drawn else None
+            return Response(slice_png(s.image.array[..., z], entry.window, drawn, completed), media_type="image/png")
 
     @router.get("/{session_id}/image")
     def image(session_id: str) -> Response:

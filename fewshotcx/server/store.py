@@ -55,6 +55,7 @@ class Entry:
     dicom_dir: Optional[Path]
     last_used: float
     lock: threading.Lock = field(default_factory=threading.Lock)
+    window: Optional[tuple[float, float]] = None  # preview grey window, computed on first use
 
 
 class SessionStore:
