@@ -58,6 +58,7 @@ def test_npe2_validate_fewshotcx_passes_through_the_declared_entry_point(tmp_pat
 
 
 def _paint_and_send(viewer, widget, qtbot):
+    widget.auto_send.setChecked(False)
     for z, mask in DRAWS.items():
         viewer.dims.set_current_step(0, z)
         widget.labels_layer.data[z] = mask.T  # what a brush leaves on the (Y, X) slice
@@ -66,6 +67,7 @@ def _paint_and_send(viewer, widget, qtbot):
     widget.labels_layer.data[4] = disc((3, 3), 2, XY).T
     qtbot.mouseClick(widget.send_button, Qt.LeftButton)
     qtbot.mouseClick(widget.undo_button, Qt.LeftButton)  # the slice-4 mistake is taken back
+    widget.auto_send.setChecked(True)
 
 
 def _expected(path):
@@ -93,6 +95,11 @@ def test_dock_widget_completes_suggests_and_undoes_like_the_python_api(qtbot, tm
         assert "error" not in widget.status.text(), widget.status.text()
         assert not widget.labels_layer.data[4].any()  # undo cleared the layer too
         assert widget.session.drawn == [2, 6, 9]
+        viewer.dims.set_current_step(0, 11)  # painting sends the slice by itself ...
+        widget.labels_layer.paint((11, 10, 12), 1)
+        qtbot.waitUntil(lambda: widget.session.drawn == [2, 6, 9, 11], timeout=10_000)
+        widget.labels_layer.paint((11, 10, 12), 0)  # ... and painting it back to nothing forgets it
+        qtbot.waitUntil(lambda: widget.session.drawn == [2, 6, 9], timeout=10_000)
         qtbot.mouseClick(widget.complete_button, Qt.LeftButton)
         qtbot.mouseClick(widget.suggest_button, Qt.LeftButton)
         expected = _expected(path)

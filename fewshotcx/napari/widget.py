@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout,
-                            QWidget)
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                            QVBoxLayout, QWidget)
 
 from ..io.volume import Volume
 
@@ -69,6 +70,8 @@ class ContourWidget(QWidget):
         form.addRow("Image", self.image_box)
         form.addRow("Server", self.url)
         form.addRow("API key", self.key)
+        self.auto_send = QCheckBox("Send slices as I paint")
+        self.auto_send.setChecked(True)
         self.start_button = QPushButton("Start session")
         self.send_button = QPushButton("Send slice")
         self.erase_button = QPushButton("Erase slice")
@@ -79,6 +82,7 @@ class ContourWidget(QWidget):
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.auto_send)
         layout.addWidget(self.start_button)
         for pair in ((self.send_button, self.erase_button), (self.undo_button, self.complete_button)):
             row = QHBoxLayout()
@@ -147,14 +151,26 @@ class ContourWidget(QWidget):
         self.labels_layer = self.viewer.add_labels(np.zeros(shape, dtype=np.uint8), name=f"{name} contour",
                                                    scale=image_layer.scale, translate=image_layer.translate)
         self.labels_layer.mode = "paint"
+        self.labels_layer.events.paint.connect(self._painted)
         self._enable(True)
         self.status.setText(f"Session on {name} ({where}). Paint a slice, then Send slice.")
 
     def send_slice(self) -> None:
-        """Send the current slice of the Labels layer as drawn."""
+        """Send the current slice of the Labels layer as drawn (a slice painted back to nothing that
+        the session holds is erased, i.e. forgotten, as in the web viewer)."""
         z = self.current_slice()
-        self.session.draw(z, np.asarray(self.labels_layer.data[z]).T.astype(np.int64))
+        mask = np.asarray(self.labels_layer.data[z]).T.astype(np.int64)
+        if not mask.any() and z in self.session.drawn:
+            self.session.erase(z)
+            self.status.setText(f"slice {z} erased; drawn: {self.session.drawn}")
+            return
+        self.session.draw(z, mask)
         self.status.setText(f"slice {z} sent; drawn: {self.session.drawn}")
+
+    def _painted(self, *_: Any) -> None:
+        # napari may still be writing the stroke when it reports it: send once the event loop is free.
+        if self.auto_send.isChecked() and self.session is not None:
+            QTimer.singleShot(0, lambda: self._guard(self.send_slice))
 
     def erase_slice(self) -> None:
         """Forget the current slice's drawing (here and in the session)."""
