@@ -40,9 +40,10 @@ def disc(centre: tuple[int, int], radius: float, shape: tuple[int, int], value: 
 
 
 @contextmanager
-def serving(store, api_key: Optional[str] = None, data_root: Optional[Path] = None) -> Iterator[str]:
+def serving(store, api_key: Optional[str] = None, data_root: Optional[Path] = None,
+            sweep_seconds: float = 30.0) -> Iterator[str]:
     """Run the ``fewshotcx serve`` app on a free loopback port; yields its URL."""
     from fewshotcx.server.background import background_server
 
-    with background_server(store, api_key=api_key, data_root=data_root) as url:
+    with background_server(store, api_key=api_key, data_root=data_root, sweep_seconds=sweep_seconds) as url:
         yield url

@@ -112,6 +112,19 @@ def test_upload_limit_session_limit_and_idle_expiry(tmp_path):
         assert second.drawn == []
 
 
+def test_idle_sessions_are_closed_while_no_request_comes_in(tmp_path):
+    import time
+
+    store = SessionStore(tiny_segmenter(), idle_seconds=0.3)
+    with serving(store, sweep_seconds=0.1) as url:
+        RemoteSession(url, write_image(tmp_path))
+        assert len(store) == 1
+        deadline = time.monotonic() + 10
+        while len(store) and time.monotonic() < deadline:  # no request: only the sweeper can close it
+            time.sleep(0.1)
+        assert len(store) == 0
+
+
 def test_data_root_opens_files_inside_it_and_nothing_outside(tmp_path):
     root = tmp_path / "root"
     root.mkdir()

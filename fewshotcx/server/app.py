@@ -28,12 +28,14 @@ canonical (closest-RAS) array, as for :class:`~fewshotcx.session.ContourSession`
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import shutil
 import tempfile
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import AsyncIterator, Optional
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -41,6 +43,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from .. import __version__
 from ..io.volume import VolumeError, save_volume
 from ..io.rtstruct import write_rtstruct
 from .store import UPLOAD_SUFFIXES, Entry, SessionLimitError, SessionStore, UnknownSession, resolve_under
@@ -69,7 +72,8 @@ def _answer(status: int):
     return handler
 
 
-def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Optional[Path] = None) -> FastAPI:
+def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Optional[Path] = None,
+               sweep_seconds: float = 30.0) -> FastAPI:
     """The application serving ``store``'s sessions.
 
     Args:
@@ -77,9 +81,28 @@ def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Op
         api_key: when set, every data route needs ``Authorization: Bearer <api_key>`` (compared in
             constant time).
         data_root: the folder ``POST /sessions?path=`` may open files from (nothing outside it).
+        sweep_seconds: how often idle sessions are looked for while no request comes in (every
+            request also closes the idle ones).
     """
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+
+        async def sweep() -> None:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=sweep_seconds)
+                except asyncio.TimeoutError:
+                    await run_in_threadpool(store.expire)
+
+        task = asyncio.create_task(sweep())
+        yield
+        stop.set()
+        await task
+
     app = FastAPI(title="fewshotcx", description="Few-shot contouring sessions (draw, complete, suggest).",
-                  version=__import__("fewshotcx").__version__)
+                  version=__version__, lifespan=lifespan)
     app.state.store = store
 
     @app.exception_handler(HTTPError)

@@ -15,7 +15,7 @@ from .store import SessionStore
 
 @contextmanager
 def background_server(store: SessionStore, api_key: Optional[str] = None, data_root: Optional[Path] = None,
-                      host: str = "127.0.0.1", timeout: float = 30.0) -> Iterator[str]:
+                      host: str = "127.0.0.1", timeout: float = 30.0, sweep_seconds: float = 30.0) -> Iterator[str]:
     """Serve ``store`` with uvicorn in a daemon thread; yields the base URL; stops the server and
     closes every session on exit.
 
@@ -29,7 +29,8 @@ def background_server(store: SessionStore, api_key: Optional[str] = None, data_r
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(store, api_key=api_key, data_root=data_root),
+    server = uvicorn.Server(uvicorn.Config(create_app(store, api_key=api_key, data_root=data_root,
+                                                      sweep_seconds=sweep_seconds),
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
