@@ -105,6 +105,14 @@ def canvas_pixels(driver, path):
     return image[y0:y0 + int(rect["height"]), x0:x0 + int(rect["width"])]
 
 
+def saturated(pixels: np.ndarray) -> float:
+    """Fraction of black or white pixels in the middle of a canvas grab (inside the image)."""
+    grey = pixels.astype(float).mean(axis=-1)
+    h, w = grey.shape
+    inside = grey[h // 4: -h // 4, w // 4: -w // 4]
+    return float(((inside < 5) | (inside > 250)).mean())
+
+
 def test_draw_two_slices_in_the_browser_complete_and_download_equals_the_python_api(browser, tmp_path):
     path = write_image(tmp_path)
     with serving(SessionStore(tiny_segmenter())) as url:
@@ -117,6 +125,21 @@ def test_draw_two_slices_in_the_browser_complete_and_download_equals_the_python_
         pixels = canvas_pixels(browser, page).astype(float)
         # The scan is rendered: a textured grey image, not a blank canvas.
         assert pixels.std() > 20 and len(np.unique(pixels.mean(axis=-1).round())) > 50
+
+        # Window/level: a narrow window saturates most of the slice to black or white.
+        level = browser.find_element("id", "level").get_attribute("value")
+        width = browser.find_element("id", "window")
+        width.clear()
+        width.send_keys("0.05", "\n")
+        narrow = saturated(canvas_pixels(browser, screenshot(browser, tmp_path, "narrow.png")))
+        assert narrow > 0.6 and narrow > saturated(pixels) + 0.3, f"window 0.05 at level {level} did not saturate"
+        # The mouse wheel scrolls through slices.
+        from selenium.webdriver import ActionChains
+        from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+        before = browser.find_element("id", "slice").get_attribute("value")
+        ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(browser.find_element("id", "gl")), 0, 200).perform()
+        wait_for(lambda: browser.find_element("id", "slice").get_attribute("value") != before, what="a scroll")
 
         browser.find_element("id", "tool-brush").click()
         pen = browser.find_element("id", "pen")
