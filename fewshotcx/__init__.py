@@ -13,10 +13,14 @@ are imported on first use.
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from .io import Volume, VolumeError, load_volume, save_volume
-from .segmenter import Segmenter
-from .session import ContourSession
+
+if TYPE_CHECKING:  # imported on first use (below), so that fewshotcx.io and fewshotcx.client need no torch
+    from .client import RemoteSession
+    from .segmenter import Segmenter
+    from .session import ContourSession
 
 __version__ = "0.1.0"
 
@@ -34,9 +38,18 @@ _SUBMODULES = {
     "baselines": "baselines",
     "cohort": "cohort",
     "review": "evaluation.review",
+    "client": "client",
 }
 
-__all__ = ["ContourSession", "Segmenter", "Volume", "VolumeError", "load_volume", "save_volume", "__version__", *_SUBMODULES]
+#: ``fx.<name>`` → ``(module, attribute)`` loaded on first use, so that torch-free parts
+#: (``fewshotcx.io``, ``fewshotcx.client``) import without torch.
+_LAZY = {
+    "Segmenter": ("segmenter", "Segmenter"),
+    "ContourSession": ("session", "ContourSession"),
+    "RemoteSession": ("client", "RemoteSession"),
+}
+
+__all__ = ["ContourSession", "RemoteSession", "Segmenter", "Volume", "VolumeError", "load_volume", "save_volume", "__version__", *_SUBMODULES]
 
 
 def __getattr__(name: str):
@@ -44,4 +57,9 @@ def __getattr__(name: str):
         module = import_module(f".{_SUBMODULES[name]}", __name__)
         globals()[name] = module
         return module
+    if name in _LAZY:
+        module_name, attribute = _LAZY[name]
+        value = getattr(import_module(f".{module_name}", __name__), attribute)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'fewshotcx' has no attribute {name!r}")

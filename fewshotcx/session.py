@@ -267,7 +267,7 @@ class ContourSession:
         geometry = self._geometry(self.image.shape, indices=slices, device=slabs.device)
         probs = clone.predict_slices(slabs[slices], geometry, generator)  # (N, L, s, s)
         self.predicted_slices += len(slices)
-        return from_model_square(probs.float(), geometry).clamp_(0, 1).cpu().numpy()
+        return from_model_square(probs.float(), geometry).clamp(0, 1).cpu().numpy()  # not in place: may be an inference tensor
 
     def _query_slabs(self) -> torch.Tensor:
         """``(Z, 2k+1, s, s)`` slabs of every axial slice of the normalised image (computed once)."""

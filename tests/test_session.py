@@ -203,3 +203,21 @@ def test_a_full_cache_never_drops_what_the_current_call_needs():
     assert s.suggest(1) == [6]
     assert np.array_equal(s.result().array[..., 0], square())
     assert len(s._cache) <= 3
+
+
+def test_a_slice_that_needs_no_resize_is_predicted_with_a_real_model():
+    """The network's output comes back unresized (an inference-mode tensor) when the slice already
+    fills the model's square: the session must not modify it in place."""
+    from fewshotcx.models import UniverSeg
+
+    torch.manual_seed(0)
+    seg = Segmenter(model=UniverSeg((8, 8, 8, 8), (8, 8, 8), in_channels=1), slice_size=32, device="cpu",
+                    modality="mr", progress=False)
+    rng = np.random.default_rng(0)
+    s = ContourSession(Volume(rng.normal(size=(32, 32, 8)).astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0])), seg)
+    disc = np.zeros((32, 32), dtype=np.int64)
+    disc[12:20, 12:20] = 1
+    s.draw(1, disc)
+    s.draw(6, disc)
+    result = s.result().array
+    assert result.shape == (32, 32, 8) and np.array_equal(result[..., 1], disc)

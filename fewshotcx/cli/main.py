@@ -24,7 +24,7 @@ from .common import EXIT_USAGE, CliError, OneLineParser
 EXIT_INTERNAL = 1
 
 #: Modules of :mod:`fewshotcx.cli` that contribute sub-commands, in ``--help`` order.
-COMMANDS = ("predict", "complete", "compare", "cohort", "train", "weights", "rt")
+COMMANDS = ("predict", "complete", "compare", "cohort", "train", "weights", "rt", "serve")
 
 #: Exceptions that mean "the user's input or options are wrong" (exit 2); anything else is internal.
 USER_ERRORS = (CliError, VolumeError, DatasetError, FileExistsError, FileNotFoundError, NotADirectoryError,

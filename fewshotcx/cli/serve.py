@@ -1,0 +1,80 @@
+"""``fewshotcx serve``: contouring sessions over HTTP (browser viewer at ``/``, napari, RemoteSession).
+
+Binds to loopback by default. Any other ``--host`` needs ``--api-key-file`` (refused otherwise, before
+anything is loaded); put TLS in front (a reverse proxy) for anything beyond one machine: the key
+travels in a header.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import CliError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fewshotcx serve``."""
+    p = subparsers.add_parser("serve", help="contouring sessions over HTTP: web viewer, napari, RemoteSession")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-file", default=None,
+                   help="file holding the API key; required for a non-loopback --host")
+    p.add_argument("--max-sessions", type=int, default=8, help="sessions held at once (default 8)")
+    p.add_argument("--data-root", default=None, help="folder whose files sessions may open by path")
+    p.add_argument("--max-upload-mb", type=float, default=512.0, help="upload size limit (default 512 MB)")
+    p.add_argument("--idle-minutes", type=float, default=60.0, help="close sessions idle this long")
+    p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    p.add_argument("--modality", default="auto", choices=["auto", "ct", "mr"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def server_options(args: argparse.Namespace) -> dict:
+    """Checked options: ``{"api_key", "data_root"}``.
+
+    Raises:
+        CliError: a non-loopback host without a key, an unreadable or empty key file, a bad
+            ``--data-root`` or a non-positive limit.
+    """
+    from ..server import is_loopback
+
+    key = None
+    if args.api_key_file is not None:
+        path = Path(args.api_key_file)
+        if not path.is_file():
+            raise CliError(f"--api-key-file {path} does not exist")
+        key = path.read_text(encoding="utf-8").strip()
+        if not key or any(c.isspace() for c in key):
+            raise CliError(f"--api-key-file {path} must hold one key without spaces")
+    elif not is_loopback(args.host):
+        raise CliError(f"refusing to serve on non-loopback host {args.host!r} without --api-key-file "
+                       "(and put TLS in front of it)")
+    root = None
+    if args.data_root is not None:
+        root = Path(args.data_root)
+        if not root.is_dir():
+            raise CliError(f"--data-root {root} is not a directory")
+    if args.max_sessions < 1 or args.max_upload_mb <= 0 or args.idle_minutes <= 0:
+        raise CliError("--max-sessions, --max-upload-mb and --idle-minutes must be positive")
+    return {"api_key": key, "data_root": root}
+
+
+def run(args: argparse.Namespace) -> None:
+    options = server_options(args)
+    try:
+        import uvicorn
+    except ImportError:
+        raise CliError("fewshotcx serve needs the [serve] extra: pip install 'fewshotcx[serve]'") from None
+    from ..segmenter import Segmenter
+    from ..server import SessionStore, create_app
+
+    segmenter = Segmenter(weights=args.weights, device=args.device, modality=args.modality, seed=args.seed,
+                          progress=False)
+    store = SessionStore(segmenter, max_sessions=args.max_sessions, idle_seconds=args.idle_minutes * 60,
+                         max_upload_bytes=int(args.max_upload_mb * (1 << 20)))
+    try:
+        uvicorn.run(create_app(store, **options), host=args.host, port=args.port, log_level="info")
+    finally:
+        store.close_all()

@@ -1,0 +1,223 @@
+"""``RemoteSession``: a :class:`~fewshotcx.session.ContourSession` on a ``fewshotcx serve`` server.
+
+It has the session's methods (``draw``, ``erase``, ``undo``, ``drawn``, ``drawn_mask``, ``suggest``,
+``result``, plus ``close``) and needs neither torch nor the model on this machine: only numpy,
+nibabel and the standard library's HTTP client. Slice indices are axial indices of the canonical
+(closest-RAS) array, as for ``ContourSession``. Every server error comes back as one
+:class:`RemoteError` whose message is the server's one-line answer.
+
+Example::
+
+    from fewshotcx.client import RemoteSession
+    s = RemoteSession("http://127.0.0.1:8000", "ct.nii.gz", api_key=open("key").read().strip())
+    s.draw(40, mask40); s.draw(61, mask61)
+    print(s.suggest()); result = s.result(); s.close()
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from .io.atomic import atomic_output
+from .io.volume import PathLike, Volume, label_dtype, load_volume, reorient_array, save_volume
+from .server.wire import decode_mask, encode_mask, zip_directory
+
+__all__ = ["RemoteError", "RemoteSession"]
+
+
+class RemoteError(RuntimeError):
+    """The server refused a request or could not be reached (one-line message; ``status`` = HTTP
+    status, 0 when unreachable)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteSession:
+    """A contouring session held by a ``fewshotcx serve`` server.
+
+    Args:
+        url: the server, e.g. ``"http://127.0.0.1:8000"``.
+        image: the volume to contour, uploaded: a NIfTI/NRRD path, a DICOM series folder (zipped on
+            the way) or a :class:`Volume`. ``None`` with ``server_path``.
+        api_key: the server's key (sent as ``Authorization: Bearer``), if it has one.
+        labels: the label values that may be drawn (as for ``ContourSession``).
+        server_path: open this file or DICOM folder under the server's ``--data-root`` instead of
+            uploading.
+        timeout: seconds per request.
+    Raises:
+        RemoteError: the server refused the image or the key, or cannot be reached.
+    """
+
+    def __init__(self, url: str, image: Union[Volume, PathLike, None] = None, api_key: Optional[str] = None,
+                 labels: Optional[Sequence[int]] = None, *, server_path: Optional[str] = None,
+                 timeout: float = 600.0, _session_id: Optional[str] = None) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.original: Optional[Volume] = None
+        self._local: Optional[Path] = None  # an uploaded file, read for its layout when first needed
+        query = {} if labels is None else {"labels": ",".join(str(int(v)) for v in labels)}
+        if _session_id is not None:
+            info = self._json("GET", f"/sessions/{urllib.parse.quote(_session_id)}")
+        elif server_path is not None:
+            info = self._json("POST", "/sessions", params={"path": server_path, **query})
+        elif image is None:
+            raise ValueError("give an image to upload or a server_path under the server's --data-root")
+        else:
+            name, body = self._upload(image)
+            info = self._json("POST", "/sessions", params={"name": name, **query}, body=body)
+        self.session_id: str = info["session_id"]
+        self._info = info
+
+    @classmethod
+    def attach(cls, url: str, session_id: str, api_key: Optional[str] = None,
+               image: Union[Volume, PathLike, None] = None) -> "RemoteSession":
+        """Join an open session (e.g. one started in the browser viewer); ``image`` (optional, local)
+        gives :meth:`result` that image's layout."""
+        session = cls(url, api_key=api_key, _session_id=session_id)
+        if image is not None:
+            session.original = image if isinstance(image, Volume) else load_volume(image)
+        return session
+
+    def _upload(self, image: Union[Volume, PathLike]) -> tuple[str, bytes]:
+        if isinstance(image, Volume):
+            self.original = image
+            with tempfile.TemporaryDirectory() as tmp:
+                path = save_volume(image.to_source() if image.source else image, Path(tmp) / "image.nii.gz")
+                return "image.nii.gz", path.read_bytes()
+        path = Path(image)
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or directory: {path}")
+        self._local = path
+        if path.is_dir():
+            return f"{path.name or 'series'}.zip", zip_directory(path)
+        return path.name, path.read_bytes()
+
+    # ------------------------------------------------------------------ HTTP
+    def _request(self, method: str, route: str, params: Optional[dict] = None, body: Optional[bytes] = None) -> bytes:
+        url = self.url + route + ("?" + urllib.parse.urlencode(params) if params else "")
+        headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            raise RemoteError(f"server: {_detail(exc)} (HTTP {exc.code})", exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RemoteError(f"cannot reach {self.url}: {reason}") from None
+
+    def _json(self, method: str, route: str, **kwargs: Any) -> Any:
+        return json.loads(self._request(method, route, **kwargs))
+
+    def _route(self, tail: str = "") -> str:
+        return f"/sessions/{urllib.parse.quote(self.session_id)}{tail}"
+
+    # ------------------------------------------------------------------ ContourSession methods
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Canonical ``(X, Y, Z)`` shape of the image."""
+        return tuple(self._info["shape"])  # type: ignore[return-value]
+
+    @property
+    def depth(self) -> int:
+        return self.shape[2]
+
+    @property
+    def labels(self) -> Optional[tuple[int, ...]]:
+        return None if self._info["labels"] is None else tuple(self._info["labels"])
+
+    @property
+    def drawn(self) -> list[int]:
+        """Drawn axial slices (canonical indices), ascending."""
+        self._info = self._json("GET", self._route())
+        return list(self._info["drawn"])
+
+    def draw(self, z: int, mask) -> None:
+        """Record slice ``z`` as drawn: ``mask`` is ``(X, Y)`` label values in ``[0, 255]``."""
+        array = np.asarray(mask)
+        if array.shape != self.shape[:2]:
+            raise ValueError(f"mask for slice {z} has shape {array.shape}; the canonical axial slice is {self.shape[:2]}")
+        self._info = self._json("PUT", self._route(f"/slices/{int(z)}"), body=encode_mask(array))
+
+    def erase(self, z: int) -> None:
+        """Forget the drawing of slice ``z``."""
+        self._info = self._json("DELETE", self._route(f"/slices/{int(z)}"))
+
+    def undo(self) -> None:
+        """Revert the last ``draw`` or ``erase``."""
+        self._info = self._json("POST", self._route("/undo"))
+
+    def drawn_mask(self, z: int) -> np.ndarray:
+        """The drawn ``(X, Y)`` slice ``z`` (int64)."""
+        return decode_mask(self._request("GET", self._route(f"/slices/{int(z)}")), self.shape[:2])
+
+    def suggest(self, n: int = 1) -> list[int]:
+        """Up to ``n`` undrawn slices, best first, where drawing by hand would fix the most."""
+        return [int(z) for z in self._json("GET", self._route("/suggest"), params={"n": int(n)})["slices"]]
+
+    def result(self) -> Volume:
+        """The label map on the image's grid: the uploaded image's layout (the server's file layout for
+        ``server_path`` sessions)."""
+        data = self._request("GET", self._route("/result"), params={"format": "nifti"})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "result.nii.gz"
+            path.write_bytes(data)
+            result = load_volume(path, label=True)
+            result.array = np.asarray(result.array)  # detach from the file before it goes
+        array = result.array.astype(label_dtype(int(result.array.max(initial=0))))
+        if self.original is None and self._local is not None:
+            self.original = load_volume(self._local)
+        if self.original is None:
+            return result.with_array(array, label=True)
+        return self.original.with_array(reorient_array(array, result.affine, self.original.affine), label=True)
+
+    def preview(self, z: int, result: bool = False) -> bytes:
+        """Slice ``z`` as PNG bytes: the drawing in red, and the completed result in green if
+        ``result`` (anterior up, patient left on the left)."""
+        return self._request("GET", self._route(f"/slices/{int(z)}/png"), params={"result": str(bool(result)).lower()})
+
+    def download(self, path: PathLike, format: str = "nifti", overwrite: bool = False) -> Path:
+        """Write the result to ``path`` atomically: ``"nifti"`` (the image's own layout) or
+        ``"rtstruct"`` (DICOM images only).
+
+        Raises:
+            FileExistsError: ``path`` exists and ``overwrite`` is False (checked before the request).
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        data = self._request("GET", self._route("/result"), params={"format": format})
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            tmp.write_bytes(data)
+        return path
+
+    def close(self) -> None:
+        """Close the session on the server (its drawings are gone)."""
+        self._json("DELETE", self._route())
+
+    def __enter__(self) -> "RemoteSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _detail(exc: "urllib.error.HTTPError") -> str:
+    """The server's one-line ``detail`` (or the HTTP reason when the answer is not ours)."""
+    try:
+        return " ".join(str(json.loads(exc.read())["detail"]).split())
+    except (ValueError, KeyError, TypeError, OSError):
+        return str(exc.reason)

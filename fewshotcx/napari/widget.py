@@ -1,0 +1,212 @@
+"""The napari dock widget: draw on a Labels layer, send slices, complete, suggest, undo.
+
+napari shows a volume as ``(Z, Y, X)``: the first axis is scrolled, so slice ``z`` of the Labels layer
+(``(Y, X)``) is the session's axial slice ``z`` (``(X, Y)``, transposed). An Image layer added by
+:func:`add_volume` carries its :class:`~fewshotcx.io.volume.Volume` in ``metadata["fewshotcx_volume"]``;
+any other 3D Image layer is read as ``(Z, Y, X)`` with its ``scale`` and ``translate`` as the grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                            QVBoxLayout, QWidget)
+
+from ..io.volume import Volume
+
+VOLUME_KEY = "fewshotcx_volume"
+
+
+def add_volume(viewer: Any, volume: Volume, name: str = "image") -> Any:
+    """Add a (canonical) volume as a ``(Z, Y, X)`` Image layer that remembers its grid."""
+    canonical = volume.canonical()
+    return viewer.add_image(np.transpose(canonical.array, (2, 1, 0)), name=name,
+                            scale=tuple(reversed(canonical.spacing)), metadata={VOLUME_KEY: canonical})
+
+
+def layer_volume(layer: Any) -> Volume:
+    """The canonical :class:`Volume` behind an Image layer (see the module docstring).
+
+    Raises:
+        ValueError: the layer is not 3D.
+    """
+    stored = layer.metadata.get(VOLUME_KEY)
+    if isinstance(stored, Volume):
+        return stored
+    data = np.asarray(layer.data)
+    if data.ndim != 3:
+        raise ValueError(f"layer {layer.name!r} is {data.ndim}D; contouring needs a 3D image")
+    affine = np.diag(list(np.asarray(layer.scale, dtype=float)[::-1]) + [1.0])
+    affine[:3, 3] = np.asarray(layer.translate, dtype=float)[::-1]
+    return Volume(np.transpose(data, (2, 1, 0)), affine).canonical()
+
+
+class ContourWidget(QWidget):
+    """Dock widget running a local ``ContourSession`` (empty server URL) or a ``RemoteSession``.
+
+    Args:
+        napari_viewer: the viewer (napari passes it).
+        segmenter: the local session's segmenter (default: the bundled model).
+    """
+
+    def __init__(self, napari_viewer: Any, segmenter: Optional[Any] = None) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.segmenter = segmenter
+        self.session: Optional[Any] = None
+        self.labels_layer = None
+        self.result_layer = None
+        self.volume: Optional[Volume] = None
+
+        self.image_box = QComboBox()
+        self.url = QLineEdit()
+        self.url.setPlaceholderText("empty: run the model here")
+        self.key = QLineEdit()
+        self.key.setEchoMode(QLineEdit.Password)
+        form = QFormLayout()
+        form.addRow("Image", self.image_box)
+        form.addRow("Server", self.url)
+        form.addRow("API key", self.key)
+        self.auto_send = QCheckBox("Send slices as I paint")
+        self.auto_send.setChecked(True)
+        self.start_button = QPushButton("Start session")
+        self.send_button = QPushButton("Send slice")
+        self.erase_button = QPushButton("Erase slice")
+        self.undo_button = QPushButton("Undo")
+        self.complete_button = QPushButton("Complete")
+        self.suggest_button = QPushButton("Suggest slice")
+        self.status = QLabel("Pick an image and start a session.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.auto_send)
+        layout.addWidget(self.start_button)
+        for pair in ((self.send_button, self.erase_button), (self.undo_button, self.complete_button)):
+            row = QHBoxLayout()
+            for button in pair:
+                row.addWidget(button)
+            layout.addLayout(row)
+        layout.addWidget(self.suggest_button)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+        self.start_button.clicked.connect(lambda: self._guard(self.start))
+        self.send_button.clicked.connect(lambda: self._guard(self.send_slice))
+        self.erase_button.clicked.connect(lambda: self._guard(self.erase_slice))
+        self.undo_button.clicked.connect(lambda: self._guard(self.undo))
+        self.complete_button.clicked.connect(lambda: self._guard(self.complete))
+        self.suggest_button.clicked.connect(lambda: self._guard(self.suggest))
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+        self._refresh_images()
+        self._enable(False)
+
+    # ------------------------------------------------------------------ plumbing
+    def _refresh_images(self, *_: Any) -> None:
+        current = self.image_box.currentText()
+        self.image_box.clear()
+        names = [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Image"]
+        self.image_box.addItems(names)
+        if current in names:
+            self.image_box.setCurrentText(current)
+
+    def _enable(self, on: bool) -> None:
+        for button in (self.send_button, self.erase_button, self.undo_button, self.complete_button,
+                       self.suggest_button):
+            button.setEnabled(on)
+
+    def _guard(self, action) -> None:
+        """Run a button's action; any error is shown as one line in the widget."""
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - shown to the user, the viewer keeps running
+            self.status.setText(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
+
+    def current_slice(self) -> int:
+        return int(self.viewer.dims.current_step[0])
+
+    # ------------------------------------------------------------------ actions
+    def start(self) -> None:
+        """Open a session on the chosen Image layer and add a ``contour`` Labels layer to draw on."""
+        name = self.image_box.currentText()
+        if not name:
+            raise ValueError("no Image layer to contour")
+        image_layer = self.viewer.layers[name]
+        self.volume = layer_volume(image_layer)
+        url = self.url.text().strip()
+        if url:
+            from ..client import RemoteSession
+
+            self.session = RemoteSession(url, self.volume, api_key=self.key.text().strip() or None)
+            where = f"server {url}, session {self.session.session_id}"
+        else:
+            from ..session import ContourSession
+
+            self.session = ContourSession(self.volume, self.segmenter)
+            where = "local model"
+        shape = tuple(reversed(self.volume.shape))
+        self.labels_layer = self.viewer.add_labels(np.zeros(shape, dtype=np.uint8), name=f"{name} contour",
+                                                   scale=image_layer.scale, translate=image_layer.translate)
+        self.labels_layer.mode = "paint"
+        self.labels_layer.events.paint.connect(self._painted)
+        self._enable(True)
+        self.status.setText(f"Session on {name} ({where}). Paint a slice, then Send slice.")
+
+    def send_slice(self) -> None:
+        """Send the current slice of the Labels layer as drawn (a slice painted back to nothing that
+        the session holds is erased, i.e. forgotten, as in the web viewer)."""
+        z = self.current_slice()
+        mask = np.asarray(self.labels_layer.data[z]).T.astype(np.int64)
+        if not mask.any() and z in self.session.drawn:
+            self.session.erase(z)
+            self.status.setText(f"slice {z} erased; drawn: {self.session.drawn}")
+            return
+        self.session.draw(z, mask)
+        self.status.setText(f"slice {z} sent; drawn: {self.session.drawn}")
+
+    def _painted(self, *_: Any) -> None:
+        # napari may still be writing the stroke when it reports it: send once the event loop is free.
+        if self.auto_send.isChecked() and self.session is not None:
+            QTimer.singleShot(0, lambda: self._guard(self.send_slice))
+
+    def erase_slice(self) -> None:
+        """Forget the current slice's drawing (here and in the session)."""
+        z = self.current_slice()
+        self.session.erase(z)
+        self._show_drawing()
+        self.status.setText(f"slice {z} erased; drawn: {self.session.drawn}")
+
+    def undo(self) -> None:
+        """Undo the session's last draw or erase and show the drawn slices again."""
+        self.session.undo()
+        self._show_drawing()
+        self.status.setText(f"undone; drawn: {self.session.drawn}")
+
+    def complete(self) -> None:
+        """Show the completed structure as a ``result`` Labels layer."""
+        result = self.session.result().canonical()
+        data = np.transpose(np.asarray(result.array), (2, 1, 0))
+        if self.result_layer is None or self.result_layer not in self.viewer.layers:
+            self.result_layer = self.viewer.add_labels(data, name="result", opacity=0.4, scale=self.labels_layer.scale,
+                                                       translate=self.labels_layer.translate)
+        else:
+            self.result_layer.data = data
+        self.status.setText(f"completed from slices {self.session.drawn}")
+
+    def suggest(self) -> None:
+        """Jump to the slice the session suggests drawing next."""
+        slices = self.session.suggest(1)
+        if not slices:
+            self.status.setText("no suggestion")
+            return
+        self.viewer.dims.set_current_step(0, slices[0])
+        self.status.setText(f"suggested slice {slices[0]}")
+
+    def _show_drawing(self) -> None:
+        data = np.zeros_like(self.labels_layer.data)
+        for z in self.session.drawn:
+            data[z] = self.session.drawn_mask(z).T
+        self.labels_layer.data = data

@@ -1,0 +1,298 @@
+"""The FastAPI application behind ``fewshotcx serve``.
+
+Routes (every one but ``/healthz``, the viewer page ``/`` and its static files needs
+``Authorization: Bearer KEY`` when the server has a key; the page and the files hold no data):
+
+=========================================  ===============================================================
+``GET /healthz``                            200 ``{"status": "ok"}`` once the model is loaded
+``POST /sessions?name=F[&labels=1,2]``      body: the volume file (NIfTI/NRRD, or a .zip of a DICOM series)
+``POST /sessions?path=REL``                 a file or DICOM folder under ``--data-root``
+``GET /sessions/{id}``                      shape, drawn slices, label values, whether DICOM
+``PUT /sessions/{id}/slices/{z}``           draw slice ``z`` (body: wire-format mask, see :mod:`.wire`)
+``GET|DELETE /sessions/{id}/slices/{z}``    a drawn slice / erase it
+``POST /sessions/{id}/undo``                undo the last draw or erase
+``GET /sessions/{id}/suggest?n=1``          ``{"slices": [...]}``
+``GET /sessions/{id}/result?format=F``      ``nifti`` (the image's own layout), ``canonical`` (RAS NIfTI,
+                                            for the viewer), ``rtstruct`` (DICOM images only)
+``GET /sessions/{id}/image``                the canonical image as NIfTI (for the viewer)
+``GET /sessions/{id}/slices/{z}/png``       slice ``z`` as a PNG, drawn slice in red (``?result=true``:
+                                            the completed result in green too; see :mod:`.preview`)
+``GET /sessions/{id}/drawing``              every drawn slice, wire format (X·Y·Z bytes)
+``DELETE /sessions/{id}``                   close
+=========================================  ===============================================================
+
+Errors are JSON ``{"detail": "<one line>"}``: 400 bad input, 401 key, 403 outside ``--data-root``,
+404 unknown session, 413 upload too large, 503 session limit. Slice indices are axial indices of the
+canonical (closest-RAS) array, as for :class:`~fewshotcx.session.ContourSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import shutil
+import tempfile
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import AsyncIterator, Optional
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..io.volume import VolumeError, save_volume
+from ..io.rtstruct import write_rtstruct
+from .store import UPLOAD_SUFFIXES, Entry, SessionLimitError, SessionStore, UnknownSession, resolve_under
+from .preview import slice_png, window_range
+from .wire import decode_mask, encode_mask, nifti_bytes
+
+_OCTETS = "application/octet-stream"
+
+
+class HTTPError(Exception):
+    """An error answered as ``{"detail": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _answer(status: int):
+    """An exception handler answering ``status`` with the exception's message on one line."""
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=status)
+    return handler
+
+
+def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Optional[Path] = None,
+               sweep_seconds: float = 30.0) -> FastAPI:
+    """The application serving ``store``'s sessions.
+
+    Args:
+        store: sessions and the shared segmenter.
+        api_key: when set, every data route needs ``Authorization: Bearer <api_key>`` (compared in
+            constant time).
+        data_root: the folder ``POST /sessions?path=`` may open files from (nothing outside it).
+        sweep_seconds: how often idle sessions are looked for while no request comes in (every
+            request also closes the idle ones).
+    """
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+
+        async def sweep() -> None:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=sweep_seconds)
+                except asyncio.TimeoutError:
+                    await run_in_threadpool(store.expire)
+
+        task = asyncio.create_task(sweep())
+        yield
+        stop.set()
+        await task
+
+    app = FastAPI(title="fewshotcx", description="Few-shot contouring sessions (draw, complete, suggest).",
+                  version=__version__, lifespan=lifespan)
+    app.state.store = store
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status,
+                            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
+
+    for kind, status in ((UnknownSession, 404), (SessionLimitError, 503), (PermissionError, 403),
+                         (ValueError, 400), (VolumeError, 400), (FileNotFoundError, 400)):
+        app.add_exception_handler(kind, _answer(status))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): {_one_line(exc)}"}, status_code=500)
+
+    def authorised(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise HTTPError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "sessions": len(store)}
+
+    static = resources.files("fewshotcx.server") / "static"
+
+    @app.get("/", include_in_schema=False)
+    def viewer() -> FileResponse:
+        return FileResponse(str(static / "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.include_router(_session_routes(store, data_root), dependencies=[Depends(authorised)])
+    return app
+
+
+def _session_routes(store: SessionStore, data_root: Optional[Path]) -> APIRouter:
+    router = APIRouter(prefix="/sessions")
+
+    @router.post("")
+    async def create(request: Request, name: Optional[str] = None, path: Optional[str] = None,
+                     labels: Optional[str] = None) -> dict:
+        values = _labels(labels)
+        if path is not None:
+            source = resolve_under(data_root, path)
+            folder = store.new_folder()
+            entry = await run_in_threadpool(store.create, folder, source, path, values)
+        else:
+            if not name or not name.lower().endswith(UPLOAD_SUFFIXES):
+                raise HTTPError(400, "give ?name=FILE ending in .nii, .nii.gz, .nrrd or .zip (a DICOM series) "
+                                     "with the file as the request body, or ?path=REL under --data-root")
+            folder = store.new_folder()
+            source = folder / Path(name).name
+            await _receive(request, source, store.max_upload_bytes, folder)
+            entry = await run_in_threadpool(store.create, folder, source, name, values)
+        return _info(entry)
+
+    @router.get("/{session_id}")
+    def info(session_id: str) -> dict:
+        with store.use(session_id) as entry:
+            return _info(entry)
+
+    @router.put("/{session_id}/slices/{z}")
+    async def draw(session_id: str, z: int, request: Request) -> dict:
+        body = await request.body()
+
+        def record() -> dict:
+            with store.use(session_id) as entry:
+                entry.session.draw(z, decode_mask(body, entry.session.image.shape[:2]))
+                return _info(entry)
+        return await run_in_threadpool(record)
+
+    @router.get("/{session_id}/slices/{z}")
+    def drawn_slice(session_id: str, z: int) -> Response:
+        with store.use(session_id) as entry:
+            if z not in entry.session.drawn:
+                raise HTTPError(404, f"slice {z} is not drawn (drawn: {entry.session.drawn})")
+            return Response(encode_mask(entry.session.drawn_mask(z)), media_type=_OCTETS)
+
+    @router.delete("/{session_id}/slices/{z}")
+    def erase(session_id: str, z: int) -> dict:
+        with store.use(session_id) as entry:
+            entry.session.erase(z)
+            return _info(entry)
+
+    @router.post("/{session_id}/undo")
+    def undo(session_id: str) -> dict:
+        with store.use(session_id) as entry:
+            entry.session.undo()
+            return _info(entry)
+
+    @router.get("/{session_id}/suggest")
+    def suggest(session_id: str, n: int = 1) -> dict:
+        with store.use(session_id, model=True) as entry:
+            return {"slices": entry.session.suggest(n)}
+
+    @router.get("/{session_id}/result")
+    def result(session_id: str, format: str = "nifti") -> Response:
+        if format not in ("nifti", "canonical", "rtstruct"):
+            raise HTTPError(400, f"format must be nifti, canonical or rtstruct, got {format!r}")
+        with store.use(session_id, model=True) as entry:
+            if format == "rtstruct" and entry.dicom_dir is None:
+                raise HTTPError(400, "RTSTRUCT export needs a DICOM image; this session's image is not DICOM")
+            volume = entry.session.result()
+            return _export(entry, volume, format)
+
+    @router.get("/{session_id}/slices/{z}/png")
+    def slice_preview(session_id: str, z: int, result: bool = False) -> Response:
+        with store.use(session_id, model=result) as entry:
+            s = entry.session
+            if not 0 <= z < s.depth:
+                raise ValueError(f"slice index must be in [0, {s.depth - 1}], got {z}")
+            if entry.window is None:
+                entry.window = window_range(s.image.array)
+            drawn = s.drawn_mask(z) if z in s.drawn else None
+            completed = s.result().canonical().array[..., z] if result and s.drawn else None
+            return Response(slice_png(s.image.array[..., z], entry.window, drawn, completed), media_type="image/png")
+
+    @router.get("/{session_id}/image")
+    def image(session_id: str) -> Response:
+        with store.use(session_id) as entry:
+            canonical = entry.session.image
+            return Response(nifti_bytes(canonical.array, canonical.affine), media_type=_OCTETS)
+
+    @router.get("/{session_id}/drawing")
+    def drawing(session_id: str) -> Response:
+        with store.use(session_id) as entry:
+            s = entry.session
+            volume = np.zeros(s.image.shape, dtype=np.int64)
+            for z in s.drawn:
+                volume[..., z] = s.drawn_mask(z)
+            return Response(encode_mask(volume), media_type=_OCTETS)
+
+    @router.delete("/{session_id}")
+    def close(session_id: str) -> dict:
+        store.close(session_id)
+        return {"closed": session_id}
+
+    return router
+
+
+def _labels(text: Optional[str]) -> Optional[list[int]]:
+    if text is None or not text.strip():
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"labels must be comma-separated integers, got {text!r}") from None
+
+
+async def _receive(request: Request, target: Path, limit: int, folder: Path) -> None:
+    """Stream the request body to ``target``, refusing more than ``limit`` bytes (413)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise HTTPError(413, f"upload of {declared} bytes exceeds the server's limit of {limit} bytes")
+    received = 0
+    with open(target, "wb") as f:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                f.close()
+                shutil.rmtree(folder, ignore_errors=True)
+                raise HTTPError(413, f"upload exceeds the server's limit of {limit} bytes")
+            f.write(chunk)
+    if received == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise HTTPError(400, "empty upload: send the volume file as the request body")
+
+
+def _info(entry: Entry) -> dict:
+    s = entry.session
+    return {"session_id": entry.id, "name": entry.name, "shape": list(s.image.shape), "drawn": s.drawn,
+            "labels": None if s.labels is None else list(s.labels), "dicom": entry.dicom_dir is not None}
+
+
+def _export(entry: Entry, volume, format: str) -> Response:
+    """The result as NIfTI (its own layout or canonical) or an RTSTRUCT file's bytes."""
+    if format == "canonical":
+        canonical = volume.canonical()
+        return Response(nifti_bytes(canonical.array.astype(np.uint8), canonical.affine), media_type=_OCTETS)
+    with tempfile.TemporaryDirectory(dir=entry.folder) as tmp:
+        if format == "nifti":
+            out = save_volume(volume, Path(tmp) / "result.nii.gz")
+        else:
+            masks = {f"structure_{v}": volume.with_array((volume.array == v).astype(np.uint8), label=True)
+                     for v in np.unique(volume.array) if v}
+            if not masks:
+                raise ValueError("the result is empty: nothing to write as RTSTRUCT")
+            out = write_rtstruct(masks, entry.dicom_dir, Path(tmp) / "result.dcm")
+        return Response(out.read_bytes(), media_type=_OCTETS)

@@ -1,0 +1,208 @@
+"""Server-side sessions: one image + its :class:`~fewshotcx.session.ContourSession` each, sharing one
+segmenter (one model in memory), with a session count limit and idle expiry.
+
+Locks: every operation on a session holds that session's lock; anything that runs the model (result,
+suggest) also holds the store's model lock, always taken second, so sessions never run the shared
+model at the same time and never deadlock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+from ..io.volume import VolumeError, load_volume
+from ..segmenter import Segmenter
+from ..session import ContourSession
+from .wire import safe_extract
+
+#: File names an upload may have (a ``.zip`` holds a DICOM series).
+UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".zip")
+
+
+class SessionLimitError(RuntimeError):
+    """The server already holds ``max_sessions`` sessions."""
+
+
+class UnknownSession(KeyError):
+    """No session with this id (never opened, closed, or expired)."""
+
+    def __str__(self) -> str:
+        return f"no session {self.args[0]!r} (closed or expired)"
+
+
+@dataclass
+class Entry:
+    """One server session.
+
+    Attributes:
+        session: the contouring state.
+        folder: private working folder (the upload, an unpacked DICOM series), removed on close.
+        dicom_dir: the DICOM series folder when the image is DICOM (enables RTSTRUCT export).
+    """
+
+    id: str
+    session: ContourSession
+    folder: Path
+    name: str
+    dicom_dir: Optional[Path]
+    last_used: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    window: Optional[tuple[float, float]] = None  # preview grey window, computed on first use
+
+
+class SessionStore:
+    """Sessions by id.
+
+    Args:
+        segmenter: the shared (slab-backend) segmenter every session uses.
+        max_sessions: sessions held at once; creating one more is refused.
+        idle_seconds: a session unused this long is closed at the next store access.
+        max_upload_bytes: upload size limit (also bounds an unpacked zip).
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    def __init__(self, segmenter: Segmenter, max_sessions: int = 8, idle_seconds: float = 3600.0,
+                 max_upload_bytes: int = 512 << 20, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        self.segmenter = segmenter
+        self.max_sessions = int(max_sessions)
+        self.idle_seconds = float(idle_seconds)
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.clock = clock
+        self.model_lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        self._lock = threading.Lock()
+        self._root = Path(tempfile.mkdtemp(prefix="fewshotcx-serve-"))
+
+    # ------------------------------------------------------------------ lifecycle
+    def new_folder(self) -> Path:
+        """A fresh private folder for an upload (give it to :meth:`create` or remove it)."""
+        return Path(tempfile.mkdtemp(dir=self._root))
+
+    def create(self, folder: Path, source: Path, name: str, labels: Optional[Sequence[int]] = None) -> Entry:
+        """Open a session on ``source`` (a volume file, a DICOM folder, or a ``.zip`` of one in
+        ``folder``); ``folder`` is owned by the session from now on (removed on failure too).
+
+        Raises:
+            SessionLimitError: ``max_sessions`` reached. ValueError / VolumeError: unreadable image.
+        """
+        try:
+            self.expire()
+            with self._lock:
+                if len(self._entries) >= self.max_sessions:
+                    raise SessionLimitError(f"the server holds its maximum of {self.max_sessions} sessions; "
+                                            "close one (DELETE /sessions/ID) or wait for idle ones to expire")
+            dicom_dir = None
+            if source.is_file() and source.name.lower().endswith(".zip"):
+                dicom_dir = folder / "dicom"
+                dicom_dir.mkdir()
+                safe_extract(source, dicom_dir, self.max_upload_bytes)
+                source.unlink()
+                source = dicom_dir
+            elif source.is_dir():
+                dicom_dir = source
+            elif not source.name.lower().endswith(UPLOAD_SUFFIXES[:3]):
+                raise ValueError(f"{name!r}: expected a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file, or a .zip "
+                                 "of a DICOM series")
+            try:
+                image = load_volume(source)
+            except VolumeError as exc:  # name the upload, not the server's private folder
+                raise VolumeError(str(exc).replace(str(source), name)) from None
+            session = ContourSession(image, self.segmenter, labels=labels)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        entry = Entry(secrets.token_urlsafe(12), session, folder, name, dicom_dir, self.clock())
+        with self._lock:
+            if len(self._entries) >= self.max_sessions:  # a concurrent create won the last place
+                shutil.rmtree(folder, ignore_errors=True)
+                raise SessionLimitError(f"the server holds its maximum of {self.max_sessions} sessions")
+            self._entries[entry.id] = entry
+        return entry
+
+    def close(self, session_id: str) -> None:
+        """Forget a session and remove its folder.
+
+        Raises:
+            UnknownSession: no such session.
+        """
+        with self._lock:
+            entry = self._entries.pop(session_id, None)
+        if entry is None:
+            raise UnknownSession(session_id)
+        with entry.lock:
+            shutil.rmtree(entry.folder, ignore_errors=True)
+
+    def close_all(self) -> None:
+        """Close every session and remove the store's folder."""
+        for session_id in list(self._entries):
+            try:
+                self.close(session_id)
+            except UnknownSession:
+                pass
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def expire(self) -> list[str]:
+        """Close sessions idle for longer than ``idle_seconds``; their ids."""
+        now = self.clock()
+        with self._lock:
+            stale = [sid for sid, e in self._entries.items() if now - e.last_used > self.idle_seconds]
+        for sid in stale:
+            try:
+                self.close(sid)
+            except UnknownSession:
+                pass
+        return stale
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # ------------------------------------------------------------------ use
+    @contextmanager
+    def use(self, session_id: str, model: bool = False) -> Iterator[Entry]:
+        """Hold session ``session_id`` (and the model lock if ``model``) for one operation.
+
+        Raises:
+            UnknownSession: no such session (or it expired).
+        """
+        self.expire()
+        with self._lock:
+            entry = self._entries.get(session_id)
+        if entry is None:
+            raise UnknownSession(session_id)
+        with entry.lock:
+            if session_id not in self._entries:  # closed while we waited
+                raise UnknownSession(session_id)
+            entry.last_used = self.clock()
+            if model:
+                with self.model_lock:
+                    yield entry
+            else:
+                yield entry
+            entry.last_used = self.clock()
+
+
+def resolve_under(root: Optional[Path], relative: str) -> Path:
+    """``relative`` inside ``root`` (symlinks resolved), never outside it.
+
+    Raises:
+        PermissionError: no root configured, or the path leaves it. VolumeError: it does not exist.
+    """
+    if root is None:
+        raise PermissionError("this server has no --data-root: upload the image instead")
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if path != base and base not in path.parents:
+        raise PermissionError(f"{relative!r} is outside the server's --data-root")
+    if not path.exists():
+        raise VolumeError(f"no such file or directory under --data-root: {relative!r}")
+    return path

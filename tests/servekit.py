@@ -1,0 +1,49 @@
+"""Helpers for the server, client, browser and napari tests: a tiny seeded model, a test image and a
+real uvicorn server on a free loopback port in a background thread."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from conftest import ORIENTATIONS, blob_volume
+from fewshotcx import Segmenter
+from fewshotcx.models import UniverSeg
+
+SHAPE = (24, 20, 12)
+
+
+def tiny_segmenter(seed: int = 0) -> Segmenter:
+    """A seeded 8-wide UniverSeg at 32² (fast on a CPU, deterministic)."""
+    torch.manual_seed(seed)
+    return Segmenter(model=UniverSeg((8, 8, 8, 8), (8, 8, 8), in_channels=1), slice_size=32, device="cpu",
+                     modality="mr", progress=False, seed=seed)
+
+
+def write_image(folder: Path, name: str = "ct.nii.gz", orientation: str = "LPS") -> Path:
+    """A textured blob volume stored in ``orientation`` (not canonical on disk)."""
+    image, _ = blob_volume(SHAPE, seed=4)
+    path = folder / name
+    nib.save(nib.Nifti1Image(image, ORIENTATIONS[orientation]), str(path))
+    return path
+
+
+def disc(centre: tuple[int, int], radius: float, shape: tuple[int, int], value: int = 1) -> np.ndarray:
+    """An ``(X, Y)`` int64 mask holding ``value`` inside a disc."""
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    return np.where((x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= radius ** 2, value, 0).astype(np.int64)
+
+
+@contextmanager
+def serving(store, api_key: Optional[str] = None, data_root: Optional[Path] = None,
+            sweep_seconds: float = 30.0) -> Iterator[str]:
+    """Run the ``fewshotcx serve`` app on a free loopback port; yields its URL."""
+    from fewshotcx.server.background import background_server
+
+    with background_server(store, api_key=api_key, data_root=data_root, sweep_seconds=sweep_seconds) as url:
+        yield url

@@ -1,0 +1,112 @@
+"""The napari plugin: manifest validity, and the dock widget driven headless (pytest-qt, Qt offscreen)
+with a local ContourSession and a RemoteSession, compared with the Python API.
+
+The widget runs on napari's own ``ViewerModel`` (layers, dims: all the widget touches). napari's
+``make_napari_viewer`` fixture also builds the vispy canvas, which needs an OpenGL context that Qt's
+``offscreen`` platform cannot give on a machine without a display (vispy's ``glGetString`` returns
+nothing), so it is not used here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+npe2 = pytest.importorskip("npe2")
+
+from napari.components import ViewerModel  # noqa: E402
+from qtpy.QtCore import Qt  # noqa: E402
+from servekit import SHAPE, disc, serving, tiny_segmenter, write_image  # noqa: E402
+
+from fewshotcx import ContourSession, load_volume  # noqa: E402
+from fewshotcx.napari.widget import ContourWidget, add_volume  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "fewshotcx" / "napari" / "napari.yaml"
+XY = SHAPE[:2]
+DRAWS = {2: disc((12, 10), 4, XY), 6: disc((11, 9), 5, XY), 9: disc((12, 11), 3, XY)}
+
+
+def test_npe2_validate_fewshotcx_passes_through_the_declared_entry_point(tmp_path):
+    """``npe2 validate fewshotcx`` finds the plugin by the entry point pyproject.toml declares (given
+    to it as installed metadata here, so the check does not depend on how this checkout is installed)."""
+    import tomllib
+
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
+    manifest.validate_imports()  # every python_name resolves
+    (widget,) = manifest.contributions.widgets
+    assert widget.command == "fewshotcx.contour_widget"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    entry = project["entry-points"]["napari.manifest"]
+    assert entry == {"fewshotcx": "fewshotcx.napari:napari.yaml"}
+    info = tmp_path / "fewshotcx-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fewshotcx\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[napari.manifest]\n" + "".join(f"{k} = {v}\n" for k, v in entry.items()))
+    done = subprocess.run([sys.executable, "-m", "npe2", "validate", "fewshotcx"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert done.returncode == 0 and "valid" in done.stdout, done.stdout + done.stderr
+
+
+def _paint_and_send(viewer, widget, qtbot):
+    widget.auto_send.setChecked(False)
+    for z, mask in DRAWS.items():
+        viewer.dims.set_current_step(0, z)
+        widget.labels_layer.data[z] = mask.T  # what a brush leaves on the (Y, X) slice
+        qtbot.mouseClick(widget.send_button, Qt.LeftButton)
+    viewer.dims.set_current_step(0, 4)
+    widget.labels_layer.data[4] = disc((3, 3), 2, XY).T
+    qtbot.mouseClick(widget.send_button, Qt.LeftButton)
+    qtbot.mouseClick(widget.undo_button, Qt.LeftButton)  # the slice-4 mistake is taken back
+    widget.auto_send.setChecked(True)
+
+
+def _expected(path):
+    local = ContourSession(path, tiny_segmenter())
+    for z, mask in DRAWS.items():
+        local.draw(z, mask)
+    return local
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_dock_widget_completes_suggests_and_undoes_like_the_python_api(qtbot, tmp_path, remote):
+    from fewshotcx.server import SessionStore
+
+    path = write_image(tmp_path)
+    viewer = ViewerModel()
+    add_volume(viewer, load_volume(path), name="ct")
+    widget = ContourWidget(viewer, segmenter=tiny_segmenter())
+    qtbot.addWidget(widget)
+    with serving(SessionStore(tiny_segmenter())) as url:
+        if remote:
+            widget.url.setText(url)
+        qtbot.mouseClick(widget.start_button, Qt.LeftButton)
+        assert widget.session is not None, widget.status.text()
+        _paint_and_send(viewer, widget, qtbot)
+        assert "error" not in widget.status.text(), widget.status.text()
+        assert not widget.labels_layer.data[4].any()  # undo cleared the layer too
+        assert widget.session.drawn == [2, 6, 9]
+        viewer.dims.set_current_step(0, 11)  # painting sends the slice by itself ...
+        widget.labels_layer.paint((11, 10, 12), 1)
+        qtbot.waitUntil(lambda: widget.session.drawn == [2, 6, 9, 11], timeout=10_000)
+        widget.labels_layer.paint((11, 10, 12), 0)  # ... and painting it back to nothing forgets it
+        qtbot.waitUntil(lambda: widget.session.drawn == [2, 6, 9], timeout=10_000)
+        qtbot.mouseClick(widget.complete_button, Qt.LeftButton)
+        qtbot.mouseClick(widget.suggest_button, Qt.LeftButton)
+        expected = _expected(path)
+        got = np.transpose(widget.result_layer.data, (2, 1, 0))
+        assert np.array_equal(got, expected.result().array) and got[..., 3:6].any()
+        assert viewer.dims.current_step[0] == expected.suggest(1)[0]
+        if remote:  # the server goes away: one line in the widget, no exception
+            widget.session.url = "http://127.0.0.1:9"
+            qtbot.mouseClick(widget.suggest_button, Qt.LeftButton)
+            assert widget.status.text().startswith("error: cannot reach")
