@@ -260,10 +260,12 @@ class Segmenter:
 
         Returns:
             a label :class:`Volume` (0 = background, else the support's label values, in the smallest
-            unsigned dtype that holds them) on the query's exact grid and affine.
+            unsigned dtype that holds them) on the query's exact grid and affine. A structure with
+            no voxel in it comes with a warning naming it (never a silently empty mask).
         """
         original, canonical, probs = self._canonical_probabilities(query)
         labels = self._labels(probs)
+        warn_if_empty(labels, self.classes, probs)
         return original.with_array(reorient_array(labels, canonical.affine, original.affine), label=True)
 
     @writes
@@ -373,6 +375,16 @@ class Segmenter:
         from .evaluation.uncertainty import predict_samples
 
         return predict_samples(self, query, k, fraction)
+
+
+def warn_if_empty(labels: np.ndarray, classes: Sequence[int], probs: np.ndarray) -> None:
+    """Warn for each structure of ``classes`` that ``labels`` does not contain, with its highest
+    probability (how far from the threshold the model was)."""
+    for i, value in enumerate(classes):
+        if not (labels == value).any():
+            warnings.warn(f"structure {value}: no voxel predicted (highest probability {float(probs[i].max()):.2f}); "
+                          "the support may not show this anatomy, or the query may not contain it",
+                          stacklevel=3)
 
 
 def _foreground_extent(labels: Sequence[Volume], slices=None) -> tuple[float, float]:

@@ -22,7 +22,8 @@ from ..pipeline.intensity import minmax_per_slice
 from ..models.universeg import UniverSeg
 from ..pipeline.slicing import Framing, SliceGeometry, relative_position
 from ..io.volume import Volume
-from ..pipeline.query_support import DEFAULT_REGISTRATION, QuerySupport, SlabSettings, prepare_query_support
+from ..pipeline.query_support import (DEFAULT_REGISTRATION, QuerySupport, SlabSettings, prepare_query_support,
+                                     similarity_to_pools)
 from ..pipeline.support import (
     QUERY_AWARE, Strategy, SupportPool, SupportVolumes, check_strategy, derived_generator, select_support,
 )
@@ -55,6 +56,9 @@ class UniverSegBackend:
             never stretched to the field of view); ``None`` = the checkpoint's (``pixel_mm`` in its
             metadata; checkpoints without it, e.g. the official v1, fit the field of view: ``"pad"``).
         context_mm: distance of the 2.5D neighbours in mm; ``None`` = the checkpoint's, else adjacent slices.
+        check_coverage: under ``"position"``, compare each query with the support first and warn when
+            they cover different anatomy (:func:`~fewshotcx.pipeline.query_support.check_coverage`);
+            retrieval always warns about query slices the support does not cover.
         support_chunk: passed to ``forward_shared`` to bound memory over the support axis.
         channels_last: passed to ``forward_shared``: channels-last feature layout (same outputs; faster
             on CPU, see docs/performance.md).
@@ -79,6 +83,7 @@ class UniverSegBackend:
         registration: str = DEFAULT_REGISTRATION,
         pixel_mm: Optional[float] = None,
         context_mm: Optional[float] = None,
+        check_coverage: bool = True,
     ) -> None:
         net, meta = (model, {}) if model is not None else load_universeg(weights, return_metadata=True)
         self.model = net.to(device).eval()
@@ -107,6 +112,7 @@ class UniverSegBackend:
         if registration not in ("rigid", "affine", "deformable"):
             raise ValueError(f"registration must be 'rigid', 'affine' or 'deformable', got {registration!r}")
         self.registration = registration
+        self.check_coverage = bool(check_coverage)
         self.group_size = int(group_size)
         self.precision = precision
         self.support_chunk = support_chunk
@@ -134,9 +140,11 @@ class UniverSegBackend:
             query: the query, canonical, original intensities.
             normalised: ``(X, Y, Z)`` the query as normalised for the backend.
         """
+        settings = SlabSettings(Framing.of(self), self.group_size, self.device)
+        if self.strategy == "position" and self.check_coverage:  # warns when the scans cover different anatomy
+            similarity_to_pools(self.pools, normalised.to(self.device), query.spacing, settings, "position")
         if self.strategy not in QUERY_AWARE:
             return nullcontext(UniverSegQuery(self, self.pools, None))
-        settings = SlabSettings(Framing.of(self), self.group_size, self.device)
         prepared = prepare_query_support(self.strategy, self.pools, support, query, normalised.to(self.device),
                                          settings, generator.initial_seed(), self.registration)
         return nullcontext(UniverSegQuery(self, prepared.pools, prepared))
@@ -213,6 +221,7 @@ class UniverSegQuery:
         self.backend, self.pools, self.query = backend, pools, query
         self.name, self.slice_size, self.context = backend.name, backend.slice_size, backend.context
         self.device, self.resize_mode = backend.device, backend.resize_mode
+        self.pixel_mm, self.context_mm = backend.pixel_mm, backend.context_mm
         self._features: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def bytes_per_slab(self) -> int:

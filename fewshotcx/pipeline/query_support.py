@@ -36,6 +36,81 @@ DEFAULT_REGISTRATION = "affine"
 MIN_COVERAGE = 0.5
 #: Query slabs described per batch (bounds memory on long volumes).
 _FEATURE_BATCH = 64
+#: Best retrieval similarity (Pearson correlation of slab thumbnails) below which a group of query
+#: slices has no counterpart in the support. Measured (benchmarks/retrieval_coverage.py): groups of
+#: one chest CT against another patient's chest CT score 0.72–0.85; a brain MR against chest CT
+#: support at most 0.63; LUNG1-001's neck slices, which CTChest4 does not cover, 0.45.
+MIN_SIMILARITY = 0.65
+#: Mean distance (relative position units) between a query group's position and its best retrieval
+#: match above which position matching is warned against: 0.07–0.09 between two chest CTs of the
+#: same coverage, 0.20–0.24 when the query covers 60 % of it (benchmarks/retrieval_coverage.py).
+MAX_POSITION_MISMATCH = 0.15
+
+
+class CoverageWarning(UserWarning):
+    """Query slices that look like nothing in the support: their prediction has no support to rest on.
+
+    Attributes:
+        axis: plane axis of the slices.
+        slices: their indices along ``axis`` (canonical array): the slices to review.
+    """
+
+    def __init__(self, message: str, axis: int, slices: Sequence[int]) -> None:
+        super().__init__(message)
+        self.axis, self.slices = int(axis), tuple(int(z) for z in slices)
+
+
+def check_coverage(similarity: torch.Tensor, pool: SupportPool, depth: int, group_size: int, strategy: str) -> None:
+    """Warn where the query's anatomy lies outside the support's (:class:`CoverageWarning`, naming the
+    slices) and, for ``"position"``, when the best matches sit at other relative positions than the
+    query's own (support and query cover different ranges: position matching draws the wrong anatomy).
+
+    Args:
+        similarity: ``(G, M)`` query-group × pool similarity (:func:`retrieval_similarity`).
+        depth: query slices along the pool's axis; ``group_size``: slices per group.
+    """
+    best, match = similarity.max(dim=1)
+    outside = (best < MIN_SIMILARITY).cpu()
+    if outside.any():
+        slices = [z for g in outside.nonzero().flatten().tolist()
+                  for z in range(g * group_size, min((g + 1) * group_size, depth))]
+        warnings.warn(CoverageWarning(
+            f"{len(slices)} of {depth} query slices along axis {pool.axis} look like nothing in the support "
+            f"(best retrieval similarity below {MIN_SIMILARITY}): the support does not cover that anatomy, so "
+            f"their prediction (often empty) has nothing to rest on; review slices {_ranges(slices)}",
+            pool.axis, slices), stacklevel=5)
+    if strategy != "position" or bool(outside.all()):
+        return
+    centres = (torch.arange(len(best), dtype=torch.float32) * group_size + (group_size - 1) / 2).clamp(max=depth - 1)
+    own = centres / max(depth - 1, 1)
+    mismatch = float((pool.positions[match].cpu() - own).abs()[~outside].mean())
+    if mismatch > MAX_POSITION_MISMATCH:
+        warnings.warn(f"support and query seem to cover different anatomy (their most similar slices lie "
+                      f"{mismatch:.2f} apart in relative position, axis {pool.axis}): strategy='position' matches "
+                      "slices by relative position; pass strategy='auto' or 'retrieval'", stacklevel=5)
+
+
+def _ranges(slices: Sequence[int]) -> str:
+    """``[0, 1, 2, 7, 8]`` → ``"0-2, 7-8"``."""
+    runs, start = [], None
+    for i, z in enumerate(slices):
+        if start is None:
+            start = z
+        if i + 1 == len(slices) or slices[i + 1] != z + 1:
+            runs.append(f"{start}-{z}" if z != start else f"{start}")
+            start = None
+    return ", ".join(runs)
+
+
+def similarity_to_pools(pools: dict[int, SupportPool], normalised: torch.Tensor, spacing: Sequence[float],
+                        settings: SlabSettings, strategy: str) -> dict[int, torch.Tensor]:
+    """Per axis, the ``(G, M)`` similarity of each group of query slices to the pool, after
+    :func:`check_coverage` has warned about what the support does not cover."""
+    out = {}
+    for axis, pool in pools.items():
+        out[axis] = retrieval_similarity(query_descriptors(normalised, spacing, axis, settings), pool)
+        check_coverage(out[axis], pool, normalised.shape[axis], settings.group_size, strategy)
+    return out
 
 
 @dataclass
@@ -121,8 +196,7 @@ def prepare_query_support(
                                 coverage=covered)
         warnings.warn("strategy='auto': no support volume registered to the query; support is drawn by "
                       "retrieval instead", stacklevel=4)
-    similarity = {axis: retrieval_similarity(query_descriptors(normalised, query.spacing, axis, settings), pool)
-                  for axis, pool in pools.items()}
+    similarity = similarity_to_pools(pools, normalised, query.spacing, settings, "retrieval")
     return QuerySupport(pools, "retrieval", similarity)
 
 
@@ -173,5 +247,6 @@ def _pool_on_query(images: Sequence[np.ndarray], labels: Sequence[Volume], cover
     return build_pool(images, labels, axis, settings.framing, covered, classes, device=settings.device)
 
 
-__all__ = ["DEFAULT_REGISTRATION", "QuerySupport", "SlabSettings", "prepare_query_support", "query_descriptors",
-           "register_support", "support_name"]
+__all__ = ["CoverageWarning", "DEFAULT_REGISTRATION", "MAX_POSITION_MISMATCH", "MIN_SIMILARITY", "QuerySupport",
+           "SlabSettings", "check_coverage", "prepare_query_support", "query_descriptors", "register_support",
+           "similarity_to_pools", "support_name"]

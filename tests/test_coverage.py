@@ -1,0 +1,74 @@
+"""Coverage checks: no silently empty mask; warnings when support and query cover different anatomy."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import fewshotcx as fx
+from fewshotcx.models import UniverSeg
+from fewshotcx.pipeline.query_support import MIN_SIMILARITY, CoverageWarning, check_coverage
+from fewshotcx.pipeline.support import SupportPool
+
+AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+
+
+def _pool(positions) -> SupportPool:
+    m = len(positions)
+    return SupportPool(torch.zeros(m, 1, 8, 8), torch.zeros(m, 1, 8, 8), torch.tensor(positions, dtype=torch.float32),
+                       torch.zeros(m, dtype=torch.long), (1,), 2)
+
+
+def test_query_slices_unlike_any_support_slice_are_named_in_a_coverage_warning():
+    pool = _pool([0.0, 0.5, 1.0])
+    similarity = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.1], [0.3, 0.2, MIN_SIMILARITY - 0.1]])  # group 2: no match
+    with pytest.warns(CoverageWarning) as caught:
+        check_coverage(similarity, pool, depth=20, group_size=8, strategy="retrieval")
+    (warning,) = [w.message for w in caught]
+    assert warning.slices == tuple(range(16, 20)) and warning.axis == 2 and "16-19" in str(warning)
+
+
+def test_position_matching_across_different_coverage_is_warned_against():
+    pool = _pool([0.0, 0.5, 1.0])
+    aligned = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.9, 0.1], [0.0, 0.1, 0.9]])  # group g matches position g/2
+    shifted = torch.tensor([[0.1, 0.9, 0.0], [0.0, 0.1, 0.9], [0.0, 0.1, 0.9]])  # the query is the support's top half
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_coverage(aligned, pool, depth=24, group_size=8, strategy="position")
+        check_coverage(shifted, pool, depth=24, group_size=8, strategy="retrieval")  # retrieval copes: no warning
+    with pytest.warns(UserWarning, match="cover different anatomy"):
+        check_coverage(shifted, pool, depth=24, group_size=8, strategy="position")
+
+
+def _tiny_segmenter(**options) -> fx.Segmenter:
+    torch.manual_seed(0)
+    model = UniverSeg((4,) * 4, (4,) * 3, in_channels=3).eval()
+    return fx.Segmenter(model=model, slice_size=32, progress=False, support_size=4, **options)
+
+
+def test_an_empty_prediction_comes_with_a_warning_naming_the_structure():
+    image = np.random.default_rng(0).normal(size=(24, 24, 10)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[8:14, 8:14, 3:6] = 3
+    seg = _tiny_segmenter(threshold=0.999).fit([fx.Volume(image, AFFINE)], [fx.Volume(label, AFFINE, label=True)])
+    with pytest.warns(UserWarning, match="structure 3: no voxel predicted"):
+        mask = seg.predict(fx.Volume(image, AFFINE))
+    assert not mask.array.any()
+
+
+def test_physical_framing_runs_end_to_end_and_lands_on_the_query_grid():
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(40, 30, 8)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[15:25, 10:20, 2:6] = 1
+    seg = _tiny_segmenter(pixel_mm=3.0, context_mm=4.0).fit([fx.Volume(image, AFFINE)],
+                                                            [fx.Volume(label, AFFINE, label=True)])
+    assert seg.backend.resize_mode == "physical"
+    query = fx.Volume(image[::-1].copy(), np.diag([-2.0, 2.0, 3.0, 1.0]) @ np.eye(4))  # stored flipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prob = seg.predict_proba(query)
+    assert prob.shape == query.shape and np.allclose(prob.affine, query.affine) and np.isfinite(prob.array).all()
