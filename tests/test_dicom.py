@@ -366,3 +366,61 @@ def test_nifti_identifiers_do_not_survive_save(tmp_path):
     header = nib.load(out).header
     for key, value in secrets.items():
         assert value not in raw and header[key].item() in (b"", "")
+
+
+# ------------------------------------------------------------------ issue #23 item 10
+def test_identifiers_inside_sequences_are_found():
+    ds = Dataset()
+    item = Dataset()
+    item.PatientName = "DOE^JANE"  # e.g. inside OtherPatientIDsSequence / a referenced item
+    ds.ReferencedStudySequence = [item]
+    assert dicom.has_identifiers(ds)
+    assert not dicom.has_identifiers(dicom.deidentify_dataset(ds))
+
+
+def test_burned_in_annotation_decides_the_deidentified_claim(tmp_path):
+    image = Volume(np.arange(4 * 4 * 2, dtype=np.float32).reshape(4, 4, 2) - 1000.0, np.eye(4))
+    clean = pydicom.dcmread(dicom.write_dicom_series(image, tmp_path / "a")[0])
+    assert clean.BurnedInAnnotation == "NO" and clean.PatientIdentityRemoved == "YES"
+    text = pydicom.dcmread(dicom.write_dicom_series(image, tmp_path / "b", burned_in_annotation=True)[0])
+    assert text.BurnedInAnnotation == "YES" and text.PatientIdentityRemoved == "NO"
+    unknown = Dataset()
+    unknown.PixelData = b"\0\0"  # an image whose annotation nobody checked
+    assert dicom.deidentify_dataset(unknown).PatientIdentityRemoved == "NO"
+
+
+def test_mr_is_written_as_mr_not_as_ct_in_hounsfield_units(tmp_path):
+    mr = Volume(np.round(np.random.default_rng(0).uniform(0, 400, (6, 5, 3))).astype(np.float32), np.eye(4))
+    ds = pydicom.dcmread(dicom.write_dicom_series(mr, tmp_path / "mr")[0])
+    assert ds.Modality == "MR" and ds.SOPClassUID == dicom.MR_IMAGE_STORAGE and ds.RescaleType != "HU"
+    back = dicom.read_dicom_series(tmp_path / "mr")
+    np.testing.assert_allclose(back.array, mr.canonical().array, atol=0.01)
+    ct = pydicom.dcmread(dicom.write_dicom_series(mr, tmp_path / "ct", modality="ct")[0])
+    assert ct.Modality == "CT" and ct.SOPClassUID == dicom.CT_IMAGE_STORAGE and ct.RescaleType == "HU"
+
+
+def test_uid_constants_are_named_for_what_they_are():
+    from pydicom.uid import UID
+
+    from fewshotcx.io import rtstruct
+
+    for module in (dicom, rtstruct):
+        for name, value in vars(module).items():
+            if isinstance(value, str) and value.startswith("1.2.840.10008."):
+                words = UID(value).name.lower().replace(" sop class", "").split()
+                assert name.lstrip("_").lower().split("_") == words, (name, UID(value).name)
+
+
+def test_distance_metrics_refuse_a_sheared_grid():
+    from fewshotcx import metrics
+
+    sheared = np.eye(4)
+    sheared[0, 2] = 0.5  # slices stacked obliquely (gantry tilt)
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:6, 2:6, 2:6] = 1
+    pred, ref = Volume(mask, sheared, label=True), Volume(np.roll(mask, 1, axis=0), sheared, label=True)
+    with pytest.raises(VolumeError, match="sheared"):
+        metrics.evaluate(pred, ref)
+    assert metrics.dice(pred, ref) > 0  # overlap needs no distances
+    orthogonal = metrics.evaluate(pred.with_array(mask), ref.with_array(np.roll(mask, 1, axis=0)), spacing=(1, 1, 1))
+    assert orthogonal["hd95"] > 0  # explicit spacing accepts the approximation

@@ -110,7 +110,7 @@ def test_references_and_patient_module(series, tmp_path):
     assert anonymous.StudyInstanceUID == images[0].StudyInstanceUID != anonymous.SeriesInstanceUID
     assert anonymous.Modality == "RTSTRUCT" and anonymous.SOPClassUID == rtstruct.RT_STRUCTURE_SET_STORAGE
     assert anonymous.PatientName == "" and anonymous.PatientID == "" and anonymous.PatientIdentityRemoved == "YES"
-    assert not dicom.has_identifiers(anonymous)
+    assert not dicom.has_identifiers(anonymous, retain=("ROIName",))  # the caller's names, kept on purpose
     assert [r.ROIName for r in anonymous.StructureSetROISequence] == ["PTV"]  # retained: the caller's names
     assert anonymous.StructureSetLabel == "ANONYMOUS" and anonymous.StructureSetDate == ""  # profile D, Z
     assert [c.CodeValue for c in anonymous.DeidentificationMethodCodeSequence] == ["113100", "113110"]

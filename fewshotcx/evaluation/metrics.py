@@ -74,6 +74,7 @@ class _Pair:
     grid_shape: tuple[int, ...]
     n_pred: int
     n_gt: int
+    sheared: str = ""  #: why distances would be wrong (a sheared grid), else ""
 
     @property
     def voxel_ml(self) -> float:
@@ -141,8 +142,23 @@ def _pair(pred: MaskLike, gt: MaskLike, spacing: Spacing, label: Optional[int]) 
     p, g = _masks(pred, gt, label)
     box = _bounding_box(p | g, margin=1)
     p, g, shape = p[box], g[box], tuple(p.shape)
+    sheared = _shear(pred, gt) if spacing is None else ""
     spacing = _resolve_spacing(pred, gt, spacing, len(shape))
-    return _Pair(p, g, spacing, shape, int(np.count_nonzero(p)), int(np.count_nonzero(g)))
+    return _Pair(p, g, spacing, shape, int(np.count_nonzero(p)), int(np.count_nonzero(g)), sheared)
+
+
+def _shear(pred: MaskLike, gt: MaskLike) -> str:
+    """A reason when a Volume input's voxel axes are not orthogonal (gantry tilt: a sheared affine)."""
+    vol = pred if isinstance(pred, Volume) else gt if isinstance(gt, Volume) else None
+    if vol is None:
+        return ""
+    axes = vol.affine[:3, :3] / np.linalg.norm(vol.affine[:3, :3], axis=0)
+    cosines = np.abs(axes.T @ axes - np.eye(3)).max()
+    if cosines <= 1e-3:
+        return ""
+    return (f"the grid is sheared (voxel axes {np.degrees(np.arcsin(min(1.0, cosines))):.1f} degrees off orthogonal, "
+            "e.g. a gantry-tilted series): surface distances assume orthogonal axes; resample it onto an "
+            "orthogonal grid first (or pass spacing= to accept the approximation)")
 
 
 def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -164,7 +180,9 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 
 
 def _surface_distances(pair: _Pair) -> _SurfaceDistances:
-    """Both directed surface-distance sets; requires both masks non-empty."""
+    """Both directed surface-distance sets; requires both masks non-empty and an orthogonal grid."""
+    if pair.sheared:
+        raise VolumeError(pair.sheared)
     surf_pred, surf_gt = _boundary(pair.pred), _boundary(pair.gt)
     to_gt = ndimage.distance_transform_edt(~surf_gt, sampling=pair.spacing)
     to_pred = ndimage.distance_transform_edt(~surf_pred, sampling=pair.spacing)

@@ -32,14 +32,13 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from pydicom.valuerep import STR_VR
 
-from .atomic import atomic_output
 from .deid_profile import BASIC_PROFILE, REPEATING_GROUP_ELEMENTS
 from .grid import PathLike, SourceGeometry, Volume, VolumeError
 
@@ -52,8 +51,6 @@ COMPOUND_ACTIONS = {"X/Z": "Z", "Z/D": "Z", "X/Z/D": "Z", "X/Z/U*": "Z", "X/D": 
 
 #: Dummy values for action ``D`` by value representation; other text VRs get ``"ANONYMOUS"``, numbers 0.
 DUMMY_VALUES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000D", "UR": "", "UI": ""}
-
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 IDENTIFIERS_WARNING = ("the DICOM series carries identifying attributes (patient, staff or institution); "
                        "they are not copied into the volume, but the source files stay identifiable")
@@ -239,15 +236,19 @@ def dummy_value(element: DataElement) -> object:
     return "ANONYMOUS"  # fits every text VR, AE/CS/SH (16 characters) included
 
 
-def has_identifiers(ds: Dataset) -> bool:
-    """Whether ``ds`` holds, at its top level, a non-empty attribute that :func:`deidentify_dataset`
+def has_identifiers(ds: Dataset, retain: Collection[str] = ()) -> bool:
+    """Whether ``ds`` holds, at any nesting depth, a non-empty attribute that :func:`deidentify_dataset`
     would remove (``X``, private attributes included) or empty (``Z``), or a ``D`` attribute other than
-    its dummy value (sequences are not looked into)."""
+    its dummy value; the items of every sequence are looked into as well. ``retain``: keywords the
+    caller vouches for (as in :func:`deidentify_dataset`)."""
+    keep = {tag_for_keyword(k) for k in retain}
     for element in ds:
         action = profile_action(element.tag)
-        if element.is_empty or action not in ("X", "Z", "D"):
+        if element.is_empty or element.tag in keep:
             continue
-        if action != "D" or (element.VR != "SQ" and element.value != dummy_value(element)):
+        if action in ("X", "Z") or (action == "D" and element.VR != "SQ" and element.value != dummy_value(element)):
+            return True
+        if element.VR == "SQ" and any(has_identifiers(item, retain) for item in element.value):
             return True
     return False
 
@@ -258,7 +259,8 @@ def deidentify_dataset(ds: Dataset, retain: Collection[str] = ()) -> Dataset:
     At any nesting depth: ``X`` attributes (and private ones, curve and overlay groups) are removed,
     ``Z`` ones emptied, ``D`` ones set to :func:`dummy_value`, ``U`` ones not kept by the option get a
     UID derived from the original by a hash (the same input UID always maps to the same output);
-    sequences that stay are cleaned item by item. Sets ``PatientIdentityRemoved = "YES"``,
+    sequences that stay are cleaned item by item. Sets ``PatientIdentityRemoved = "YES"`` (``"NO"``
+    for an image whose ``BurnedInAnnotation`` is not ``"NO"``: text in the pixels is not removed),
     ``DeidentificationMethod`` and ``DeidentificationMethodCodeSequence`` (DCM 113100, 113110).
     Deterministic; the input is not modified.
 
@@ -272,7 +274,9 @@ def deidentify_dataset(ds: Dataset, retain: Collection[str] = ()) -> Dataset:
         raise ValueError(f"retain: unknown DICOM keyword in {sorted(retain)}")
     out = copy.deepcopy(ds)
     _clean(out, keep)
-    out.PatientIdentityRemoved = "YES"
+    # Pixels may carry burned-in text: the profile's claim holds only where they were checked.
+    checked = "PixelData" not in out or str(out.get("BurnedInAnnotation", "")).upper() == "NO"
+    out.PatientIdentityRemoved = "YES" if checked else "NO"
     out.DeidentificationMethod = DEIDENTIFICATION_METHOD
     out.DeidentificationMethodCodeSequence = [_code(codes.DCM.BasicApplicationConfidentialityProfile),
                                               _code(codes.DCM.RetainUidsOption)]
@@ -306,87 +310,7 @@ def _code(code: Code) -> Dataset:
     return item
 
 
-# ---------------------------------------------------------------------------- writing
-def ds_string(value: float) -> str:
-    """A decimal-string (DS) rendering of ``value`` within DICOM's 16 characters (1 nm resolution)."""
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    text = "0" if text in ("-0", "") else text
-    if len(text) > 16:
-        raise VolumeError(f"coordinate {value} mm is too large for a DICOM decimal string")
-    return text
-
-
-def write_dicom_series(volume: Volume, directory: PathLike, overwrite: bool = False) -> list[Path]:
-    """Write ``volume`` as a de-identified CT Image Storage series, one file per slice.
-
-    Slices run along the third array axis of the volume's source layout (:meth:`Volume.to_source`);
-    the first two axes must be orthogonal. Values are stored as 16-bit integers with a rescale
-    intercept (and a slope when the range exceeds 65535 or values are fractional, which is lossy).
-
-    Returns:
-        The written files in slice order.
-    Raises:
-        FileExistsError: ``directory`` holds files and ``overwrite`` is False.
-    """
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise FileExistsError(f"{directory} is not empty; pass overwrite=True to write into it")
-    directory.mkdir(parents=True, exist_ok=True)
-    vol = volume.to_source()
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
-    d_col, d_row = np.linalg.norm(lps[:3, :2], axis=0)
-    row, col = lps[:3, 0] / d_col, lps[:3, 1] / d_row
-    if abs(row @ col) > 1e-4:
-        raise VolumeError("the first two voxel axes are not orthogonal; DICOM slices need orthogonal rows/columns")
-    values = vol.array.astype(np.float64)
-    intercept = float(np.floor(values.min()))
-    span = float(values.max()) - intercept
-    integral = np.allclose(values, np.round(values))
-    slope = 1.0 if integral and span <= 65535 else max(span, 1e-12) / 65535
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    written = []
-    for k in range(vol.shape[2]):
-        ds = _ct_slice(vol.shape, row, col, (d_row, d_col), float(np.linalg.norm(lps[:3, 2])))
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [ds_string(v) for v in lps[:3, 3] + k * lps[:3, 2]]
-        ds.RescaleIntercept, ds.RescaleSlope = ds_string(intercept), ds_string(slope)
-        stored = np.round((values[:, :, k].T - intercept) / slope)
-        ds.PixelData = np.ascontiguousarray(np.clip(stored, 0, 65535).astype("<u2")).tobytes()
-        written.append(write_dataset(deidentify_dataset(ds), directory / f"slice_{k:04d}.dcm", overwrite=True))
-    return written
-
-
-def _ct_slice(shape: tuple[int, int, int], row: np.ndarray, col: np.ndarray,
-              pixel_spacing: tuple[float, float], thickness: float) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, generate_uid()
-    ds.Modality, ds.Manufacturer, ds.SeriesNumber = "CT", "fewshotcx", 1
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator", "KVP",
-                "AcquisitionNumber"):
-        setattr(ds, key, "")
-    ds.ImageOrientationPatient = [ds_string(v) for v in (*row, *col)]
-    ds.PixelSpacing = [ds_string(v) for v in pixel_spacing]
-    ds.SliceThickness = ds_string(thickness)
-    ds.Rows, ds.Columns = shape[1], shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleType = "HU"
-    return ds
-
-
-def write_dataset(ds: Dataset, path: PathLike, overwrite: bool = False) -> Path:
-    """Save ``ds`` as a DICOM Part 10 file (explicit VR little endian), atomically.
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
-    """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    with atomic_output(path, overwrite) as tmp:
-        ds.save_as(str(tmp), enforce_file_format=True)
-    return Path(path)
+# Writing lives in :mod:`fewshotcx.io.dicom_write` (re-exported here: ``fx.dicom.write_dicom_series``).
+from .dicom_write import (  # noqa: E402
+    CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, ds_string, write_dataset, write_dicom_series,
+)

@@ -26,7 +26,7 @@ from .dicom import DicomSeries, deidentify_dataset, ds_string, scan_series, writ
 from .grid import PathLike, Volume, VolumeError, binary_mask
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
-_STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # what planning systems expect in the study reference
+_DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # (retired) SOP class planning systems expect in the study reference
 #: Patient and study attributes copied from the image series with ``keep_patient_identity``.
 IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                      "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
@@ -246,7 +246,7 @@ def _structure_set(series: DicomSeries, contours: Mapping[str, list[tuple[int, n
     ref_series = Dataset()
     ref_series.SeriesInstanceUID, ref_series.ContourImageSequence = series.series_uid, images
     ref_study = Dataset()
-    ref_study.ReferencedSOPClassUID = _STUDY_COMPONENT_MANAGEMENT
+    ref_study.ReferencedSOPClassUID = _DETACHED_STUDY_MANAGEMENT
     ref_study.ReferencedSOPInstanceUID = ds.StudyInstanceUID
     ref_study.RTReferencedSeriesSequence = [ref_series]
     ref_frame = Dataset()
