@@ -153,6 +153,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"registration_gates.py needs the development data in {DATA.resolve()} (see ../shared/data)")
     import SimpleITK as sitk
 
     machine, rows = machine_info(), []
