@@ -130,6 +130,11 @@ def label_dice(support: datasets.Case, query: datasets.Case, result: reg.Registr
     return float(np.mean(scores)) if scores else math.nan
 
 
+def thresholds_text() -> str:
+    """The gate's thresholds as one CSV cell, e.g. ``"body_dice>=0.75;overlap>=0.6;..."``."""
+    return ";".join(f"{name}>={low:g}" for name, low in reg.THRESHOLDS.items())
+
+
 def _row(support: datasets.Case, query: datasets.Case, mode: str, broken: str, result: reg.Registration,
          quality: reg.Quality, seconds: float, args, machine: str) -> dict:
     dice = label_dice(support, query, result)
@@ -137,7 +142,8 @@ def _row(support: datasets.Case, query: datasets.Case, mode: str, broken: str, r
     row = {"pair": f"{support.name} -> {query.name}", "modality": query.modality, "mode": mode, "broken": broken,
            "role": role, **{k: round(v, 4) for k, v in quality.as_dict().items()}, "label_dice": round(dice, 4),
            "structures": "+".join(query.structures[v] for v in sorted(query.structures)),
-           "accepted": int(reg.accepts(quality.as_dict())), "register_seconds": round(seconds, 1),
+           "accepted": int(reg.accepts(quality.as_dict())), "thresholds": thresholds_text(),
+           "register_seconds": round(seconds, 1),
            "threads": args.threads, "load_avg": round(os.getloadavg()[0], 1), "commit": COMMIT, "machine": machine}
     print({k: v for k, v in row.items() if k != "machine"}, flush=True)
     return row
@@ -147,6 +153,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"registration_gates.py needs the development data in {DATA.resolve()} (see ../shared/data)")
     import SimpleITK as sitk
 
     machine, rows = machine_info(), []

@@ -24,6 +24,8 @@ if [[ $lane == review || $lane == all ]]; then
 fi
 if [[ $lane == cross || $lane == all ]]; then
   "$PY" benchmarks/cross_patient.py --out "$R" --plots docs/img
+  # needs ../shared/data (development data); the gate thresholds in fewshotcx/registration/gates.py come from it
+  (cd benchmarks && "../$PY" registration_gates.py)
 fi
 if [[ $lane == compare || $lane == all ]]; then
   "$PY" benchmarks/seed_comparison.py --cohorts brain --nnunet-epochs 1 --nnunet-iterations 10 --unet-steps 60

@@ -44,6 +44,8 @@ def test_thresholds_in_the_code_accept_no_broken_registration_and_refuse_no_good
     assert not false_rejects, f"good label transfer refused: {false_rejects}"
     stale = [r["pair"] for r in rows if bool(int(r["accepted"])) != reg.accepts(r)]
     assert not stale, f"rerun benchmarks/registration_gates.py: verdicts differ for {stale}"
+    now = ";".join(f"{name}>={low:g}" for name, low in reg.THRESHOLDS.items())
+    assert {r["thresholds"] for r in rows} == {now}, "rerun benchmarks/registration_gates.py: thresholds changed"
 
 
 def test_accepts_reads_every_threshold_and_fails_on_missing_measures():
