@@ -142,6 +142,23 @@ def test_data_root_opens_files_inside_it_and_nothing_outside(tmp_path):
             RemoteSession(url, server_path="link.nii.gz")
 
 
+def test_a_zipped_series_under_data_root_opens_and_stays_where_it_was(tmp_path):
+    from fewshotcx.io.dicom import write_dicom_series
+    from fewshotcx.server.wire import zip_directory
+
+    series, root = tmp_path / "series", tmp_path / "root"
+    series.mkdir()
+    root.mkdir()
+    write_dicom_series(load_volume(write_image(tmp_path)), series)
+    archive = root / "series.zip"
+    archive.write_bytes(zip_directory(series))
+    with serving(SessionStore(tiny_segmenter()), data_root=root) as url:
+        session = RemoteSession(url, server_path="series.zip")
+        assert session._info["dicom"] and session.shape == SHAPE
+        session.close()
+    assert archive.is_file() and sorted(p.name for p in root.iterdir()) == ["series.zip"]
+
+
 def test_dicom_series_upload_exports_rtstruct(tmp_path):
     from fewshotcx.io.dicom import write_dicom_series
     from fewshotcx.io.rtstruct import read_rtstruct
