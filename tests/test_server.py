@@ -75,6 +75,18 @@ def test_the_key_is_enforced_on_every_route_but_healthz(tmp_path):
         assert session.drawn == [5]
 
 
+def test_a_keyless_server_answers_only_to_loopback_names(tmp_path):
+    import http.client
+
+    with serving(SessionStore(tiny_segmenter())) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for host, status in (("evil.example", 400), (f"localhost:{port}", 200), (f"127.0.0.1:{port}", 200)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/healthz", headers={"Host": host})  # what a DNS-rebinding page would send
+            assert conn.getresponse().status == status, host
+            conn.close()
+
+
 def test_a_corrupt_upload_is_one_clear_error_and_the_server_stays_up(tmp_path):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b this is not a volume")
