@@ -21,6 +21,7 @@ fi
 if [[ $lane == review || $lane == all ]]; then
   "$PY" benchmarks/calibration.py --threads 1 --out "$R"
   "$PY" benchmarks/active_contouring.py --threads 1 --out "$R" --plots docs/img
+  "$PY" benchmarks/serve_latency.py --threads 1 --out "$R"
 fi
 if [[ $lane == cross || $lane == all ]]; then
   "$PY" benchmarks/cross_patient.py --out "$R" --plots docs/img

@@ -75,6 +75,18 @@ def test_the_key_is_enforced_on_every_route_but_healthz(tmp_path):
         assert session.drawn == [5]
 
 
+def test_a_keyless_server_answers_only_to_loopback_names(tmp_path):
+    import http.client
+
+    with serving(SessionStore(tiny_segmenter())) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for host, status in (("evil.example", 400), (f"localhost:{port}", 200), (f"127.0.0.1:{port}", 200)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/healthz", headers={"Host": host})  # what a DNS-rebinding page would send
+            assert conn.getresponse().status == status, host
+            conn.close()
+
+
 def test_a_corrupt_upload_is_one_clear_error_and_the_server_stays_up(tmp_path):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b this is not a volume")
@@ -140,6 +152,23 @@ def test_data_root_opens_files_inside_it_and_nothing_outside(tmp_path):
         (root / "link.nii.gz").symlink_to(tmp_path / "outside.nii.gz")
         with pytest.raises(RemoteError, match="outside"):
             RemoteSession(url, server_path="link.nii.gz")
+
+
+def test_a_zipped_series_under_data_root_opens_and_stays_where_it_was(tmp_path):
+    from fewshotcx.io.dicom import write_dicom_series
+    from fewshotcx.server.wire import zip_directory
+
+    series, root = tmp_path / "series", tmp_path / "root"
+    series.mkdir()
+    root.mkdir()
+    write_dicom_series(load_volume(write_image(tmp_path)), series)
+    archive = root / "series.zip"
+    archive.write_bytes(zip_directory(series))
+    with serving(SessionStore(tiny_segmenter()), data_root=root) as url:
+        session = RemoteSession(url, server_path="series.zip")
+        assert session._info["dicom"] and session.shape == SHAPE
+        session.close()
+    assert archive.is_file() and sorted(p.name for p in root.iterdir()) == ["series.zip"]
 
 
 def test_dicom_series_upload_exports_rtstruct(tmp_path):

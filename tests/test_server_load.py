@@ -63,3 +63,22 @@ def test_bisection_order_starts_at_the_ends_and_splits_the_widest_gap():
     assert bisection_order(10, 20, 5) == [10, 20, 15, 12, 17]
     assert bisection_order(3, 5, 10) == [3, 5, 4]
     assert bisection_order(7, 7, 3) == [7]
+
+
+def test_latency_benchmark_rows_for_every_mode():
+    import torch
+    from common import ModelSpec
+    from serve_latency import run
+
+    from conftest import blob_volume
+    from fewshotcx import Volume
+    from fewshotcx.models import UniverSeg
+
+    image, label = blob_volume(SHAPE, seed=2)
+    torch.manual_seed(0)
+    model = ModelSpec(model=UniverSeg((4, 4, 4, 4), (4, 4, 4), in_channels=1), slice_size=32, device="cpu")
+    rows, draws = run(Volume(image, np.eye(4)), label.astype(np.int64), "blob", model, draws=3, clients=2, modality="mr")
+    assert [(r["mode"], r["clients"], r["draws"]) for r in rows] == [
+        ("in-process", 1, 3), ("server", 1, 3), ("server-concurrent", 2, 6)]
+    assert all(0 < r["p50_s"] <= r["p95_s"] for r in rows)
+    assert len(draws) == 12 and {d["z"] for d in draws} == {d["z"] for d in draws if d["mode"] == "server"}

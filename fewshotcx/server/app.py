@@ -42,6 +42,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
 from ..io.volume import VolumeError, save_volume
@@ -72,6 +73,11 @@ def _answer(status: int):
     return handler
 
 
+#: Host names a keyless server answers to: a page on another site that rebinds its own name to
+#: 127.0.0.1 (DNS rebinding) sends its name in ``Host`` and is refused.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
 def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Optional[Path] = None,
                sweep_seconds: float = 30.0) -> FastAPI:
     """The application serving ``store``'s sessions.
@@ -83,6 +89,8 @@ def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Op
         data_root: the folder ``POST /sessions?path=`` may open files from (nothing outside it).
         sweep_seconds: how often idle sessions are looked for while no request comes in (every
             request also closes the idle ones).
+
+    Without a key, only requests addressed to a loopback name (:data:`LOOPBACK_HOSTS`) are answered.
     """
 
     @asynccontextmanager
@@ -104,6 +112,8 @@ def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Op
     app = FastAPI(title="fewshotcx", description="Few-shot contouring sessions (draw, complete, suggest).",
                   version=__version__, lifespan=lifespan)
     app.state.store = store
+    if api_key is None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS), www_redirect=False)
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:

@@ -106,7 +106,8 @@ class SessionStore:
                 dicom_dir = folder / "dicom"
                 dicom_dir.mkdir()
                 safe_extract(source, dicom_dir, self.max_upload_bytes)
-                source.unlink()
+                if source.parent == folder:  # an upload; a zip under --data-root is the user's: kept
+                    source.unlink()
                 source = dicom_dir
             elif source.is_dir():
                 dicom_dir = source
