@@ -25,7 +25,7 @@ from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, 
 from .pipeline.intensity import Modality, looks_like_ct, normalize
 from .pipeline.postprocess import keep_drawn, postprocess
 from .pipeline.slicing import AxisLike, Framing, extract_slabs, iter_chunks, plane_axes, reassemble, relative_position
-from .pipeline.support import SupportPool, SupportVolumes, build_pool, check_support, support_classes
+from .pipeline.support import QUERY_AWARE, SupportPool, SupportVolumes, build_pool, check_support, support_classes
 
 VolumeLike = Union[Volume, PathLike]
 
@@ -299,6 +299,8 @@ class Segmenter:
         drawn_slices = sorted(set(canonical_axial_slices(original.affine, original.shape, slices, what)))
         saved = (self.pools, self.support, self._support_extent, copy.copy(self.backend.__dict__))
         try:
+            if getattr(self.backend, "strategy", None) in QUERY_AWARE:
+                self.backend.strategy = "position"  # the support is this very volume: same anatomy, same slices
             self.fit([canonical], [labels], slices=[drawn_slices])
             if hasattr(self.backend, "complete_volume"):  # e.g. SAM 2: propagate the drawn slices themselves
                 probs = self.backend.complete_volume(canonical, labels, drawn_slices, self.classes, torch.as_tensor(

@@ -37,7 +37,7 @@ from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, 
 from .pipeline.intensity import normalize
 from .pipeline.postprocess import keep_drawn, postprocess
 from .pipeline.slicing import Framing, extract_slabs, from_model_square, relative_position
-from .pipeline.support import SupportPool
+from .pipeline.support import QUERY_AWARE, SupportPool
 from .segmenter import Segmenter, decide_modality
 
 _FORMAT = "fewshotcx-contour-session"
@@ -262,6 +262,8 @@ class ContourSession:
             positions=relative_position(torch.tensor(support, dtype=torch.float32), self.depth).to(slabs.device),
             volume_ids=torch.zeros(len(support), dtype=torch.long, device=slabs.device), classes=classes, axis=2)
         clone = copy.copy(backend)  # fit() rebinds its state: the segmenter's backend is untouched
+        if getattr(clone, "strategy", None) in QUERY_AWARE:
+            clone.strategy = "position"  # the drawn slices of this very image: matched by position
         generator = self.segmenter._generator()
         clone.fit({2: pool}, generator)
         geometry = self._geometry(self.image.shape, indices=slices, device=slabs.device)

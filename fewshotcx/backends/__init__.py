@@ -9,6 +9,20 @@ import torch
 from .base import Backend, VolumeBackend
 
 BACKENDS = ("universeg", "sam", "universeg+sam", "sam2", "atlas", "universeg+atlas")
+#: Support strategy of the UniverSeg backends when none is given; ``None`` = :func:`default_strategy`.
+DEFAULT_STRATEGY: Optional[str] = None
+
+
+def default_strategy() -> str:
+    """``"auto"`` (support registered onto each query, retrieval where registration fails its check)
+    where SimpleITK is installed, else ``"retrieval"``: both find the query's anatomy in the support
+    whatever the scans cover; ``"position"`` assumes they cover the same range
+    (docs/cross_patient.md, benchmarks/ct_cross_patient.py)."""
+    if DEFAULT_STRATEGY is not None:
+        return DEFAULT_STRATEGY
+    import importlib.util
+
+    return "auto" if importlib.util.find_spec("SimpleITK") is not None else "retrieval"
 
 
 def create_backend(
@@ -48,7 +62,7 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
     if name == "universeg":
         from .universeg import UniverSegBackend
 
-        return UniverSegBackend(**common, **options)
+        return UniverSegBackend(**common, **{"strategy": default_strategy(), **options})
     if name == "sam":
         from .sam import SamBackend
 
@@ -61,7 +75,7 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
         sam_options = {key[4:]: options.pop(key) for key in list(options) if key.startswith("sam_")}
         refiner = SamBackend(device=common["device"], **{"tune_steps": 0, **sam_options})
         threshold = options.pop("refine_threshold", 0.5)
-        return RefinedBackend(UniverSegBackend(**common, **options), refiner, threshold)
+        return RefinedBackend(UniverSegBackend(**common, **options), refiner, threshold)  # slab-only: position
     if name == "sam2":
         from .sam2 import Sam2Backend
 
@@ -83,4 +97,4 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
     raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["Backend", "BACKENDS", "create_backend"]
+__all__ = ["Backend", "BACKENDS", "DEFAULT_STRATEGY", "create_backend", "default_strategy"]

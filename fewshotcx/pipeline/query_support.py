@@ -39,11 +39,11 @@ _FEATURE_BATCH = 64
 #: Best retrieval similarity (Pearson correlation of slab thumbnails) below which a group of query
 #: slices has no counterpart in the support. Measured (benchmarks/retrieval_coverage.py): groups of
 #: one chest CT against another patient's chest CT score 0.72–0.85; a brain MR against chest CT
-#: support at most 0.63; LUNG1-001's neck slices, which CTChest4 does not cover, 0.45.
+#: support at most 0.47; LUNG1-001's neck slices, which CTChest4 does not cover, 0.45.
 MIN_SIMILARITY = 0.65
 #: Mean distance (relative position units) between a query group's position and its best retrieval
-#: match above which position matching is warned against: 0.07–0.09 between two chest CTs of the
-#: same coverage, 0.20–0.24 when the query covers 60 % of it (benchmarks/retrieval_coverage.py).
+#: match above which position matching is warned against: 0.07–0.08 between two chest CTs of the
+#: same coverage, 0.19–0.23 when the query covers 60 % of it (benchmarks/retrieval_coverage.py).
 MAX_POSITION_MISMATCH = 0.15
 
 
