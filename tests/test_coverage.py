@@ -72,3 +72,16 @@ def test_physical_framing_runs_end_to_end_and_lands_on_the_query_grid():
         warnings.simplefilter("ignore")
         prob = seg.predict_proba(query)
     assert prob.shape == query.shape and np.allclose(prob.affine, query.affine) and np.isfinite(prob.array).all()
+
+
+def test_a_loaded_checkpoint_brings_its_physical_framing_to_a_segmenter(tmp_path):
+    from fewshotcx.models.weights import load_universeg, save_checkpoint
+
+    torch.manual_seed(0)
+    model = UniverSeg((4,) * 4, (4,) * 3, in_channels=3)
+    path = save_checkpoint(model, tmp_path / "m.pt", model.config, {"slice_size": 32, "context": 1, "pixel_mm": 3.0,
+                                                                    "context_mm": 4.0})
+    for seg in (fx.Segmenter(model=load_universeg(path), progress=False), fx.Segmenter(weights=str(path), progress=False)):
+        backend = seg.backend
+        assert (backend.resize_mode, backend.pixel_mm, backend.context_mm, backend.slice_size) == ("physical", 3.0, 4.0, 32)
+    assert fx.Segmenter(model=model, progress=False).backend.resize_mode == "pad"  # a bare network: no framing known

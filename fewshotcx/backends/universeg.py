@@ -40,7 +40,8 @@ class UniverSegBackend:
     """In-context segmentation with a :class:`~fewshotcx.models.UniverSeg` network.
 
     Args:
-        model: a ready network; else ``weights`` is resolved by :func:`fewshotcx.models.weights.load_universeg`.
+        model: a ready network (one from :func:`~fewshotcx.models.weights.load_universeg` brings its
+            checkpoint's framing: slice size, pixel size, context distance); else ``weights`` is resolved.
         weights: ``"default"`` (bundled), ``"official"`` or a checkpoint path.
         device: torch device.
         support_size: ``S`` support slabs per query group.
@@ -85,7 +86,8 @@ class UniverSegBackend:
         context_mm: Optional[float] = None,
         check_coverage: bool = True,
     ) -> None:
-        net, meta = (model, {}) if model is not None else load_universeg(weights, return_metadata=True)
+        net, meta = ((model, dict(getattr(model, "framing", {}))) if model is not None
+                     else load_universeg(weights, return_metadata=True))
         self.model = net.to(device).eval()
         self.device = torch.device(device)
         in_channels = self.model.in_channels

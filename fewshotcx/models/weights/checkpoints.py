@@ -129,6 +129,10 @@ def _universeg_config(state_dict: dict[str, Tensor]) -> dict[str, Any]:
             "in_channels": max(in_channels, 1)}
 
 
+#: Checkpoint metadata that says how slices are cut for the network (see :class:`~fewshotcx.pipeline.slicing.Framing`).
+FRAMING_KEYS = ("slice_size", "pixel_mm", "context_mm")
+
+
 def load_universeg(
     spec: PathLike = "default", *, download: bool = True, return_metadata: bool = False, **overrides: Any
 ) -> UniverSeg | tuple[UniverSeg, dict[str, Any]]:
@@ -156,9 +160,12 @@ def load_universeg(
     check_keys(state_dict, model, str(path))
     model.load_state_dict(state_dict, strict=True)
     model.eval()
+    extra = dict(metadata["extra"]) if isinstance(metadata.get("extra"), dict) else {}
+    # How the checkpoint frames its slices travels with the network: fx.Segmenter(model=net) frames
+    # them the same way as fx.Segmenter(weights=...) (slice size, physical pixel size, context).
+    model.framing = {k: extra[k] for k in FRAMING_KEYS if extra.get(k) is not None}
     if return_metadata:
-        extra = metadata.get("extra")
-        return model, dict(extra) if isinstance(extra, dict) else {}
+        return model, extra
     return model
 
 
