@@ -94,9 +94,14 @@ class ModelSpec:
         return self.model
 
     def segmenter(self, **options: Any) -> Segmenter:
-        """A Segmenter on this network; ``options`` are Segmenter arguments (support_size, seed, ...)."""
+        """A Segmenter on this network; ``options`` are Segmenter arguments (support_size, seed, ...).
+
+        Support is matched by position unless ``strategy`` is given: these benchmarks measure the model
+        on scans of the same coverage, their protocol since 0.1 (the library's default ``"auto"`` adds a
+        registration per query; benchmarks/ct_cross_patient.py and cross_patient.py compare strategies)."""
         network = self.network()
-        return Segmenter(model=network, slice_size=self.slice_size, device=self.device, progress=False, **options)
+        return Segmenter(model=network, slice_size=self.slice_size, device=self.device, progress=False,
+                         **{"strategy": "position", **options})
 
     def describe(self) -> str:
         if self.in_memory:

@@ -301,6 +301,8 @@ class Segmenter:
         try:
             if getattr(self.backend, "strategy", None) in QUERY_AWARE:
                 self.backend.strategy = "position"  # the support is this very volume: same anatomy, same slices
+            if getattr(self.backend, "check_coverage", False):
+                self.backend.check_coverage = False  # a few drawn slices of the same scan: nothing to check
             self.fit([canonical], [labels], slices=[drawn_slices])
             if hasattr(self.backend, "complete_volume"):  # e.g. SAM 2: propagate the drawn slices themselves
                 probs = self.backend.complete_volume(canonical, labels, drawn_slices, self.classes, torch.as_tensor(

@@ -71,8 +71,21 @@ REGISTRY: dict[str, Checkpoint] = {
             size_bytes=None,
             sha256=None,
             licence="see docs/model_card.md",
-            description="fewshotcx's bundled UniverSeg checkpoint, a small model trained on CPU by this project "
-                        "(not the official UniverSeg weights; see docs/model_card.md)",
+            description="fewshotcx's bundled UniverSeg checkpoint: physical scale (128² slices of 2.5 mm around "
+                        "the body), trained by this project on one GPU on a CT-heavy mix (not the official UniverSeg "
+                        "weights; see docs/model_card.md)",
+            bundled=True,
+        ),
+        Checkpoint(
+            name="fov64",
+            backend="universeg",
+            filename="fov64_universeg.pt",
+            url=None,
+            size_bytes=None,
+            sha256=None,
+            licence="see docs/model_card.md",
+            description="fewshotcx 0.2's bundled default (64² slices fitted to the field of view, trained on CPU, "
+                        "mostly brains): kept so that the numbers measured with it stay reproducible",
             bundled=True,
         ),
         Checkpoint(
