@@ -16,7 +16,7 @@ FOV64=(--weights fov64)
 if [[ $lane == model || $lane == all ]]; then
   "$PY" -m fewshotcx.cli demo --out bench-output/demo
   cp bench-output/demo/results.csv "$R/demo.csv"
-  "$PY" benchmarks/ct_cross_patient.py --kinds cropped --out "$R"   # needs ../shared/data (LUNG1-001)
+  "$PY" benchmarks/ct_cross_patient.py --out "$R"   # needs ../shared/data (LUNG1-001)
   "$PY" benchmarks/retrieval_coverage.py --out "$R"
   "$PY" benchmarks/train_gpu.py --eval-only --out build/train-gpu --device cpu  # the GPU run's checkpoint
   "$PY" benchmarks/model_card.py "${FOV64[@]}" --out "$R" --threads 1
