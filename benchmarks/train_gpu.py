@@ -110,7 +110,7 @@ def report_tasks(dry_run: bool) -> list[CrossTask]:
     return lesion_cross_tasks(REPORT_LESIONS) + brain_cross_tasks(REPORT_STRUCTURES, directions="forward")
 
 
-def evaluate(checkpoint: Path, tasks: list[CrossTask], device: str) -> list[dict]:
+def evaluate(checkpoint, tasks: list[CrossTask], device: str) -> list[dict]:
     """Dice, HD95, surface Dice of the checkpoint on each task (Segmenter defaults, seed 0), with
     support matched by position: the model's own quality, comparable across checkpoints (the default
     ``strategy="auto"`` adds a registration that every checkpoint would share)."""
@@ -136,6 +136,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "sources), else written")
     parser.add_argument("--skip-eval", action="store_true", help="train only (evaluate later with --eval-only)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --out's checkpoint on the report set")
+    parser.add_argument("--weights", default=None,
+                        help="with --eval-only: a weights spec to evaluate (default, fov64, a path) instead of --out's")
     parser.add_argument("--device", default=None, help="evaluation device (default: cuda, cpu for --dry-run)")
     parser.add_argument("--dry-run", action="store_true", help="tiny model, synthetic data, CPU, a few steps")
     args = parser.parse_args(argv)
@@ -144,7 +146,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: no CUDA device (torch.cuda.is_available() is False); use --dry-run on a CPU", file=sys.stderr)
         return 2
     checkpoint = args.out / "universeg.pt"
+    if args.weights is not None and not args.eval_only:
+        parser.error("--weights goes with --eval-only")
     if args.eval_only:
+        checkpoint = args.weights or checkpoint
         run = {"resumed": "", "finished": "", "steps_done": "", "budget_seconds": "", "train_seconds": ""}
     else:
         run = run_training(checkpoint, args.dry_run, args.train_seconds, args.volume_cache)

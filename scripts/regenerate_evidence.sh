@@ -18,7 +18,9 @@ if [[ $lane == model || $lane == all ]]; then
   cp bench-output/demo/results.csv "$R/demo.csv"
   "$PY" benchmarks/ct_cross_patient.py --out "$R"   # needs ../shared/data (LUNG1-001)
   "$PY" benchmarks/retrieval_coverage.py --out "$R"
-  "$PY" benchmarks/train_gpu.py --eval-only --out build/train-gpu --device cpu  # the GPU run's checkpoint
+  "$PY" benchmarks/train_gpu.py --eval-only --weights default --device cpu
+  "$PY" benchmarks/train_gpu.py --eval-only --weights fov64 --device cpu --report "$R/train_gpu_heldout_fov64.csv"
+  "$PY" benchmarks/default_selection.py --out "$R"   # needs ../shared/data (sarcoma scans)
   "$PY" benchmarks/model_card.py "${FOV64[@]}" --out "$R" --threads 1
   "$PY" benchmarks/labelled_slices.py "${FOV64[@]}" --out "$R" --plots docs/img --threads 1
   "$PY" benchmarks/support_size.py "${FOV64[@]}" --structures "left thalamus" "right thalamus" \

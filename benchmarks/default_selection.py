@@ -1,0 +1,71 @@
+"""Choose the bundled default between two checkpoints on the *selection* set only.
+
+The GPU-trained physical-scale model replaces the previous default only if it does at least as well
+on the selection set (never on the report set, which is kept for reporting). Selection tasks here:
+the sarcoma patients' CT and MR (STS_001 and STS_002 → STS_003, the held-out selection patient; GTV,
+and on CT the HU-defined bone and fat), whole volumes, position-matched support, seed 0. The brain
+selection rows (hippocampus) come from ``train_gpu.py --eval-only`` (``train_gpu_heldout.csv`` and
+the same script with ``--weights fov64``).
+
+    python benchmarks/default_selection.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine_info, score, write_csv  # noqa: E402
+from fewshotcx import Segmenter, datasets  # noqa: E402
+
+CHECKPOINTS = ("default", "fov64")
+STRUCTURES = {"CT": ("GTV", "bone", "fat"), "MR_T1": ("GTV",)}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench-output/default_selection"))
+    args = parser.parse_args(argv)
+    if datasets.shared_data_dir() is None:
+        print("error: the sarcoma scans are development data in ../shared/data", file=sys.stderr)
+        return 2
+    rows = []
+    for modality, names in STRUCTURES.items():
+        cases = {c.name.split("/")[1][:7]: c for c in datasets.sts_cases([modality])}
+        if modality == "CT":
+            cases = {k: datasets.with_hu_anatomy(c) for k, c in cases.items()}
+        query = datasets.select_structures(cases["STS_003"], names)
+        for support_id in ("STS_001", "STS_002"):
+            support = datasets.select_structures(cases[support_id], names)
+            for weights in CHECKPOINTS:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    seg = Segmenter(weights=weights, strategy="position", progress=False, seed=0,
+                                    modality="ct" if modality == "CT" else "mr")
+                    pred = seg.fit([support.image], [support.labels]).predict(query.image).array
+                for value, name in enumerate(names, start=1):
+                    ref = query.labels.with_array((query.labels.array == value).astype(np.uint8))
+                    rows.append({"weights": weights, "modality": modality, "support": support_id, "query": "STS_003",
+                                 "structure": name, "data_role": "selection",
+                                 **score((pred == value).astype(np.uint8), ref)})
+                    print(f"{weights:8s} {modality:6s} {support_id} -> STS_003 {name:6s} dice {rows[-1]['dice']:.3f}",
+                          flush=True)
+    machine = machine_info()
+    rows = [{**r, "machine": machine} for r in rows]
+    write_csv(rows, args.out / "default_selection.csv")
+    summary = [{"weights": w, "dice_mean": round(float(np.mean([r["dice"] for r in rows if r["weights"] == w])), 4),
+                "n": sum(r["weights"] == w for r in rows)} for w in CHECKPOINTS]
+    write_csv(summary, args.out / "default_selection_summary.csv")
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
