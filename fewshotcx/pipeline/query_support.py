@@ -38,7 +38,7 @@ MIN_COVERAGE = 0.5
 _FEATURE_BATCH = 64
 #: Best retrieval similarity (Pearson correlation of slab thumbnails) below which a group of query
 #: slices has no counterpart in the support. Measured (benchmarks/retrieval_coverage.py): groups of
-#: one chest CT against another patient's chest CT score 0.72–0.85; a brain MR against chest CT
+#: one chest CT against another patient's chest CT score 0.72–0.85 (covered anatomy); a brain MR against chest CT
 #: support at most 0.47; LUNG1-001's neck slices, which CTChest4 does not cover, 0.45.
 MIN_SIMILARITY = 0.65
 #: Mean distance (relative position units) between a query group's position and its best retrieval
