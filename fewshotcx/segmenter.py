@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from typing import Any, Optional, Sequence, Union
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -246,7 +247,8 @@ class Segmenter:
         return original.with_array(reorient_array(result, canonical.affine, original.affine), label=True)
 
     # ------------------------------------------------------------------ canonical-space internals
-    def _canonical_probabilities(self, query: VolumeLike) -> tuple[Volume, Volume, np.ndarray]:
+    def _canonical_probabilities(self, query: VolumeLike, generator: Optional[torch.Generator] = None
+                                 ) -> tuple[Volume, Volume, np.ndarray]:
         """The query as given, its canonical form, and ``(L, X, Y, Z)`` probabilities on the canonical grid."""
         if self.support is None:
             raise RuntimeError("call fit() with labelled support volumes before predicting")
@@ -254,7 +256,7 @@ class Segmenter:
         canonical = original.canonical()
         self._check_query_modality(canonical.array)
         normalised = torch.as_tensor(normalize(canonical.array, self.support.modality, self.window), device=self.device)
-        generator = self._generator()
+        generator = self._generator() if generator is None else generator
         if isinstance(self.backend, VolumeBackend):
             probs = self.backend.predict_volume(canonical, normalised, generator)
         else:
@@ -287,6 +289,57 @@ class Segmenter:
     def _generator(self) -> torch.Generator:
         """A CPU generator seeded with ``seed``: the same draws on every device."""
         return torch.Generator(device="cpu").manual_seed(self.seed)
+
+    # ------------------------------------------------------------------ internal API
+    # What evaluation/, session.py and server/ use instead of the private members above: a change
+    # inside the Segmenter keeps these signatures (docs/architecture.md).
+    def canonical_probabilities(self, query: VolumeLike, generator: Optional[torch.Generator] = None
+                                ) -> tuple[Volume, Volume, np.ndarray]:
+        """The query as given, its canonical form, and ``(L, X, Y, Z)`` float32 probabilities in
+        ``[0, 1]`` on the canonical grid (``L`` = :attr:`classes`), before thresholding.
+
+        Args:
+            generator: the draws of this prediction; ``None`` = :meth:`generator` (the ``seed``'s).
+        """
+        return self._canonical_probabilities(query, generator)
+
+    def labels_from(self, probs: np.ndarray) -> np.ndarray:
+        """``(L, X, Y, Z)`` canonical probabilities → ``(X, Y, Z)`` canonical label map, thresholded and
+        post-processed exactly as :meth:`predict` does."""
+        return self._labels(probs)
+
+    def generator(self) -> torch.Generator:
+        """A fresh CPU generator seeded with ``seed`` (the same draws on every device)."""
+        return self._generator()
+
+    @property
+    def support_pools(self) -> Mapping[int, SupportPool]:
+        """Read-only view of the fitted slab pools, plane axis → pool (empty for volume backends)."""
+        return MappingProxyType(self.pools)
+
+    def copy_with(self, *, seed: Optional[int] = None, axes: Optional[Sequence[int]] = None,
+                  pools: Optional[Mapping[int, SupportPool]] = None, own_backend: bool = False) -> "Segmenter":
+        """A shallow copy for one independent draw or fold; ``self`` is left exactly as it is.
+
+        Args:
+            seed: the copy's seed (its :meth:`generator`).
+            axes: the copy's plane axes.
+            pools: the copy gets a copy of the backend fitted on these slab pools (backends rebind
+                their fitted state, :mod:`fewshotcx.backends.base`).
+            own_backend: give the copy its own shallow copy of the backend even without ``pools``
+                (e.g. before calling :meth:`fit` on the copy).
+        """
+        clone = copy.copy(self)
+        if seed is not None:
+            clone.seed = int(seed)
+        if axes is not None:
+            clone.axes = list(axes)
+        if pools is not None or own_backend:
+            clone.backend = copy.copy(self.backend)
+        if pools is not None:
+            clone.pools = dict(pools)
+            clone.backend.fit(clone.pools, clone.generator())
+        return clone
 
     # ------------------------------------------------------------------ uncertainty (fewshotcx.evaluation.uncertainty)
     def predict_uncertainty(self, query: VolumeLike, k: int = 8, measure: str = "entropy",

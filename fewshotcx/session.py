@@ -262,7 +262,7 @@ class ContourSession:
             positions=relative_position(torch.tensor(support, dtype=torch.float32), self.depth).to(slabs.device),
             volume_ids=torch.zeros(len(support), dtype=torch.long, device=slabs.device), classes=classes, axis=2)
         clone = copy.copy(backend)  # fit() rebinds its state: the segmenter's backend is untouched
-        generator = self.segmenter._generator()
+        generator = self.segmenter.generator()
         clone.fit({2: pool}, generator)
         geometry = self._geometry(self.image.shape, indices=slices, device=slabs.device)
         probs = clone.predict_slices(slabs[slices], geometry, generator)  # (N, L, s, s)

@@ -23,14 +23,7 @@ DATA_TABLES = {"io/deid_profile.py"}
 #: Known violations being removed (each must disappear from here as it is fixed; the tests fail
 #: on any violation not listed and on a listed one that is gone).
 KNOWN_CYCLES: list[list[str]] = []
-KNOWN_REACH_INS = {
-    "fewshotcx/evaluation/calibration.py:115: clone._canonical_probabilities",
-    "fewshotcx/evaluation/review.py:105: seg._labels",
-    "fewshotcx/evaluation/uncertainty.py:59: clone._generator",
-    "fewshotcx/evaluation/uncertainty.py:75: clone._canonical_probabilities",
-    "fewshotcx/evaluation/uncertainty.py:126: seg._labels",
-    "fewshotcx/session.py:265: self.segmenter._generator",
-}
+KNOWN_REACH_INS: set[str] = set()
 KNOWN_LONG = {"models/universeg.py"}
 #: Names under which code holds a Segmenter (``seg._x``, ``self.segmenter._x``, ...).
 SEGMENTER_NAMES = {"seg", "segmenter", "_segmenter", "clone"}
