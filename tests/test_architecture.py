@@ -1,6 +1,7 @@
 """Architecture rules, checked from the source (no imports of the package needed).
 
-- Imports only run downhill: the graph between the package's subpackages and root modules
+- Imports only run downhill: every import goes to its own layer or a lower one (:data:`LAYERS`), and
+  the graph between the package's subpackages and root modules
   (``fewshotcx.io``, ``fewshotcx.segmenter``, ...) has no cycle. Module-level and function-level
   (lazy) imports count, as do ``import_module`` calls with a literal name; imports under
   ``if TYPE_CHECKING:`` do not (they never run).
@@ -20,6 +21,20 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 MAX_LINES = 400
 #: Pure data tables, exempt from the line limit.
 DATA_TABLES = {"io/deid_profile.py"}
+#: The layers, bottom first (docs/architecture.md draws them). A node may import its own layer or a
+#: lower one, never a higher one; a new subpackage or root module must be placed here.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("foundation", {"io", "locks", "paths", "progress"}),
+    ("registration and data sets", {"registration", "datasets"}),
+    ("data path", {"pipeline", "viz"}),
+    ("networks", {"models", "sam"}),
+    ("adapters and training", {"backends", "training"}),
+    ("evaluation", {"evaluation"}),
+    ("segmenter and RT", {"segmenter", "rt"}),
+    ("workflows", {"session", "cohort", "baselines"}),
+    ("services", {"server", "demo"}),
+    ("entry points", {"cli", "client", "napari", "__main__"}),
+]
 #: Names under which code holds a Segmenter (``seg._x``, ``self.segmenter._x``, ...).
 SEGMENTER_NAMES = {"seg", "segmenter", "_segmenter", "clone"}
 
@@ -198,6 +213,29 @@ def test_import_reader_counts_lazy_imports_and_skips_type_checking(tmp_path):
 def test_no_import_cycle_between_subpackages():
     cycles = find_cycles(import_graph())
     assert not cycles, "imports must only run downhill; cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def uphill_imports(graph: dict[str, set[str]], layers: list[tuple[str, set[str]]]) -> list[str]:
+    """Edges that point to a higher layer, and nodes that no layer holds."""
+    level = {node: i for i, (_, nodes) in enumerate(layers) for node in nodes}
+    problems = [f"{node}: not in any layer of LAYERS" for node in sorted(graph) if node not in level]
+    for source in sorted(graph):
+        for target in sorted(graph[source]):
+            if source in level and target in level and level[target] > level[source]:
+                problems.append(f"{source} ({layers[level[source]][0]}) imports {target} ({layers[level[target]][0]})")
+    return problems
+
+
+def test_layer_check_finds_uphill_imports_and_unplaced_nodes():
+    layers = [("low", {"io"}), ("high", {"cli"})]
+    assert uphill_imports({"io": set(), "cli": {"io"}}, layers) == []
+    assert uphill_imports({"io": {"cli"}, "cli": set(), "new": set()}, layers) == [
+        "new: not in any layer of LAYERS", "io (low) imports cli (high)"]
+
+
+def test_imports_only_run_downhill_between_layers():
+    problems = uphill_imports(import_graph(), LAYERS)
+    assert not problems, "imports must run downhill (docs/architecture.md):\n" + "\n".join(problems)
 
 
 def _segmenter_private_reach_ins(path: Path, root: Path = ROOT) -> list[str]:
