@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,14 @@ def test_module_is_at_most_400_lines(path):
         pytest.skip("pure data table")
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines (> {MAX_LINES}): split it by concern"
+
+
+def test_architecture_page_draws_every_layer():
+    page = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    picture = page.split("```", 2)[1]  # the first fenced block: the layers
+    rows = [line for line in picture.splitlines() if line.strip() and line.strip() != "│"]
+    drawn = [re.split(r"\s{2,}", line.strip())[0] for line in rows if not line.startswith("   ")]
+    assert drawn == [name for name, _ in reversed(LAYERS)], "docs/architecture.md must draw LAYERS, top first"
+    for _, nodes in LAYERS:
+        for node in nodes:
+            assert f"{node}/" in picture or f"{node}.py" in picture, f"docs/architecture.md does not place {node}"
