@@ -34,11 +34,11 @@ import torch
 
 from .io.atomic import atomic_output
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
-from .pipeline.intensity import decide_modality, normalize
+from .pipeline.intensity import normalize
 from .pipeline.postprocess import keep_drawn, postprocess
 from .pipeline.slicing import Framing, extract_slabs, from_model_square, relative_position
 from .pipeline.support import SupportPool
-from .segmenter import Segmenter
+from .segmenter import Segmenter, decide_modality
 
 _FORMAT = "fewshotcx-contour-session"
 _VERSION = 1
