@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from typing import Any, Optional, Sequence, Union
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .backends import Backend, VolumeBackend, create_backend
 from .backends.base import QueryAwareBackend
@@ -22,81 +22,13 @@ from .locks import ReadWriteLock, reads, writes
 from .progress import show_progress
 from .io.grid import canonical_axial_slices
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
-from .pipeline.intensity import Modality, looks_like_ct, normalize
+from .pipeline.inference import DEFAULT_MEMORY_BUDGET, default_memory_budget, resolve_device, slab_probabilities  # noqa: F401
+from .pipeline.intensity import Modality, decide_modality, looks_like_ct, normalize
 from .pipeline.postprocess import keep_drawn, postprocess
-from .pipeline.slicing import AxisLike, Framing, extract_slabs, iter_chunks, plane_axes, reassemble, relative_position
+from .pipeline.slicing import AxisLike, Framing, plane_axes, relative_position
 from .pipeline.support import QUERY_AWARE, SupportPool, SupportVolumes, build_pool, check_support, support_classes
 
 VolumeLike = Union[Volume, PathLike]
-
-#: Working-memory budget for one chunk of query slabs through the model. On CPU, small chunks are
-#: faster (cache locality): about one v1 slab at 128² per call measured 1.6x faster than 1 GiB chunks
-#: (docs/performance.md); GPUs want large batches.
-DEFAULT_MEMORY_BUDGET = {"cpu": 128 << 20, "cuda": 8 << 30}
-
-
-def resolve_device(device: Union[str, torch.device]) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
-    return dev
-
-
-def decide_modality(images: Sequence[np.ndarray], modality: Modality) -> str:
-    """One intensity decision for a set of volumes: ``"ct"`` or ``"mr"``.
-
-    ``"auto"`` takes the majority of :func:`~fewshotcx.pipeline.intensity.looks_like_ct` over all of
-    ``images`` (a tie goes to CT), so a tightly cropped CT without air is not MR-normalised while its
-    neighbours are CT-windowed; it warns when the volumes disagree.
-    """
-    if modality != "auto":
-        if modality not in ("ct", "mr"):
-            raise ValueError(f"modality must be 'auto', 'ct' or 'mr', got {modality!r}")
-        return modality
-    votes = [looks_like_ct(a) for a in images]
-    decided = "ct" if 2 * sum(votes) >= len(votes) else "mr"
-    if 0 < sum(votes) < len(votes):
-        warnings.warn(f"modality='auto': {sum(votes)} of {len(votes)} support volumes look like CT; all are "
-                      f"normalised as {decided.upper()} (pass modality='ct' or 'mr' to decide)", stacklevel=3)
-    return decided
-
-
-def slab_probabilities(
-    backend: Backend,
-    normalised: torch.Tensor,
-    spacing: Sequence[float],
-    axes: Sequence[int],
-    generator: torch.Generator,
-    memory_budget: int,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Run a slab backend over a whole canonical volume and reassemble, averaging the plane axes.
-
-    Args:
-        normalised: ``(X, Y, Z)`` float32 in ``[0, 1]`` on the backend's device.
-        spacing: voxel size in mm (sets the in-plane aspect of the slabs).
-        axes: plane axes (2 = axial).
-        memory_budget: bytes per chunk of query slabs.
-    Returns:
-        ``(L, X, Y, Z)`` float32 probabilities in ``[0, 1]`` on the same grid.
-    """
-    total = None
-    framing = Framing.of(backend)
-    for axis in axes:
-        geometry = framing.geometry(tuple(normalised.shape), spacing, axis, device=normalised.device,
-                                    centre=framing.centre(normalised, axis))
-        chunks = list(iter_chunks(geometry, backend.bytes_per_slab(), memory_budget))
-        outputs = []
-        for start, stop in tqdm(chunks, desc=f"slices (axis {axis})", disable=not progress or len(chunks) < 2,
-                                leave=False):
-            part = geometry.subset(start, stop)
-            outputs.append(backend.predict_slices(extract_slabs(normalised, part), part, generator))
-        probs = reassemble(torch.cat(outputs), geometry)  # (L, X, Y, Z)
-        total = probs if total is None else total + probs
-    return (total / len(axes)).clamp_(0, 1)
 
 
 class Segmenter:
@@ -175,7 +107,7 @@ class Segmenter:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.threshold = float(threshold)
         self.postprocess = tuple(postprocess)
-        self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET.get(self.device.type, 128 << 20))
+        self.memory_budget = int(memory_budget or default_memory_budget(self.device))
         self.progress = progress
         self.pools: dict[int, SupportPool] = {}
         self.support: Optional[SupportVolumes] = None
@@ -319,7 +251,8 @@ class Segmenter:
         return original.with_array(reorient_array(result, canonical.affine, original.affine), label=True)
 
     # ------------------------------------------------------------------ canonical-space internals
-    def _canonical_probabilities(self, query: VolumeLike) -> tuple[Volume, Volume, np.ndarray]:
+    def _canonical_probabilities(self, query: VolumeLike, generator: Optional[torch.Generator] = None
+                                 ) -> tuple[Volume, Volume, np.ndarray]:
         """The query as given, its canonical form, and ``(L, X, Y, Z)`` probabilities on the canonical grid."""
         if self.support is None:
             raise RuntimeError("call fit() with labelled support volumes before predicting")
@@ -327,7 +260,7 @@ class Segmenter:
         canonical = original.canonical()
         self._check_query_modality(canonical.array)
         normalised = torch.as_tensor(normalize(canonical.array, self.support.modality, self.window), device=self.device)
-        generator = self._generator()
+        generator = self._generator() if generator is None else generator
         if isinstance(self.backend, VolumeBackend):
             probs = self.backend.predict_volume(canonical, normalised, generator)
         else:
@@ -360,6 +293,57 @@ class Segmenter:
     def _generator(self) -> torch.Generator:
         """A CPU generator seeded with ``seed``: the same draws on every device."""
         return torch.Generator(device="cpu").manual_seed(self.seed)
+
+    # ------------------------------------------------------------------ internal API
+    # What evaluation/, session.py and server/ use instead of the private members above: a change
+    # inside the Segmenter keeps these signatures (docs/architecture.md).
+    def canonical_probabilities(self, query: VolumeLike, generator: Optional[torch.Generator] = None
+                                ) -> tuple[Volume, Volume, np.ndarray]:
+        """The query as given, its canonical form, and ``(L, X, Y, Z)`` float32 probabilities in
+        ``[0, 1]`` on the canonical grid (``L`` = :attr:`classes`), before thresholding.
+
+        Args:
+            generator: the draws of this prediction; ``None`` = :meth:`generator` (the ``seed``'s).
+        """
+        return self._canonical_probabilities(query, generator)
+
+    def labels_from(self, probs: np.ndarray) -> np.ndarray:
+        """``(L, X, Y, Z)`` canonical probabilities → ``(X, Y, Z)`` canonical label map, thresholded and
+        post-processed exactly as :meth:`predict` does."""
+        return self._labels(probs)
+
+    def generator(self) -> torch.Generator:
+        """A fresh CPU generator seeded with ``seed`` (the same draws on every device)."""
+        return self._generator()
+
+    @property
+    def support_pools(self) -> Mapping[int, SupportPool]:
+        """Read-only view of the fitted slab pools, plane axis → pool (empty for volume backends)."""
+        return MappingProxyType(self.pools)
+
+    def copy_with(self, *, seed: Optional[int] = None, axes: Optional[Sequence[int]] = None,
+                  pools: Optional[Mapping[int, SupportPool]] = None, own_backend: bool = False) -> "Segmenter":
+        """A shallow copy for one independent draw or fold; ``self`` is left exactly as it is.
+
+        Args:
+            seed: the copy's seed (its :meth:`generator`).
+            axes: the copy's plane axes.
+            pools: the copy gets a copy of the backend fitted on these slab pools (backends rebind
+                their fitted state, :mod:`fewshotcx.backends.base`).
+            own_backend: give the copy its own shallow copy of the backend even without ``pools``
+                (e.g. before calling :meth:`fit` on the copy).
+        """
+        clone = copy.copy(self)
+        if seed is not None:
+            clone.seed = int(seed)
+        if axes is not None:
+            clone.axes = list(axes)
+        if pools is not None or own_backend:
+            clone.backend = copy.copy(self.backend)
+        if pools is not None:
+            clone.pools = dict(pools)
+            clone.backend.fit(clone.pools, clone.generator())
+        return clone
 
     # ------------------------------------------------------------------ uncertainty (fewshotcx.evaluation.uncertainty)
     def predict_uncertainty(self, query: VolumeLike, k: int = 8, measure: str = "entropy",

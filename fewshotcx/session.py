@@ -264,7 +264,7 @@ class ContourSession:
         clone = copy.copy(backend)  # fit() rebinds its state: the segmenter's backend is untouched
         if getattr(clone, "strategy", None) in QUERY_AWARE:
             clone.strategy = "position"  # the drawn slices of this very image: matched by position
-        generator = self.segmenter._generator()
+        generator = self.segmenter.generator()
         clone.fit({2: pool}, generator)
         geometry = self._geometry(self.image.shape, indices=slices, device=slabs.device)
         probs = clone.predict_slices(slabs[slices], geometry, generator)  # (N, L, s, s)

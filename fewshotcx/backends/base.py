@@ -8,7 +8,7 @@
   (thresholding, post-processing, one reorientation to the query's own layout).
 
 A backend may implement both (a hybrid); the segmenter then calls both ``fit`` methods and
-``predict_volume``, which may use :func:`fewshotcx.segmenter.slab_probabilities` for its slab part.
+``predict_volume``, which may use :func:`fewshotcx.pipeline.inference.slab_probabilities` for its slab part.
 Backends keep fitted state in attributes that ``fit``/``fit_volumes`` *rebind* (never mutate shared
 objects in place): :meth:`fewshotcx.Segmenter.complete` relies on that to leave an earlier fit intact.
 """

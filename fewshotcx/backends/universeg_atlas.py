@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 
 from ..io.volume import Volume
+from ..pipeline.inference import default_memory_budget, slab_probabilities
 from ..pipeline.slicing import SliceGeometry
 from ..pipeline.support import SupportPool, SupportVolumes
 from .universeg import UniverSegBackend
@@ -116,11 +117,9 @@ class UniverSegAtlasBackend:
                       ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(in-context, atlas prior)`` probabilities, each ``(L, X, Y, Z)``, before fusion; the prior is
         ``None`` when no support volume registered (``strategy="auto"``)."""
-        from ..segmenter import DEFAULT_MEMORY_BUDGET, slab_probabilities
-
         if self.support is None:
             raise RuntimeError("fit() the backend before predicting")
-        budget = self.memory_budget or DEFAULT_MEMORY_BUDGET.get(self.device.type, 128 << 20)
+        budget = self.memory_budget or default_memory_budget(self.device)
         with self.universeg.query_context(self.support, query, normalised, generator) as for_query:
             in_context = slab_probabilities(for_query, normalised.to(self.device), query.spacing,
                                             sorted(for_query.pools), generator, budget)

@@ -122,7 +122,7 @@ def export_dataset(
         raise ValueError(f"got {len(images)} images and {len(labels)} labels; need the same non-zero number")
     cases = [_case_pair(img, lab, i) for i, (img, lab) in enumerate(zip(images, labels))]
     if channel_names is None:  # MR must not get CT normalisation
-        from ..segmenter import decide_modality  # noqa: PLC0415
+        from ..pipeline.intensity import decide_modality  # noqa: PLC0415
 
         channel_names = {"0": "CT" if decide_modality([img.array for img, _ in cases], modality) == "ct" else "MRI"}
     channel_names = dict(channel_names)

@@ -17,6 +17,7 @@ import sys
 from importlib import import_module
 from typing import Optional, Sequence
 
+from .. import __version__
 from ..datasets.sources import DatasetError
 from ..io.volume import VolumeError
 from .common import EXIT_USAGE, CliError, OneLineParser
@@ -24,7 +25,7 @@ from .common import EXIT_USAGE, CliError, OneLineParser
 EXIT_INTERNAL = 1
 
 #: Modules of :mod:`fewshotcx.cli` that contribute sub-commands, in ``--help`` order.
-COMMANDS = ("predict", "complete", "compare", "cohort", "train", "weights", "rt", "serve")
+COMMANDS = ("predict", "complete", "compare", "cohort", "train", "demo", "weights", "rt", "serve")
 
 #: Exceptions that mean "the user's input or options are wrong" (exit 2); anything else is internal.
 USER_ERRORS = (CliError, VolumeError, DatasetError, FileExistsError, FileNotFoundError, NotADirectoryError,
@@ -48,6 +49,7 @@ def missing_extra(exc: ImportError) -> Optional[str]:
 def build_parser() -> OneLineParser:
     """The ``fewshotcx`` parser with every sub-command of :data:`COMMANDS`."""
     parser = OneLineParser(prog="fewshotcx", description="Few-shot in-context segmentation of 3D medical images.")
+    parser.add_argument("--version", action="version", version=f"fewshotcx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         import_module(f".{name}", __package__).register(sub)

@@ -1,31 +1,18 @@
-"""``fewshotcx weights`` (list, locate, verify checkpoints) and ``fewshotcx demo``."""
+"""``fewshotcx weights``: list, locate, verify checkpoints."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .common import CliError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fewshotcx demo`` and ``fewshotcx weights``."""
-    p = subparsers.add_parser("demo", help="run the bundled model on real package-shipped data")
-    p.add_argument("--out", default="demo-output", help="output directory")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo run in --out")
-    p.set_defaults(func=run_demo)
-
+    """Add ``fewshotcx weights``."""
     p = subparsers.add_parser("weights", help="list, locate or verify checkpoints")
     p.add_argument("action", choices=["list", "locate", "verify"])
     p.add_argument("name", nargs="?", help="registry name or path (locate/verify)")
     p.set_defaults(func=run_weights)
-
-
-def run_demo(args: argparse.Namespace) -> None:
-    from ..demo import run_demo as demo
-
-    demo(Path(args.out), device=args.device, overwrite=args.overwrite)
 
 
 def run_weights(args: argparse.Namespace) -> None:

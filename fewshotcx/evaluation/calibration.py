@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
@@ -102,9 +101,8 @@ def fit_temperature(seg: "Segmenter", temperatures: Sequence[float] = TEMPERATUR
     segmenter itself is left exactly as fitted."""
     probs, labels = [], []
     for train, slices, held, held_slices in support_folds(seg):
-        clone = copy.copy(seg)
-        clone.backend = copy.copy(seg.backend)
-        clone.axes = [2] if slices is not None and any(s is not None for s in slices) else seg.axes
+        clone = seg.copy_with(axes=[2] if slices is not None and any(s is not None for s in slices) else seg.axes,
+                              own_backend=True)
         support = seg.support
         try:
             clone.fit([support.images[j] for j in train], [support.labels[j] for j in train], slices=slices)
@@ -112,7 +110,7 @@ def fit_temperature(seg: "Segmenter", temperatures: Sequence[float] = TEMPERATUR
             if "empty" not in str(exc):
                 raise
             continue
-        _, _, p = clone._canonical_probabilities(support.images[held])
+        _, _, p = clone.canonical_probabilities(support.images[held])
         reference = support.labels[held].array
         for i, value in enumerate(seg.classes):
             y, q = reference[..., held_slices] == value, p[i][..., held_slices]

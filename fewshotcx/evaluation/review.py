@@ -102,7 +102,7 @@ def review(seg: "Segmenter", query: "VolumeLike", k: int = 8, flag_below: float 
         raise ValueError(f"flag_below must be in (0, 1], got {flag_below}")
     _, canonical, samples = canonical_samples(seg, query, k, fraction)
     probs = np.mean(samples, axis=0)
-    labels = seg._labels(probs)
+    labels = seg.labels_from(probs)
     return Review(canonical, probs, labels, uncertainty_map(samples, measure),
                   slice_scores(probs, labels, seg.classes), tuple(seg.classes), float(flag_below))
 

@@ -18,7 +18,6 @@ Uncertainty of a voxel:
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
@@ -50,14 +49,12 @@ def draw_segmenter(seg: "Segmenter", draw: int, fraction: float = 0.5) -> "Segme
     backends rebind their fitted state, see :mod:`fewshotcx.backends.base`)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    clone = copy.copy(seg)
-    clone.seed = derived_generator(seg.seed, _DRAW_KEY, draw).initial_seed()
-    if isinstance(seg.backend, Backend) and seg.pools:
-        generator = derived_generator(clone.seed, _DRAW_KEY)
-        clone.pools = {axis: subsample_pool(pool, fraction, generator) for axis, pool in seg.pools.items()}
-        clone.backend = copy.copy(seg.backend)
-        clone.backend.fit(clone.pools, clone._generator())
-    return clone
+    seed = derived_generator(seg.seed, _DRAW_KEY, draw).initial_seed()
+    if isinstance(seg.backend, Backend) and seg.support_pools:
+        generator = derived_generator(seed, _DRAW_KEY)
+        pools = {axis: subsample_pool(pool, fraction, generator) for axis, pool in seg.support_pools.items()}
+        return seg.copy_with(seed=seed, pools=pools)
+    return seg.copy_with(seed=seed)
 
 
 def canonical_samples(seg: "Segmenter", query: "VolumeLike", k: int = 8, fraction: float = 0.5
@@ -72,7 +69,7 @@ def canonical_samples(seg: "Segmenter", query: "VolumeLike", k: int = 8, fractio
         clone = draw_segmenter(seg, draw, fraction)
         for axis in seg.axes:
             clone.axes = [axis]
-            original, canonical, probs = clone._canonical_probabilities(query if original is None else original)
+            original, canonical, probs = clone.canonical_probabilities(query if original is None else original)
             samples.append(probs)
     return original, canonical, samples
 
@@ -123,6 +120,6 @@ def predict_samples(seg: "Segmenter", query: "VolumeLike", k: int = 8, fraction:
     out = []
     for draw in range(k):
         probs = np.mean(samples[draw * planes:(draw + 1) * planes], axis=0)
-        labels = seg._labels(probs)
+        labels = seg.labels_from(probs)
         out.append(original.with_array(reorient_array(labels, canonical.affine, original.affine), label=True))
     return out

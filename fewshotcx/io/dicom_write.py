@@ -30,7 +30,7 @@ def write_dicom_series(volume: Volume, directory: PathLike, overwrite: bool = Fa
     """Write ``volume`` as a de-identified CT or MR Image Storage series, one file per slice.
 
     ``modality``: ``"ct"`` (CT Image Storage, values in HU: ``RescaleType = HU``), ``"mr"`` (MR Image
-    Storage, no Hounsfield claim) or ``"auto"`` (:func:`~fewshotcx.pipeline.intensity.looks_like_ct`).
+    Storage, no Hounsfield claim) or ``"auto"`` (:func:`~fewshotcx.io.intensity.looks_like_ct`).
     ``burned_in_annotation``: whether the voxels show burned-in text (e.g. converted from a
     screenshot); written as ``BurnedInAnnotation``, and such a series is not marked de-identified
     (``PatientIdentityRemoved = NO``), since de-identification does not touch pixels.
@@ -60,7 +60,7 @@ def write_dicom_series(volume: Volume, directory: PathLike, overwrite: bool = Fa
     integral = np.allclose(values, np.round(values))
     slope = 1.0 if integral and span <= 65535 else max(span, 1e-12) / 65535
     if modality == "auto":
-        from ..pipeline.intensity import looks_like_ct  # noqa: PLC0415
+        from .intensity import looks_like_ct  # noqa: PLC0415
 
         modality = "ct" if looks_like_ct(vol.array) else "mr"
     if modality not in ("ct", "mr"):

@@ -38,7 +38,7 @@ from .augment import AugmentConfig, augment_episode
 from ..pipeline.intensity import minmax_per_slice
 from ..pipeline.slicing import Framing
 from ..models.universeg import UniverSeg, inflate_to_context
-from ..segmenter import resolve_device
+from ..pipeline.inference import resolve_device
 from .synthetic import synthetic_cases
 from ..datasets.cases import canonical_name
 from .tasks import Episode, LabelledVolume, Task, build_tasks, fixed_episodes, sample_episode, split_tasks, user_volumes
