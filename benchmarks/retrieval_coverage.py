@@ -2,8 +2,9 @@
 
 For each pair (support → query, axial), every group of 8 query slices gets its best retrieval similarity
 to the support pool (:func:`fewshotcx.pipeline.support.retrieval_similarity`, the bundled model's
-framing) and the distance between the best match's relative position and the group's own. These set
-``MIN_SIMILARITY`` and ``MAX_POSITION_MISMATCH`` in :mod:`fewshotcx.pipeline.query_support`:
+framing), the distance between the best match's relative position and the group's own, and the
+similarity position matching gives away (:func:`~fewshotcx.pipeline.query_support.position_gap`).
+These set ``MIN_SIMILARITY`` and ``MAX_POSITION_GAP`` in :mod:`fewshotcx.pipeline.query_support`:
 
 * chest CT → chest CT of another patient (LUNG1-001 ↔ CTChest4), whole query and its caudal 60 %;
 * chest CT support → brain MR query (Colin27): anatomy the support does not have.
@@ -28,7 +29,7 @@ from ct_cross_patient import CROP, LUNG1, crop, ctchest4, lung1_001  # noqa: E40
 from fewshotcx import datasets  # noqa: E402
 from fewshotcx.backends.universeg import UniverSegBackend  # noqa: E402
 from fewshotcx.pipeline.intensity import normalize  # noqa: E402
-from fewshotcx.pipeline.query_support import SlabSettings, query_descriptors  # noqa: E402
+from fewshotcx.pipeline.query_support import SlabSettings, position_gap, query_descriptors  # noqa: E402
 from fewshotcx.pipeline.slicing import Framing  # noqa: E402
 from fewshotcx.pipeline.support import build_pool, retrieval_similarity  # noqa: E402
 
@@ -43,9 +44,11 @@ def groups(support, query, framing: Framing, modality: str) -> list[dict]:
                                                         query.spacing, 2, settings), pool)
     best, match = similarity.max(dim=1)
     depth = query.shape[2]
+    gap = position_gap(similarity, pool, depth, GROUP)
     own = (torch.arange(len(best)) * GROUP + (GROUP - 1) / 2).clamp(max=depth - 1) / max(depth - 1, 1)
     return [{"group": g, "first_slice": g * GROUP, "best_similarity": round(float(best[g]), 4),
-             "position_distance": round(float((pool.positions[match[g]] - own[g]).abs()), 4)} for g in range(len(best))]
+             "position_distance": round(float((pool.positions[match[g]] - own[g]).abs()), 4),
+             "position_gap": round(float(gap[g]), 4)} for g in range(len(best))]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

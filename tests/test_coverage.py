@@ -35,10 +35,12 @@ def test_position_matching_across_different_coverage_is_warned_against():
     pool = _pool([0.0, 0.5, 1.0])
     aligned = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.9, 0.1], [0.0, 0.1, 0.9]])  # group g matches position g/2
     shifted = torch.tensor([[0.1, 0.9, 0.0], [0.0, 0.1, 0.9], [0.0, 0.1, 0.9]])  # the query is the support's top half
+    noise = torch.tensor([[0.36, 0.38, 0.35], [0.37, 0.35, 0.39], [0.38, 0.36, 0.37]])  # nothing stands out
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_coverage(aligned, pool, depth=24, group_size=8, strategy="position")
         check_coverage(shifted, pool, depth=24, group_size=8, strategy="retrieval")  # retrieval copes: no warning
+        check_coverage(noise, pool, depth=24, group_size=8, strategy="position")  # no evidence either way
     with pytest.warns(UserWarning, match="cover different anatomy"):
         check_coverage(shifted, pool, depth=24, group_size=8, strategy="position")
 

@@ -41,10 +41,14 @@ _FEATURE_BATCH = 64
 #: one chest CT against another patient's chest CT score 0.72–0.85 (covered anatomy); a brain MR against chest CT
 #: support at most 0.47; LUNG1-001's neck slices, which CTChest4 does not cover, 0.45.
 MIN_SIMILARITY = 0.65
-#: Mean distance (relative position units) between a query group's position and its best retrieval
-#: match above which position matching is warned against: 0.07–0.08 between two chest CTs of the
-#: same coverage, 0.19–0.23 when the query covers 60 % of it (benchmarks/retrieval_coverage.py).
-MAX_POSITION_MISMATCH = 0.15
+#: Mean gap between a query group's best retrieval similarity and its best similarity among the
+#: support slabs at its own relative position (± :data:`POSITION_WINDOW`) above which position
+#: matching is warned against: 0.05–0.07 between two chest CTs of the same coverage, 0.21–0.27 when the
+#: query covers 60 % of it (benchmarks/retrieval_coverage.py); noise images give small gaps, since
+#: nothing there is more similar than anything else.
+MAX_POSITION_GAP = 0.12
+#: Relative-position window that position matching draws from (its temperature is 0.05).
+POSITION_WINDOW = 0.05
 
 
 class CoverageWarning(UserWarning):
@@ -62,16 +66,17 @@ class CoverageWarning(UserWarning):
 
 def check_coverage(similarity: torch.Tensor, pool: SupportPool, depth: int, group_size: int, strategy: str) -> None:
     """Warn where the query's anatomy lies outside the support's (:class:`CoverageWarning`, naming the
-    slices) and, for ``"position"``, when the best matches sit at other relative positions than the
-    query's own (support and query cover different ranges: position matching draws the wrong anatomy).
+    slices; retrieval, which draws by this similarity) and, for ``"position"``, when the best matches
+    sit at other relative positions than the query's own (support and query cover different ranges:
+    position matching draws the wrong anatomy).
 
     Args:
         similarity: ``(G, M)`` query-group × pool similarity (:func:`retrieval_similarity`).
         depth: query slices along the pool's axis; ``group_size``: slices per group.
     """
-    best, match = similarity.max(dim=1)
+    best = similarity.amax(dim=1)
     outside = (best < MIN_SIMILARITY).cpu()
-    if outside.any():
+    if outside.any() and strategy != "position":
         slices = [z for g in outside.nonzero().flatten().tolist()
                   for z in range(g * group_size, min((g + 1) * group_size, depth))]
         warnings.warn(CoverageWarning(
@@ -79,15 +84,27 @@ def check_coverage(similarity: torch.Tensor, pool: SupportPool, depth: int, grou
             f"(best retrieval similarity below {MIN_SIMILARITY}): the support does not cover that anatomy, so "
             f"their prediction (often empty) has nothing to rest on; review slices {_ranges(slices)}",
             pool.axis, slices), stacklevel=5)
-    if strategy != "position" or bool(outside.all()):
+    if strategy != "position":
         return
-    centres = (torch.arange(len(best), dtype=torch.float32) * group_size + (group_size - 1) / 2).clamp(max=depth - 1)
-    own = centres / max(depth - 1, 1)
-    mismatch = float((pool.positions[match].cpu() - own).abs()[~outside].mean())
-    if mismatch > MAX_POSITION_MISMATCH:
-        warnings.warn(f"support and query seem to cover different anatomy (their most similar slices lie "
-                      f"{mismatch:.2f} apart in relative position, axis {pool.axis}): strategy='position' matches "
-                      "slices by relative position; pass strategy='auto' or 'retrieval'", stacklevel=5)
+    gap = float(position_gap(similarity, pool, depth, group_size).mean())
+    if gap > MAX_POSITION_GAP:
+        warnings.warn(f"support and query seem to cover different anatomy (the support slices most like the query "
+                      f"lie elsewhere than at the same relative height: similarity {gap:.2f} higher on average, axis "
+                      f"{pool.axis}): strategy='position' matches slices by relative height; pass strategy='auto' or "
+                      "'retrieval'", stacklevel=5)
+
+
+def position_gap(similarity: torch.Tensor, pool: SupportPool, depth: int, group_size: int) -> torch.Tensor:
+    """``(G,)``: each query group's best similarity minus its best among the pool slabs nearest its own
+    relative position (within :data:`POSITION_WINDOW` of the nearest), i.e. what position matching
+    gives away."""
+    groups = similarity.shape[0]
+    centres = (torch.arange(groups, dtype=torch.float32) * group_size + (group_size - 1) / 2).clamp(max=depth - 1)
+    own = (centres / max(depth - 1, 1)).to(similarity.device)
+    distance = (pool.positions.to(similarity.device)[None, :] - own[:, None]).abs()  # (G, M)
+    near = distance <= distance.amin(dim=1, keepdim=True) + POSITION_WINDOW  # what position matching draws from
+    at_own = torch.where(near, similarity, torch.full_like(similarity, -1.0)).amax(dim=1)
+    return (similarity.amax(dim=1) - at_own).cpu()
 
 
 def _ranges(slices: Sequence[int]) -> str:
@@ -247,6 +264,7 @@ def _pool_on_query(images: Sequence[np.ndarray], labels: Sequence[Volume], cover
     return build_pool(images, labels, axis, settings.framing, covered, classes, device=settings.device)
 
 
-__all__ = ["CoverageWarning", "DEFAULT_REGISTRATION", "MAX_POSITION_MISMATCH", "MIN_SIMILARITY", "QuerySupport",
-           "SlabSettings", "check_coverage", "prepare_query_support", "query_descriptors", "register_support",
+__all__ = ["CoverageWarning", "DEFAULT_REGISTRATION", "MAX_POSITION_GAP", "MIN_SIMILARITY", "QuerySupport",
+           "SlabSettings", "check_coverage", "position_gap", "prepare_query_support", "query_descriptors",
+           "register_support",
            "similarity_to_pools", "support_name"]
