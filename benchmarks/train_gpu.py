@@ -163,7 +163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = [{**r, **common} for r in rows]
     for r in rows:
         print(f"{r['task']:45s} dice {r['dice']:.3f}  hd95 {r['hd95']}  nsd {r['nsd']:.3f}  {r['data_role']}")
-    print(f"wrote {write_csv(rows, args.report)} (training log: {checkpoint.with_suffix('.csv')})")
+    print(f"wrote {write_csv(rows, args.report)} (training log: {Path(checkpoint).with_suffix('.csv')})")
     return 0
 
 
