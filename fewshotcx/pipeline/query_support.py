@@ -31,7 +31,9 @@ from .support import (
 )
 
 #: Registration transform used by ``"registered"``/``"auto"`` unless the backend is told otherwise.
-DEFAULT_REGISTRATION = "affine"
+#: Deformable (affine, then demons), as the atlas backend: what benchmarks/ct_cross_patient.py measured
+#: for the default ``strategy="auto"``.
+DEFAULT_REGISTRATION = "deformable"
 #: A warped support slice joins the pool when it covers at least this share of the best-covered slice.
 MIN_COVERAGE = 0.5
 #: Query slabs described per batch (bounds memory on long volumes).
