@@ -30,6 +30,11 @@ def test_the_default_is_auto_with_simpleitk_and_retrieval_without(monkeypatch):
     assert fx.Segmenter(model=_model(), progress=False).backend.strategy == "retrieval"
     assert fx.Segmenter(model=_model(), progress=False, strategy="position").backend.strategy == "position"
     assert backends.DEFAULT_STRATEGY is None  # nothing pinned for this module's tests
+    monkeypatch.setenv(backends.STRATEGY_ENV, "random")
+    assert fx.Segmenter(model=_model(), progress=False).backend.strategy == "random"
+    monkeypatch.setenv(backends.STRATEGY_ENV, "nearest")
+    with pytest.raises(ValueError, match="unknown support strategy"):
+        fx.Segmenter(model=_model(), progress=False)
 
 
 def test_complete_and_contour_sessions_match_by_position_under_the_default():

@@ -11,15 +11,24 @@ from .base import Backend, VolumeBackend
 BACKENDS = ("universeg", "sam", "universeg+sam", "sam2", "atlas", "universeg+atlas")
 #: Support strategy of the UniverSeg backends when none is given; ``None`` = :func:`default_strategy`.
 DEFAULT_STRATEGY: Optional[str] = None
+#: Environment variable that sets the default strategy for a whole site or run (workers included).
+STRATEGY_ENV = "FEWSHOTCX_DEFAULT_STRATEGY"
 
 
 def default_strategy() -> str:
-    """``"auto"`` (support registered onto each query, retrieval where registration fails its check)
-    where SimpleITK is installed, else ``"retrieval"``: both find the query's anatomy in the support
-    whatever the scans cover; ``"position"`` assumes they cover the same range
-    (docs/cross_patient.md, benchmarks/ct_cross_patient.py)."""
-    if DEFAULT_STRATEGY is not None:
-        return DEFAULT_STRATEGY
+    """The support strategy when none is given: :data:`DEFAULT_STRATEGY` if set, else
+    ``$FEWSHOTCX_DEFAULT_STRATEGY`` if set, else ``"auto"`` (support registered onto each query,
+    retrieval where registration fails its check) where SimpleITK is installed and ``"retrieval"``
+    where it is not: both find the query's anatomy in the support whatever the scans cover;
+    ``"position"`` assumes they cover the same range (docs/cross_patient.md,
+    benchmarks/ct_cross_patient.py)."""
+    import os
+
+    from ..pipeline.support import check_strategy
+
+    chosen = DEFAULT_STRATEGY or os.environ.get(STRATEGY_ENV)
+    if chosen:
+        return check_strategy(chosen)
     import importlib.util
 
     return "auto" if importlib.util.find_spec("SimpleITK") is not None else "retrieval"
@@ -97,4 +106,4 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
     raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["Backend", "BACKENDS", "DEFAULT_STRATEGY", "create_backend", "default_strategy"]
+__all__ = ["Backend", "BACKENDS", "DEFAULT_STRATEGY", "STRATEGY_ENV", "create_backend", "default_strategy"]
