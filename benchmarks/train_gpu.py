@@ -1,17 +1,17 @@
-"""Train a stronger default UniverSeg on one GPU in about 8 minutes, then evaluate it on the held-out set.
+"""Train the bundled default UniverSeg on one GPU for a time budget, then evaluate it on the held-out set.
 
-The model: the v1 width (64 features per CrossBlock) at 128² slices, 2.5D (context 1), trained on the
-same data with the same held-out volumes and structures as the bundled model (docs/model_card.md,
-``scripts/train_default.sh``), bf16 autocast on CUDA (the training loop's default there).
+The model: width 32 at 128² slices of 2.5 mm around the body (physical framing), 2.5D (context 1,
+neighbours 3 mm apart), on the CT-heavy mix with the held-out sets of docs/model_card.md, bf16
+autocast on CUDA (the training loop's default there). The bundled checkpoint is this run on an
+NVIDIA H200 with ``--train-seconds 400`` (2,450 steps; ``benchmarks/results/train_gpu_log.csv``).
 
-Training runs as ``fewshotcx train`` in a subprocess with a wall-clock limit (``--train-seconds``):
-if the limit cuts it short, the last checkpoint (every ``--checkpoint-every`` steps) stays, the CSV
-says how many steps were done, and running the same command again resumes (``--resume``) from it.
-Then the checkpoint is evaluated through the full pipeline (``Segmenter``, whole volumes, default
-options) on the model card's held-out report set; one row per task goes to ``--report``.
-
-Not yet run on a GPU: the step count (1,500 steps × 4 episodes) is an estimate to fit the budget, not
-a measurement. ``--dry-run`` trains a tiny network on synthetic data on the CPU for a few steps and
+Training runs as ``fewshotcx train --max-seconds`` in a subprocess: the cosine schedule decays to 0 by
+the end of the budget, whatever step count it allows. The real sources' volumes come from
+``--volume-cache`` (written on a machine that has them, read on a GPU machine without network).
+Then the checkpoint is evaluated through the full pipeline (``Segmenter``, whole volumes,
+position-matched support) on the model card's held-out sets; one row per task goes to ``--report``.
+``--skip-eval`` trains only; ``--eval-only [--weights SPEC] --device cpu`` evaluates later, where the
+data is. ``--dry-run`` trains a tiny network on synthetic data on the CPU for a few steps and
 evaluates it on a synthetic cross-subject task (end to end in well under a minute).
 
     python benchmarks/train_gpu.py [--out build/train-gpu] [--report benchmarks/results/train_gpu_heldout.csv]
