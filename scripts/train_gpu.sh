@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Trains a stronger default UniverSeg on one GPU in about 8 minutes (v1 width 64, 128^2 slices, 2.5D,
-# same data and held-out rules as scripts/train_default.sh / docs/model_card.md), then evaluates it on
-# the model card's held-out set into benchmarks/results/train_gpu_heldout.csv. Training stops at
-# --train-seconds (default 400); run the script again to resume from build/train-gpu/universeg.pt.
-#   scripts/train_gpu.sh [--out DIR] [--report CSV] [--train-seconds S] [--dry-run]
+# Trains the bundled default UniverSeg on one GPU for a time budget (physical scale, 128² slices of
+# 2.5 mm, width 32, CT-heavy mix; docs/model_card.md), then evaluates it on the held-out sets into
+# benchmarks/results/train_gpu_heldout.csv. See benchmarks/train_gpu.py for the options:
+#   scripts/train_gpu.sh [--out DIR] [--report CSV] [--train-seconds S] [--volume-cache F] [--skip-eval]
+#                        [--eval-only [--weights SPEC] --device cpu] [--dry-run]
 # --dry-run: tiny model, synthetic data, CPU, a few steps, end to end (under a minute on an idle CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
