@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine_info, score, summarise, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume, datasets, load_volume  # noqa: E402
-from fewshotcx.io.rtstruct import read_rtstruct  # noqa: E402
+from fewshotcx.rt.rtstruct import read_rtstruct  # noqa: E402
 
 LUNG1 = Path("mirp/ct_images_seg_nsclc/LUNG1-001")
 STRUCTURES = ("left lung", "right lung")

@@ -39,7 +39,7 @@ from fewshotcx import datasets
 from fewshotcx import registration as reg
 from fewshotcx.datasets import resample_to_spacing
 from fewshotcx.io.dicom import read_dicom_series
-from fewshotcx.io.rtstruct import read_rtstruct
+from fewshotcx.rt.rtstruct import read_rtstruct
 
 from common import brain_cases, crop_axial, machine_info, print_table, write_csv
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine_info, print_table, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume  # noqa: E402
-from fewshotcx.sam.sam2_models import build_video_predictor  # noqa: E402
+from fewshotcx.models.sam.sam2_models import build_video_predictor  # noqa: E402
 
 CONFIGS = ("sam2.1_hiera_t", "sam2.1_hiera_b+")
 

@@ -9,7 +9,7 @@ support and query slice goes once through the ViT image encoder (1024 × 1024), 
 cost: on a CPU expect tens of seconds per slice for ViT-B. ``--tune-steps 0`` uses support-derived
 point prompts instead of learned ones.
 
-``--tiny`` uses a small randomly initialised ``Sam`` (:func:`fewshotcx.sam.tiny_sam`, 64 × 64
+``--tiny`` uses a small randomly initialised ``Sam`` (:func:`fewshotcx.models.sam.tiny_sam`, 64 × 64
 input) on generated volumes. It exists for smoke tests: it runs the same code path in seconds, but
 an untrained network's output is not a segmentation.
 """
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.tiny:
         from synthetic_data import synthetic_case
 
-        from fewshotcx.sam import tiny_sam
+        from fewshotcx.models.sam import tiny_sam
 
         supports = [synthetic_case(0), synthetic_case(1)]
         query, _ = synthetic_case(2, orientation="LPS")

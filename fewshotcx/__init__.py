@@ -32,7 +32,7 @@ _SUBMODULES = {
     "rt": "rt",
     "dicom": "io.dicom",
     "registration": "registration",
-    "sam": "sam",
+    "sam": "models.sam",
     "datasets": "datasets",
     "training": "training",
     "baselines": "baselines",

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"io", "locks", "paths", "progress"}),
     ("registration and data sets", {"registration", "datasets"}),
     ("data path", {"pipeline", "viz"}),
-    ("networks", {"models", "sam"}),
+    ("networks", {"models", "sam"}),  # sam: the deprecated alias of models.sam
     ("adapters and training", {"backends", "training"}),
     ("evaluation", {"evaluation"}),
     ("segmenter and RT", {"segmenter", "rt"}),

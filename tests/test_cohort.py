@@ -19,7 +19,7 @@ from fewshotcx.backends.universeg import UniverSegBackend
 from fewshotcx.cli.main import main
 from fewshotcx.cohort import read_manifest, run
 from fewshotcx.io.dicom import write_dicom_series
-from fewshotcx.io.rtstruct import read_rtstruct
+from fewshotcx.rt.rtstruct import read_rtstruct
 from fewshotcx.models import UniverSeg
 from fewshotcx.models.weights import save_checkpoint
 

@@ -15,7 +15,7 @@ import torch
 from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import Segmenter, Volume
 from fewshotcx.io.atomic import atomic_output, current_umask
-from fewshotcx.sam.embedding_cache import EmbeddingCache
+from fewshotcx.models.sam.embedding_cache import EmbeddingCache
 from test_segmenter import EchoBackend, tiny_universeg
 
 

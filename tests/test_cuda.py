@@ -15,7 +15,7 @@ import torch
 
 import fewshotcx as fx
 from fewshotcx.models import UniverSeg
-from fewshotcx.sam import tiny_sam
+from fewshotcx.models.sam import tiny_sam
 from fewshotcx.training.loop import TrainConfig, train
 
 from conftest import blob_volume

@@ -402,7 +402,7 @@ def test_mr_is_written_as_mr_not_as_ct_in_hounsfield_units(tmp_path):
 def test_uid_constants_are_named_for_what_they_are():
     from pydicom.uid import UID
 
-    from fewshotcx.io import rtstruct
+    from fewshotcx.rt import rtstruct
 
     for module in (dicom, rtstruct):
         for name, value in vars(module).items():

@@ -10,7 +10,7 @@ from conftest import ORIENTATIONS, blob_volume
 from fewshotcx import Segmenter, Volume
 from fewshotcx.backends.refined import RefinedBackend
 from fewshotcx.models import UniverSeg
-from fewshotcx.sam import tiny_sam
+from fewshotcx.models.sam import tiny_sam
 
 
 def _tiny_universeg():

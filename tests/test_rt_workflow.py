@@ -16,7 +16,7 @@ from scipy import ndimage
 from fewshotcx import rt
 from fewshotcx.cli.main import main
 from fewshotcx.io.dicom import scan_series
-from fewshotcx.io.rtstruct import on_series_grid
+from fewshotcx.rt.rtstruct import on_series_grid
 from fewshotcx.io.volume import Volume, VolumeError, load_volume
 
 from rt_cases import AFFINE, PLAN_ROIS, make_plan, make_query, phantom, tiny_weights

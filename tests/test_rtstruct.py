@@ -1,4 +1,4 @@
-"""RTSTRUCT writing and reading (fewshotcx.io.rtstruct, re-exported by fewshotcx.rt) on generated DICOM series, and the ``rtstruct`` CLI command."""
+"""RTSTRUCT writing and reading (fewshotcx.rt.rtstruct, re-exported by fewshotcx.rt) on generated DICOM series, and the ``rtstruct`` CLI command."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 
 from fewshotcx import rt
 from fewshotcx.cli import rt as cli_rt
-from fewshotcx.io import dicom, rtstruct
+from fewshotcx.io import dicom
+from fewshotcx.rt import rtstruct
 from fewshotcx.io.volume import Volume, VolumeError, load_volume
 
 SHAPE = (26, 22, 12)

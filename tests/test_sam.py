@@ -12,7 +12,7 @@ import torch
 
 import fewshotcx as fx
 from fewshotcx.evaluation.metrics import dice
-from fewshotcx.sam import tiny_sam
+from fewshotcx.models.sam import tiny_sam
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 

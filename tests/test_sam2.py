@@ -18,8 +18,8 @@ from conftest import ORIENTATIONS, blob_volume  # noqa: E402
 from fewshotcx.backends import sam2 as sam2_backend  # noqa: E402
 from fewshotcx.cli.main import main  # noqa: E402
 from fewshotcx.io.volume import VolumeError  # noqa: E402
-from fewshotcx.sam.sam2_models import build_video_predictor, import_sam2, resolve_config  # noqa: E402
-from fewshotcx.sam.video import blend_passes, from_frame, to_frame  # noqa: E402
+from fewshotcx.models.sam.sam2_models import build_video_predictor, import_sam2, resolve_config  # noqa: E402
+from fewshotcx.models.sam.video import blend_passes, from_frame, to_frame  # noqa: E402
 
 #: sam2.1_hiera_t with a slim trunk, one memory-attention layer and 64² frames (sam2's builder, hydra overrides).
 SLIM = ["++model.image_size=64", "++model.image_encoder.trunk.embed_dim=8",

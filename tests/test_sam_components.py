@@ -9,12 +9,12 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from fewshotcx.backends.sam import AxisState, SamBackend
-from fewshotcx.sam import (
+from fewshotcx.models.sam import (
     EmbeddingCache, calibrate_threshold, decode, detect_variant, load_sam, mask_boxes, preprocess, refine_with_sam,
     suppress_empty, tiny_sam,
 )
-from fewshotcx.sam import models as sam_models
-from fewshotcx.sam.tuning import shift
+from fewshotcx.models.sam import models as sam_models
+from fewshotcx.models.sam.tuning import shift
 from fewshotcx.pipeline.slicing import extract_slabs, make_geometry, reassemble
 from fewshotcx.models.weights import WeightsError
 

@@ -152,7 +152,7 @@ def test_support_draws_use_a_cpu_generator_on_every_device():
 def _segmenter(which: str) -> Segmenter:
     if which == "universeg":
         return Segmenter(model=tiny_universeg(), slice_size=32, support_size=3, progress=False)
-    from fewshotcx.sam import tiny_sam
+    from fewshotcx.models.sam import tiny_sam
 
     return Segmenter(backend="sam", model=tiny_sam(seed=0), device="cpu", tune_steps=3, progress=False)
 

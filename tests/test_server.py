@@ -173,7 +173,7 @@ def test_a_zipped_series_under_data_root_opens_and_stays_where_it_was(tmp_path):
 
 def test_dicom_series_upload_exports_rtstruct(tmp_path):
     from fewshotcx.io.dicom import write_dicom_series
-    from fewshotcx.io.rtstruct import read_rtstruct
+    from fewshotcx.rt.rtstruct import read_rtstruct
 
     series = tmp_path / "series"
     series.mkdir()

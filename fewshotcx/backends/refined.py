@@ -3,7 +3,7 @@
 The segmenter cuts slabs at SAM's size (e.g. 1024², aspect-preserving pad). UniverSeg sees the same
 square frame downsampled to its own size (both use the centred aspect-preserving pad, so the frames
 coincide), and its probabilities, upsampled back, become SAM's box + mask prompts
-(:func:`fewshotcx.sam.refine.refine_with_sam`). Slices UniverSeg leaves empty stay empty.
+(:func:`fewshotcx.models.sam.refine.refine_with_sam`). Slices UniverSeg leaves empty stay empty.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..sam.refine import refine_with_sam
+from ..models.sam.refine import refine_with_sam
 from ..pipeline.slicing import SliceGeometry
 from ..pipeline.support import SupportPool
 from .sam import SamBackend

@@ -5,7 +5,7 @@ Pipeline for a batch of square slabs ``(N, 2k+1, s, s)`` (``s`` = the encoder's 
 1. 2.5D → RGB (``context=1``: slices ``z-1, z, z+1``; ``context=0``: the slice three times) and
    preprocessing (``"sam"``: ×255 then SAM's pixel mean/std; ``"medsam"``: ``[0, 1]`` as is).
 2. Image embeddings ``(N, 256, 64, 64)`` from a content-addressed cache, encoding only new images
-   (:mod:`fewshotcx.sam.embedding_cache`).
+   (:mod:`fewshotcx.models.sam.embedding_cache`).
 3. A prompt source per plane axis, set up by :meth:`SamBackend.fit`: learned prompts tuned on the
    support (``tune_steps > 0``) or training-free support-derived point prompts (``tune_steps=0``),
    decoded for all slices and classes in one batched call of SAM's mask decoder.
@@ -28,12 +28,12 @@ from typing import Optional, Union
 import torch
 from segment_anything.modeling import ImageEncoderViT, Sam
 
-from ..sam.calibration import calibrate_threshold, foreground_score, suppress_empty
-from ..sam.embedding_cache import CachedEncoder, EmbeddingCache, fingerprint
-from ..sam.models import load_sam
-from ..sam.prompts import LearnedPrompts, SupportPrompts, initial_tokens
-from ..sam.transforms import RESIZE_MODES, check_mode, preprocess, resize_masks, upsample_logits
-from ..sam.tuning import tune_prompts
+from ..models.sam.calibration import calibrate_threshold, foreground_score, suppress_empty
+from ..models.sam.embedding_cache import CachedEncoder, EmbeddingCache, fingerprint
+from ..models.sam.models import load_sam
+from ..models.sam.prompts import LearnedPrompts, SupportPrompts, initial_tokens
+from ..models.sam.transforms import RESIZE_MODES, check_mode, preprocess, resize_masks, upsample_logits
+from ..models.sam.tuning import tune_prompts
 from ..pipeline.slicing import SliceGeometry
 from ..pipeline.support import SupportPool, select_support
 
@@ -63,7 +63,7 @@ class SamBackend:
     """Few-shot segmentation with Segment Anything (or MedSAM) and prompts fitted to the support.
 
     Args:
-        model: a ``segment_anything`` :class:`Sam` (e.g. :func:`fewshotcx.sam.tiny_sam`); else ``weights``.
+        model: a ``segment_anything`` :class:`Sam` (e.g. :func:`fewshotcx.models.sam.tiny_sam`); else ``weights``.
         weights: a SAM/MedSAM checkpoint path, ``"official"`` (SAM ViT-B) or a registry name
             (``"sam-vit_l"``…); ``"default"`` is an error (no bundled SAM). ViT-B/L/H is detected.
         device: torch device.

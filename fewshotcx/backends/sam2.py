@@ -6,7 +6,7 @@ Two uses (both through :class:`~fewshotcx.Segmenter`):
   its frame (one object id per structure, all in one inference state); SAM 2 propagates forward from
   the first drawn slice and backward from the last, only over the drawn extent; between two drawn
   slices the two directions are blended by distance to the slice each started from
-  (:func:`~fewshotcx.sam.video.blend_passes`).
+  (:func:`~fewshotcx.models.sam.video.blend_passes`).
 * :meth:`Sam2Backend.fit_volumes` + :meth:`Sam2Backend.predict_volume` (memory as context): the query
   is cut into runs of ``chunk`` consecutive slices; ahead of each run, ``support_size`` labelled support
   slices chosen by relative position (:func:`~fewshotcx.pipeline.support.select_support`, nearest the
@@ -14,7 +14,7 @@ Two uses (both through :class:`~fewshotcx.Segmenter`):
   Whether a checkpoint transfers masks across patients this way is an empirical question per
   checkpoint (docs/sam2.md).
 
-Frames come from memory, preprocessed as SAM 2 and MedSAM2 expect (:mod:`fewshotcx.sam.video`).
+Frames come from memory, preprocessed as SAM 2 and MedSAM2 expect (:mod:`fewshotcx.models.sam.video`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 from ..io.volume import Volume
 from ..pipeline.slicing import relative_position
 from ..pipeline.support import SupportPool, SupportVolumes, Strategy, select_support
-from ..sam.sam2_models import build_video_predictor, import_sam2
-from ..sam.video import SliceFrames, add_masks, blend_passes, inference, new_state, propagate
+from ..models.sam.sam2_models import build_video_predictor, import_sam2
+from ..models.sam.video import SliceFrames, add_masks, blend_passes, inference, new_state, propagate
 
 #: Support frames ahead of each run of query slices when ``support_size`` is not given.
 DEFAULT_SUPPORT_FRAMES = 4
@@ -43,7 +43,7 @@ class Sam2Backend:
             ``weights`` + ``config``.
         weights: a SAM 2.1 / MedSAM2 checkpoint path (no bundled or downloaded weights).
         config: the sam2 config (``"sam2.1_hiera_t"``, ``"configs/sam2.1/sam2.1_hiera_b+.yaml"``,
-            ``"medsam2"`` for MedSAM2's 512² Hiera-T; see :func:`fewshotcx.sam.sam2_models.resolve_config`).
+            ``"medsam2"`` for MedSAM2's 512² Hiera-T; see :func:`fewshotcx.models.sam.sam2_models.resolve_config`).
         device: torch device.
         support_size: support frames ahead of each run of query slices (memory as context).
         ensemble: must be 1 (accepted for the common API).

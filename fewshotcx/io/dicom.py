@@ -1,4 +1,4 @@
-"""DICOM image series: geometry, reading into a :class:`Volume`, writing, and de-identification.
+"""DICOM image series: geometry and reading into a :class:`Volume`.
 
 Geometry
 --------
@@ -9,48 +9,33 @@ Slices are sorted by the projection of ``ImagePositionPatient`` on the slice nor
 ``row · ΔC``, ``col · ΔR`` and the slice step, with ``PixelSpacing = (ΔR, ΔC)``. The RAS affine of the
 returned :class:`Volume` flips the signs of the x and y rows.
 
-De-identification
------------------
-:func:`deidentify_dataset` applies the DICOM PS3.15 Annex E *Basic Application Level Confidentiality
-Profile* (every attribute of Table E.1-1, :data:`~fewshotcx.io.deid_profile.BASIC_PROFILE`) with the
-*Retain UIDs Option* (an RTSTRUCT must reference the original Study/Series/SOP Instance UIDs), at any
-nesting depth, deterministically. Private attributes are removed. Pixel data is not inspected for
-burned-in text (the Clean Pixel Data Option is not applied).
+De-identification (:mod:`fewshotcx.io.deid`) and writing (:mod:`fewshotcx.io.dicom_write`) are
+re-exported here, so ``fx.dicom`` offers all three.
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Optional
+from typing import Optional
 
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.sr.coding import Code
-from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
-from pydicom.valuerep import STR_VR
 
-from .deid_profile import BASIC_PROFILE, REPEATING_GROUP_ELEMENTS
+from .deid import (COMPOUND_ACTIONS, DEIDENTIFICATION_METHOD, DUMMY_VALUES, deidentify_dataset, dummy_value,
+                   has_identifiers, profile_action)
+from .dicom_write import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, ds_string, write_dataset, write_dicom_series
 from .grid import PathLike, SourceGeometry, Volume, VolumeError
 
-#: ``DeidentificationMethod`` (LO, at most 64 characters) written by :func:`deidentify_dataset`.
-DEIDENTIFICATION_METHOD = "PS3.15 Basic Application Confidentiality Profile, Retain UIDs"
-
-#: How compound actions of :data:`BASIC_PROFILE` are applied: ``Z`` wherever the table allows it
-#: (a zero-length value keeps Type 2 attributes present and discloses nothing), else ``X``.
-COMPOUND_ACTIONS = {"X/Z": "Z", "Z/D": "Z", "X/Z/D": "Z", "X/Z/U*": "Z", "X/D": "X"}
-
-#: Dummy values for action ``D`` by value representation; other text VRs get ``"ANONYMOUS"``, numbers 0.
-DUMMY_VALUES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000D", "UR": "", "UI": ""}
+__all__ = ["CT_IMAGE_STORAGE", "COMPOUND_ACTIONS", "DEIDENTIFICATION_METHOD", "DUMMY_VALUES", "DicomSeries",
+           "IDENTIFIERS_WARNING", "IdentifyingDataWarning", "MR_IMAGE_STORAGE", "deidentify_dataset", "ds_string",
+           "dummy_value", "has_identifiers", "profile_action", "read_dicom_series", "scan_series", "write_dataset",
+           "write_dicom_series"]
 
 IDENTIFIERS_WARNING = ("the DICOM series carries identifying attributes (patient, staff or institution); "
                        "they are not copied into the volume, but the source files stay identifiable")
@@ -206,111 +191,3 @@ def read_dicom_series(directory: PathLike, label: bool = False, deidentify: bool
     vol = Volume(array, series.affine, label=label)
     vol.source = SourceGeometry(vol.shape, vol.affine.copy(), None, str(directory))
     return vol
-
-
-# ---------------------------------------------------------------------------- de-identification
-def profile_action(tag: int) -> Optional[str]:
-    """The action :func:`deidentify_dataset` applies to ``tag``: ``K``, ``X``, ``Z``, ``D`` or ``U``.
-
-    The Basic Profile with the Retain UIDs Option (its ``K`` wins) and compound actions resolved by
-    :data:`COMPOUND_ACTIONS`; ``None`` for attributes outside the profile (kept).
-    """
-    entry = BASIC_PROFILE.get(tag)
-    if entry is not None:
-        _, action, retained = entry
-        return "K" if retained else COMPOUND_ACTIONS.get(action, action)
-    group, element = tag >> 16, tag & 0xFFFF
-    if group % 2 or any(group & gm == gv and element & em == ev for gm, em, gv, ev in REPEATING_GROUP_ELEMENTS):
-        return "X"
-    return None
-
-
-def dummy_value(element: DataElement) -> object:
-    """The action-``D`` replacement for ``element``: a fixed value of its VR that identifies nobody."""
-    if element.VR in DUMMY_VALUES:
-        return DUMMY_VALUES[element.VR]
-    if element.VR in ("OB", "OW", "OD", "OF", "OL", "OV", "UN"):
-        return b""
-    if element.VR in ("DS", "IS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"):
-        return 0
-    return "ANONYMOUS"  # fits every text VR, AE/CS/SH (16 characters) included
-
-
-def has_identifiers(ds: Dataset, retain: Collection[str] = ()) -> bool:
-    """Whether ``ds`` holds, at any nesting depth, a non-empty attribute that :func:`deidentify_dataset`
-    would remove (``X``, private attributes included) or empty (``Z``), or a ``D`` attribute other than
-    its dummy value; the items of every sequence are looked into as well. ``retain``: keywords the
-    caller vouches for (as in :func:`deidentify_dataset`)."""
-    keep = {tag_for_keyword(k) for k in retain}
-    for element in ds:
-        action = profile_action(element.tag)
-        if element.is_empty or element.tag in keep:
-            continue
-        if action in ("X", "Z") or (action == "D" and element.VR != "SQ" and element.value != dummy_value(element)):
-            return True
-        if element.VR == "SQ" and any(has_identifiers(item, retain) for item in element.value):
-            return True
-    return False
-
-
-def deidentify_dataset(ds: Dataset, retain: Collection[str] = ()) -> Dataset:
-    """A copy of ``ds`` de-identified by the PS3.15 Basic Profile with the Retain UIDs Option.
-
-    At any nesting depth: ``X`` attributes (and private ones, curve and overlay groups) are removed,
-    ``Z`` ones emptied, ``D`` ones set to :func:`dummy_value`, ``U`` ones not kept by the option get a
-    UID derived from the original by a hash (the same input UID always maps to the same output);
-    sequences that stay are cleaned item by item. Sets ``PatientIdentityRemoved = "YES"`` (``"NO"``
-    for an image whose ``BurnedInAnnotation`` is not ``"NO"``: text in the pixels is not removed),
-    ``DeidentificationMethod`` and ``DeidentificationMethodCodeSequence`` (DCM 113100, 113110).
-    Deterministic; the input is not modified.
-
-    Args:
-        retain: keywords kept as they are, e.g. ``("ROIName",)`` for names written by the caller
-            rather than copied from a patient's files (a departure from the profile: the caller vouches
-            for them).
-    """
-    keep = {tag_for_keyword(k) for k in retain}
-    if None in keep:
-        raise ValueError(f"retain: unknown DICOM keyword in {sorted(retain)}")
-    out = copy.deepcopy(ds)
-    _clean(out, keep)
-    # Pixels may carry burned-in text: the profile's claim holds only where they were checked.
-    checked = "PixelData" not in out or str(out.get("BurnedInAnnotation", "")).upper() == "NO"
-    out.PatientIdentityRemoved = "YES" if checked else "NO"
-    out.DeidentificationMethod = DEIDENTIFICATION_METHOD
-    out.DeidentificationMethodCodeSequence = [_code(codes.DCM.BasicApplicationConfidentialityProfile),
-                                              _code(codes.DCM.RetainUidsOption)]
-    return out
-
-
-def _clean(ds: Dataset, keep: set[int]) -> None:
-    for tag in list(ds.keys()):
-        if tag in keep:
-            continue
-        action, element = profile_action(tag), ds[tag]
-        if action == "X":
-            del ds[tag]
-            continue
-        if action == "Z":
-            element.value = [] if element.VR == "SQ" else ("" if element.VR in STR_VR else None)
-        elif action == "D" and element.VR != "SQ":
-            element.value = dummy_value(element)
-        elif action == "U" and not element.is_empty:
-            uids = element.value if element.VM > 1 else [element.value]
-            new = [generate_uid(entropy_srcs=[str(uid)]) for uid in uids]
-            element.value = new if element.VM > 1 else new[0]
-        if element.VR == "SQ":
-            for item in element.value:
-                _clean(item, keep)
-
-
-def _code(code: Code) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
-    return item
-
-
-# Writing lives in :mod:`fewshotcx.io.dicom_write` (re-exported here: ``fx.dicom.write_dicom_series``).
-from .dicom_write import (  # noqa: E402
-    CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, ds_string, write_dataset, write_dicom_series,
-)

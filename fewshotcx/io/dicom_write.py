@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .atomic import atomic_output
-from .dicom import deidentify_dataset
+from .deid import deidentify_dataset
 from .grid import PathLike, Volume, VolumeError
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -25,8 +25,6 @@ grid. Directions are defined in world (RAS) terms through the affine, whatever t
 oblique grids each world direction is applied along the nearest voxel axis (a warning gives the
 angle). The grid is kept: nothing is padded, so a structure touching the border is clipped there, and
 the border does not erode structures in :func:`shrink_margin` (what lies outside is unknown).
-
-RTSTRUCT reading and writing live in :mod:`fewshotcx.io.rtstruct` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -39,7 +37,6 @@ import numpy as np
 from nibabel import orientations as ornt
 from scipy import ndimage
 
-from ..io.rtstruct import read_rtstruct, write_rtstruct
 from ..io.volume import Volume, VolumeError, binary_mask
 
 MarginSpec = Union[float, Sequence[float], Mapping[str, float]]

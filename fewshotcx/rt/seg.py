@@ -17,7 +17,7 @@ import pydicom
 from ..io.atomic import atomic_output
 from ..io.dicom import scan_series
 from ..io.grid import PathLike, Volume
-from ..io.rtstruct import on_series_grid
+from .rtstruct import on_series_grid
 from .names import check_names, interpreted_type, tg263_name
 
 

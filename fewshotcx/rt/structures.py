@@ -35,7 +35,7 @@ from pydicom.errors import InvalidDicomError
 from ..io.atomic import atomic_output
 from ..io.dicom import deidentify_dataset, read_dicom_series, scan_series, write_dataset
 from ..io.grid import PathLike, Volume, VolumeError
-from ..io.rtstruct import read_rtstruct, read_structure_set, write_rtstruct
+from .rtstruct import read_rtstruct, read_structure_set, write_rtstruct
 from ..io.volume import load_volume, save_volume
 from .names import check_names, display_colour, interpreted_type, match_structure, tg263_name
 

@@ -1,21 +1,22 @@
-"""Segment Anything support: model loading, preprocessing, embedding cache, prompts, decoding.
+"""Deprecated location of the SAM model code, kept so that ``fewshotcx.sam`` imports keep working.
 
-The backend that drives these is :class:`fewshotcx.backends.sam.SamBackend`
-(``fx.Segmenter(backend="sam", ...)``).
+The code lives in :mod:`fewshotcx.models.sam` (beside UniverSeg; ``fx.sam`` names it). Importing
+``fewshotcx.sam`` or one of its submodules (``fewshotcx.sam.models``, ...) warns once and gives the
+same module objects (none needs an optional package at import), so ``isinstance`` checks and monkeypatches agree across both names.
 """
 
-from .calibration import calibrate_threshold, foreground_score, suppress_empty
-from .decoding import decode
-from .embedding_cache import CachedEncoder, EmbeddingCache, fingerprint
-from .models import VARIANTS, detect_variant, load_sam, tiny_sam
-from .prompts import LearnedPrompts, SupportPrompts, initial_tokens, mask_boxes
-from .refine import refine_with_sam
-from .transforms import RESIZE_MODES, preprocess, to_rgb, upsample_logits
-from .tuning import dice_bce_loss, tune_prompts
+import sys
+import warnings
+from importlib import import_module
 
-__all__ = [
-    "CachedEncoder", "EmbeddingCache", "LearnedPrompts", "RESIZE_MODES", "SupportPrompts", "VARIANTS",
-    "calibrate_threshold", "decode", "detect_variant", "dice_bce_loss", "fingerprint", "foreground_score",
-    "initial_tokens", "load_sam", "mask_boxes", "preprocess", "refine_with_sam", "suppress_empty", "tiny_sam",
-    "to_rgb", "tune_prompts", "upsample_logits",
-]
+warnings.warn("fewshotcx.sam moved to fewshotcx.models.sam (also reachable as fx.sam); the old import path "
+              "will be removed in a future release", DeprecationWarning, stacklevel=2)
+
+_SUBMODULES = ("calibration", "decoding", "embedding_cache", "models", "prompts", "refine", "sam2_models",
+               "transforms", "tuning", "video")
+
+_package = import_module("fewshotcx.models.sam")
+globals().update({name: getattr(_package, name) for name in _package.__all__})
+__all__ = list(_package.__all__)
+for _name in _SUBMODULES:  # ``from fewshotcx.sam.models import ...`` finds these before searching files
+    sys.modules[f"{__name__}.{_name}"] = import_module(f"fewshotcx.models.sam.{_name}")

@@ -46,7 +46,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
 from ..io.volume import VolumeError, save_volume
-from ..io.rtstruct import write_rtstruct
+from ..rt.rtstruct import write_rtstruct
 from .store import UPLOAD_SUFFIXES, Entry, SessionLimitError, SessionStore, UnknownSession, resolve_under
 from .preview import slice_png, window_range
 from .wire import decode_mask, encode_mask, nifti_bytes

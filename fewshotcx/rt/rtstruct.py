@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
-from .dicom import DicomSeries, deidentify_dataset, ds_string, scan_series, write_dataset
-from .grid import PathLike, Volume, VolumeError, binary_mask
+from ..io.dicom import DicomSeries, deidentify_dataset, ds_string, scan_series, write_dataset
+from ..io.grid import PathLike, Volume, VolumeError, binary_mask
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 _DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # (retired) SOP class planning systems expect in the study reference

@@ -22,7 +22,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ..io.atomic import atomic_output
+from ...io.atomic import atomic_output
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -8,21 +8,31 @@ map is empty stay empty: SAM is never asked to invent a structure.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from einops import rearrange, repeat
+from segment_anything.modeling import Sam
 
 from .decoding import decode
 from .prompts import mask_boxes
 from .transforms import mask_logits, upsample_logits
 
-if TYPE_CHECKING:
-    from ..backends.sam import SamBackend
+class SamRefiner(Protocol):
+    """What refinement needs from a SAM backend (:class:`fewshotcx.backends.sam.SamBackend` has it)."""
+
+    sam: Sam
+    device: torch.device
+    slice_size: int
+    decode_batch: int
+
+    def embed(self, slabs: torch.Tensor) -> torch.Tensor:
+        """``(N, 2k+1, s, s)`` slabs in ``[0, 1]`` → ``(N, C, h, w)`` image embeddings."""
+        ...
 
 
 @torch.inference_mode()
-def refine_with_sam(sam_backend: "SamBackend", probs: torch.Tensor, slabs: torch.Tensor,
+def refine_with_sam(sam_backend: SamRefiner, probs: torch.Tensor, slabs: torch.Tensor,
                     threshold: float = 0.5) -> torch.Tensor:
     """Refined probabilities from coarse ones.
 

@@ -16,7 +16,7 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from ..models.weights import WeightsError, check_keys, load_checkpoint, resolve
+from ..weights import WeightsError, check_keys, load_checkpoint, resolve
 
 #: Image-encoder width → ``sam_model_registry`` key.
 VARIANTS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}

@@ -1,4 +1,4 @@
-"""Prompt tuning: fit :class:`~fewshotcx.sam.prompts.LearnedPrompts` to the support with Dice + BCE.
+"""Prompt tuning: fit :class:`~fewshotcx.models.sam.prompts.LearnedPrompts` to the support with Dice + BCE.
 
 The image encoder is frozen and never runs here: the loop works on cached support embeddings, so a
 step costs one decoder forward/backward pass on a minibatch of support slices. The loss is computed
