@@ -14,8 +14,7 @@ lane="${1:-all}"
 FOV64=(--weights fov64)
 
 if [[ $lane == model || $lane == all ]]; then
-  "$PY" -m fewshotcx.cli demo --out bench-output/demo
-  cp bench-output/demo/results.csv "$R/demo.csv"
+  "$PY" benchmarks/demo_results.py --out "$R"
   "$PY" benchmarks/ct_cross_patient.py --out "$R"   # needs ../shared/data (LUNG1-001)
   "$PY" benchmarks/retrieval_coverage.py --out "$R"
   "$PY" benchmarks/train_gpu.py --eval-only --weights default --device cpu

@@ -6,6 +6,7 @@ import csv
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -116,6 +117,7 @@ def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
     assert (a.image, a.reference, a.series, a.outputs) == (tmp_path / "x/a.nii.gz", tmp_path / "r.nii.gz", False,
                                                            ("a.nii.gz",))
     assert (b.image, b.series, b.outputs) == (Path("/abs/dicom"), True, ("b.nii.gz", "b.rtstruct.dcm"))
+    assert replace(b, named=True).outputs == ("b.nii.gz", "b.structures.json", "b.rtstruct.dcm")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -49,6 +49,8 @@ def test_cohort_writes_one_named_rtstruct_per_patient(tmp_path):
     assert [r.ROIName for r in written.StructureSetROISequence] == names
     assert (written.PatientID, written.StudyInstanceUID) == (ct_header.PatientID, ct_header.StudyInstanceUID)
     labels = load_volume(tmp_path / "out" / "new7.nii.gz", label=True)
+    named, sidecar_names = rt.load_labels(tmp_path / "out" / "new7.nii.gz")  # the sidecar predict also writes
+    assert sidecar_names == names and np.array_equal(named.array, labels.array)
     back = rt.read_rtstruct(tmp_path / "out" / "new7.rtstruct.dcm", query)
     for value, name in enumerate(names, start=1):
         np.testing.assert_array_equal(back[name].array, (labels.array == value).astype(np.uint8))

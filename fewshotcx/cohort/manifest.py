@@ -25,6 +25,8 @@ OPTIONAL = ("image", "series", "reference")
 #: Patient ids become file names (``<id>.nii.gz``): letters, digits, ``.``, ``_`` and ``-``, starting
 #: with a letter or digit, at most 128 characters.
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: Output kind → the suffix after the patient id.
+OUTPUT_SUFFIXES = {"labels": ".nii.gz", "names": ".structures.json", "rtstruct": ".rtstruct.dcm"}
 
 
 @dataclass(frozen=True)
@@ -36,18 +38,25 @@ class Patient:
         image: the scan: a volume file, or a DICOM series folder when ``series`` is True.
         series: the scan was given in the ``series`` column (an RTSTRUCT is written too).
         reference: label map to score the prediction against, or None.
+        named: the run names its label values (``structures``): a ``.structures.json`` sidecar is written.
     """
 
     id: str
     image: Path
     series: bool = False
     reference: Optional[Path] = None
+    named: bool = False
+
+    def output(self, kind: str) -> str:
+        """The file name of one output: ``"labels"`` (``<id>.nii.gz``), ``"names"``
+        (``<id>.structures.json``) or ``"rtstruct"`` (``<id>.rtstruct.dcm``)."""
+        return self.id + OUTPUT_SUFFIXES[kind]
 
     @property
     def outputs(self) -> tuple[str, ...]:
         """File names this patient produces in the output folder."""
-        nifti = f"{self.id}.nii.gz"
-        return (nifti, f"{self.id}.rtstruct.dcm") if self.series else (nifti,)
+        kinds = ("labels", *(("names",) if self.named else ()), *(("rtstruct",) if self.series else ()))
+        return tuple(self.output(kind) for kind in kinds)
 
 
 def read_manifest(manifest: Union[PathLike, Iterable[Mapping[str, str]]]) -> list[Patient]:

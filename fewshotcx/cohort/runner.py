@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -105,8 +105,10 @@ def run(
         manifest: CSV path (columns ``id,image[,reference][,series]``, see
             :mod:`fewshotcx.cohort.manifest`) or rows as mappings.
         support: ``[(image, label), ...]`` paths or :class:`Volume` s.
-        out_dir: created if missing; receives ``<id>.nii.gz`` (and ``<id>.rtstruct.dcm`` for DICOM
-            series), ``results.csv`` and the run record ``.fewshotcx-run.json``.
+        out_dir: created if missing; receives ``<id>.nii.gz`` (with ``structures``, also
+            ``<id>.structures.json`` naming its label values, as ``fewshotcx predict`` writes; and
+            ``<id>.rtstruct.dcm`` for DICOM series), ``results.csv`` and the run record
+            ``.fewshotcx-run.json``.
         address: ``None`` starts a private local Ray inside this process (stopped at the end);
             ``"auto"`` or ``"HOST:PORT"`` joins a running cluster. If Ray is already initialised in
             this process, that connection is used either way.
@@ -122,7 +124,8 @@ def run(
         max_attempts: times a patient is tried when its worker process dies under it.
         progress: progress bar over patients; default: when stderr is a terminal.
         structures: names of label values 1..N (e.g. from :func:`fewshotcx.rt.support_from` plans):
-            the ROI names of each patient's RTSTRUCT (default ``label_<value>``).
+            the sidecar's names and the ROI names of each patient's RTSTRUCT (default, without a
+            sidecar: ``label_<value>``).
     Returns:
         the results table (also written to ``out_dir/results.csv``).
     Raises:
@@ -149,6 +152,7 @@ def run(
         from ..rt.names import check_names
 
         structures = check_names(structures)
+        patients = [replace(p, named=True) for p in patients]  # each gets a .structures.json naming its labels
     config = digest(__version__, options_fingerprint(options), volumes_digest(images + labels),
                     *(() if structures is None else (structures,)))
     keys = {p.id: digest(config, p.series, input_state(p.image), input_state(p.reference)) for p in patients}

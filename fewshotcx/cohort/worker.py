@@ -75,10 +75,14 @@ class CohortWorker:
         try:
             query = load_volume(patient.image)
             prediction = self.segmenter.predict(query)
-            files = {patient.outputs[0]: _nifti_bytes(prediction)}
+            files = {patient.output("labels"): _nifti_bytes(prediction)}
+            names = self.structures or [f"label_{c}" for c in range(1, max(self.segmenter.classes) + 1)]
+            if patient.named:
+                from ..rt.structures import sidecar_text
+
+                files[patient.output("names")] = sidecar_text(names).encode("utf-8")
             if patient.series:
-                names = self.structures or [f"label_{c}" for c in range(1, max(self.segmenter.classes) + 1)]
-                files[patient.outputs[1]] = _rtstruct_bytes(prediction, patient.image, names)
+                files[patient.output("rtstruct")] = _rtstruct_bytes(prediction, patient.image, names)
         except Exception as exc:  # noqa: BLE001 - one patient's failure must not stop the cohort
             return Outcome(patient.id, "failed", time.perf_counter() - start, one_line(exc))
         scores, error = {}, ""

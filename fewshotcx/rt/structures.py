@@ -187,10 +187,14 @@ def save_labels(labels: Volume, names: Sequence[str], path: PathLike, overwrite:
     if int(labels.array.max(initial=0)) > len(names):
         raise ValueError(f"the label map has value {int(labels.array.max())} but only {len(names)} names")
     out = save_volume(labels, path, overwrite=overwrite)
-    text = json.dumps({"format": SIDECAR_FORMAT, "structures": structure_entries(names)}, indent=1)
     with atomic_output(sidecar, overwrite) as tmp:
-        Path(tmp).write_text(text + "\n", encoding="utf-8")
+        Path(tmp).write_text(sidecar_text(names), encoding="utf-8")
     return out
+
+
+def sidecar_text(names: Sequence[str]) -> str:
+    """The ``.structures.json`` sidecar naming label values 1..N (JSON text, newline-terminated)."""
+    return json.dumps({"format": SIDECAR_FORMAT, "structures": structure_entries(names)}, indent=1) + "\n"
 
 
 def load_labels(path: PathLike) -> tuple[Volume, list[str]]:
