@@ -86,10 +86,11 @@ def _image_slice(shape: tuple[int, int, int], row: np.ndarray, col: np.ndarray,
     ds.SOPClassUID = CT_IMAGE_STORAGE if modality == "ct" else MR_IMAGE_STORAGE
     ds.SOPInstanceUID = generate_uid()
     ds.Modality, ds.Manufacturer, ds.SeriesNumber = modality.upper(), "fewshotcx", 1
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    # Value 3: CT's enumerated AXIAL (a tomographic image, whatever the plane); MR's is free, OTHER says nothing.
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "ct" else "OTHER"]
     for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator",
-                "AcquisitionNumber"):
+                "AcquisitionNumber", "Laterality", "PatientPosition"):  # Type 2/2C, unknown: present and empty
         setattr(ds, key, "")
     ds.ImageOrientationPatient = [ds_string(v) for v in (*row, *col)]
     ds.PixelSpacing = [ds_string(v) for v in pixel_spacing]
