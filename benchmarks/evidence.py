@@ -49,11 +49,11 @@ _CLAIM = re.compile(r"(-?\d+(?:\.\d+)?)[^\d<\n]*?<!--\s*evidence:\s*(.*?)\s*-->"
 #: threshold, not a result), nor part of a word or a dotted version (``2.5D``, ``1.4.0``); a full stop
 #: after it may end the sentence.
 _DECIMAL = re.compile(r"(?<![\w.<>≤≥])(?<![<>≤≥] )\d+\.\d+(?!\w|\.\d)")
-#: Where the code of a line starts and ends: an inline code span, or a line that opens or closes a
-#: fenced block.
-_CODE_SPAN = re.compile(r"(`+).+?\1")
-_FENCE = re.compile(r"\s*(```|~~~)")
-_COMMENT = re.compile(r"<!--.*?-->")
+#: Code, whose numbers are settings, commands or versions: a fenced block (to the fence that closes
+#: it), an inline code span (which may run over line breaks, not over a blank line).
+_FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,}).*?^[ \t]*\1[^\n]*$", re.MULTILINE | re.DOTALL)
+_CODE_SPAN = re.compile(r"(`+)(?:(?!\n[ \t]*\n).)+?\1", re.DOTALL)
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _AGGREGATES = ("mean", "min", "max", "sum", "count")
 
 
@@ -82,24 +82,19 @@ def claims(path: Path) -> list[Claim]:
 
 def untagged_numbers(path: Path) -> list[str]:
     """Decimal numbers of ``path`` without evidence, outside code, comments and thresholds."""
-    missing, fence = [], None
-    for line in path.read_text().splitlines():
-        opening = _FENCE.match(line)
-        if opening and fence in (None, opening.group(1)):
-            fence = None if fence else opening.group(1)
-            continue
-        if fence:
-            continue
-        prose = _blank(_COMMENT, _blank(_CODE_SPAN, line))
+    text = path.read_text()
+    prose = _blank(_COMMENT, _blank(_CODE_SPAN, _blank(_FENCED, text)))
+    missing = []
+    for line, visible in zip(text.split("\n"), prose.split("\n")):
         tagged = _tagged_positions(line)
-        missing += [f"{path.name}: {m.group(0)} in {line.strip()[:80]!r}" for m in _DECIMAL.finditer(prose)
+        missing += [f"{path.name}: {m.group(0)} in {line.strip()[:80]!r}" for m in _DECIMAL.finditer(visible)
                     if m.start() not in tagged]
     return missing
 
 
-def _blank(pattern: re.Pattern, line: str) -> str:
-    """``line`` with what ``pattern`` matches replaced by spaces (positions kept)."""
-    return pattern.sub(lambda m: " " * len(m.group(0)), line)
+def _blank(pattern: re.Pattern, text: str) -> str:
+    """``text`` with what ``pattern`` matches turned into spaces (line breaks and positions kept)."""
+    return pattern.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
 
 
 def _tagged_positions(line: str) -> set[int]:

@@ -78,7 +78,8 @@ def test_every_docs_page_is_checked_whole_except_code(tmp_path):
     (tmp_path / "README.md").write_text("nothing measured\n")
     page = tmp_path / "docs" / "page.md"
     page.write_text("# Page\n## Any section\nDice was 0.74 on the held-out set.\n"
-                    "Set `pixel_mm=2.5` or ``ray>=2.52``; 2.5D slabs; slicerio 1.4.0; Dice ≥ 0.85.\n"
+                    "Set `pixel_mm=2.5` or ``ray>=2.52``; 2.5D slabs; slicerio 1.4.0; Dice ≥ 0.85; `a command\n"
+                    "--lr 0.3` that runs over a line break.\n"
                     "```bash\nfewshotcx run --threshold 0.5\n```\n"
                     "~~~\n``` 0.75 inside a tilde fence\n~~~\nafter the fence 0.81\n")
     assert _numbers(evidence.unchecked_numbers(tmp_path)) == ["0.74", "0.81"]
