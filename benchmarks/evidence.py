@@ -12,7 +12,8 @@ A quoted number carries its source in an HTML comment right after it (invisible 
   (the number of kept rows with a finite value);
 * ``scale=100`` — multiply (percentages);
 * ``SPEC / SPEC`` — a ratio of two such values (``a.csv workers=0 column=wall_s / a.csv workers=2
-  column=wall_s``: a speed-up between two rows).
+  column=wall_s``: a speed-up between two rows); ``SPEC - SPEC`` — their difference (``+0.10 Dice
+  over registered``; quote a difference as a positive number, the words saying which way it goes).
 
 The quoted number is the last number before the comment on its line; it must equal the CSV's value
 rounded to as many decimals as the quote shows. On every page (README.md and docs/*.md, whole) every
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import math
+import operator
 import re
 import shlex
 import sys
@@ -109,10 +111,16 @@ def unchecked_numbers(root: Optional[Path] = None) -> list[str]:
 
 def evaluate(spec: str, results: Path = RESULTS) -> float:
     """The value a claim's spec selects from its CSV (see the module docstring)."""
-    if " / " in spec:
-        numerator, denominator = spec.split(" / ", 1)
-        return evaluate(numerator, results) / evaluate(denominator, results)
-    words = shlex.split(spec)
+    return _value(shlex.split(spec), results)
+
+
+def _value(words: list[str], results: Path) -> float:
+    """The value of a split spec: ``SPEC / SPEC``, ``SPEC - SPEC`` or one ``FILE.csv ...`` selection."""
+    for sign, combine in (("/", operator.truediv), ("-", operator.sub)):
+        if sign in words:
+            at = words.index(sign)
+            return combine(_value(words[:at], results), _value(words[at + 1:], results))
+    spec = " ".join(words)
     if not words or not words[0].endswith(".csv"):
         raise ValueError(f"evidence spec must start with a CSV file name: {spec!r}")
     options = dict(word.split("=", 1) for word in words[1:] if "=" in word)
