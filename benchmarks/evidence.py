@@ -8,7 +8,7 @@ A quoted number carries its source in an HTML comment right after it (invisible 
 * ``key=value`` — keep the rows whose column ``key`` equals ``value`` (as text; repeat for more;
   quote values with spaces: ``structure="left thalamus"``);
 * ``column=COL`` — the value, aggregated over the kept rows by ``agg=mean`` (default; NaN rows are
-  left out, as tasks with nothing to predict must be), ``min``, ``max``, ``sum`` or ``count``
+  left out, as tasks with nothing to predict must be), ``median``, ``min``, ``max``, ``sum`` or ``count``
   (the number of kept rows with a finite value);
 * ``scale=100`` — multiply (percentages);
 * ``SPEC / SPEC`` — a ratio of two such values (``a.csv workers=0 column=wall_s / a.csv workers=2
@@ -38,6 +38,7 @@ import math
 import operator
 import re
 import shlex
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ _DECIMAL = re.compile(r"(?<![\w.<>≤≥])(?<![<>≤≥] )\d+\.\d+(?!\w|\.\d)")
 _FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,}).*?^[ \t]*\1[^\n]*$", re.MULTILINE | re.DOTALL)
 _CODE_SPAN = re.compile(r"(`+)(?:(?!\n[ \t]*\n).)+?\1", re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
-_AGGREGATES = ("mean", "min", "max", "sum", "count")
+_AGGREGATES = ("mean", "median", "min", "max", "sum", "count")
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def _value(words: list[str], results: Path) -> float:
         return float(len(values))
     if not values:
         raise ValueError(f"{path.name}: no finite {column} in the rows with {options}")
-    total = {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "sum": sum(values)}[agg]
+    total = {"mean": statistics.fmean, "median": statistics.median, "min": min, "max": max, "sum": sum}[agg](values)
     return total * scale
 
 

@@ -53,6 +53,7 @@ def test_checker_matches_rounding_and_filters(results):
     assert evidence.check(_claim("2 <!-- evidence: r.csv method=model column=dice agg=count -->"), results) is None
     difference = "0.37 <!-- evidence: r.csv task=a method=model column=dice - r.csv task=a method=base column=dice -->"
     assert evidence.check(_claim(difference), results) is None  # 0.8694 - 0.5
+    assert evidence.check(_claim("0.70 <!-- evidence: r.csv column=dice agg=median -->"), results) is None  # mean 0.69
 
 
 def test_checker_reports_a_wrong_quote_and_a_missing_row(results):
