@@ -8,29 +8,37 @@ A quoted number carries its source in an HTML comment right after it (invisible 
 * ``key=value`` — keep the rows whose column ``key`` equals ``value`` (as text; repeat for more;
   quote values with spaces: ``structure="left thalamus"``);
 * ``column=COL`` — the value, aggregated over the kept rows by ``agg=mean`` (default; NaN rows are
-  left out, as tasks with nothing to predict must be), ``min``, ``max``, ``sum`` or ``count``
+  left out, as tasks with nothing to predict must be), ``median``, ``min``, ``max``, ``sum`` or ``count``
   (the number of kept rows with a finite value);
 * ``scale=100`` — multiply (percentages);
 * ``SPEC / SPEC`` — a ratio of two such values (``a.csv workers=0 column=wall_s / a.csv workers=2
-  column=wall_s``: a speed-up between two rows).
+  column=wall_s``: a speed-up between two rows); ``SPEC - SPEC`` — their difference (``+0.10 Dice
+  over registered``; quote a difference as a positive number, the words saying which way it goes).
 
 The quoted number is the last number before the comment on its line; it must equal the CSV's value
-rounded to as many decimals as the quote shows. In README.md's "What it measured" section, and in
-the docs sections listed in :data:`CHECKED_SECTIONS`, every number with a decimal point must carry a
-comment, except thresholds written after a comparison sign (``Dice ≥ 0.85``); on any line of any
-page, a line with a tag must tag every decimal number on it (a tag covers one number, not its
-neighbours). Run ``python benchmarks/evidence.py`` to list
-every claim with its CSV value (exit 1 when one disagrees); ``tests/test_evidence.py`` runs the same.
-``--fix`` rewrites each tagged number from its CSV at the precision it is quoted with (after a rerun);
-read the prose around the numbers afterwards, since a comparison in words may have flipped.
+rounded to as many decimals as the quote shows. On every page (README.md and docs/*.md, whole) every
+number with a decimal point must carry its own comment (a tag covers one number, not its neighbours:
+in ``0.52 / 0.87`` both need one), except
+
+* numbers in code — inline code spans and fenced code blocks: settings, commands and versions are
+  written as code (``pixel_mm=2.5``, ``ray>=2.52``), not tagged;
+* thresholds written right after a comparison sign (``Dice ≥ 0.85``, ``< 0.7``);
+* numbers inside an evidence comment (a spec's own filters).
+
+Run ``python benchmarks/evidence.py`` to list every claim with its CSV value and every untagged number
+(exit 1 on any); ``tests/test_evidence.py`` runs the same. ``--fix`` rewrites each tagged number from
+its CSV at the precision it is quoted with (after a rerun); read the prose around the numbers
+afterwards, since a comparison in words may have flipped.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import operator
 import re
 import shlex
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +47,17 @@ from typing import Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = ("README.md", "docs/*.md")
-#: README section whose decimal numbers must all carry evidence.
-MEASURED_SECTION = "## What it measured"
-#: Docs sections held to the same rule (page, heading prefix). Pages not yet listed are checked line
-#: by line only (:func:`partly_tagged_lines`).
-CHECKED_SECTIONS = (("docs/cohort.md", "## Measured throughput"),)
-
 _CLAIM = re.compile(r"(-?\d+(?:\.\d+)?)[^\d<\n]*?<!--\s*evidence:\s*(.*?)\s*-->")
 #: A decimal number that is a measurement: not one right after a comparison sign (``Dice < 0.7`` is a
-#: threshold, not a result).
-_DECIMAL = re.compile(r"(?<![\w.<>≤≥])(?<![<>≤≥] )\d+\.\d+(?![\w.])")
-_AGGREGATES = ("mean", "min", "max", "sum", "count")
+#: threshold, not a result), nor part of a word or a dotted version (``2.5D``, ``1.4.0``); a full stop
+#: after it may end the sentence.
+_DECIMAL = re.compile(r"(?<![\w.<>≤≥])(?<![<>≤≥] )\d+\.\d+(?!\w|\.\d)")
+#: Code, whose numbers are settings, commands or versions: a fenced block (to the fence that closes
+#: it), an inline code span (which may run over line breaks, not over a blank line).
+_FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,}).*?^[ \t]*\1[^\n]*$", re.MULTILINE | re.DOTALL)
+_CODE_SPAN = re.compile(r"(`+)(?:(?!\n[ \t]*\n).)+?\1", re.DOTALL)
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_AGGREGATES = ("mean", "median", "min", "max", "sum", "count")
 
 
 @dataclass(frozen=True)
@@ -75,30 +83,21 @@ def claims(path: Path) -> list[Claim]:
     return found
 
 
-def untagged_numbers(path: Path, section: str = MEASURED_SECTION) -> list[str]:
-    """Decimal numbers in ``section`` of ``path`` (up to the next ``## `` heading) without evidence."""
+def untagged_numbers(path: Path) -> list[str]:
+    """Decimal numbers of ``path`` without evidence, outside code, comments and thresholds."""
     text = path.read_text()
-    start = text.find(section)
-    if start < 0:
-        return [f"{path.name}: no section {section!r}"]
-    end = text.find("\n## ", start + len(section))
+    prose = _blank(_COMMENT, _blank(_CODE_SPAN, _blank(_FENCED, text)))
     missing = []
-    for line in text[start:end if end > 0 else None].splitlines():
+    for line, visible in zip(text.split("\n"), prose.split("\n")):
         tagged = _tagged_positions(line)
-        missing += [f"{path.name}: {m.group(0)} in {line.strip()[:80]!r}" for m in _DECIMAL.finditer(line)
-                    if m.start() not in tagged and not _inside_tag(line, m.start())]
+        missing += [f"{path.name}: {m.group(0)} in {line.strip()[:80]!r}" for m in _DECIMAL.finditer(visible)
+                    if m.start() not in tagged]
     return missing
 
 
-def partly_tagged_lines(path: Path) -> list[str]:
-    """Decimal numbers without evidence on lines of ``path`` that tag some other number."""
-    missing = []
-    for line in path.read_text().splitlines():
-        tagged = _tagged_positions(line)
-        if tagged:
-            missing += [f"{path.name}: {m.group(0)} in {line.strip()[:80]!r}" for m in _DECIMAL.finditer(line)
-                        if m.start() not in tagged and not _inside_tag(line, m.start())]
-    return missing
+def _blank(pattern: re.Pattern, text: str) -> str:
+    """``text`` with what ``pattern`` matches turned into spaces (line breaks and positions kept)."""
+    return pattern.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
 
 
 def _tagged_positions(line: str) -> set[int]:
@@ -106,28 +105,23 @@ def _tagged_positions(line: str) -> set[int]:
     return {m.start(1) + skip for m in _CLAIM.finditer(line) for skip in (0, m.group(1).startswith("-"))}
 
 
-def _inside_tag(line: str, position: int) -> bool:
-    """Whether ``position`` lies inside an ``<!-- ... -->`` comment (a spec's own numbers)."""
-    return any(m.start() <= position < m.end() for m in re.finditer(r"<!--.*?-->", line))
-
-
 def unchecked_numbers(root: Optional[Path] = None) -> list[str]:
-    """Every rule above at once: README's measured section, :data:`CHECKED_SECTIONS`, partly tagged lines."""
-    root = ROOT if root is None else root
-    missing = untagged_numbers(root / "README.md")
-    for page, heading in CHECKED_SECTIONS:
-        missing += untagged_numbers(root / page, heading)
-    for doc in documents(root):
-        missing += partly_tagged_lines(doc)
-    return list(dict.fromkeys(missing))
+    """The untagged decimal numbers of every page (:func:`untagged_numbers`)."""
+    return [missing for doc in documents(ROOT if root is None else root) for missing in untagged_numbers(doc)]
 
 
 def evaluate(spec: str, results: Path = RESULTS) -> float:
     """The value a claim's spec selects from its CSV (see the module docstring)."""
-    if " / " in spec:
-        numerator, denominator = spec.split(" / ", 1)
-        return evaluate(numerator, results) / evaluate(denominator, results)
-    words = shlex.split(spec)
+    return _value(shlex.split(spec), results)
+
+
+def _value(words: list[str], results: Path) -> float:
+    """The value of a split spec: ``SPEC / SPEC``, ``SPEC - SPEC`` or one ``FILE.csv ...`` selection."""
+    for sign, combine in (("/", operator.truediv), ("-", operator.sub)):
+        if sign in words:
+            at = words.index(sign)
+            return combine(_value(words[:at], results), _value(words[at + 1:], results))
+    spec = " ".join(words)
     if not words or not words[0].endswith(".csv"):
         raise ValueError(f"evidence spec must start with a CSV file name: {spec!r}")
     options = dict(word.split("=", 1) for word in words[1:] if "=" in word)
@@ -147,7 +141,7 @@ def evaluate(spec: str, results: Path = RESULTS) -> float:
         return float(len(values))
     if not values:
         raise ValueError(f"{path.name}: no finite {column} in the rows with {options}")
-    total = {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "sum": sum(values)}[agg]
+    total = {"mean": statistics.fmean, "median": statistics.median, "min": min, "max": max, "sum": sum}[agg](values)
     return total * scale
 
 
@@ -191,7 +185,7 @@ def documents(root: Path = ROOT) -> list[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Print every claim (``ok`` or the mismatch) and the README numbers without evidence;
+    """Print every claim (``ok`` or the mismatch) and every number without evidence;
     ``--fix`` first rewrites the tagged numbers from their CSVs."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--fix" in argv:
