@@ -256,3 +256,28 @@ def test_every_results_csv_records_its_commit_and_checkpoint():
         if not rows or any(not r.get("git_commit") or not r.get("checkpoint_sha256") for r in rows):
             missing.append(path.name)
     assert not missing, f"results without provenance columns (rerun scripts/regenerate_evidence.sh): {missing}"
+
+
+def test_provenance_is_dirty_for_code_changes_not_for_results(tmp_path, monkeypatch):
+    """A regeneration rewrites results CSVs one after another in the same checkout: those do not make
+    the next CSV's commit ``+dirty``; a changed source file does."""
+    import subprocess
+
+    import provenance
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "a.csv").write_text("a\n1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    clean = provenance.provenance()["git_commit"]
+    assert len(clean) == 40 and not clean.endswith("+dirty")
+    (tmp_path / "benchmarks" / "results" / "a.csv").write_text("a\n2\n")
+    assert provenance.provenance()["git_commit"] == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.provenance()["git_commit"] == clean + "+dirty"
