@@ -25,6 +25,11 @@ if [[ $lane == model || $lane == all ]]; then
   "$PY" benchmarks/support_size.py "${FOV64[@]}" --structures "left thalamus" "right thalamus" \
     --lesions lung1:lung2 --out "$R" --plots docs/img --threads 1
   "$PY" benchmarks/finetune_benefit.py "${FOV64[@]}" --steps 150 --out "$R" --plots docs/img
+  # the selection set (never the report set) that chose fov64's default support size
+  # (scripts/choose_support_size.py reads it; the checkpoint records the choice)
+  "$PY" benchmarks/support_size.py "${FOV64[@]}" --structures "left hippocampus" "right hippocampus" \
+    --lesions brain1:brain2 --random-sizes --ensemble-sizes --fixed-sizes --out build/select --threads 1
+  cp build/select/support_size.csv "$R/support_size_selection.csv"
 fi
 if [[ $lane == review || $lane == all ]]; then
   "$PY" benchmarks/calibration.py "${FOV64[@]}" --threads 1 --out "$R"
