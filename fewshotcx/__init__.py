@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # imported on first use (below), so that fewshotcx.io and few
     from .segmenter import Segmenter
     from .session import ContourSession
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"  # 0.2 bundled the CPU-trained model now kept as weights="fov64"
 
 #: ``fx.<name>`` → the module it loads on first use.
 _SUBMODULES = {
