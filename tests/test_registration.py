@@ -110,6 +110,26 @@ def test_same_seed_same_transform(brain, moved):
     assert a.metric == b.metric and a.quality == b.quality
 
 
+def test_thread_count_is_set_per_registration_never_process_wide(brain, moved, monkeypatch):
+    """Two threads registering at once must not change each other's thread count (issue #23 item 1:
+    swapping SimpleITK's process-wide default made concurrent ``registered`` predictions differ)."""
+    import SimpleITK as sitk
+
+    _, fixed = moved
+    single = reg.register(brain.image, fixed, mode="deformable", seed=3, demons_iterations=5)
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    calls: list[int] = []
+    monkeypatch.setattr(sitk.ProcessObject, "SetGlobalDefaultNumberOfThreads", staticmethod(calls.append))
+    try:
+        other = reg.register(brain.image, fixed, mode="deformable", seed=3, demons_iterations=5)
+    finally:
+        monkeypatch.undo()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+    assert calls == []
+    assert other.metric == single.metric and other.quality == single.quality  # threads=1 still holds
+
+
 def test_warp_lands_on_the_fixed_grid_and_matches_the_truth(brain, moved):
     truth, fixed = moved
     result = reg.register(brain.image, fixed, mode="rigid", seed=0)

@@ -12,14 +12,17 @@ multi-resolution (shrink 4, 2, 1), rigid (Euler) → affine, then for ``mode="de
 displacement field by SimpleITK's fast symmetric-forces demons (intensities are normalised the same
 way for both scans, which demons assumes). A B-spline stage with Mattes MI was measured at 70–130 s
 for one 3-mm chest CT, demons at ~5 s with the same check values, hence demons. SimpleITK runs
-single-threaded by default so a seed gives bit-identical results. Every result goes through the
+single-threaded by default so a seed gives bit-identical results; the thread count is set on each
+registration object, never process-wide, so concurrent registrations (two threads predicting two
+queries) cannot change each other's. Every result goes through the
 quality gate (:mod:`fewshotcx.registration.gates`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
 
@@ -102,20 +105,17 @@ def register(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     label = name or _describe(moving)
     fixed_img, moving_img, fixed_mask, moving_mask = _prepare(moving, fixed, modality, working_spacing, label)
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+    method = partial(_method, seed=seed, threads=int(threads))
     try:
-        transform = _initial(fixed_img, moving_img, fixed_mask, moving_mask, seed)
-        transform = _optimise("rigid", transform, fixed_img, moving_img, seed, sampling, iterations)
+        transform = _initial(fixed_img, moving_img, fixed_mask, moving_mask, method)
+        transform = _optimise("rigid", transform, fixed_img, moving_img, method(sampling, fixed_img), iterations)
         if mode != "rigid":
-            transform = _optimise("affine", transform, fixed_img, moving_img, seed, sampling, iterations)
+            transform = _optimise("affine", transform, fixed_img, moving_img, method(sampling, fixed_img), iterations)
         if mode == "deformable":
-            transform = _demons(transform, fixed_img, moving_img, demons_iterations, smoothness)
-        metric = _metric(transform, fixed_img, moving_img, seed, sampling)
+            transform = _demons(transform, fixed_img, moving_img, demons_iterations, smoothness, int(threads))
+        metric = _metric(transform, fixed_img, moving_img, method(sampling, fixed_img))
     except RuntimeError as err:
         raise RegistrationError(f"registration of {label} failed: {_itk_reason(err)}") from None
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
     quality = assess(transform, fixed_img, moving_img, fixed_mask, moving_mask)
     result = Registration(transform, mode, float(metric), quality)
     if check and not result.ok:
@@ -166,11 +166,14 @@ def _itk_reason(err: RuntimeError) -> str:
 MIN_SAMPLES = 200_000
 
 
-def _method(seed: int, sampling: float, fixed: "sitk.Image") -> "sitk.ImageRegistrationMethod":
+def _method(sampling: float, fixed: "sitk.Image", seed: int, threads: int) -> "sitk.ImageRegistrationMethod":
     """Mattes MI (32 bins), random sampling of ``sampling`` of fixed's voxels but at least
-    :data:`MIN_SAMPLES` (measured on a 56×64×20 brain slab: 10% left 5-mm rigid errors, all voxels 0.1–0.6 mm)."""
+    :data:`MIN_SAMPLES` (measured on a 56×64×20 brain slab: 10% left 5-mm rigid errors, all voxels 0.1–0.6 mm),
+    on ``threads`` threads and work units (the metric's sums depend on how the voxels are split)."""
     sitk = load_sitk()
     reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(threads)
+    reg.SetNumberOfWorkUnits(threads)  # else ITK splits the metric by its process-wide default
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     fraction = min(1.0, max(float(sampling), MIN_SAMPLES / fixed.GetNumberOfPixels()))
@@ -179,7 +182,7 @@ def _method(seed: int, sampling: float, fixed: "sitk.Image") -> "sitk.ImageRegis
     return reg
 
 
-def _initial(fixed, moving, fixed_mask, moving_mask, seed: int) -> "sitk.Transform":
+def _initial(fixed, moving, fixed_mask, moving_mask, method: Callable) -> "sitk.Transform":
     """Euler transform about the fixed body centroid: in-plane centroids aligned, and the
     superior-inferior offset chosen by an exhaustive metric search at 4× shrink over every position
     where the shorter body lies within the longer one (plus a 25% margin of the shorter)."""
@@ -199,7 +202,7 @@ def _initial(fixed, moving, fixed_mask, moving_mask, seed: int) -> "sitk.Transfo
     transform.SetTranslation(tuple(float(t) for t in base))
     if steps == 0:
         return transform
-    reg = _method(seed, 0.5, fixed)
+    reg = method(0.5, fixed)
     reg.SetOptimizerAsExhaustive([0, 0, 0, 0, 0, steps], stepLength=step)
     reg.SetOptimizerScales([1.0] * 6)
     reg.SetShrinkFactorsPerLevel([4])
@@ -211,10 +214,11 @@ def _initial(fixed, moving, fixed_mask, moving_mask, seed: int) -> "sitk.Transfo
     return transform
 
 
-def _optimise(stage: str, transform, fixed, moving, seed: int, sampling: float, iterations: int) -> "sitk.Transform":
-    """A rigid or affine stage started from ``transform`` (fixed → moving); returns the result."""
+def _optimise(stage: str, transform, fixed, moving, reg: "sitk.ImageRegistrationMethod",
+              iterations: int) -> "sitk.Transform":
+    """A rigid or affine stage with ``reg`` (from :func:`_method`) started from ``transform``
+    (fixed → moving); returns the result."""
     sitk = load_sitk()
-    reg = _method(seed, sampling, fixed)
     levels = _levels(fixed, [4, 2, 1] if stage == "rigid" else [2, 1])  # affine refines the rigid pose
     reg.SetShrinkFactorsPerLevel(levels)
     reg.SetSmoothingSigmasPerLevel([level / 2 for level in levels])
@@ -241,7 +245,7 @@ def _levels(fixed: "sitk.Image", factors: list[int], smallest: int = 24) -> list
     return [f for f in factors if f == 1 or size / f >= smallest]
 
 
-def _demons(transform, fixed, moving, iterations: int, sigma: float) -> "sitk.Transform":
+def _demons(transform, fixed, moving, iterations: int, sigma: float, threads: int) -> "sitk.Transform":
     """The deformable stage: symmetric-forces demons between ``fixed`` and ``moving`` already mapped
     by ``transform``; returns ``transform`` composed with the displacement field (fixed → moving).
 
@@ -254,16 +258,17 @@ def _demons(transform, fixed, moving, iterations: int, sigma: float) -> "sitk.Tr
     moved = sitk.GetImageFromArray(warped)
     moved.CopyInformation(fixed)
     demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
+    demons.SetNumberOfThreads(threads)
+    demons.SetNumberOfWorkUnits(threads)
     demons.SetNumberOfIterations(int(iterations))
     demons.SetStandardDeviations(float(sigma))
     field = demons.Execute(fixed, moved)
     return sitk.CompositeTransform([transform, sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))])
 
 
-def _metric(transform, fixed, moving, seed: int, sampling: float) -> float:
-    """Mattes mutual information of the final mapping (negative; lower = better)."""
+def _metric(transform, fixed, moving, reg: "sitk.ImageRegistrationMethod") -> float:
+    """Mattes mutual information of the final mapping by ``reg`` (negative; lower = better)."""
     sitk = load_sitk()
-    reg = _method(seed, sampling, fixed)
     reg.SetMovingInitialTransform(transform)
     reg.SetInitialTransform(sitk.TranslationTransform(3))
     return float(reg.MetricEvaluate(fixed, moving))
