@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import tempfile
 import time
@@ -106,7 +107,9 @@ def measure(manifest: Path, support: tuple[Path, Path], work: Path, patients: in
     for name, fn in runs:
         out = work / f"out_{name}"
         out.mkdir()
+        load = os.getloadavg()[0]
         row = fn(out)
+        row["load_avg_before"], row["load_avg_after"] = round(load, 2), round(os.getloadavg()[0], 2)
         print(f"{row['config']}: {row['wall_s']:.1f} s", flush=True)
         rows.append(row)
     base, one = rows[0], rows[1]
@@ -124,8 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=8, help="cohort size (at most 8)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="CSV folder")
-    parser.add_argument("--note", default="shared machine: other jobs were running on the same 2 cores",
-                        help="recorded in the CSV (say whether the machine was shared)")
+    parser.add_argument("--note", default="",
+                        help="recorded in the CSV (e.g. what else ran; each row also records the load average)")
     args = parser.parse_args(argv)
     print(f"machine: {machine_info()}")
     with tempfile.TemporaryDirectory(prefix="fewshotcx-cohort-bench-") as tmp:
