@@ -30,6 +30,11 @@ if [[ $lane == model || $lane == all ]]; then
   "$PY" benchmarks/support_size.py "${FOV64[@]}" --structures "left hippocampus" "right hippocampus" \
     --lesions brain1:brain2 --random-sizes --ensemble-sizes --fixed-sizes --out build/select --threads 1
   cp build/select/support_size.csv "$R/support_size_selection.csv"
+  # the same selection-set sweep for the GPU-trained default (sizes it was trained with)
+  "$PY" benchmarks/support_size.py --weights default --structures "left hippocampus" "right hippocampus" \
+    --lesions brain1:brain2 --sizes 1 2 4 8 16 --random-sizes --ensemble-sizes --fixed-sizes \
+    --out build/select_default --threads 1
+  cp build/select_default/support_size.csv "$R/support_size_selection_default.csv"
 fi
 if [[ $lane == review || $lane == all ]]; then
   "$PY" benchmarks/calibration.py "${FOV64[@]}" --threads 1 --out "$R"
