@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
 
 import numpy as np
 
@@ -107,7 +107,7 @@ def register(
     fixed_img, moving_img, fixed_mask, moving_mask = _prepare(moving, fixed, modality, working_spacing, label)
     method = partial(_method, seed=seed, threads=int(threads))
     try:
-        transform = _initial(fixed_img, moving_img, fixed_mask, moving_mask, method)
+        transform = _initial(fixed_img, moving_img, fixed_mask, moving_mask, method(0.5, fixed_img))
         transform = _optimise("rigid", transform, fixed_img, moving_img, method(sampling, fixed_img), iterations)
         if mode != "rigid":
             transform = _optimise("affine", transform, fixed_img, moving_img, method(sampling, fixed_img), iterations)
@@ -182,10 +182,11 @@ def _method(sampling: float, fixed: "sitk.Image", seed: int, threads: int) -> "s
     return reg
 
 
-def _initial(fixed, moving, fixed_mask, moving_mask, method: Callable) -> "sitk.Transform":
+def _initial(fixed, moving, fixed_mask, moving_mask, reg: "sitk.ImageRegistrationMethod") -> "sitk.Transform":
     """Euler transform about the fixed body centroid: in-plane centroids aligned, and the
-    superior-inferior offset chosen by an exhaustive metric search at 4× shrink over every position
-    where the shorter body lies within the longer one (plus a 25% margin of the shorter)."""
+    superior-inferior offset chosen by an exhaustive metric search with ``reg`` (from :func:`_method`)
+    at 4× shrink over every position where the shorter body lies within the longer one (plus a 25%
+    margin of the shorter)."""
     sitk = load_sitk()
     centre_f, centre_m = centroid(fixed_mask, fixed), centroid(moving_mask, moving)
     lo_f, hi_f = _si_extent(fixed_mask, fixed)
@@ -202,7 +203,6 @@ def _initial(fixed, moving, fixed_mask, moving_mask, method: Callable) -> "sitk.
     transform.SetTranslation(tuple(float(t) for t in base))
     if steps == 0:
         return transform
-    reg = method(0.5, fixed)
     reg.SetOptimizerAsExhaustive([0, 0, 0, 0, 0, steps], stepLength=step)
     reg.SetOptimizerScales([1.0] * 6)
     reg.SetShrinkFactorsPerLevel([4])
