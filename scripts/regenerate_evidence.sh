@@ -13,6 +13,16 @@ R=benchmarks/results
 lane="${1:-all}"
 FOV64=(--weights fov64)
 
+# selection_sweep WEIGHTS CSV [support_size.py options]: support sizes on the selection set only
+selection_sweep() {
+  local weights=$1 csv=$2
+  shift 2
+  "$PY" benchmarks/support_size.py --weights "$weights" --structures "left hippocampus" "right hippocampus" \
+    --lesions brain1:brain2 --random-sizes --ensemble-sizes --fixed-sizes --out "build/select_$weights" \
+    --threads 1 "$@"
+  cp "build/select_$weights/support_size.csv" "$R/$csv"
+}
+
 if [[ $lane == model || $lane == all ]]; then
   "$PY" benchmarks/demo_results.py --out "$R"
   "$PY" benchmarks/ct_cross_patient.py --out "$R"   # needs ../shared/data (LUNG1-001)
@@ -25,16 +35,10 @@ if [[ $lane == model || $lane == all ]]; then
   "$PY" benchmarks/support_size.py "${FOV64[@]}" --structures "left thalamus" "right thalamus" \
     --lesions lung1:lung2 --out "$R" --plots docs/img --threads 1
   "$PY" benchmarks/finetune_benefit.py "${FOV64[@]}" --steps 150 --out "$R" --plots docs/img
-  # the selection set (never the report set) that chose fov64's default support size
-  # (scripts/choose_support_size.py reads it; the checkpoint records the choice)
-  "$PY" benchmarks/support_size.py "${FOV64[@]}" --structures "left hippocampus" "right hippocampus" \
-    --lesions brain1:brain2 --random-sizes --ensemble-sizes --fixed-sizes --out build/select --threads 1
-  cp build/select/support_size.csv "$R/support_size_selection.csv"
-  # the same selection-set sweep for the GPU-trained default (sizes it was trained with)
-  "$PY" benchmarks/support_size.py --weights default --structures "left hippocampus" "right hippocampus" \
-    --lesions brain1:brain2 --sizes 1 2 4 8 16 --random-sizes --ensemble-sizes --fixed-sizes \
-    --out build/select_default --threads 1
-  cp build/select_default/support_size.csv "$R/support_size_selection_default.csv"
+  # the selection set (never the report set) that chose fov64's default support size, and the same
+  # sweep for the GPU-trained default over the sizes it was trained with (scripts/choose_support_size.py)
+  selection_sweep fov64 support_size_selection.csv
+  selection_sweep default support_size_selection_default.csv --sizes 1 2 4 8 16
 fi
 if [[ $lane == review || $lane == all ]]; then
   "$PY" benchmarks/calibration.py "${FOV64[@]}" --threads 1 --out "$R"
