@@ -7,8 +7,9 @@ Everything lands in a :class:`Volume` that carries its affine and the way back t
 """
 
 from .atomic import atomic_output
+from .limits import ReadLimits
 from .tables import read_csv, write_csv
 from .volume import PathLike, SourceGeometry, Volume, VolumeError, binary_mask, check_pair, label_dtype, load_volume, reorient_array, save_volume
 
-__all__ = ["PathLike", "SourceGeometry", "Volume", "VolumeError", "atomic_output", "binary_mask", "check_pair",
+__all__ = ["PathLike", "ReadLimits", "SourceGeometry", "Volume", "VolumeError", "atomic_output", "binary_mask", "check_pair",
            "label_dtype", "load_volume", "read_csv", "reorient_array", "save_volume", "write_csv"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Optional
 
@@ -26,11 +27,14 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .deid import (COMPOUND_ACTIONS, DEIDENTIFICATION_METHOD, DUMMY_VALUES, deidentify_dataset, dummy_value,
                    has_identifiers, profile_action)
 from .dicom_write import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, ds_string, write_dataset, write_dicom_series
-from .grid import PathLike, SourceGeometry, Volume, VolumeError
+from .grid import PathLike, SourceGeometry, Volume, VolumeError, check_geometry
+from .limits import ReadLimits
 
 __all__ = ["CT_IMAGE_STORAGE", "COMPOUND_ACTIONS", "DEIDENTIFICATION_METHOD", "DUMMY_VALUES", "DicomSeries",
            "IDENTIFIERS_WARNING", "IdentifyingDataWarning", "MR_IMAGE_STORAGE", "deidentify_dataset", "ds_string",
@@ -76,21 +80,25 @@ class DicomSeries:
 
 
 # ---------------------------------------------------------------------------- reading
-def scan_series(directory: PathLike, series_uid: Optional[str] = None) -> DicomSeries:
+def scan_series(directory: PathLike, series_uid: Optional[str] = None,
+                limits: Optional[ReadLimits] = None) -> DicomSeries:
     """Find an image series in ``directory`` (recursively) and work out its geometry.
 
     Args:
         directory: folder of DICOM files; non-DICOM files and non-image objects (RTSTRUCT, …) are skipped.
         series_uid: ``SeriesInstanceUID`` to read; default: the series with the most slices.
+        limits: untrusted input: at most ``limits.max_files`` files, each resolving (symlinks
+            followed) inside ``limits.root`` (``None``: inside ``directory``), and no deflate-compressed
+            data sets.
     Raises:
         VolumeError: no image series, unknown ``series_uid``, inconsistent slices, duplicate positions
-            or non-uniform slice spacing (missing slices).
+            or non-uniform slice spacing (missing slices); with ``limits``, input beyond them.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise VolumeError(f"not a directory: {directory}")
     groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    for path in _series_files(directory, limits):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, EOFError):
@@ -111,6 +119,34 @@ def scan_series(directory: PathLike, series_uid: Optional[str] = None) -> DicomS
         raise VolumeError(f"{directory}: no image series with SeriesInstanceUID {series_uid} "
                           f"(found {', '.join(sorted(groups))})")
     return _series_geometry(groups[series_uid], directory)
+
+
+def _series_files(directory: Path, limits: Optional[ReadLimits]) -> list[Path]:
+    """The files under ``directory``, sorted; with ``limits``, checked against them (see :func:`scan_series`)."""
+    files = (p for p in directory.rglob("*") if p.is_file())
+    if limits is None:
+        return sorted(files)
+    found = sorted(islice(files, limits.max_files + 1))
+    if len(found) > limits.max_files:
+        raise VolumeError(f"{directory}: the DICOM folder holds more than {limits.max_files} files")
+    bound = limits if limits.root is not None else replace(limits, root=directory)
+    for path in found:
+        if bound.inside(path) is None:
+            raise VolumeError(f"{directory}: {path.relative_to(directory)} is a link to a file outside the "
+                              "folder this reader may use")
+        if _is_deflated(path):
+            raise VolumeError(f"{directory}: {path.relative_to(directory)} is a deflate-compressed DICOM data "
+                              "set, which is not read from untrusted input")
+    return found
+
+
+def _is_deflated(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file whose whole data set is deflated (inflated in memory by pydicom)."""
+    try:
+        meta = read_file_meta_info(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError):
+        return False
+    return meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
 
 
 def _series_geometry(slices: list[tuple[Path, Dataset]], directory: Path) -> DicomSeries:
@@ -163,7 +199,7 @@ def _slice_step(positions: np.ndarray, normal: np.ndarray, first: Dataset, direc
 
 
 def read_dicom_series(directory: PathLike, label: bool = False, deidentify: bool = True,
-                      series_uid: Optional[str] = None) -> Volume:
+                      series_uid: Optional[str] = None, limits: Optional[ReadLimits] = None) -> Volume:
     """Read a DICOM image series into a :class:`Volume` (float32, or integers with ``label=True``).
 
     Pixel values go through pydicom's :func:`~pydicom.pixels.apply_modality_lut` (rescale slope and
@@ -175,8 +211,16 @@ def read_dicom_series(directory: PathLike, label: bool = False, deidentify: bool
         deidentify: warn (:class:`IdentifyingDataWarning`, once per call site) when the files carry
             identifying attributes; ``False`` for knowingly identifiable work (no warning).
         series_uid: which series to read when the folder holds several (default: the largest).
+        limits: untrusted input (see :func:`scan_series`); the declared size (Columns × Rows × slices ×
+            bytes per pixel) is also checked against ``limits.max_decoded_bytes`` before decoding.
+    Raises:
+        VolumeError: see :func:`scan_series`; absurd geometry (:func:`~fewshotcx.io.grid.check_geometry`);
+            undecodable pixel data.
     """
-    series = scan_series(directory, series_uid)
+    series = scan_series(directory, series_uid, limits)
+    check_geometry(series.affine, str(directory))
+    if limits is not None:
+        limits.check_size(series.shape, max(_pixel_bytes(ds) for ds in series.headers), str(directory))
     if deidentify and has_identifiers(series.headers[0]):
         warnings.warn(IDENTIFIERS_WARNING, IdentifyingDataWarning, stacklevel=2)
     array = np.empty(series.shape, dtype=np.float32)
@@ -191,3 +235,9 @@ def read_dicom_series(directory: PathLike, label: bool = False, deidentify: bool
     vol = Volume(array, series.affine, label=label)
     vol.source = SourceGeometry(vol.shape, vol.affine.copy(), None, str(directory))
     return vol
+
+
+def _pixel_bytes(ds: Dataset) -> int:
+    """Declared bytes per pixel of one slice (samples × bits allocated, rounded up to bytes)."""
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    return int(ds.get("SamplesPerPixel", 1) or 1) * -(-bits // 8)

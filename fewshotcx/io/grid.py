@@ -138,6 +138,34 @@ class Volume:
         return Volume(np.ascontiguousarray(array), src.affine.copy(), self.label, None)
 
 
+#: Voxel sizes (mm) a file may declare: a micrometre-scale micro-CT at one end, 10 m at the other.
+MIN_VOXEL_MM, MAX_VOXEL_MM = 1e-4, 1e4
+#: Largest distance (mm) of the first voxel from the world origin: 1 km.
+MAX_ORIGIN_MM = 1e6
+
+
+def check_geometry(affine: np.ndarray, what: str) -> None:
+    """Refuse absurd file geometry before any pixel is decoded.
+
+    A usable affine is finite, has voxel sizes (column norms) in ``[MIN_VOXEL_MM, MAX_VOXEL_MM]``,
+    an origin within ``MAX_ORIGIN_MM`` of the world origin and axes that are not (nearly) parallel.
+
+    Raises:
+        VolumeError: the first failed condition, in one line naming ``what``.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise VolumeError(f"{what}: the voxel-to-world matrix is not a finite 4x4 matrix")
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if spacing.min() < MIN_VOXEL_MM or spacing.max() > MAX_VOXEL_MM:
+        raise VolumeError(f"{what}: voxel sizes {', '.join(f'{s:.3g}' for s in spacing)} mm are outside "
+                          f"[{MIN_VOXEL_MM:g}, {MAX_VOXEL_MM:g}] mm")
+    if np.abs(affine[:3, 3]).max() > MAX_ORIGIN_MM:
+        raise VolumeError(f"{what}: the image origin is more than {MAX_ORIGIN_MM:g} mm from the world origin")
+    if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-3:
+        raise VolumeError(f"{what}: the image axes are (nearly) parallel: singular voxel-to-world matrix")
+
+
 def reorient_array(array: np.ndarray, from_affine: np.ndarray, to_affine: np.ndarray) -> np.ndarray:
     """Permute/flip ``array`` (``(..., X, Y, Z)``, leading axes kept) from the voxel layout of
     ``from_affine`` to that of ``to_affine`` (both describing the same grid in different layouts)."""
