@@ -66,26 +66,57 @@ def zip_directory(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
-def safe_extract(archive_path: Path, target: Path, max_bytes: int) -> None:
-    """Extract a zip archive into ``target``, refusing absolute or ``..`` member names, links and
-    archives that unpack to more than ``max_bytes``.
+def safe_extract(archive_path: Path, target: Path, max_bytes: int, max_members: int = 4096) -> None:
+    """Extract a zip archive into ``target``, refusing absolute or ``..`` member names, links, more
+    than ``max_members`` members and archives that unpack to more than ``max_bytes``.
+
+    The size is checked twice: the sizes the archive declares, before anything is written, and the
+    bytes actually written, while extracting (a declared size can lie).
 
     Raises:
-        ValueError: not a zip archive, an unsafe member, or too large once unpacked.
+        ValueError: not a zip archive, an unsafe member, too many members or too large once unpacked.
     """
     try:
         archive = zipfile.ZipFile(archive_path)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, OSError):
         raise ValueError("the upload is not a valid zip archive") from None
+    too_large = f"the zip archive unpacks to more than the limit of {max_bytes} bytes"
     with archive:
         members = archive.infolist()
+        if len(members) > max_members:
+            raise ValueError(f"the zip archive holds more than {max_members} members")
         if sum(m.file_size for m in members) > max_bytes:
-            raise ValueError(f"the zip archive unpacks to more than the upload limit ({max_bytes} bytes)")
+            raise ValueError(too_large)
         for member in members:
             name = PurePosixPath(member.filename)
             if name.is_absolute() or ".." in name.parts or (member.external_attr >> 28) == 0o12:
                 raise ValueError(f"unsafe member in the zip archive: {member.filename!r}")
+        written = 0
         try:
-            archive.extractall(target)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise ValueError(f"corrupt zip archive ({exc})") from None
+            for member in members:
+                written += _extract_member(archive, member, target, max_bytes - written)
+        except _TooLarge:
+            raise ValueError(too_large) from None
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+            raise ValueError(f"corrupt zip archive ({' '.join(str(exc).split())})") from None
+
+
+class _TooLarge(Exception):
+    """A zip member wrote more bytes than the archive had left of its limit."""
+
+
+def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, budget: int) -> int:
+    """Write one (already checked) member under ``target``; the bytes written, at most ``budget``."""
+    path = target.joinpath(*PurePosixPath(member.filename).parts)
+    if member.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with archive.open(member) as source, open(path, "wb") as out:
+        while chunk := source.read(1 << 20):
+            written += len(chunk)
+            if written > budget:
+                raise _TooLarge
+            out.write(chunk)
+    return written
