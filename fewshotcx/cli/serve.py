@@ -8,6 +8,7 @@ travels in a header.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .common import CliError
@@ -23,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-sessions", type=int, default=8, help="sessions held at once (default 8)")
     p.add_argument("--data-root", default=None, help="folder whose files sessions may open by path")
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="upload size limit (default 512 MB)")
+    p.add_argument("--max-image-mb", type=float, default=1024.0,
+                   help="decoded image size limit, checked before decoding (default 1024 MB)")
     p.add_argument("--idle-minutes", type=float, default=60.0, help="close sessions idle this long")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
@@ -58,6 +61,8 @@ def server_options(args: argparse.Namespace) -> dict:
             raise CliError(f"--data-root {root} is not a directory")
     if args.max_sessions < 1 or args.max_upload_mb <= 0 or args.idle_minutes <= 0:
         raise CliError("--max-sessions, --max-upload-mb and --idle-minutes must be positive")
+    if not math.isfinite(args.max_image_mb) or args.max_image_mb * (1 << 20) < 1:
+        raise CliError("--max-image-mb must be a positive, finite number of megabytes")
     return {"api_key": key, "data_root": root}
 
 
@@ -73,7 +78,8 @@ def run(args: argparse.Namespace) -> None:
     segmenter = Segmenter(weights=args.weights, device=args.device, modality=args.modality, seed=args.seed,
                           progress=False)
     store = SessionStore(segmenter, max_sessions=args.max_sessions, idle_seconds=args.idle_minutes * 60,
-                         max_upload_bytes=int(args.max_upload_mb * (1 << 20)))
+                         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                         max_image_bytes=int(args.max_image_mb * (1 << 20)))
     try:
         uvicorn.run(create_app(store, **options), host=args.host, port=args.port, log_level="info")
     finally:

@@ -161,7 +161,7 @@ def _session_routes(store: SessionStore, data_root: Optional[Path]) -> APIRouter
         if path is not None:
             source = resolve_under(data_root, path)
             folder = store.new_folder()
-            entry = await run_in_threadpool(store.create, folder, source, path, values)
+            entry = await run_in_threadpool(store.create, folder, source, path, values, root=data_root)
         else:
             if not name or not name.lower().endswith(UPLOAD_SUFFIXES):
                 raise HTTPError(400, "give ?name=FILE ending in .nii, .nii.gz, .nrrd or .zip (a DICOM series) "

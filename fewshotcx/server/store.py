@@ -8,6 +8,7 @@ model at the same time and never deadlock.
 
 from __future__ import annotations
 
+import math
 import secrets
 import shutil
 import tempfile
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from ..io.volume import VolumeError, load_volume
+from ..io.limits import DEFAULT_MAX_DECODED_BYTES, ReadLimits
+from ..io.volume import Volume, VolumeError, load_volume
 from ..segmenter import Segmenter
 from ..session import ContourSession
 from .wire import safe_extract
@@ -65,21 +67,29 @@ class SessionStore:
         segmenter: the shared (slab-backend) segmenter every session uses.
         max_sessions: sessions held at once; creating one more is refused.
         idle_seconds: a session unused this long is closed at the next store access.
-        max_upload_bytes: upload size limit (also bounds an unpacked zip).
+        max_upload_bytes: upload size limit (bytes received).
+        max_image_bytes: decoded image size limit (declared voxels × max(bytes per voxel, 4), checked
+            before decoding; also bounds decompression and an unpacked zip), see
+            :class:`~fewshotcx.io.limits.ReadLimits`.
         clock: monotonic seconds (injectable for tests).
     """
 
     def __init__(self, segmenter: Segmenter, max_sessions: int = 8, idle_seconds: float = 3600.0,
-                 max_upload_bytes: int = 512 << 20, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_upload_bytes: int = 512 << 20, clock: Callable[[], float] = time.monotonic,
+                 max_image_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        if not math.isfinite(max_image_bytes) or max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes must be a positive number of bytes, got {max_image_bytes}")
         self.segmenter = segmenter
         self.max_sessions = int(max_sessions)
         self.idle_seconds = float(idle_seconds)
         self.max_upload_bytes = int(max_upload_bytes)
+        self.max_image_bytes = int(max_image_bytes)
         self.clock = clock
         self.model_lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
+        self._opening = 0  # sessions being loaded: they hold a place under max_sessions
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="fewshotcx-serve-"))
 
@@ -88,47 +98,72 @@ class SessionStore:
         """A fresh private folder for an upload (give it to :meth:`create` or remove it)."""
         return Path(tempfile.mkdtemp(dir=self._root))
 
-    def create(self, folder: Path, source: Path, name: str, labels: Optional[Sequence[int]] = None) -> Entry:
+    def create(self, folder: Path, source: Path, name: str, labels: Optional[Sequence[int]] = None,
+               root: Optional[Path] = None) -> Entry:
         """Open a session on ``source`` (a volume file, a DICOM folder, or a ``.zip`` of one in
         ``folder``); ``folder`` is owned by the session from now on (removed on failure too).
+
+        The image is read as untrusted input (:class:`~fewshotcx.io.limits.ReadLimits` with
+        ``max_image_bytes``): a file it names (NRRD ``data file``) is read only inside ``root``
+        (``--data-root``; ``None``, for uploads: never), a DICOM folder's files only inside ``root`` (or
+        the folder itself). A place under ``max_sessions`` is held while it loads.
 
         Raises:
             SessionLimitError: ``max_sessions`` reached. ValueError / VolumeError: unreadable image.
         """
         try:
             self.expire()
-            with self._lock:
-                if len(self._entries) >= self.max_sessions:
-                    raise SessionLimitError(f"the server holds its maximum of {self.max_sessions} sessions; "
-                                            "close one (DELETE /sessions/ID) or wait for idle ones to expire")
-            dicom_dir = None
-            if source.is_file() and source.name.lower().endswith(".zip"):
-                dicom_dir = folder / "dicom"
-                dicom_dir.mkdir()
-                safe_extract(source, dicom_dir, self.max_upload_bytes)
-                if source.parent == folder:  # an upload; a zip under --data-root is the user's: kept
-                    source.unlink()
-                source = dicom_dir
-            elif source.is_dir():
-                dicom_dir = source
-            elif not source.name.lower().endswith(UPLOAD_SUFFIXES[:3]):
-                raise ValueError(f"{name!r}: expected a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file, or a .zip "
-                                 "of a DICOM series")
-            try:
-                image = load_volume(source)
-            except VolumeError as exc:  # name the upload, not the server's private folder
-                raise VolumeError(str(exc).replace(str(source), name)) from None
+            self._reserve()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        try:
+            dicom_dir, image = self._load(folder, source, name, root)
             session = ContourSession(image, self.segmenter, labels=labels)
         except BaseException:
+            with self._lock:
+                self._opening -= 1
             shutil.rmtree(folder, ignore_errors=True)
             raise
         entry = Entry(secrets.token_urlsafe(12), session, folder, name, dicom_dir, self.clock())
         with self._lock:
-            if len(self._entries) >= self.max_sessions:  # a concurrent create won the last place
-                shutil.rmtree(folder, ignore_errors=True)
-                raise SessionLimitError(f"the server holds its maximum of {self.max_sessions} sessions")
+            self._opening -= 1
             self._entries[entry.id] = entry
         return entry
+
+    def _reserve(self) -> None:
+        """Hold a place for a session about to load.
+
+        Raises:
+            SessionLimitError: every place is taken (held or loading).
+        """
+        with self._lock:
+            if len(self._entries) + self._opening >= self.max_sessions:
+                raise SessionLimitError(f"the server holds its maximum of {self.max_sessions} sessions; "
+                                        "close one (DELETE /sessions/ID) or wait for idle ones to expire")
+            self._opening += 1
+
+    def _load(self, folder: Path, source: Path, name: str, root: Optional[Path]) -> tuple[Optional[Path], Volume]:
+        """``(DICOM folder or None, image)`` read from ``source`` within the store's limits; messages
+        name ``name``, never the server's folders."""
+        limits = ReadLimits(self.max_image_bytes, root)
+        dicom_dir = None
+        if source.is_file() and source.name.lower().endswith(".zip"):
+            dicom_dir = folder / "dicom"
+            dicom_dir.mkdir()
+            safe_extract(source, dicom_dir, self.max_image_bytes, limits.max_files)
+            if source.parent == folder:  # an upload; a zip under --data-root is the user's: kept
+                source.unlink()
+            source, limits = dicom_dir, ReadLimits(self.max_image_bytes)  # its files: inside dicom_dir
+        elif source.is_dir():
+            dicom_dir = source
+        elif not source.name.lower().endswith(UPLOAD_SUFFIXES[:3]):
+            raise ValueError(f"{name!r}: expected a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file, or a .zip "
+                             "of a DICOM series")
+        try:
+            return dicom_dir, load_volume(source, limits=limits)
+        except VolumeError as exc:  # name the upload, not the server's private folder
+            raise VolumeError(str(exc).replace(str(source), name)) from None
 
     def close(self, session_id: str) -> None:
         """Forget a session and remove its folder.
@@ -193,16 +228,20 @@ class SessionStore:
 
 
 def resolve_under(root: Optional[Path], relative: str) -> Path:
-    """``relative`` inside ``root`` (symlinks resolved), never outside it.
+    """``relative`` inside ``root`` (symlinks resolved), never outside it and never ``root`` itself
+    (so an empty path does not scan the whole root).
 
     Raises:
-        PermissionError: no root configured, or the path leaves it. VolumeError: it does not exist.
+        PermissionError: no root configured, or the path leaves it. ValueError: the path names the
+            root itself. VolumeError: it does not exist.
     """
     if root is None:
         raise PermissionError("this server has no --data-root: upload the image instead")
     base = root.resolve()
     path = (base / relative).resolve()
-    if path != base and base not in path.parents:
+    if path == base:
+        raise ValueError("give ?path= a file or DICOM folder under --data-root, not the root itself")
+    if base not in path.parents:
         raise PermissionError(f"{relative!r} is outside the server's --data-root")
     if not path.exists():
         raise VolumeError(f"no such file or directory under --data-root: {relative!r}")
