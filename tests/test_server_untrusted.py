@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from servekit import SHAPE, serving, tiny_segmenter, write_image  # noqa: E402
-from test_untrusted_io import nifti_gz, nrrd_file  # noqa: E402
+from hostile import nifti_gz, nrrd_file  # noqa: E402
 
 from fewshotcx import load_volume  # noqa: E402
 from fewshotcx.client import RemoteError, RemoteSession  # noqa: E402

@@ -28,7 +28,6 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .deid import (COMPOUND_ACTIONS, DEIDENTIFICATION_METHOD, DUMMY_VALUES, deidentify_dataset, dummy_value,
                    has_identifiers, profile_action)
@@ -43,6 +42,10 @@ __all__ = ["CT_IMAGE_STORAGE", "COMPOUND_ACTIONS", "DEIDENTIFICATION_METHOD", "D
 
 IDENTIFIERS_WARNING = ("the DICOM series carries identifying attributes (patient, staff or institution); "
                        "they are not copied into the volume, but the source files stay identifiable")
+
+
+#: Transfer syntax whose whole data set is deflated (pydicom inflates it in memory, unbounded).
+_DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 
 
 class IdentifyingDataWarning(UserWarning):
@@ -146,7 +149,7 @@ def _is_deflated(path: Path) -> bool:
         meta = read_file_meta_info(path)
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return False
-    return meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    return meta.get("TransferSyntaxUID") == _DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 
 
 def _series_geometry(slices: list[tuple[Path, Dataset]], directory: Path) -> DicomSeries:
