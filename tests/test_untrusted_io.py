@@ -226,3 +226,16 @@ def test_read_limits_validate_their_values(tmp_path):
     with pytest.raises(ValueError):
         ReadLimits(0)
     assert ReadLimits(1, root=Path(os.path.relpath(tmp_path))).root == tmp_path.resolve()
+
+
+@pytest.mark.parametrize("encoding, dtype", [("raw", ">i2"), ("gzip", "<u2"), ("bzip2", "<f8"), ("ascii", "int16")])
+def test_untrusted_nrrd_data_reads_as_the_trusted_reader_does(tmp_path, encoding, dtype):
+    import nrrd
+
+    array = np.arange(24).reshape(2, 3, 4).astype(dtype)
+    path = tmp_path / "x.nrrd"
+    nrrd.write(str(path), array, {"space": "left-posterior-superior", "space directions": np.eye(3),
+                                  "encoding": encoding})
+    untrusted = load_volume(path, limits=ReadLimits(LIMIT), canonical=False)
+    assert np.array_equal(untrusted.array, load_volume(path, canonical=False).array)
+    assert np.array_equal(untrusted.array, array)
