@@ -49,15 +49,15 @@ class Raster:
 def rasterise(contours: list[np.ndarray], shape: tuple[int, int, int]) -> Raster:
     """Fill closed planar ``contours`` (each ``(N, 3)`` vertices in voxel units) on a ``shape`` grid."""
     inside = np.zeros(shape, dtype=bool)
-    depth = np.array([c[:, 2].mean() for c in contours])
-    slices = np.floor(depth + 0.5 + _HALF_WAY).astype(np.int64) if contours else np.zeros(0, np.int64)
+    depth = np.array([c[:, 2].mean() for c in contours], dtype=np.float64)
+    planes = _planes(depth)
+    plane_depth = np.bincount(planes, weights=depth) / np.maximum(np.bincount(planes), 1)
+    slices = np.floor(plane_depth[planes] + 0.5 + _HALF_WAY).astype(np.int64)  # one slice per plane
     offsets = np.abs(depth - slices)
     on_grid = (slices >= 0) & (slices < shape[2])
-    planes = _planes(depth)
     for plane in np.unique(planes[on_grid]):
         members = np.flatnonzero(planes == plane)
-        k = int(slices[members[0]])
-        inside[:, :, k] |= fill_plane([contours[m][:, :2] for m in members], shape[:2])
+        inside[:, :, slices[members[0]]] |= fill_plane([contours[m][:, :2] for m in members], shape[:2])
     return Raster(inside=inside, outside=int(np.count_nonzero(~on_grid)),
                   off_plane=int(np.count_nonzero(offsets > OFF_PLANE_TOLERANCE)),
                   max_offset=float(offsets.max(initial=0.0)))
@@ -66,9 +66,9 @@ def rasterise(contours: list[np.ndarray], shape: tuple[int, int, int]) -> Raster
 def _planes(depth: np.ndarray) -> np.ndarray:
     """``(C,)`` plane index per contour: sorted depths split where they differ by more than the tolerance."""
     order = np.argsort(depth, kind="stable")
-    starts = np.concatenate([[0], np.diff(depth[order]) > OFF_PLANE_TOLERANCE]).astype(np.int64)
+    ordered = depth[order]
     planes = np.empty(len(depth), dtype=np.int64)
-    planes[order] = np.cumsum(starts)
+    planes[order] = np.cumsum(np.diff(ordered, prepend=ordered[:1]) > OFF_PLANE_TOLERANCE)
     return planes
 
 
