@@ -1,7 +1,8 @@
 """RTSTRUCT in/out (re-exported as ``fx.rt.read_rtstruct`` / ``fx.rt.write_rtstruct``).
 
-:func:`read_rtstruct` rasterises closed planar contours on the referenced image series with the
-even-odd rule (a contour inside another on the same slice is a hole); :func:`write_rtstruct` draws
+:func:`read_rtstruct` rasterises closed planar contours on the referenced image series by the rule
+of :mod:`fewshotcx.rt.raster` (a contour inside another on the same plane is a hole, other contours
+are unioned); :func:`write_rtstruct` draws
 the 0.5 iso-contours of each mask slice (marching squares, via ``contourpy``), outer boundaries and
 holes as separate contours, in patient (LPS) millimetres through the series geometry.
 """
@@ -16,14 +17,14 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pydicom
 from nibabel import orientations as ornt
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from ..io.dicom import DicomSeries, deidentify_dataset, ds_string, scan_series, write_dataset
 from ..io.grid import PathLike, Volume, VolumeError, binary_mask
+from .raster import rasterise
+from .structure_set import contour_points, number, read_structure_set, referenced_series, roi_table, sequence
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 _DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # (retired) SOP class planning systems expect in the study reference
@@ -39,10 +40,11 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike,
                   names: Optional[Collection[str]] = None) -> dict[str, Volume]:
     """Rasterise every ROI of an RTSTRUCT on its referenced image series.
 
-    Closed planar contours are assigned to the nearest slice and filled with the even-odd rule across
-    all contours of the ROI on that slice, so inner contours are holes (voxel centres decide). Contours
-    that cannot be filled (another geometric type, or a slice outside the series) are skipped with
-    one warning per ROI that counts them.
+    Closed planar contours are filled as :mod:`fewshotcx.rt.raster` describes: each on its nearest
+    slice, holes only for a contour inside another of the same plane, everything else unioned (voxel
+    centres decide). Warnings, one per ROI: contours off the slice planes (how
+    far), contours that cannot be filled (another geometric type, fewer than 3 points, a slice outside
+    the series). ROIs without an ROI Contour item are left out with a warning, unless named.
 
     Args:
         rtstruct_path: the RT Structure Set file.
@@ -53,86 +55,74 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike,
         ``{ROI name: uint8 Volume}`` on the series' grid in closest-canonical RAS, i.e. aligned with
         ``load_volume(series_dir)``; ``save_volume`` writes them in the series' own layout.
     Raises:
-        VolumeError: not an RTSTRUCT, series or frame of reference mismatch, contours not parallel to
-            the image slices.
+        VolumeError: not a readable RTSTRUCT, series or frame of reference mismatch, a named ROI
+            without an ROI Contour item, malformed ContourData, contours not parallel to the image
+            slices (one line naming the file and the ROI).
     """
     ds = read_structure_set(rtstruct_path)
-    series = scan_series(series_dir, _referenced_series_uid(ds))
+    file = Path(rtstruct_path).name
+    series = scan_series(series_dir, referenced_series(ds)[0])
     frame = str(series.headers[0].get("FrameOfReferenceUID", ""))
-    rois = {int(r.ROINumber): (str(r.ROIName), str(r.get("ReferencedFrameOfReferenceUID", frame)))
-            for r in ds.StructureSetROISequence}
-    inverse = np.linalg.inv(series.affine_lps)
+    rois = roi_table(ds, file, frame)
+    items = sequence(ds, "ROIContourSequence", file)
+    _check_contour_items(rois, {number(item, "ReferencedROINumber", file) for item in items}, names, file)
     masks: dict[str, Volume] = {}
-    for roi in ds.get("ROIContourSequence", []):
-        name, roi_frame = rois.get(int(roi.ReferencedROINumber), (f"ROI {roi.ReferencedROINumber}", frame))
+    for item in items:
+        roi = number(item, "ReferencedROINumber", file)
+        name, roi_frame = rois.get(roi, (f"ROI {roi}", frame))
         if names is not None and name not in names:
             continue
         if roi_frame != frame:
-            raise VolumeError(f"ROI {name!r} is in frame of reference {roi_frame}, the series in {frame}")
-        inside = np.zeros(series.shape, dtype=bool)
-        skipped: Counter[str] = Counter()
-        for contour in roi.get("ContourSequence", []):
-            kind = str(contour.get("ContourGeometricType", "no type"))
-            if kind != "CLOSED_PLANAR":
-                skipped[kind] += 1
-                continue
-            points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
-            ijk = points @ inverse[:3, :3].T + inverse[:3, 3]
-            if np.ptp(ijk[:, 2]) > 0.5:
-                raise VolumeError(f"ROI {name!r} has a contour that is not parallel to the image slices")
-            k = int(np.round(ijk[:, 2].mean()))
-            if 0 <= k < series.shape[2]:
-                inside[:, :, k] ^= _polygon_mask(ijk[:, :2], series.shape[:2])
-            else:
-                skipped["outside the series"] += 1
-        if skipped:
-            warnings.warn(f"{rtstruct_path}: ROI {name!r}: skipped " + ", ".join(
-                f"{n} contour{'s' if n > 1 else ''} {_why(kind)}" for kind, n in sorted(skipped.items())), stacklevel=2)
-        key = name if name not in masks else f"{name}_{roi.ReferencedROINumber}"
-        masks[key] = Volume(inside.astype(np.uint8), series.affine, label=True).canonical()
+            raise VolumeError(f"{file}: ROI {name!r} is in frame of reference {roi_frame}, the series in {frame}")
+        inside = _read_roi(item, f"{file}: ROI {name!r}", series)
+        masks[name if name not in masks else f"{name}_{roi}"] = Volume(inside.astype(np.uint8), series.affine,
+                                                                        label=True).canonical()
     return masks
 
 
-def read_structure_set(rtstruct_path: PathLike) -> Dataset:
-    """The RT Structure Set dataset of a file (contours as DICOM values, not rasterised).
-
-    Raises:
-        VolumeError: not readable as DICOM, or not an RT Structure Set.
-    """
-    try:
-        ds = pydicom.dcmread(rtstruct_path)
-    except (InvalidDicomError, OSError) as exc:
-        raise VolumeError(f"cannot read {rtstruct_path} as DICOM: {exc}") from None
-    if ds.get("Modality") != "RTSTRUCT" or "StructureSetROISequence" not in ds:
-        raise VolumeError(f"{rtstruct_path} is not an RT Structure Set (Modality {ds.get('Modality')!r})")
-    return ds
+def _check_contour_items(rois: Mapping[int, tuple[str, str]], referenced: Collection[int],
+                         names: Optional[Collection[str]], file: str) -> None:
+    """Refuse a named ROI without an ROI Contour item; warn about the others when all are read."""
+    missing = [name for roi, (name, _) in rois.items() if roi not in referenced]
+    for name in missing:
+        if names is not None and name in names:
+            raise VolumeError(f"{file}: ROI {name!r} has no ROI Contour item (no contours to read)")
+    if missing and names is None:
+        warnings.warn(f"{file}: ROI{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                      "without an ROI Contour item (no contours) left out", stacklevel=3)
 
 
-def _why(kind: str) -> str:
-    return kind if kind == "outside the series" else f"of type {kind} (only CLOSED_PLANAR is filled)"
-
-
-def _referenced_series_uid(ds: Dataset) -> Optional[str]:
-    for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
-        for study in frame.get("RTReferencedStudySequence", []):
-            for series in study.get("RTReferencedSeriesSequence", []):
-                return str(series.SeriesInstanceUID)
-    return None
-
-
-def _polygon_mask(vertices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``(X, Y)`` bool: voxel centres inside the closed polygon ``vertices`` ``(N, 2)`` in (i, j) units."""
-    from matplotlib.path import Path as PolygonPath
-
-    out = np.zeros(shape, dtype=bool)
-    lo = np.maximum(np.ceil(vertices.min(axis=0)).astype(int), 0)
-    hi = np.minimum(np.floor(vertices.max(axis=0)).astype(int), np.asarray(shape) - 1)
-    if len(vertices) < 3 or np.any(hi < lo):
-        return out
-    i, j = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
-    inside = PolygonPath(vertices).contains_points(np.column_stack([i.ravel(), j.ravel()]))
-    out[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1] = inside.reshape(i.shape)
-    return out
+def _read_roi(item: Dataset, where: str, series: DicomSeries) -> np.ndarray:
+    """``(X, Y, Z)`` bool voxels of one ROI Contour item (``where``: file and ROI, for messages)."""
+    inverse = np.linalg.inv(series.affine_lps)
+    polygons: list[np.ndarray] = []
+    skipped: Counter[str] = Counter()
+    for index, contour in enumerate(sequence(item, "ContourSequence", where), start=1):
+        kind = str(contour.get("ContourGeometricType", "no type"))
+        if kind != "CLOSED_PLANAR":
+            skipped[f"of type {kind} (only CLOSED_PLANAR is filled)"] += 1
+            continue
+        points = contour_points(contour, f"{where}: contour {index}")
+        ijk = points @ inverse[:3, :3].T + inverse[:3, 3]
+        if len(ijk) < 3:
+            skipped["with fewer than 3 points"] += 1
+        elif not np.isfinite(ijk).all():
+            skipped["outside the series"] += 1
+        elif np.ptp(ijk[:, 2]) > 0.5:
+            raise VolumeError(f"{where}: contour {index} is not parallel to the image slices")
+        else:
+            polygons.append(ijk)
+    raster = rasterise(polygons, series.shape)
+    skipped["outside the series"] += raster.outside
+    if raster.off_plane:
+        spacing = float(np.linalg.norm(series.affine[:3, 2]))
+        warnings.warn(f"{where}: {raster.off_plane} of {len(polygons)} contours lie off the image slice planes "
+                      f"(up to {raster.max_offset * spacing:.2f} mm, slice spacing {spacing:g} mm); each is "
+                      "filled on its nearest slice", stacklevel=3)
+    if +skipped:
+        warnings.warn(f"{where}: skipped " + ", ".join(f"{n} contour{'s' if n > 1 else ''} {why}"
+                                                       for why, n in sorted((+skipped).items())), stacklevel=3)
+    return raster.inside
 
 
 def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: PathLike,
@@ -143,7 +133,7 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
     """Write masks as an RT Structure Set referencing a DICOM image series.
 
     Each mask slice is contoured at the 0.5 level (marching squares on voxel centres), so reading the
-    file back with the even-odd rule restores the voxels; holes are separate contours.
+    file back (:func:`read_rtstruct`) restores the voxels; holes are separate contours.
 
     Args:
         masks: ``{ROI name: mask Volume}``; each mask must lie on the series' grid in any voxel

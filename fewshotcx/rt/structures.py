@@ -35,7 +35,8 @@ from pydicom.errors import InvalidDicomError
 from ..io.atomic import atomic_output
 from ..io.dicom import deidentify_dataset, read_dicom_series, scan_series, write_dataset
 from ..io.grid import PathLike, Volume, VolumeError
-from .rtstruct import read_rtstruct, read_structure_set, write_rtstruct
+from .rtstruct import read_rtstruct, write_rtstruct
+from .structure_set import read_structure_set, referenced_series, roi_table
 from ..io.volume import load_volume, save_volume
 from .names import check_names, display_colour, interpreted_type, match_structure, tg263_name
 
@@ -71,7 +72,7 @@ def rtstruct_rois(rtstruct: PathLike) -> tuple[pydicom.Dataset, list[str]]:
         VolumeError: not readable as DICOM, or not an RT Structure Set.
     """
     ds = read_structure_set(rtstruct)
-    return ds, [str(r.ROIName) for r in ds.StructureSetROISequence]
+    return ds, [name for name, _ in roi_table(ds, Path(rtstruct).name).values()]
 
 
 def is_rtstruct(path: PathLike) -> bool:
@@ -83,16 +84,6 @@ def is_rtstruct(path: PathLike) -> bool:
         return pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality") == "RTSTRUCT"
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return False
-
-
-def referenced_series(ds: pydicom.Dataset) -> tuple[Optional[str], Optional[str]]:
-    """``(SeriesInstanceUID, FrameOfReferenceUID)`` an RTSTRUCT dataset refers to (None where absent)."""
-    for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
-        for study in frame.get("RTReferencedStudySequence", []):
-            for series in study.get("RTReferencedSeriesSequence", []):
-                return str(series.SeriesInstanceUID), str(frame.get("FrameOfReferenceUID", "")) or None
-        return None, str(frame.get("FrameOfReferenceUID", "")) or None
-    return None, None
 
 
 def _check_same_series(rtstruct: PathLike, ds: pydicom.Dataset, series_dir: PathLike) -> str:
