@@ -4,7 +4,8 @@ It has the session's methods (``draw``, ``erase``, ``undo``, ``drawn``, ``drawn_
 ``result``, plus ``close``) and needs neither torch nor the model on this machine: only numpy,
 nibabel and the standard library's HTTP client. Slice indices are axial indices of the canonical
 (closest-RAS) array, as for ``ContourSession``. Every server error comes back as one
-:class:`RemoteError` whose message is the server's one-line answer.
+:class:`RemoteError` whose message is the server's one-line answer. Redirects are never followed
+(the API key would go wherever they point): a redirect is a :class:`RemoteError` naming its target.
 
 Example::
 
@@ -40,6 +41,16 @@ class RemoteError(RuntimeError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: urllib then raises the 3xx answer as an ``HTTPError``."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class RemoteSession:
@@ -111,9 +122,14 @@ class RemoteSession:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(url, data=body, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                target = exc.headers.get("Location", "?")
+                raise RemoteError(f"the server redirects to {target}; RemoteSession follows no redirect "
+                                  "(it would send the key there): give that URL if you trust it "
+                                  f"(HTTP {exc.code})", exc.code) from None
             raise RemoteError(f"server: {_detail(exc)} (HTTP {exc.code})", exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)

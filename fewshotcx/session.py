@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import copy
 import json
+import zlib
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -43,6 +46,26 @@ from .segmenter import Segmenter, decide_modality
 _FORMAT = "fewshotcx-contour-session"
 _VERSION = 1
 Key = tuple  # (support: ((z, version), ...), classes, leave_out)
+
+#: Default bounds of a session's undo history (:attr:`ContourSession.history_limit`, ``history_bytes``).
+HISTORY_STEPS = 100
+HISTORY_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One undo step: slice ``z`` as it was before a draw or erase (``packed`` is ``None`` when it was
+    not drawn, else its mask's zlib-compressed bytes in ``dtype``, x fastest) and the label values then."""
+
+    z: int
+    packed: Optional[bytes]
+    dtype: np.dtype
+    version: int
+    labels: Optional[tuple[int, ...]]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.packed or b"")
 
 
 class ContourSession:
@@ -69,8 +92,10 @@ class ContourSession:
         self.neighbours = int(neighbours)
         self.labels = None if labels is None else tuple(sorted(self._check_values(labels)))
         self.modality = decide_modality([self.image.array], modality if modality != "auto" else self.segmenter.modality)
-        self._drawn: dict[int, tuple[np.ndarray, int]] = {}  # z -> (mask (X, Y) int64, version)
-        self._history: list[tuple[dict, Optional[tuple]]] = []
+        self._drawn: dict[int, tuple[np.ndarray, int]] = {}  # z -> (read-only (X, Y) mask, smallest dtype; version)
+        self._history: deque[_Step] = deque()
+        self.history_limit = HISTORY_STEPS  # undo steps kept (the oldest dropped first)
+        self.history_bytes = HISTORY_BYTES  # and their compressed bytes, at most
         self._version = 0
         self._cache: dict[Key, np.ndarray] = {}  # -> (L, X, Y) probabilities of one slice
         self._slabs: Optional[torch.Tensor] = None
@@ -90,8 +115,8 @@ class ContourSession:
         return sorted(self._drawn)
 
     def drawn_mask(self, z: int) -> np.ndarray:
-        """A copy of the drawn ``(X, Y)`` slice ``z``."""
-        return self._drawn[self._index(z)][0].copy()
+        """A copy of the drawn ``(X, Y)`` slice ``z`` (int64)."""
+        return self._drawn[self._index(z)][0].astype(np.int64)
 
     def draw(self, z: int, mask) -> None:
         """Record slice ``z`` (axial, canonical array) as drawn: ``mask`` is ``(X, Y)`` label values
@@ -116,28 +141,51 @@ class ContourSession:
         if labels is not None and new:
             raise ValueError(f"label value(s) {sorted(new)} not declared for this session (labels={labels}); "
                              "declare every structure with ContourSession(..., labels=...)")
-        self._push()
+        self._push(z)
         if labels is None and values - {0}:
             self.labels = tuple(sorted(values - {0}))
         self._version += 1
-        self._drawn[z] = (array.astype(np.int64).copy(), self._version)
+        stored = array.astype(label_dtype(max(values, default=0)))  # a copy; uint8 for labels up to 255
+        stored.flags.writeable = False
+        self._drawn[z] = (stored, self._version)
 
     def erase(self, z: int) -> None:
         """Forget the drawing of slice ``z``."""
         z = self._index(z)
         if z not in self._drawn:
             raise ValueError(f"slice {z} is not drawn (drawn: {self.drawn})")
-        self._push()
+        self._push(z)
         del self._drawn[z]
 
     def undo(self) -> None:
-        """Revert the last ``draw`` or ``erase``."""
+        """Revert the last ``draw`` or ``erase``.
+
+        The history keeps, per step, only the slice that step changed (zlib-compressed, in its smallest
+        dtype): at most :attr:`history_limit` steps (default :data:`HISTORY_STEPS`) and
+        :attr:`history_bytes` compressed bytes (default :data:`HISTORY_BYTES`), the oldest dropped first.
+
+        Raises:
+            ValueError: nothing (left) to undo.
+        """
         if not self._history:
             raise ValueError("nothing to undo")
-        self._drawn, self.labels = self._history.pop()
+        step = self._history.pop()
+        if step.packed is None:
+            self._drawn.pop(step.z, None)
+        else:
+            mask = np.frombuffer(zlib.decompress(step.packed), dtype=step.dtype)
+            self._drawn[step.z] = (mask.reshape(self.image.shape[:2], order="F"), step.version)
+        self.labels = step.labels
 
-    def _push(self) -> None:
-        self._history.append((dict(self._drawn), self.labels))
+    def _push(self, z: int) -> None:
+        """Remember slice ``z`` as it is now, before it changes, within the history's bounds."""
+        mask, version = self._drawn.get(z, (None, 0))
+        packed = None if mask is None else zlib.compress(mask.tobytes(order="F"), 1)
+        dtype = np.dtype(np.uint8) if mask is None else mask.dtype
+        self._history.append(_Step(z, packed, dtype, version, self.labels))
+        total = sum(step.nbytes for step in self._history)
+        while self._history and (len(self._history) > self.history_limit or total > self.history_bytes):
+            total -= self._history.popleft().nbytes
 
     def _index(self, z) -> int:
         if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or not 0 <= int(z) < self.depth:
@@ -213,7 +261,7 @@ class ContourSession:
         out = np.zeros(self.image.shape, dtype=label_dtype(int(max(values.max(), max(self.labels or (0,))))))
         for z, p in probs.items():
             out[..., z] = np.where(p.max(axis=0) > self.segmenter.threshold, values[p.argmax(axis=0)], 0)
-        drawn = np.zeros(self.image.shape, dtype=np.int64)
+        drawn = np.zeros(self.image.shape, dtype=out.dtype)  # drawn values are among the labels: they fit
         for z, (mask, _) in self._drawn.items():
             drawn[..., z] = mask
         out[..., self.drawn] = drawn[..., self.drawn]
@@ -320,7 +368,7 @@ class ContourSession:
         drawn = self.drawn
         meta = {"format": _FORMAT, "version": _VERSION, "labels": None if self.labels is None else list(self.labels),
                 "neighbours": self.neighbours, "modality": self.modality, "slices": drawn}
-        masks = np.stack([self._drawn[z][0] for z in drawn]) if drawn else np.zeros((0,) + self.image.shape[:2], np.int64)
+        masks = np.stack([self.drawn_mask(z) for z in drawn]) if drawn else np.zeros((0,) + self.image.shape[:2], np.int64)
         with atomic_output(path, overwrite=overwrite) as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, meta=np.array(json.dumps(meta)), masks=masks,

@@ -41,9 +41,12 @@ def disc(centre: tuple[int, int], radius: float, shape: tuple[int, int], value: 
 
 @contextmanager
 def serving(store, api_key: Optional[str] = None, data_root: Optional[Path] = None,
-            sweep_seconds: float = 30.0) -> Iterator[str]:
-    """Run the ``fewshotcx serve`` app on a free loopback port; yields its URL."""
+            sweep_seconds: float = 30.0, limits=None) -> Iterator[str]:
+    """Run the ``fewshotcx serve`` app on a free loopback port (``limits``: a
+    :class:`fewshotcx.server.limits.Limits`, default its defaults); yields its URL."""
     from fewshotcx.server.background import background_server
+    from fewshotcx.server.limits import Limits
 
-    with background_server(store, api_key=api_key, data_root=data_root, sweep_seconds=sweep_seconds) as url:
+    with background_server(store, api_key=api_key, data_root=data_root, sweep_seconds=sweep_seconds,
+                           limits=limits or Limits()) as url:
         yield url

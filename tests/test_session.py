@@ -221,3 +221,56 @@ def test_a_slice_that_needs_no_resize_is_predicted_with_a_real_model():
     s.draw(6, disc)
     result = s.result().array
     assert result.shape == (32, 32, 8) and np.array_equal(result[..., 1], disc)
+
+
+def big_disc(radius: int, size: int = 512) -> np.ndarray:
+    x, y = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    return (((x - 256) ** 2 + (y - 250) ** 2) <= radius ** 2).astype(np.int64)
+
+
+def test_four_hundred_redraws_of_a_512_slice_keep_the_memory_bounded():
+    """Issue #29 item 6: every draw used to keep a full int64 copy for undo (+820 MB for 400 redraws)."""
+    import tracemalloc
+
+    seg = Segmenter(backend=UnsureBackend(), modality="mr", progress=False)
+    s = ContourSession(Volume(np.zeros((512, 512, 3), np.float32), np.eye(4)), seg)
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        for i in range(400):
+            s.draw(1, big_disc(20 + i % 200))
+            grown = tracemalloc.get_traced_memory()[0] - baseline
+            assert grown < 6 << 20, f"{grown >> 20} MB held after {i + 1} redraws"
+    finally:
+        tracemalloc.stop()
+    assert s._drawn[1][0].dtype == np.uint8 and s.drawn_mask(1).dtype == np.int64
+    s.undo()
+    assert np.array_equal(s.drawn_mask(1), big_disc(20 + 398 % 200))
+
+
+def test_the_undo_history_drops_its_oldest_steps_beyond_its_bounds():
+    s = session()
+    s.history_limit = 3
+    for lo in range(6):
+        s.draw(2, square(lo=lo, hi=lo + 4))
+    for lo in (4, 3, 2):
+        s.undo()
+        assert np.array_equal(s.drawn_mask(2), square(lo=lo, hi=lo + 4))
+    with pytest.raises(ValueError, match="nothing to undo"):
+        s.undo()
+    s.history_bytes = 0  # every step is dropped as soon as it is taken
+    s.draw(3, square())
+    s.draw(3, square(value=1, lo=1))
+    with pytest.raises(ValueError, match="nothing to undo"):
+        s.undo()
+
+
+def test_undo_of_a_first_draw_restores_the_undeclared_labels_and_large_values_survive():
+    s = session()
+    s.draw(4, square(value=300))
+    assert s.labels == (300,) and s.drawn_mask(4).max() == 300
+    s.draw(4, square(value=300, lo=2))
+    s.undo()
+    assert np.array_equal(s.drawn_mask(4), square(value=300))
+    s.undo()
+    assert s.drawn == [] and s.labels is None

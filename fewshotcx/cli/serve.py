@@ -27,6 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-image-mb", type=float, default=1024.0,
                    help="decoded image size limit, checked before decoding (default 1024 MB)")
     p.add_argument("--idle-minutes", type=float, default=60.0, help="close sessions idle this long")
+    p.add_argument("--max-uploads", type=int, default=2, help="uploads received at once (default 2)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request body may stall before it is refused (default 30)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection may take to send its request headers (default 10)")
+    p.add_argument("--keep-alive-timeout", type=float, default=5.0,
+                   help="seconds an idle keep-alive connection stays open (default 5)")
+    p.add_argument("--max-connections", type=int, default=64,
+                   help="open connections and requests at once; more are answered 503 (default 64)")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--modality", default="auto", choices=["auto", "ct", "mr"])
@@ -35,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def server_options(args: argparse.Namespace) -> dict:
-    """Checked options: ``{"api_key", "data_root"}``.
+    """Checked options: ``{"api_key", "data_root", "limits"}``.
 
     Raises:
         CliError: a non-loopback host without a key, an unreadable or empty key file, a bad
@@ -63,7 +72,15 @@ def server_options(args: argparse.Namespace) -> dict:
         raise CliError("--max-sessions, --max-upload-mb and --idle-minutes must be positive")
     if not math.isfinite(args.max_image_mb) or args.max_image_mb * (1 << 20) < 1:
         raise CliError("--max-image-mb must be a positive, finite number of megabytes")
-    return {"api_key": key, "data_root": root}
+    from ..server.limits import Limits
+
+    try:
+        limits = Limits(max_uploads=args.max_uploads, body_timeout=args.body_timeout,
+                        header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                        max_connections=args.max_connections)
+    except ValueError as exc:
+        raise CliError(f"--max-uploads, --max-connections and the timeouts must be positive ({exc})") from None
+    return {"api_key": key, "data_root": root, "limits": limits}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -74,13 +91,16 @@ def run(args: argparse.Namespace) -> None:
         raise CliError("fewshotcx serve needs the [serve] extra: pip install 'fewshotcx[serve]'") from None
     from ..segmenter import Segmenter
     from ..server import SessionStore, create_app
+    from ..server.limits import uvicorn_config
 
     segmenter = Segmenter(weights=args.weights, device=args.device, modality=args.modality, seed=args.seed,
                           progress=False)
     store = SessionStore(segmenter, max_sessions=args.max_sessions, idle_seconds=args.idle_minutes * 60,
                          max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                          max_image_bytes=int(args.max_image_mb * (1 << 20)))
-    try:
-        uvicorn.run(create_app(store, **options), host=args.host, port=args.port, log_level="info")
+    app = create_app(store, **options)
+    try:  # on SIGTERM/SIGINT the app's shutdown closes the store before uvicorn re-raises the signal
+        uvicorn.Server(uvicorn_config(app, options["limits"], host=args.host, port=args.port,
+                                      log_level="info")).run()
     finally:
         store.close_all()

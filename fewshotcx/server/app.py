@@ -8,7 +8,7 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 ``POST /sessions?name=F[&labels=1,2]``      body: the volume file (NIfTI/NRRD, or a .zip of a DICOM series)
 ``POST /sessions?path=REL``                 a file or DICOM folder under ``--data-root``
 ``GET /sessions/{id}``                      shape, drawn slices, label values, whether DICOM
-``PUT /sessions/{id}/slices/{z}``           draw slice ``z`` (body: wire-format mask, see :mod:`.wire`)
+``PUT /sessions/{id}/slices/{z}``           draw slice ``z`` (body: wire-format mask, X·Y bytes, see :mod:`.wire`)
 ``GET|DELETE /sessions/{id}/slices/{z}``    a drawn slice / erase it
 ``POST /sessions/{id}/undo``                undo the last draw or erase
 ``GET /sessions/{id}/suggest?n=1``          ``{"slices": [...]}``
@@ -21,35 +21,54 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 ``DELETE /sessions/{id}``                   close
 =========================================  ===============================================================
 
-Errors are JSON ``{"detail": "<one line>"}``: 400 bad input, 401 key, 403 outside ``--data-root``,
-404 unknown session, 413 upload too large, 503 session limit. Slice indices are axial indices of the
-canonical (closest-RAS) array, as for :class:`~fewshotcx.session.ContourSession`.
+Errors are JSON ``{"detail": "<one line>"}``: 400 bad input (a malformed or missing parameter
+included), 401 key, 403 outside ``--data-root`` or a cross-site request, 404 unknown session, 408 a
+request body that stalled, 413 upload or slice body too large, 503 session or upload limit, 500
+``"internal server error"`` (the traceback goes to the server's log only). No answer names a server
+path: the upload folder and ``--data-root`` are replaced by ``<upload>`` and ``<data-root>``.
+
+Browser safety: a keyless server refuses (403) ``POST``/``PUT``/``DELETE`` whose ``Origin`` is not its
+own; every server refuses them with ``Sec-Fetch-Site: cross-site`` or ``same-site``. Clients that send
+no ``Origin`` (``RemoteSession``, curl) are unaffected. Every answer carries anti-framing, CSP,
+``nosniff`` and ``no-referrer`` headers (:data:`SECURITY_HEADERS`); ``/docs`` and ``/redoc`` are off
+(they load scripts from a CDN), the schema stays at ``/openapi.json`` (plain JSON, no data).
+Limits on bodies, uploads and connections: :class:`~fewshotcx.server.limits.Limits`. Slice indices
+are axial indices of the canonical (closest-RAS) array, as for
+:class:`~fewshotcx.session.ContourSession`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import shutil
+import sys
 import tempfile
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Callable, Optional
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..io.volume import VolumeError, save_volume
 from ..rt.rtstruct import write_rtstruct
+from .limits import Limits
 from .store import UPLOAD_SUFFIXES, Entry, SessionLimitError, SessionStore, UnknownSession, resolve_under
 from .preview import slice_png, window_range
-from .wire import decode_mask, encode_mask, nifti_bytes
+from .wire import MAX_WIRE_LABEL, decode_mask, encode_mask, nifti_bytes
 
 _OCTETS = "application/octet-stream"
 
@@ -62,24 +81,142 @@ class HTTPError(Exception):
         self.status = status
 
 
+Scrub = Callable[[str], str]
+
+#: Longest ``detail`` answered (a message beyond it is cut).
+MAX_DETAIL = 300
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _answer(status: int):
-    """An exception handler answering ``status`` with the exception's message on one line."""
+def scrubber(replacements: dict[str, Optional[Path]]) -> Scrub:
+    """A function that replaces each folder in ``replacements`` (as given and resolved; whole path
+    components only) by its placeholder key, longest first, cuts what follows a C++/Python trace
+    marker and caps the length at :data:`MAX_DETAIL`."""
+    pairs = {}
+    for placeholder, path in replacements.items():
+        if path is not None:
+            for form in {str(path).rstrip("/\\"), str(Path(path).resolve()).rstrip("/\\")}:
+                if form:
+                    pairs[form] = placeholder
+    ordered = [(re.compile(re.escape(path) + r"(?![\w.-])"), pairs[path])
+               for path in sorted(pairs, key=len, reverse=True)]
+
+    def scrub(text: str) -> str:
+        for marker in ("Exception raised from", "Traceback (most recent call last)"):
+            text = text.split(marker)[0].rstrip()
+        for pattern, placeholder in ordered:
+            text = pattern.sub(placeholder, text)
+        return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 1] + "…"
+    return scrub
+
+
+def _answer(status: int, scrub: Scrub):
+    """An exception handler answering ``status`` with the exception's message on one line, scrubbed."""
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, status_code=status)
+        return JSONResponse({"detail": scrub(_one_line(exc))}, status_code=status)
     return handler
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one line: the first one, named by its parameter."""
+    errors = exc.errors()
+    if not errors:
+        return "malformed request"
+    where = [str(part) for part in errors[0].get("loc", ())]
+    kind, name = (where[0], ".".join(where[1:])) if len(where) > 1 else ("request", "".join(where))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"bad {kind} parameter {name!r}: {errors[0].get('msg', 'invalid')}{more}"
 
 
 #: Host names a keyless server answers to: a page on another site that rebinds its own name to
 #: 127.0.0.1 (DNS rebinding) sends its name in ``Host`` and is refused.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 
+#: Headers on every answer. The viewer loads its own scripts (ES modules, NiiVue's WebAssembly) and
+#: inline styles only; images and volumes are fetched from this origin, downloads are blob URLs.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+                               "connect-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+#: Methods that change state: refused when they come from another site.
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def cross_site(headers: Headers, check_origin: bool) -> bool:
+    """Whether a request comes from a page of another site (``Sec-Fetch-Site``) or, if
+    ``check_origin``, from any origin but the one it is addressed to (``Origin`` vs ``Host``)."""
+    if headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+        return True
+    origin = headers.get("origin")
+    if not check_origin or origin is None:
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme not in ("http", "https") or parts.netloc.lower() != headers.get("host", "").lower()
+
+
+class BrowserGuard:
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every answer, and 403 for a state-changing
+    request from another site (:func:`cross_site`)."""
+
+    def __init__(self, app: ASGIApp, check_origin: bool) -> None:
+        self.app = app
+        self.check_origin = check_origin
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in UNSAFE_METHODS and cross_site(Headers(scope=scope), self.check_origin):
+            refusal = JSONResponse({"detail": "cross-site request refused: use the server's own page, or a "
+                                              "client that sends no Origin"}, status_code=403,
+                                   headers=SECURITY_HEADERS)
+            await refusal(scope, receive, send)
+            return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+        await self.app(scope, receive, send_secured)
+
+
+class UploadSlots:
+    """At most ``size`` uploads received at once; one more waits up to ``wait`` seconds for a slot."""
+
+    def __init__(self, size: int, wait: float) -> None:
+        self.size = size
+        self.wait = wait
+        self._free = asyncio.Semaphore(size)
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """One slot while the block runs.
+
+        Raises:
+            HTTPError: 503 when no slot came free in time.
+        """
+        try:
+            await asyncio.wait_for(self._free.acquire(), self.wait)
+        except asyncio.TimeoutError:
+            raise HTTPError(503, f"the server is receiving its maximum of {self.size} uploads; "
+                                 "retry shortly") from None
+        try:
+            yield
+        finally:
+            self._free.release()
+
 
 def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Optional[Path] = None,
-               sweep_seconds: float = 30.0) -> FastAPI:
+               sweep_seconds: float = 30.0, limits: Limits = Limits()) -> FastAPI:
     """The application serving ``store``'s sessions.
 
     Args:
@@ -89,8 +226,12 @@ def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Op
         data_root: the folder ``POST /sessions?path=`` may open files from (nothing outside it).
         sweep_seconds: how often idle sessions are looked for while no request comes in (every
             request also closes the idle ones).
+        limits: concurrent uploads and the body timeout (the connection limits are uvicorn's:
+            :func:`~fewshotcx.server.limits.uvicorn_config`).
 
-    Without a key, only requests addressed to a loopback name (:data:`LOOPBACK_HOSTS`) are answered.
+    Without a key, only requests addressed to a loopback name (:data:`LOOPBACK_HOSTS`) and not coming
+    from another origin are answered. When the server stops (SIGTERM/SIGINT included), every session
+    is closed and the store's folder removed.
     """
 
     @asynccontextmanager
@@ -105,28 +246,22 @@ def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Op
                     await run_in_threadpool(store.expire)
 
         task = asyncio.create_task(sweep())
-        yield
-        stop.set()
-        await task
+        try:
+            yield
+        finally:  # uvicorn runs this on SIGTERM/SIGINT too, before it re-raises the signal
+            stop.set()
+            await task
+            await run_in_threadpool(store.close_all)
 
     app = FastAPI(title="fewshotcx", description="Few-shot contouring sessions (draw, complete, suggest).",
-                  version=__version__, lifespan=lifespan)
+                  version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.store = store
     if api_key is None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS), www_redirect=False)
-
-    @app.exception_handler(HTTPError)
-    async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status,
-                            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
-
-    for kind, status in ((UnknownSession, 404), (SessionLimitError, 503), (PermissionError, 403),
-                         (ValueError, 400), (VolumeError, 400), (FileNotFoundError, 400)):
-        app.add_exception_handler(kind, _answer(status))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): {_one_line(exc)}"}, status_code=500)
+    app.add_middleware(BrowserGuard, check_origin=api_key is None)
+    scrub = scrubber({"<upload>": store.root, "<data-root>": data_root, "<tmp>": Path(tempfile.gettempdir()),
+                      "<python>": Path(sys.prefix)})
+    _add_error_handlers(app, scrub)
 
     def authorised(request: Request) -> None:
         if api_key is None:
@@ -147,12 +282,35 @@ def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Op
         return FileResponse(str(static / "index.html"), media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    app.include_router(_session_routes(store, data_root), dependencies=[Depends(authorised)])
+    app.include_router(_session_routes(store, data_root, limits), dependencies=[Depends(authorised)])
     return app
 
 
-def _session_routes(store: SessionStore, data_root: Optional[Path]) -> APIRouter:
+def _add_error_handlers(app: FastAPI, scrub: Scrub) -> None:
+    """Every error as one scrubbed line; a 500 says nothing about its cause (uvicorn logs it)."""
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
+        headers = {401: {"WWW-Authenticate": "Bearer"},  # and a body left unread ends the connection:
+                   408: {"Connection": "close"}, 413: {"Connection": "close"}}.get(exc.status)
+        return JSONResponse({"detail": scrub(str(exc))}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": scrub(_validation_detail(exc))}, status_code=400)
+
+    for kind, status in ((UnknownSession, 404), (SessionLimitError, 503), (PermissionError, 403),
+                         (ValueError, 400), (VolumeError, 400), (FileNotFoundError, 400)):
+        app.add_exception_handler(kind, _answer(status, scrub))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "internal server error (details are in the server's log)"}, status_code=500)
+
+
+def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limits) -> APIRouter:
     router = APIRouter(prefix="/sessions")
+    uploads = UploadSlots(limits.max_uploads, wait=limits.body_timeout)
 
     @router.post("")
     async def create(request: Request, name: Optional[str] = None, path: Optional[str] = None,
@@ -163,12 +321,11 @@ def _session_routes(store: SessionStore, data_root: Optional[Path]) -> APIRouter
             folder = store.new_folder()
             entry = await run_in_threadpool(store.create, folder, source, path, values, root=data_root)
         else:
-            if not name or not name.lower().endswith(UPLOAD_SUFFIXES):
-                raise HTTPError(400, "give ?name=FILE ending in .nii, .nii.gz, .nrrd or .zip (a DICOM series) "
-                                     "with the file as the request body, or ?path=REL under --data-root")
-            folder = store.new_folder()
-            source = folder / Path(name).name
-            await _receive(request, source, store.max_upload_bytes, folder)
+            _check_upload_name(name)
+            async with uploads.hold():
+                folder = store.new_folder()
+                source = folder / name
+                await _receive(request, source, store.max_upload_bytes, limits.body_timeout, folder)
             entry = await run_in_threadpool(store.create, folder, source, name, values)
         return _info(entry)
 
@@ -179,7 +336,13 @@ def _session_routes(store: SessionStore, data_root: Optional[Path]) -> APIRouter
 
     @router.put("/{session_id}/slices/{z}")
     async def draw(session_id: str, z: int, request: Request) -> dict:
-        body = await request.body()
+        def slice_bytes() -> int:
+            with store.use(session_id) as entry:
+                x, y = entry.session.image.shape[:2]
+                return x * y
+
+        limit = await run_in_threadpool(slice_bytes)
+        body = b"".join([chunk async for chunk in _body(request, limit, limits.body_timeout)])
 
         def record() -> dict:
             with store.use(session_id) as entry:
@@ -243,9 +406,12 @@ def _session_routes(store: SessionStore, data_root: Optional[Path]) -> APIRouter
     def drawing(session_id: str) -> Response:
         with store.use(session_id) as entry:
             s = entry.session
-            volume = np.zeros(s.image.shape, dtype=np.int64)
+            volume = np.zeros(s.image.shape, dtype=np.uint8)
             for z in s.drawn:
-                volume[..., z] = s.drawn_mask(z)
+                mask = s.drawn_mask(z)
+                if mask.max(initial=0) > MAX_WIRE_LABEL:
+                    raise ValueError(f"slice {z} holds label values above {MAX_WIRE_LABEL}: not sendable as uint8")
+                volume[..., z] = mask
             return Response(encode_mask(volume), media_type=_OCTETS)
 
     @router.delete("/{session_id}")
@@ -265,24 +431,55 @@ def _labels(text: Optional[str]) -> Optional[list[int]]:
         raise ValueError(f"labels must be comma-separated integers, got {text!r}") from None
 
 
-async def _receive(request: Request, target: Path, limit: int, folder: Path) -> None:
-    """Stream the request body to ``target``, refusing more than ``limit`` bytes (413)."""
+def _check_upload_name(name: Optional[str]) -> None:
+    """A plain file name with an image suffix (no folder part, no control character).
+
+    Raises:
+        HTTPError: 400 otherwise.
+    """
+    if not name or not name.lower().endswith(UPLOAD_SUFFIXES):
+        raise HTTPError(400, "give ?name=FILE ending in .nii, .nii.gz, .nrrd or .zip (a DICOM series) "
+                             "with the file as the request body, or ?path=REL under --data-root")
+    if any(c in "/\\" or not c.isprintable() for c in name):
+        raise HTTPError(400, "?name= must be a plain file name: no folder, no control characters")
+
+
+async def _body(request: Request, limit: int, timeout: float) -> AsyncIterator[bytes]:
+    """The request body's chunks, refusing more than ``limit`` bytes (413, checked against
+    ``Content-Length`` before reading), a body stalled for ``timeout`` seconds (408) and a client that
+    went away (400)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise HTTPError(413, f"upload of {declared} bytes exceeds the server's limit of {limit} bytes")
+        raise HTTPError(413, f"a body of {declared} bytes exceeds this request's limit of {limit} bytes")
     received = 0
-    with open(target, "wb") as f:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                f.close()
-                shutil.rmtree(folder, ignore_errors=True)
-                raise HTTPError(413, f"upload exceeds the server's limit of {limit} bytes")
-            f.write(chunk)
-    if received == 0:
+    chunks = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise HTTPError(408, f"the request body stalled for {timeout:g} s") from None
+        except ClientDisconnect:
+            raise HTTPError(400, "the client went away before the request body was complete") from None
+        received += len(chunk)
+        if received > limit:
+            raise HTTPError(413, f"the body exceeds this request's limit of {limit} bytes")
+        yield chunk
+
+
+async def _receive(request: Request, target: Path, limit: int, timeout: float, folder: Path) -> None:
+    """Stream the upload to ``target`` (see :func:`_body`); on any failure (an aborted upload too)
+    ``folder`` is removed at once."""
+    try:
+        with open(target, "wb") as f:
+            async for chunk in _body(request, limit, timeout):
+                f.write(chunk)
+            if f.tell() == 0:
+                raise HTTPError(400, "empty upload: send the volume file as the request body")
+    except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
-        raise HTTPError(400, "empty upload: send the volume file as the request body")
+        raise
 
 
 def _info(entry: Entry) -> dict:

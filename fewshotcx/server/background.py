@@ -10,14 +10,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .limits import Limits
 from .store import SessionStore
 
 
 @contextmanager
 def background_server(store: SessionStore, api_key: Optional[str] = None, data_root: Optional[Path] = None,
-                      host: str = "127.0.0.1", timeout: float = 30.0, sweep_seconds: float = 30.0) -> Iterator[str]:
-    """Serve ``store`` with uvicorn in a daemon thread; yields the base URL; stops the server and
-    closes every session on exit.
+                      host: str = "127.0.0.1", timeout: float = 30.0, sweep_seconds: float = 30.0,
+                      limits: Limits = Limits()) -> Iterator[str]:
+    """Serve ``store`` with uvicorn in a daemon thread under ``limits``; yields the base URL; stops the
+    server and closes every session on exit.
 
     Raises:
         RuntimeError: the server did not start within ``timeout`` seconds.
@@ -25,13 +27,13 @@ def background_server(store: SessionStore, api_key: Optional[str] = None, data_r
     import uvicorn
 
     from .app import create_app
+    from .limits import uvicorn_config
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(store, api_key=api_key, data_root=data_root,
-                                                      sweep_seconds=sweep_seconds),
-                                           log_level="warning"))
+    app = create_app(store, api_key=api_key, data_root=data_root, sweep_seconds=sweep_seconds, limits=limits)
+    server = uvicorn.Server(uvicorn_config(app, limits, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,13 @@ class SessionStore:
         self._opening = 0  # sessions being loaded: they hold a place under max_sessions
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="fewshotcx-serve-"))
+        # removed at interpreter exit even if close_all() is never called (a signal is handled by the app)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._root), True)
+
+    @property
+    def root(self) -> Path:
+        """The store's private folder (every session's folder is inside it)."""
+        return self._root
 
     # ------------------------------------------------------------------ lifecycle
     def new_folder(self) -> Path:
