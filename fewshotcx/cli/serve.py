@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError
+from .common import CliError, check_number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def server_options(args: argparse.Namespace) -> dict:
 
     Raises:
         CliError: a non-loopback host without a key, an unreadable or empty key file, a bad
-            ``--data-root`` or a non-positive limit.
+            ``--data-root``, a port outside 1-65535 or a limit that is not a finite positive number.
     """
     from ..server import is_loopback
 
@@ -56,8 +56,10 @@ def server_options(args: argparse.Namespace) -> dict:
         root = Path(args.data_root)
         if not root.is_dir():
             raise CliError(f"--data-root {root} is not a directory")
-    if args.max_sessions < 1 or args.max_upload_mb <= 0 or args.idle_minutes <= 0:
-        raise CliError("--max-sessions, --max-upload-mb and --idle-minutes must be positive")
+    check_number(args.port, "--port", low=1, high=65535)
+    check_number(args.max_sessions, "--max-sessions", low=1)
+    check_number(args.max_upload_mb, "--max-upload-mb", positive=True)
+    check_number(args.idle_minutes, "--idle-minutes", positive=True)
     return {"api_key": key, "data_root": root}
 
 
