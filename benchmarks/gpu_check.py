@@ -13,7 +13,9 @@ or more CSV rows each (``part, name, status, value, unit, detail``):
    bf16 on the GPU: Dice of each and the difference.
 
 ``--dry-run`` runs every part at tiny sizes on the CPU (tiny network, 48×48×6 volume, a synthetic
-stand-in for the demo tasks); the parts that need CUDA are recorded as ``skipped`` with the reason.
+stand-in for the demo tasks); the parts that need CUDA are recorded as ``skipped`` with the reason. A
+dry run writes to ``bench-output/gpu_check/gpu_check.csv`` unless ``--out`` says otherwise: the
+committed ``benchmarks/results/gpu_check.csv`` is a real GPU's run.
 
     python benchmarks/gpu_check.py [--out benchmarks/results/gpu_check.csv] [--dry-run]
 """
@@ -37,6 +39,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+#: The committed result of a real GPU's run (the default without --dry-run).
+RESULTS_OUT = ROOT / "benchmarks" / "results" / "gpu_check.csv"
+#: A dry run's default: never the committed results.
+DRY_RUN_OUT = ROOT / "bench-output" / "gpu_check" / "gpu_check.csv"
 
 from common import machine_info, synthetic_case, synthetic_subject, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume  # noqa: E402
@@ -243,11 +249,14 @@ def run(out: Path, dry_run: bool, only: tuple[str, ...] = PARTS) -> list[dict]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu_check.csv", help="CSV to write")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"CSV to write (default: {RESULTS_OUT.relative_to(ROOT)}; with --dry-run "
+                             f"{DRY_RUN_OUT.relative_to(ROOT)})")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU; CUDA parts skipped")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated parts to run (default all: {','.join(PARTS)}); 'dice' needs the demo data")
     args = parser.parse_args(argv)
+    args.out = args.out or (DRY_RUN_OUT if args.dry_run else RESULTS_OUT)
     only = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     unknown = [p for p in only if p not in PARTS]
     if unknown:

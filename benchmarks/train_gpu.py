@@ -12,7 +12,9 @@ Then the checkpoint is evaluated through the full pipeline (``Segmenter``, whole
 position-matched support) on the model card's held-out sets; one row per task goes to ``--report``.
 ``--skip-eval`` trains only; ``--eval-only [--weights SPEC] --device cpu`` evaluates later, where the
 data is. ``--dry-run`` trains a tiny network on synthetic data on the CPU for a few steps and
-evaluates it on a synthetic cross-subject task (end to end in well under a minute).
+evaluates it on a synthetic cross-subject task (end to end in well under a minute); without ``--out``
+and ``--report`` it writes under ``bench-output/train_gpu/``, never into ``benchmarks/results/`` or a
+real run's ``build/train-gpu``.
 
     python benchmarks/train_gpu.py [--out build/train-gpu] [--report benchmarks/results/train_gpu_heldout.csv]
 """
@@ -31,6 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+#: ``(--out, --report)`` defaults of a real run: its checkpoint folder and the committed held-out table.
+GPU_DEFAULTS = (ROOT / "build" / "train-gpu", ROOT / "benchmarks" / "results" / "train_gpu_heldout.csv")
+#: A dry run's defaults: its own scratch folder, never the committed results or a real run's checkpoint.
+DRY_RUN_DEFAULTS = (ROOT / "bench-output" / "train_gpu" / "dry-run",
+                    ROOT / "bench-output" / "train_gpu" / "heldout.csv")
 
 from common import (CrossTask, ModelSpec, brain_cross_tasks, data_role, lesion_cross_tasks,  # noqa: E402
                     machine_info, score, synthetic_subject, write_csv)
@@ -127,8 +134,10 @@ def evaluate(checkpoint, tasks: list[CrossTask], device: str) -> list[dict]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "build/train-gpu", help="folder for the checkpoint and log")
-    parser.add_argument("--report", type=Path, default=ROOT / "benchmarks/results/train_gpu_heldout.csv")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the checkpoint and log (default: "
+                        f"{GPU_DEFAULTS[0].relative_to(ROOT)}; with --dry-run {DRY_RUN_DEFAULTS[0].relative_to(ROOT)})")
+    parser.add_argument("--report", type=Path, default=None, help="CSV of the held-out results (default: "
+                        f"{GPU_DEFAULTS[1].relative_to(ROOT)}; with --dry-run {DRY_RUN_DEFAULTS[1].relative_to(ROOT)})")
     parser.add_argument("--train-seconds", type=float, default=330.0, help="training time budget (the schedule "
                         "decays to 0 by then); data loading comes on top")
     parser.add_argument("--volume-cache", type=Path, default=ROOT / "build/gpu/volumes.npz",
@@ -141,6 +150,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default=None, help="evaluation device (default: cuda, cpu for --dry-run)")
     parser.add_argument("--dry-run", action="store_true", help="tiny model, synthetic data, CPU, a few steps")
     args = parser.parse_args(argv)
+    defaults = DRY_RUN_DEFAULTS if args.dry_run else GPU_DEFAULTS
+    args.out, args.report = args.out or defaults[0], args.report or defaults[1]
     needs_cuda = not args.dry_run and not args.eval_only
     if needs_cuda and not torch.cuda.is_available():
         print("error: no CUDA device (torch.cuda.is_available() is False); use --dry-run on a CPU", file=sys.stderr)

@@ -4,7 +4,8 @@
 # benchmarks/results/train_gpu_heldout.csv. See benchmarks/train_gpu.py for the options:
 #   scripts/train_gpu.sh [--out DIR] [--report CSV] [--train-seconds S] [--volume-cache F] [--skip-eval]
 #                        [--eval-only [--weights SPEC] --device cpu] [--dry-run]
-# --dry-run: tiny model, synthetic data, CPU, a few steps, end to end (under a minute on an idle CPU).
+# --dry-run: tiny model, synthetic data, CPU, a few steps, end to end (under a minute on an idle CPU);
+# it writes under bench-output/train_gpu/ unless --out/--report say otherwise (never benchmarks/results/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,10 +71,33 @@ def test_train_gpu_eval_only_evaluates_an_existing_checkpoint_on_the_cpu(tmp_pat
 
 
 def test_train_gpu_without_cuda_and_without_dry_run_says_so(tmp_path):
-    import pytest
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the no-GPU error path cannot be exercised")
     done = _script("train_gpu.sh", "--out", str(tmp_path / "run"))
     assert done.returncode == 2 and "no CUDA device" in done.stderr and not (tmp_path / "run").exists()
+
+
+def _results_snapshot() -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in sorted((ROOT / "benchmarks" / "results").rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("script, args, default", [
+    ("gpu_check.sh", ("--parts", "tests"), "bench-output/gpu_check/gpu_check.csv"),
+    ("train_gpu.sh", (), "bench-output/train_gpu/heldout.csv"),
+])
+def test_dry_run_without_out_leaves_the_committed_results_alone(script, args, default):
+    """A dry run writes to its scratch default, never into benchmarks/results/ (the committed real runs)."""
+    before = _results_snapshot()
+    try:
+        done = _script(script, "--dry-run", *args)
+        after = _results_snapshot()
+    finally:  # put back whatever a failing dry run replaced, so the committed results survive the test
+        for path, data in before.items():
+            if not path.is_file() or path.read_bytes() != data:
+                path.write_bytes(data)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert after == before, [str(p.relative_to(ROOT)) for p in set(before) | set(after)
+                             if before.get(p) != after.get(p)]
+    assert str(ROOT / default) in done.stdout and (ROOT / default).is_file()

@@ -216,7 +216,8 @@ def test_an_internal_error_answers_a_generic_line_without_paths_or_trace(tmp_pat
 
 
 def test_bad_input_answers_name_neither_the_upload_folder_nor_the_data_root(tmp_path):
-    nrrd = ("NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 4\nencoding: raw\nendian: little\n"
+    nrrd = ("NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 4\nspace: left-posterior-superior\n"
+            "space directions: (1,0,0) (0,1,0) (0,0,1)\nencoding: raw\nendian: little\n"
             "data file: missing.raw\n\n")
     root = tmp_path / "data"
     root.mkdir()
@@ -226,7 +227,7 @@ def test_bad_input_answers_name_neither_the_upload_folder_nor_the_data_root(tmp_
         for route, body in ((f"{url}/sessions?name=bad.nrrd", nrrd.encode()), (f"{url}/sessions?path=bad.nrrd", None)):
             status, _, answer = _call(route, "POST", body)
             detail = _detail(answer)
-            assert status == 400 and "missing.raw" in detail
+            assert status == 400 and "bad.nrrd" in detail and "\n" not in detail
             assert str(store.root) not in detail and str(root) not in detail and str(tmp_path) not in detail
 
 

@@ -120,7 +120,10 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def test_cli_maps_arguments_to_the_config(monkeypatch):
+def test_cli_maps_arguments_to_the_config(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # --out o.pt lands here; the CLI checks that --images/--labels exist
+    for name in ("a.nii", "b.nii"):
+        (tmp_path / name).touch()
     calls = []
     monkeypatch.setattr(training, "train", lambda config: calls.append(config) or "x.pt")
     args = _parse(["train", "--data", "synthetic", "--data", "pyradiomics", "--support-size", "4:12", "--width", "16",

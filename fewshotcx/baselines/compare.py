@@ -14,7 +14,6 @@ Add a method with one entry::
 
 from __future__ import annotations
 
-import csv
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from ..evaluation import metrics
-from ..io.atomic import atomic_output
+from ..io.tables import write_csv
 from ..io.volume import Volume, VolumeError, load_volume, reorient_array, save_volume
 from .interpolation import interpolate_slices, label_fusion
 
@@ -319,11 +318,7 @@ def compare(run: Run, methods: Sequence[str], options: Options,
 
 def write_results(rows: Sequence[dict], path: Union[str, Path], overwrite: bool = False) -> Path:
     """Write result rows as CSV with :data:`COLUMNS` (atomically; refuses to overwrite by default)."""
-    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return Path(path)
+    return write_csv(rows, path, COLUMNS, overwrite=overwrite)
 
 
 def load_run(support: Sequence[tuple[str, str]], queries: Sequence[tuple[str, Optional[str]]],

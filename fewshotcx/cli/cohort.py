@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CliError, add_model_options, support_pair
+from .common import (NON_NEGATIVE, POSITIVE_INT, CliError, add_model_options, check_input, check_output_dir,
+                     check_support, support_pair)
 from .predict import model_options, structure_list, support_volumes
 
 #: ``add_model_options`` destinations passed to :class:`~fewshotcx.Segmenter` as they are (the
@@ -28,11 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--address", default=None,
                    help="join a running Ray cluster ('auto' or HOST:PORT); default: a private local one")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=POSITIVE_INT, default=None,
                    help="worker processes (default: one per GPU, else one per --cpus-per-worker CPUs)")
-    p.add_argument("--gpus-per-worker", type=float, default=None,
+    p.add_argument("--gpus-per-worker", type=NON_NEGATIVE, default=None,
                    help="GPUs per worker (default 1 when the cluster has GPUs, else 0; fractions share a GPU)")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
+    p.add_argument("--cpus-per-worker", type=POSITIVE_INT, default=1, help="CPUs (torch threads) per worker")
     p.add_argument("--overwrite", action="store_true",
                    help="redo every patient and replace existing outputs")
     add_model_options(p)
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> None:
         cohort.require_ray()
     except ImportError as exc:
         raise CliError(str(exc)) from None
+    check_input(args.manifest, "--manifest", folder=False)
+    check_support(args.support)
+    check_output_dir(args.out, "--out")
     options = {**{name: getattr(args, name) for name in _SEGMENTER_OPTIONS}, **model_options(args)}
     names = structure_list(args.structures)
     support = list(zip(*support_volumes(args.support, names)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, support_pair
+from .common import POSITIVE_INT, SEED, CliError, check_input, check_output_dir, check_support, support_pair
 
 
 def _query(text: str) -> tuple[str, object]:
@@ -29,6 +29,21 @@ def _structures(text: str) -> dict[int, str]:
             raise argparse.ArgumentTypeError(f"--structures expects VALUE=NAME[,VALUE=NAME...], got {text!r}")
         out[int(value)] = name.strip()
     return out
+
+
+def check_arguments(args: argparse.Namespace) -> Path:
+    """Every input and output of ``compare`` checked before any work; returns the output folder."""
+    check_support(args.support)
+    for image, reference in args.query:
+        check_input(image, "--query")
+        if reference is not None:
+            check_input(reference, "--query")
+    if args.totalseg_masks is not None:
+        check_input(args.totalseg_masks, "--totalseg-masks", folder=True)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise CliError(f"output directory's parent does not exist: {out.parent}")
+    return check_output_dir(out, "--out", must_be_empty=not args.overwrite)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,15 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sam-checkpoint", default=None, help="SAM checkpoint (the sam method is skipped without one)")
     p.add_argument("--device", default=defaults.device, help="'cpu' or 'cuda'")
     p.add_argument("--modality", default=defaults.modality, choices=["auto", "ct", "mr"])
-    p.add_argument("--unet-steps", type=int, default=defaults.unet_steps)
+    p.add_argument("--unet-steps", type=POSITIVE_INT, default=defaults.unet_steps)
     p.add_argument("--nnunet-configuration", default=defaults.nnunet_configuration, choices=["2d", "3d_fullres"])
-    p.add_argument("--nnunet-epochs", type=int, default=defaults.nnunet_epochs)
-    p.add_argument("--nnunet-iterations", type=int, default=defaults.nnunet_iterations,
+    p.add_argument("--nnunet-epochs", type=POSITIVE_INT, default=defaults.nnunet_epochs)
+    p.add_argument("--nnunet-iterations", type=POSITIVE_INT, default=defaults.nnunet_iterations,
                    help="training iterations per nnU-Net epoch (nnU-Net's default: 250)")
-    p.add_argument("--interpolation-step", type=int, default=defaults.interpolation_step)
+    p.add_argument("--interpolation-step", type=POSITIVE_INT, default=defaults.interpolation_step)
     p.add_argument("--totalseg-masks", default=None, metavar="DIR",
                    help="TotalSegmentator outputs to score (DIR/<query>/<class>.nii.gz, or DIR/ for one query)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=run)
 
 
@@ -68,13 +83,7 @@ def run(args: argparse.Namespace) -> None:
     from ..baselines.compare import Options, check_methods, compare, load_run, write_results
 
     methods = check_methods([m.strip() for m in args.methods.split(",") if m.strip()])
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise CliError(f"{out} exists and is not empty; pass --overwrite to write into it")
-    if not out.parent.is_dir():
-        raise CliError(f"output directory's parent does not exist: {out.parent}")
-    if min(args.unet_steps, args.nnunet_epochs, args.nnunet_iterations, args.interpolation_step) < 1:
-        raise CliError("--unet-steps, --nnunet-epochs, --nnunet-iterations and --interpolation-step must be >= 1")
+    out = check_arguments(args)
     run_ = load_run(args.support, args.query, args.structures)
     options = Options(weights=args.weights, sam_checkpoint=args.sam_checkpoint, device=args.device,
                       modality=args.modality, unet_steps=args.unet_steps,

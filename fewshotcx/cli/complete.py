@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, add_model_options
+from .common import CliError, add_model_options, check_input
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +37,8 @@ def slice_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--slices expects comma-separated integers, got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("--slices needs at least one slice index")
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"--slices are indices from 0, got {text!r}")
     return values
 
 
@@ -45,13 +47,15 @@ def run(args: argparse.Namespace) -> None:
     from ..segmenter import Segmenter
     from .predict import check_output, model_options
 
-    out = Path(args.out)
-    check_output(out, args.overwrite)
+    check_input(args.image, "--image")
+    check_input(args.drawn, "--drawn")
+    out, _ = check_output(Path(args.out), args.overwrite)
+    options = model_options(args)
     image = load_volume(args.image, canonical=False)
     drawn = load_volume(args.drawn, label=True)
     if not image.canonical().same_grid(drawn, atol=1e-3 * max(1.0, max(image.spacing))):
         raise CliError(f"--drawn {args.drawn} is not on the grid of --image {args.image} "
                        f"(shape {drawn.shape} vs {image.canonical().shape} after reorientation, or different affines)")
-    seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **model_options(args))
+    seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **options)
     save_volume(seg.complete(image, drawn, args.slices), out, overwrite=args.overwrite)
     print(f"wrote {out}")

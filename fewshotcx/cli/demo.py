@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import check_output_dir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fewshotcx demo``."""
@@ -18,4 +20,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from ..demo import run_demo as demo
 
-    demo(Path(args.out), device=args.device, overwrite=args.overwrite)
+    demo(check_output_dir(Path(args.out), "--out"), device=args.device, overwrite=args.overwrite)

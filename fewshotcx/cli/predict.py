@@ -7,7 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from .common import CliError, add_model_options, support_pair
+from .common import (POSITIVE_INT, CliError, add_model_options, check_input, check_output_dir, check_output_file,
+                     check_support, support_pair)
+
+#: Suffixes of label-map outputs.
+NIFTI = (".nii", ".nii.gz")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--proba", action="store_true", help="write foreground probabilities instead of labels")
     p.add_argument("--uncertainty", default=None, metavar="OUT.nii.gz",
                    help="also write per-voxel uncertainty (entropy over independent support draws)")
-    p.add_argument("--draws", type=int, default=8, help="independent support draws for --uncertainty")
+    p.add_argument("--draws", type=POSITIVE_INT, default=8, help="independent support draws for --uncertainty")
     p.add_argument("--overwrite", action="store_true", help="replace --out (and --uncertainty) if they exist")
     add_model_options(p)
     p.set_defaults(func=run)
@@ -41,16 +45,10 @@ def run(args: argparse.Namespace) -> None:
     from ..segmenter import Segmenter
     from ..io.volume import load_volume, save_volume
 
-    out, kind = check_output(Path(args.out), args.overwrite, dicom_ok=True)
-    uncertainty = None if args.uncertainty is None else check_output(Path(args.uncertainty), args.overwrite,
-                                                                      "--uncertainty")[0]
-    if uncertainty is not None and (uncertainty.resolve() == out.resolve() or args.draws < 1):
-        raise CliError("--uncertainty needs its own file and --draws >= 1")
-    names = structure_list(args.structures)
-    check_named_outputs(args, out, kind, names)
+    out, kind, uncertainty, names, options = check_arguments(args)
     images, labels = support_volumes(args.support, names)
     query = load_volume(args.image)
-    seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **model_options(args))
+    seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **options)
     seg.fit(images=list(images), labels=list(labels))
     result = seg.predict_proba(query) if args.proba else seg.predict(query)
     if isinstance(result, dict):
@@ -59,6 +57,21 @@ def run(args: argparse.Namespace) -> None:
     if uncertainty is not None:
         save_volume(seg.predict_uncertainty(query, k=args.draws), uncertainty, overwrite=args.overwrite)
         print(f"wrote {uncertainty}")
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[Path, str, Optional[Path], Optional[list[str]], dict]:
+    """Every argument of ``predict`` checked before any work: ``(out, its kind, uncertainty output or
+    None, structure names or None, Segmenter options)``."""
+    check_input(args.image, "--image")
+    check_support(args.support)
+    out, kind = check_output(Path(args.out), args.overwrite, dicom_ok=True)
+    uncertainty = None if args.uncertainty is None else check_output(Path(args.uncertainty), args.overwrite,
+                                                                      "--uncertainty")[0]
+    if uncertainty is not None and uncertainty.resolve() == out.resolve():
+        raise CliError("--uncertainty needs its own file")
+    names = structure_list(args.structures)
+    check_named_outputs(args, out, kind, names)
+    return out, kind, uncertainty, names, model_options(args)
 
 
 def structure_list(text: Optional[str]) -> Optional[list[str]]:
@@ -84,8 +97,7 @@ def check_named_outputs(args: argparse.Namespace, out: Path, kind: str, names: O
         target = Path(args.deidentify)
         if kind != "rtstruct":
             raise CliError("--deidentify goes with an RTSTRUCT --out (.dcm)")
-        if target.exists() and any(target.iterdir()) and not args.overwrite:
-            raise CliError(f"{target} is not empty; pass --overwrite to write into it")
+        check_output_dir(target, "--deidentify", must_be_empty=not args.overwrite)
     if kind == "nifti" and names is not None and sidecar_path(out).exists() and not args.overwrite:
         raise CliError(f"{sidecar_path(out)} exists; pass --overwrite to replace it")
     if args.proba and names is not None and len(names) > 1:
@@ -130,19 +142,11 @@ def write_prediction(result, names: list[str], out: Path, kind: str, args: argpa
 
 
 def check_output(out: Path, overwrite: bool, option: str = "--out", dicom_ok: bool = False) -> tuple[Path, str]:
-    """An output path that may be written and its kind (``nifti``, ``rtstruct``, ``seg``): right suffix,
-    directory present, no silent overwrite."""
+    """An output path that may be written (:func:`~fewshotcx.cli.common.check_output_file`) and its kind
+    (``nifti``, ``rtstruct``, ``seg``)."""
+    check_output_file(out, option, NIFTI + ((".dcm",) if dicom_ok else ()), overwrite)
     name = out.name.lower()
-    kind = ("seg" if name.endswith(".seg.dcm") else "rtstruct" if name.endswith(".dcm")
-            else "nifti" if name.endswith((".nii", ".nii.gz")) else None)
-    if kind is None or (kind != "nifti" and not dicom_ok):
-        allowed = ".nii, .nii.gz, .dcm (RTSTRUCT) or .seg.dcm (DICOM SEG)" if dicom_ok else ".nii or .nii.gz"
-        raise CliError(f"{option} must end in {allowed}: {out}")
-    if out.exists() and not overwrite:
-        raise CliError(f"{out} exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise CliError(f"output directory does not exist: {out.parent}")
-    return out, kind
+    return out, "seg" if name.endswith(".seg.dcm") else "rtstruct" if name.endswith(".dcm") else "nifti"
 
 
 def model_options(args: argparse.Namespace) -> dict:

@@ -7,12 +7,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 import numpy as np
 
 from .. import rt
 from ..io.volume import load_volume, save_volume
+from .common import NON_NEGATIVE, check_input, check_number, check_output_file
 
 _AXES = {"lr": ("left", "right"), "ap": ("anterior", "posterior"), "si": ("superior", "inferior")}
 
@@ -24,9 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Exact Euclidean margins in world directions (any voxel layout). Later options "
                     "override earlier ones: --margin, then --margin-lr/-ap/-si, then --directions.")
     p.add_argument("--mask", required=True, help="binary mask (NIfTI/NRRD/DICOM folder)")
-    p.add_argument("--margin", type=float, help="isotropic margin in mm")
+    p.add_argument("--margin", type=NON_NEGATIVE, help="isotropic margin in mm")
     for axis, (a, b) in _AXES.items():
-        p.add_argument(f"--margin-{axis}", type=float, help=f"margin in mm towards both {a} and {b}")
+        p.add_argument(f"--margin-{axis}", type=NON_NEGATIVE, help=f"margin in mm towards both {a} and {b}")
     p.add_argument("--directions", help="per-direction margins in mm, e.g. anterior=5,posterior=3,superior=10")
     p.add_argument("--shrink", action="store_true", help="erode by the margin instead of growing")
     p.add_argument("--subtract", action="append", default=[], metavar="MASK",
@@ -85,7 +84,7 @@ def margin_spec(args: argparse.Namespace) -> dict[str, float]:
         if not sep or name not in rt.DIRECTIONS:
             raise ValueError(f"--directions item {item!r} is not NAME=MM with NAME in {', '.join(rt.DIRECTIONS)}")
         try:
-            spec[name] = float(value)
+            spec[name] = check_number(float(value), f"--directions {name}", low=0)
         except ValueError:
             raise ValueError(f"--directions item {item!r}: {value!r} is not a number of mm") from None
     return spec
@@ -93,10 +92,11 @@ def margin_spec(args: argparse.Namespace) -> dict[str, float]:
 
 def run_margin(args: argparse.Namespace) -> int:
     """``fewshotcx margin``: load, expand/shrink, subtract, save; prints one summary line."""
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    out = check_output_file(args.out, "--out", (".nii", ".nii.gz"), args.overwrite)
     spec = margin_spec(args)
+    check_input(args.mask, "--mask")
+    for path in args.subtract:
+        check_input(path, "--subtract")
     mask = load_volume(args.mask, label=True)
     result = (rt.shrink_margin if args.shrink else rt.expand_margin)(mask, spec)
     if args.subtract:
@@ -109,14 +109,17 @@ def run_margin(args: argparse.Namespace) -> int:
 
 def run_rtstruct(args: argparse.Namespace) -> int:
     """``fewshotcx rtstruct``: write ``NAME=PATH`` masks as an RTSTRUCT on ``--series``."""
-    masks = {}
+    check_input(args.series, "--series", folder=True)
+    check_output_file(args.out, "--out", (".dcm",), args.overwrite)
+    paths = {}
     for item in args.mask:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path:
             raise ValueError(f"--mask {item!r} is not NAME=PATH")
-        if name in masks:
+        if name in paths:
             raise ValueError(f"ROI name {name!r} is given twice")
-        masks[name] = load_volume(path, label=True)
+        paths[name] = check_input(path, "--mask")
+    masks = {name: load_volume(path, label=True) for name, path in paths.items()}
     out = rt.write_rtstruct(masks, args.series, args.out, overwrite=args.overwrite,
                             keep_patient_identity=args.keep_patient_identity)
     print(f"wrote {out}: {len(masks)} ROI(s) on series {args.series}")
@@ -128,13 +131,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..io.tables import write_csv
     from ..rt.names import check_names, match_structure
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".csv":
-        raise ValueError(f"--out must end in .csv: {out}")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    if args.tolerance < 0 or args.apl_tolerance < 0:
-        raise ValueError("--tolerance and --apl-tolerance must be >= 0 mm")
+    out = check_output_file(args.out, "--out", (".csv",), args.overwrite)
+    for option in ("image", "reference", "prediction"):
+        check_input(getattr(args, option), f"--{option}")
+    check_number(args.tolerance, "--tolerance (mm)", low=0)
+    check_number(args.apl_tolerance, "--apl-tolerance (mm)", low=0)
+    wanted = None if args.structures is None else check_names(args.structures.split(","))
     image = load_volume(args.image)
     sides = {}
     for option in ("reference", "prediction"):
@@ -142,8 +144,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for name, mask in masks.items():
             if not mask.same_grid(image):
                 raise ValueError(f"--{option} structure {name!r} is not on the grid of --image {args.image}")
-        if args.structures is not None:
-            wanted = check_names(args.structures.split(","))
+        if wanted is not None:
             found = {name: match_structure(name, list(masks), str(getattr(args, option)), missing_ok=True)
                      for name in wanted}
             masks = {name: masks[roi] for name, roi in found.items() if roi is not None}

@@ -8,10 +8,9 @@ travels in a header.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from .common import CliError
+from .common import CliError, check_number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +47,7 @@ def server_options(args: argparse.Namespace) -> dict:
 
     Raises:
         CliError: a non-loopback host without a key, an unreadable or empty key file, a bad
-            ``--data-root`` or a non-positive limit.
+            ``--data-root``, a port outside 1-65535 or a limit that is not a finite positive number.
     """
     from ..server import is_loopback
 
@@ -68,18 +67,19 @@ def server_options(args: argparse.Namespace) -> dict:
         root = Path(args.data_root)
         if not root.is_dir():
             raise CliError(f"--data-root {root} is not a directory")
-    if args.max_sessions < 1 or args.max_upload_mb <= 0 or args.idle_minutes <= 0:
-        raise CliError("--max-sessions, --max-upload-mb and --idle-minutes must be positive")
-    if not math.isfinite(args.max_image_mb) or args.max_image_mb * (1 << 20) < 1:
-        raise CliError("--max-image-mb must be a positive, finite number of megabytes")
+    check_number(args.port, "--port", low=1, high=65535)
+    check_number(args.max_sessions, "--max-sessions", low=1)
+    for option in ("max_upload_mb", "max_image_mb", "idle_minutes", "body_timeout", "header_timeout",
+                   "keep_alive_timeout"):
+        check_number(getattr(args, option), "--" + option.replace("_", "-"), positive=True)
+    if args.max_image_mb * (1 << 20) < 1:
+        raise CliError(f"--max-image-mb must be at least one byte's worth, got {args.max_image_mb}")
+    check_number(args.max_uploads, "--max-uploads", low=1)
+    check_number(args.max_connections, "--max-connections", low=1)
     from ..server.limits import Limits
 
-    try:
-        limits = Limits(max_uploads=args.max_uploads, body_timeout=args.body_timeout,
-                        header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
-                        max_connections=args.max_connections)
-    except ValueError as exc:
-        raise CliError(f"--max-uploads, --max-connections and the timeouts must be positive ({exc})") from None
+    limits = Limits(max_uploads=args.max_uploads, body_timeout=args.body_timeout, header_timeout=args.header_timeout,
+                    keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections)
     return {"api_key": key, "data_root": root, "limits": limits}
 
 

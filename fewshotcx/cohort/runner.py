@@ -12,8 +12,6 @@ record (:mod:`fewshotcx.cohort.record`) after each, so an interrupted run resume
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
 import time
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..io.atomic import atomic_output
+from ..io.tables import write_csv
 from .raysession import RaySession
 from ..io.volume import PathLike, Volume, load_volume
 from ..pipeline.support import check_support
@@ -184,7 +183,7 @@ def run(
     columns = ["id", "status", "seconds", "error"] + (["dice", "hd95"] if scored else [])
     rows = [outcomes.get(p.id) or {**record.row(p.id), "status": "skipped"} for p in patients]
     rows = [{c: row.get(c) for c in columns} for row in rows]
-    path = _write_results(rows, out / RESULTS_NAME, columns)
+    path = write_csv(rows, out / RESULTS_NAME, columns, overwrite=True)
     return CohortResults(rows, path, time.perf_counter() - started)
 
 
@@ -231,14 +230,6 @@ def _finish(patient: Patient, outcome: Outcome, key: str, record: RunRecord, out
     return row
 
 
-def _write_results(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> Path:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(text.getvalue())
-    return path
 
 
 # ---------------------------------------------------------------------------------------- Ray

@@ -164,6 +164,23 @@ def _itk_reason(err: RuntimeError) -> str:
 
 #: Fewest metric samples per evaluation at full working resolution (small scans are sampled densely).
 MIN_SAMPLES = 200_000
+#: Largest seed ITK's random sampling takes (an unsigned 32-bit integer; 0 would mean "the wall clock").
+ITK_SEED_MAX = 2**32 - 1
+
+
+def itk_seed(seed: int) -> int:
+    """The sampling seed ITK gets for ``seed``, always in ``[1, ITK_SEED_MAX]``.
+
+    ``seed + 1`` for ``0 <= seed < ITK_SEED_MAX`` (the mapping registrations have always used, so
+    their results do not change); any other integer (negative, or a 63-bit seed derived for an
+    uncertainty draw) is hashed with NumPy's ``SeedSequence`` (sign and magnitude both count, the same
+    on every machine) and folded into the range.
+    """
+    seed = int(seed)
+    if 0 <= seed < ITK_SEED_MAX:
+        return seed + 1
+    state = np.random.SeedSequence([abs(seed), int(seed < 0)]).generate_state(1, dtype=np.uint32)[0]
+    return int(state) % ITK_SEED_MAX + 1
 
 
 def _method(sampling: float, fixed: "sitk.Image", seed: int, threads: int) -> "sitk.ImageRegistrationMethod":
@@ -177,7 +194,7 @@ def _method(sampling: float, fixed: "sitk.Image", seed: int, threads: int) -> "s
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     fraction = min(1.0, max(float(sampling), MIN_SAMPLES / fixed.GetNumberOfPixels()))
-    reg.SetMetricSamplingPercentage(fraction, int(seed) + 1)  # seed 0 would mean "wall clock" in ITK
+    reg.SetMetricSamplingPercentage(fraction, itk_seed(seed))
     reg.SetInterpolator(sitk.sitkLinear)
     return reg
 
