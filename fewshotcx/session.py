@@ -48,8 +48,7 @@ _VERSION = 1
 Key = tuple  # (support: ((z, version), ...), classes, leave_out)
 
 #: Default bounds of a session's undo history (:attr:`ContourSession.history_limit`, ``history_bytes``).
-HISTORY_STEPS = 100
-HISTORY_BYTES = 16 << 20
+HISTORY_STEPS, HISTORY_BYTES = 100, 16 << 20
 
 
 @dataclass(frozen=True)
@@ -62,10 +61,6 @@ class _Step:
     dtype: np.dtype
     version: int
     labels: Optional[tuple[int, ...]]
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.packed or b"")
 
 
 class ContourSession:
@@ -183,9 +178,9 @@ class ContourSession:
         packed = None if mask is None else zlib.compress(mask.tobytes(order="F"), 1)
         dtype = np.dtype(np.uint8) if mask is None else mask.dtype
         self._history.append(_Step(z, packed, dtype, version, self.labels))
-        total = sum(step.nbytes for step in self._history)
+        total = sum(len(step.packed or b"") for step in self._history)
         while self._history and (len(self._history) > self.history_limit or total > self.history_bytes):
-            total -= self._history.popleft().nbytes
+            total -= len(self._history.popleft().packed or b"")
 
     def _index(self, z) -> int:
         if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or not 0 <= int(z) < self.depth:
