@@ -149,7 +149,7 @@ class Segmenter:
         support = SupportVolumes(
             images=tuple(vols), labels=tuple(labs),
             normalised=tuple(normalize(v.array, modality, self.window) for v in vols),
-            slices=chosen, classes=support_classes(labs, chosen), modality=modality,
+            slices=chosen, classes=support_classes(labs, chosen), modality=modality, seed=self.seed,
         )
         generator = self._generator()
         pools = {}

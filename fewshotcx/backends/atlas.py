@@ -20,9 +20,7 @@ labelled slices cover it — an atlas that does not see a voxel does not vote th
 
 from __future__ import annotations
 
-import threading
 import warnings
-from collections import OrderedDict
 from typing import Optional
 
 import numpy as np
@@ -32,45 +30,13 @@ from scipy import ndimage
 from ..io.volume import Volume
 from ..pipeline.support import SupportVolumes
 from ..registration import MODES, RegisteredVolume, RegistrationError, register_support, vote_share
+from ..registration.cache import DEFAULT_CACHE_BYTES, RegistrationCache
 
 FUSIONS = ("majority", "staple", "weighted")
 
 
 #: Back-compatible name: one support volume registered onto the query.
 RegisteredAtlas = RegisteredVolume
-#: Bytes of registered support the backend keeps between calls (least recently used evicted first).
-DEFAULT_CACHE_BYTES = 512 << 20
-
-
-class RegistrationCache(OrderedDict):
-    """Registered support volumes by ``(index, query fingerprint, seed, mode)``, least recently used
-    first, holding at most ``max_bytes`` of arrays (the newest entry is always kept, even if larger)."""
-
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        super().__init__()
-        self.max_bytes = int(max_bytes)
-        self._lock = threading.Lock()  # predict runs under a shared read lock: threads share this cache
-
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return sum(entry.nbytes for entry in self.values())
-
-    def get(self, key, default=None):
-        with self._lock:
-            if key not in self:
-                return default
-            self.move_to_end(key)
-            return super().__getitem__(key)
-
-    def __setitem__(self, key, entry: RegisteredVolume) -> None:
-        with self._lock:
-            super().__setitem__(key, entry)
-            self.move_to_end(key)
-            while len(self) > 1 and sum(e.nbytes for e in self.values()) > self.max_bytes:
-                self.popitem(last=False)
-
-
 class AtlasBackend:
     """The ``"atlas"`` :class:`~fewshotcx.backends.base.VolumeBackend`.
 

@@ -8,6 +8,8 @@ coincide), and its probabilities, upsampled back, become SAM's box + mask prompt
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -45,6 +47,13 @@ class RefinedBackend:
             raise ValueError(f"SAM context {refiner.context} is smaller than UniverSeg's {coarse.context}")
         self.coarse, self.refiner, self.threshold = coarse, refiner, float(threshold)
         self.slice_size, self.context, self.device = refiner.slice_size, refiner.context, refiner.device
+
+    def __copy__(self) -> "RefinedBackend":
+        """A copy with its own coarse backend: fitting the copy never touches this one."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.coarse = copy.copy(self.coarse)
+        return clone
 
     def _coarse_view(self, slabs: torch.Tensor) -> torch.Tensor:
         """``(N, 2k_s+1, s, s)`` → ``(N, 2k_u+1, s_u, s_u)``: the centre channels UniverSeg expects, downsampled."""

@@ -11,6 +11,7 @@ support runs one-vs-rest, one pass per class, and returns one probability channe
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from contextlib import nullcontext
 from typing import ContextManager, Optional
@@ -34,6 +35,8 @@ from ..models.weights import load_universeg
 #: of the cost. A checkpoint may record its own measured default as ``extra["support_size"]`` (the
 #: bundled one: 8, the best in docs/benchmarks.md).
 DEFAULT_SUPPORT_SIZE = 16
+#: Key of the bagging draw (:attr:`UniverSegBackend.support_fraction`) in :func:`derived_generator`.
+_BAGGING_KEY = 0xBA6
 
 
 class UniverSegBackend:
@@ -60,6 +63,8 @@ class UniverSegBackend:
         check_coverage: under ``"position"``, compare each query with the support first and warn when
             they cover different anatomy (:func:`~fewshotcx.pipeline.query_support.check_coverage`);
             retrieval always warns about query slices the support does not cover.
+        support_fraction: each query draws its support from a random fraction of the pool (seeded by
+            the prediction's seed; bagging for uncertainty draws); 1 = the whole pool.
         support_chunk: passed to ``forward_shared`` to bound memory over the support axis.
         channels_last: passed to ``forward_shared``: channels-last feature layout (same outputs; faster
             on CPU, see docs/performance.md).
@@ -85,6 +90,7 @@ class UniverSegBackend:
         pixel_mm: Optional[float] = None,
         context_mm: Optional[float] = None,
         check_coverage: bool = True,
+        support_fraction: float = 1.0,
     ) -> None:
         net, meta = ((model, dict(getattr(model, "framing", {}))) if model is not None
                      else load_universeg(weights, return_metadata=True))
@@ -115,6 +121,9 @@ class UniverSegBackend:
             raise ValueError(f"registration must be 'rigid', 'affine' or 'deformable', got {registration!r}")
         self.registration = registration
         self.check_coverage = bool(check_coverage)
+        if not 0.0 < support_fraction <= 1.0:
+            raise ValueError(f"support_fraction must be in (0, 1], got {support_fraction}")
+        self.support_fraction = float(support_fraction)
         self.group_size = int(group_size)
         self.precision = precision
         self.support_chunk = support_chunk
@@ -146,10 +155,23 @@ class UniverSegBackend:
         if self.strategy == "position" and self.check_coverage:  # warns when the scans cover different anatomy
             similarity_to_pools(self.pools, normalised.to(self.device), query.spacing, settings, "position")
         if self.strategy not in QUERY_AWARE:
-            return nullcontext(UniverSegQuery(self, self.pools, None))
-        prepared = prepare_query_support(self.strategy, self.pools, support, query, normalised.to(self.device),
-                                         settings, generator.initial_seed(), self.registration)
+            prepared = QuerySupport(self.pools, self.strategy)
+        else:
+            prepared = prepare_query_support(self.strategy, self.pools, support, query, normalised.to(self.device),
+                                             settings, self.registration)
+        if self.support_fraction < 1.0:  # bagging (uncertainty draws), on whatever support the query got
+            prepared = prepared.bagged(self.support_fraction,
+                                       derived_generator(generator.initial_seed(), _BAGGING_KEY))
         return nullcontext(UniverSegQuery(self, prepared.pools, prepared))
+
+    def bagged(self, fraction: float) -> "UniverSegBackend":
+        """A shallow copy whose queries draw their support from a random ``fraction`` of it
+        (:attr:`support_fraction`); ``self`` is unchanged."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        clone = copy.copy(self)
+        clone.support_fraction = float(fraction)
+        return clone
 
     def bytes_per_slab(self) -> int:
         return self._bytes_per_slab(self.pools)

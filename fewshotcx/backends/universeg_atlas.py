@@ -27,6 +27,7 @@ and ``fit_volumes``, then ``predict_volume``.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Optional
 
@@ -87,6 +88,20 @@ class UniverSegAtlasBackend:
         self.resize_mode, self.pixel_mm, self.context_mm = universeg.resize_mode, universeg.pixel_mm, universeg.context_mm
         self.memory_budget = memory_budget
         self.support: Optional[SupportVolumes] = None
+
+    def __copy__(self) -> "UniverSegAtlasBackend":
+        """A copy with its own UniverSeg backend: fitting the copy never touches this one."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.universeg = copy.copy(self.universeg)
+        return clone
+
+    def bagged(self, fraction: float) -> "UniverSegAtlasBackend":
+        """A copy whose in-context part draws each query's support from a random ``fraction`` of the
+        registered support (:meth:`UniverSegBackend.bagged`); the atlas prior keeps every volume."""
+        clone = copy.copy(self)
+        clone.universeg = self.universeg.bagged(fraction)
+        return clone
 
     # ------------------------------------------------------------------ Backend (slab) side
     def fit(self, pools: dict[int, SupportPool], generator: torch.Generator) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from ..backends import Backend
 from ..io.volume import Volume
-from ..pipeline.support import SupportPool, derived_generator
+from ..pipeline.support import derived_generator, subsample_pool
 
 if TYPE_CHECKING:
     from ..segmenter import Segmenter, VolumeLike
@@ -35,21 +35,20 @@ Measure = Literal["entropy", "std"]
 _DRAW_KEY = 0x5EED
 
 
-def subsample_pool(pool: SupportPool, fraction: float, generator: torch.Generator) -> SupportPool:
-    """A random ``fraction`` of the pool's slabs (at least one), drawn without replacement."""
-    keep = max(1, int(np.ceil(fraction * len(pool))))
-    idx = torch.randperm(len(pool), generator=generator)[:keep].sort().values.to(pool.images.device)
-    return SupportPool(pool.images[idx], pool.labels[idx], pool.positions[idx], pool.volume_ids[idx],
-                       pool.classes, pool.axis)
-
-
 def draw_segmenter(seg: "Segmenter", draw: int, fraction: float = 0.5) -> "Segmenter":
     """A shallow copy of ``seg`` for independent draw ``draw``: its own seed and, for slab backends, a
-    copy of the backend fitted on a random ``fraction`` of each pool (``seg`` itself is untouched:
-    backends rebind their fitted state, see :mod:`fewshotcx.backends.base`)."""
+    random ``fraction`` of the support. A backend that bags per query (a ``bagged(fraction)`` copy:
+    UniverSeg and universeg+atlas) takes the fraction of whatever support each query gets, registered
+    support included, and shares the fitted support's registrations with ``seg``; any other slab
+    backend is refitted on a random ``fraction`` of each pool. ``seg`` itself is untouched (backends rebind their fitted state, see
+    :mod:`fewshotcx.backends.base`)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     seed = derived_generator(seg.seed, _DRAW_KEY, draw).initial_seed()
+    if hasattr(seg.backend, "bagged"):
+        clone = seg.copy_with(seed=seed)
+        clone.backend = seg.backend.bagged(fraction)
+        return clone
     if isinstance(seg.backend, Backend) and seg.support_pools:
         generator = derived_generator(seed, _DRAW_KEY)
         pools = {axis: subsample_pool(pool, fraction, generator) for axis, pool in seg.support_pools.items()}

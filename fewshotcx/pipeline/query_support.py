@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -27,7 +27,8 @@ from ..io.volume import Volume, VolumeError
 from ..registration import register_support as register_volumes, volume_name, vote_share
 from .slicing import Framing, extract_slabs
 from .support import (
-    QUERY_AWARE, SupportPool, SupportVolumes, build_pool, group_features, retrieval_similarity, slab_features,
+    QUERY_AWARE, SupportPool, SupportVolumes, bag_indices, build_pool, group_features, pool_subset,
+    retrieval_similarity, slab_features,
 )
 
 #: Registration transform used by ``"registered"``/``"auto"`` unless the backend is told otherwise.
@@ -153,6 +154,14 @@ class QuerySupport:
     labels: tuple[Volume, ...] = ()
     coverage: tuple[np.ndarray, ...] = ()
 
+    def bagged(self, fraction: float, generator: torch.Generator) -> "QuerySupport":
+        """This support with each pool cut to a random ``fraction`` of its slabs (at least one;
+        :func:`~fewshotcx.pipeline.support.bag_indices`), retrieval similarities cut to match."""
+        keep = {axis: bag_indices(len(pool), fraction, generator).to(pool.images.device)
+                for axis, pool in self.pools.items()}
+        return replace(self, pools={axis: pool_subset(pool, keep[axis]) for axis, pool in self.pools.items()},
+                       similarity={axis: s[:, keep[axis].to(s.device)] for axis, s in self.similarity.items()})
+
     def vote_share(self, classes: Sequence[int], sigma_mm: float = 0.0) -> Optional[torch.Tensor]:
         """``(L, X, Y, Z)`` float32: among the registered label maps that cover each voxel, the share that
         give it class ``classes[l]`` (:func:`fewshotcx.registration.vote_share`, the atlas backend's
@@ -187,7 +196,6 @@ def prepare_query_support(
     query: Volume,
     normalised: torch.Tensor,
     settings: SlabSettings,
-    seed: int,
     registration: str = DEFAULT_REGISTRATION,
 ) -> QuerySupport:
     """The support for one query under ``strategy`` (see the module docstring).
@@ -197,7 +205,6 @@ def prepare_query_support(
         support: the fitted support volumes (canonical).
         query: the query, canonical, original intensities.
         normalised: ``(X, Y, Z)`` the query as the backend sees it, on ``settings.device``.
-        seed: seeds the registration's sampling.
         registration: ``"rigid"``, ``"affine"`` or ``"deformable"``.
     Raises:
         fewshotcx.registration.RegistrationError: ``"registered"`` and a support volume fails to register.
@@ -206,7 +213,7 @@ def prepare_query_support(
     if strategy not in QUERY_AWARE:
         return QuerySupport(pools, strategy)
     if strategy in ("registered", "auto"):
-        aligned = register_support(support, query, registration, seed, strict=strategy == "registered")
+        aligned = register_support(support, query, registration, strict=strategy == "registered")
         if aligned:
             images, labels, covered = zip(*(aligned[i] for i in sorted(aligned)))
             registered_pools = {axis: _pool_on_query(images, labels, covered, axis, support.classes, settings)
@@ -232,9 +239,11 @@ def query_descriptors(normalised: torch.Tensor, spacing: Sequence[float], axis: 
 
 
 def register_support(
-    support: SupportVolumes, query: Volume, mode: str, seed: int, strict: bool,
+    support: SupportVolumes, query: Volume, mode: str, strict: bool,
 ) -> dict[int, tuple[np.ndarray, Volume, np.ndarray]]:
-    """Register each support volume to ``query`` and resample it onto the query's grid.
+    """Register each support volume to ``query`` and resample it onto the query's grid, once per
+    (support volume, query, mode): seeded by :attr:`SupportVolumes.seed` and memoised in
+    :attr:`SupportVolumes.registrations`, so every draw and prediction of one query reuse it.
 
     Args:
         strict: raise on the first failure (``"registered"``); else warn and leave that volume out.
@@ -250,9 +259,9 @@ def register_support(
             raise VolumeError(message)
         warnings.warn(message + "; using retrieval", stacklevel=4)
         return {}
-    aligned = register_volumes(support.images, support.labels, support.normalised, query, mode, seed,
+    aligned = register_volumes(support.images, support.labels, support.normalised, query, mode, support.seed,
                                support.modality, strict=strict, who="strategy='registered'" if strict else
-                               "strategy='auto'")
+                               "strategy='auto'", cache=support.registrations)
     return {i: (entry.image, entry.labels, entry.known.astype(np.float32)) for i, entry in aligned.items()}
 
 

@@ -21,7 +21,7 @@ position along that axis. Drawing a support set for a query slab is then a tenso
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .slicing import Framing, extract_slabs
 from ..io.volume import Volume, VolumeError, check_pair
+from ..registration.cache import RegistrationCache
 
 Strategy = Literal["position", "random", "retrieval", "registered", "auto"]
 #: Every support strategy, in the order the CLI lists them.
@@ -79,6 +80,25 @@ class SupportPool:
     def to(self, device: torch.device) -> "SupportPool":
         return SupportPool(self.images.to(device), self.labels.to(device), self.positions.to(device),
                            self.volume_ids.to(device), self.classes, self.axis)
+
+
+def bag_indices(size: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """``(n,)`` sorted indices of a random ``fraction`` of ``size`` items (at least one), drawn without
+    replacement on the CPU from ``generator``."""
+    keep = max(1, int(np.ceil(fraction * size)))
+    return torch.randperm(size, generator=generator)[:keep].sort().values
+
+
+def pool_subset(pool: SupportPool, index: torch.Tensor) -> SupportPool:
+    """The slabs ``index`` ``(n,)`` of ``pool`` (on the pool's device)."""
+    index = index.to(pool.images.device)
+    return SupportPool(pool.images[index], pool.labels[index], pool.positions[index], pool.volume_ids[index],
+                       pool.classes, pool.axis)
+
+
+def subsample_pool(pool: SupportPool, fraction: float, generator: torch.Generator) -> SupportPool:
+    """A random ``fraction`` of the pool's slabs (at least one), drawn without replacement."""
+    return pool_subset(pool, bag_indices(len(pool), fraction, generator))
 
 
 def build_pool(
@@ -159,6 +179,10 @@ class SupportVolumes:
         slices: per volume, the labelled axial indices, or ``None`` (= all slices labelled).
         classes: label values modelled, in channel order.
         modality: the one intensity decision (``"ct"`` or ``"mr"``) taken for support and queries.
+        seed: seeds the registration of each support volume onto a query (the fit's seed), so every
+            draw and every prediction of one query share one registration.
+        registrations: the memo of those registrations (:class:`~fewshotcx.registration.RegistrationCache`),
+            shared by everything that predicts with this support.
     """
 
     images: tuple[Volume, ...]
@@ -167,6 +191,8 @@ class SupportVolumes:
     slices: Optional[tuple[Optional[tuple[int, ...]], ...]]
     classes: tuple[int, ...]
     modality: str
+    seed: int = 0
+    registrations: RegistrationCache = field(default_factory=RegistrationCache, compare=False, repr=False)
 
 
 def derived_generator(seed: int, *keys: int) -> torch.Generator:

@@ -13,7 +13,7 @@ Modules, one concern each: :mod:`~fewshotcx.registration.convert` (SimpleITK ↔
 (the quality gate and its calibrated thresholds), :mod:`~fewshotcx.registration.result`
 (:class:`Registration`, save/load), :mod:`~fewshotcx.registration.warping` (warp, coverage),
 :mod:`~fewshotcx.registration.fusion` (majority vote), :mod:`~fewshotcx.registration.onto_query`
-(support onto a query). This package sits below the pipeline and the backends and imports neither.
+(support onto a query), :mod:`~fewshotcx.registration.cache` (registrations memoised per fitted support). This package sits below the pipeline and the backends and imports neither.
 
 Conventions: inputs are :class:`~fewshotcx.Volume` objects (arrays ``(X, Y, Z)``, RAS affines);
 :attr:`Registration.transform` follows SimpleITK: it maps a *fixed* physical point (LPS mm) to the
@@ -21,6 +21,7 @@ Conventions: inputs are :class:`~fewshotcx.Volume` objects (arrays ``(X, Y, Z)``
 them as ``.h5`` (or ``.tfm``, larger).
 """
 
+from .cache import DEFAULT_CACHE_BYTES, RegistrationCache
 from .convert import FLIP, RegistrationError, from_sitk, sitk_affine, to_sitk
 from .fusion import vote_share, weighted_share
 from .gates import (
@@ -32,8 +33,9 @@ from .result import Registration
 from .warping import coverage, warp
 
 __all__ = [
-    "FLIP", "MIN_BODY_DICE", "MIN_MARGIN", "MIN_NCC", "MIN_OVERLAP", "MIN_SAMPLES", "MODES", "Mode", "Quality",
-    "RegisteredVolume", "Registration", "RegistrationError", "SHIFT_MM", "THRESHOLDS", "accepts", "assess",
-    "body_mask", "coverage", "fingerprint", "from_sitk", "measure", "register", "register_onto", "register_support",
-    "sitk_affine", "to_sitk", "volume_name", "vote_share", "warp", "weighted_share",
+    "DEFAULT_CACHE_BYTES", "FLIP", "MIN_BODY_DICE", "MIN_MARGIN", "MIN_NCC", "MIN_OVERLAP", "MIN_SAMPLES", "MODES",
+    "Mode", "Quality", "RegisteredVolume", "Registration", "RegistrationCache", "RegistrationError", "SHIFT_MM",
+    "THRESHOLDS", "accepts", "assess", "body_mask", "coverage", "fingerprint", "from_sitk", "measure", "register",
+    "register_onto", "register_support", "sitk_affine", "to_sitk", "volume_name", "vote_share", "warp",
+    "weighted_share",
 ]

@@ -96,7 +96,8 @@ def register_support(images: Sequence[Volume], labels: Sequence[Volume], normali
         strict: raise on the first failure; else warn (``"<who>: ...; it is left out"``) and leave it out.
         who: what the messages say is registering (``"strategy='auto'"``, ``"backend 'atlas'"``).
         cache: a mapping to reuse registrations from, keyed by ``(index, query fingerprint, seed, mode)``;
-            new ones are stored into it (the caller bounds it).
+            new ones, and failures (as their :class:`RegistrationError`), are stored into it (the caller
+            bounds it, e.g. :class:`~fewshotcx.registration.RegistrationCache`).
     Returns:
         support index → :class:`RegisteredVolume`; failed volumes are missing.
     Raises:
@@ -112,11 +113,13 @@ def register_support(images: Sequence[Volume], labels: Sequence[Volume], normali
                                       name=volume_name(i, image), slices=None if slices is None else slices[i],
                                       **options)
             except RegistrationError as err:
-                if strict:
-                    raise RegistrationError(f"{who}: {err}") from None
-                warnings.warn(f"{who}: {err}; it is left out", stacklevel=3)
-                continue
+                entry = err
             if cache is not None:
-                cache[(i, key, seed, mode)] = entry
+                cache[(i, key, seed, mode)] = entry  # a failure is remembered too: never tried twice
+        if isinstance(entry, RegistrationError):
+            if strict:
+                raise RegistrationError(f"{who}: {entry}") from None
+            warnings.warn(f"{who}: {entry}; it is left out", stacklevel=3)
+            continue
         aligned[i] = entry
     return aligned
