@@ -26,7 +26,8 @@ from ..io.volume import Volume
 from ..pipeline.query_support import (DEFAULT_REGISTRATION, QuerySupport, SlabSettings, prepare_query_support,
                                      similarity_to_pools)
 from ..pipeline.support import (
-    QUERY_AWARE, Strategy, SupportPool, SupportVolumes, check_strategy, derived_generator, select_support,
+    BAGGING_KEY, QUERY_AWARE, Strategy, SupportPool, SupportVolumes, check_strategy, derived_generator,
+    select_support,
 )
 from ..models.weights import load_universeg
 
@@ -35,8 +36,6 @@ from ..models.weights import load_universeg
 #: of the cost. A checkpoint may record its own measured default as ``extra["support_size"]`` (the
 #: bundled one: 8, the best in docs/benchmarks.md).
 DEFAULT_SUPPORT_SIZE = 16
-#: Key of the bagging draw (:attr:`UniverSegBackend.support_fraction`) in :func:`derived_generator`.
-_BAGGING_KEY = 0xBA6
 
 
 class UniverSegBackend:
@@ -161,7 +160,7 @@ class UniverSegBackend:
                                              settings, self.registration)
         if self.support_fraction < 1.0:  # bagging (uncertainty draws), on whatever support the query got
             prepared = prepared.bagged(self.support_fraction,
-                                       derived_generator(generator.initial_seed(), _BAGGING_KEY))
+                                       derived_generator(generator.initial_seed(), BAGGING_KEY))
         return nullcontext(UniverSegQuery(self, prepared.pools, prepared))
 
     def bagged(self, fraction: float) -> "UniverSegBackend":

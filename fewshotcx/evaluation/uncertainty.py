@@ -25,7 +25,7 @@ import torch
 
 from ..backends import Backend
 from ..io.volume import Volume
-from ..pipeline.support import derived_generator, subsample_pool
+from ..pipeline.support import BAGGING_KEY, derived_generator, subsample_pool
 
 if TYPE_CHECKING:
     from ..segmenter import Segmenter, VolumeLike
@@ -50,7 +50,7 @@ def draw_segmenter(seg: "Segmenter", draw: int, fraction: float = 0.5) -> "Segme
         clone.backend = seg.backend.bagged(fraction)
         return clone
     if isinstance(seg.backend, Backend) and seg.support_pools:
-        generator = derived_generator(seed, _DRAW_KEY)
+        generator = derived_generator(seed, BAGGING_KEY)
         pools = {axis: subsample_pool(pool, fraction, generator) for axis, pool in seg.support_pools.items()}
         return seg.copy_with(seed=seed, pools=pools)
     return seg.copy_with(seed=seed)

@@ -82,6 +82,11 @@ class SupportPool:
                            self.volume_ids.to(device), self.classes, self.axis)
 
 
+#: Key of a draw's bagging generator, ``derived_generator(draw seed, BAGGING_KEY)``: which part of the
+#: support an uncertainty draw keeps (:func:`bag_indices`).
+BAGGING_KEY = 0x5EED
+
+
 def bag_indices(size: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
     """``(n,)`` sorted indices of a random ``fraction`` of ``size`` items (at least one), drawn without
     replacement on the CPU from ``generator``."""
