@@ -28,7 +28,7 @@ def read_structure_set(rtstruct_path: PathLike) -> Dataset:
     except OSError as exc:
         raise VolumeError(f"cannot read {rtstruct_path}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt bytes; all mean the same
-        detail = " ".join(str(exc).split())[:200]
+        detail = " ".join(str(exc).split("Traceback")[0].split())[:200]  # pydicom may append a trace
         raise VolumeError(f"{name} is not a readable DICOM file ({type(exc).__name__}: {detail})") from None
     if ds.get("Modality") != "RTSTRUCT" or "StructureSetROISequence" not in ds:
         raise VolumeError(f"{name} is not an RT Structure Set (Modality {ds.get('Modality')!r})")
