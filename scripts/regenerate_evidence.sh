@@ -49,6 +49,7 @@ if [[ $lane == cross || $lane == all ]]; then
   "$PY" benchmarks/cross_patient.py "${FOV64[@]}" --out "$R" --plots docs/img
   # needs ../shared/data (development data); the gate thresholds in fewshotcx/registration/gates.py come from it
   (cd benchmarks && "../$PY" registration_gates.py)
+  "$PY" benchmarks/rtstruct_fidelity.py  # LUNG1-001's clinical RTSTRUCT (../shared/data)
 fi
 if [[ $lane == compare || $lane == all ]]; then
   "$PY" benchmarks/seed_comparison.py "${FOV64[@]}" --cohorts brain --nnunet-epochs 1 --nnunet-iterations 10 --unet-steps 60
@@ -58,6 +59,7 @@ if [[ $lane == speed || $lane == all ]]; then
   "$PY" benchmarks/throughput.py --sizes 16 --repeats 3 --threads 1
   "$PY" benchmarks/model_memory.py --chunks 64,16
   (cd benchmarks && "../$PY" registration_cost.py)
+  "$PY" benchmarks/uncertainty_cost.py  # the sarcoma CTs (../shared/data)
   "$PY" benchmarks/sam2_cost.py --frames 3 --threads 1
 fi
 "$PY" benchmarks/evidence.py
