@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     parser.add_argument("--spacing", type=float, default=3.0, help="mm (the benchmark runs on small volumes)")
     parser.add_argument("--max-support", type=int, default=4)
     parser.add_argument("--weights", default="default", help="UniverSeg weights")
-    parser.add_argument("--sam-checkpoint", default=None)
+    parser.add_argument("--sam-weights", default=None)
     parser.add_argument("--totalseg-masks", default=None)
     parser.add_argument("--unet-steps", type=int, default=100)
     parser.add_argument("--unet-slice-size", type=int, default=64)
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     parser.add_argument("--plot", type=Path, default=Path("docs/img/seed_comparison.png"))
     args = parser.parse_args(argv)
     methods = check_methods([m for m in args.methods.split(",") if m])
-    options = Options(weights=args.weights, sam_checkpoint=args.sam_checkpoint, device=args.device,
+    options = Options(weights=args.weights, sam_weights=args.sam_weights, device=args.device,
                       unet_steps=args.unet_steps, unet_slice_size=args.unet_slice_size,
                       nnunet_configuration=args.nnunet_configuration, nnunet_epochs=args.nnunet_epochs,
                       nnunet_iterations=args.nnunet_iterations, totalseg_masks=args.totalseg_masks)

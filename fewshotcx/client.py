@@ -202,7 +202,7 @@ class RemoteSession:
 
     def preview(self, z: int, result: bool = False) -> bytes:
         """Slice ``z`` as PNG bytes: the drawing in red, and the completed result in green if
-        ``result`` (anterior up, patient left on the left)."""
+        ``result`` (radiological view: anterior up, the patient's right on the left)."""
         return self._request("GET", self._route(f"/slices/{int(z)}/png"), params={"result": str(bool(result)).lower()})
 
     def download(self, path: PathLike, format: str = "nifti", overwrite: bool = False) -> Path:

@@ -22,9 +22,10 @@ def spread_slices(mask: np.ndarray, count: int, ends: bool = False) -> list[int]
     return sorted({int(round(q)) for q in points})
 
 
-def _radiological(axial: np.ndarray) -> np.ndarray:
+def radiological(axial: np.ndarray) -> np.ndarray:
     """Canonical RAS axial slice ``(x, y)`` → picture rows/columns with anterior at the top and the
-    patient's right (+x) on the left of the picture."""
+    patient's right (+x) on the left of the picture: the radiological view, the one display
+    convention of every picture fewshotcx makes (figures, review pages, server previews, the viewer)."""
     return axial.T[::-1, ::-1]
 
 
@@ -60,9 +61,9 @@ def save_overlay(
     for r, z in enumerate(rows):
         for c, (name, vol) in enumerate(panels):
             ax = axes[r][c]
-            ax.imshow(_radiological(shown[:, :, z]), cmap="gray", aspect=aspect, interpolation="nearest")
+            ax.imshow(radiological(shown[:, :, z]), cmap="gray", aspect=aspect, interpolation="nearest")
             if vol is not None:
-                mask = _radiological(vol.array[:, :, z] > 0)
+                mask = radiological(vol.array[:, :, z] > 0)
                 ax.contour(mask, levels=[0.5], colors="lime" if name == "reference" else "red", linewidths=1.2)
             ax.set_title(f"{name} (z={z})", fontsize=9)
             ax.axis("off")

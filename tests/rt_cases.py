@@ -52,8 +52,7 @@ def make_plan(root: Path, shift: int = 0, patient: str = "PLAN-1") -> tuple[Path
     dicom.write_dicom_series(Volume(image, AFFINE), ct)
     set_patient(ct, patient, f"PLAN^{patient}")
     rs = root / f"{patient}_RS.dcm"
-    rt.write_rtstruct({name: Volume(m.astype(np.uint8), AFFINE, label=True) for name, m in masks.items()}, ct, rs,
-                      keep_patient_identity=True)
+    rt.write_rtstruct({name: Volume(m.astype(np.uint8), AFFINE, label=True) for name, m in masks.items()}, ct, rs)
     return ct, rs
 
 

@@ -25,7 +25,7 @@ DATA_TABLES = {"io/deid_profile.py"}
 #: The layers, bottom first (docs/architecture.md draws them). A node may import its own layer or a
 #: lower one, never a higher one; a new subpackage or root module must be placed here.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"io", "locks", "paths", "progress"}),
+    ("foundation", {"io", "locks", "paths", "progress", "compat"}),
     ("registration and data sets", {"registration", "datasets"}),
     ("data path", {"pipeline", "viz"}),
     ("networks", {"models", "sam"}),  # sam: the deprecated alias of models.sam

@@ -62,7 +62,7 @@ def test_unknown_and_unavailable_methods(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         cmp.compare(run, ["nope"], cmp.Options())
     rows = cmp.compare(run, ["sam"], cmp.Options(), log=lambda line: None)
-    assert [(r["method"], r["status"]) for r in rows] == [("sam", "skipped")] and "--sam-checkpoint" in rows[0]["note"]
+    assert [(r["method"], r["status"]) for r in rows] == [("sam", "skipped")] and "--sam-weights" in rows[0]["note"]
 
 
 def test_label_fusion_of_the_query_itself_scores_perfectly(tmp_path):

@@ -93,7 +93,7 @@ def test_surface_dice_empty_conventions():
 def test_evaluate_structures_rows_and_statuses():
     ref = {"Lung-Left": vol(square_stack()), "GTV-1": vol(square_stack(shift=2)), "Heart": vol(square_stack())}
     pred = {"lung_l": vol(square_stack(shift=1)), "GTV-1": vol(np.zeros((20, 20, 8))), "Liver": vol(square_stack())}
-    rows = {r["structure"]: r for r in rt.evaluate_structures(ref, pred, tolerance=2.0)}
+    rows = {r["structure"]: r for r in rt.evaluate_structures(prediction=pred, reference=ref, tolerance=2.0)}
     lung = rows["Lung-Left"]
     assert lung["prediction_name"] == "lung_l" and lung["status"] == "ok"
     assert lung["dice"] == pytest.approx(2 * 9 * 10 * 4 / (2 * 400))
@@ -109,7 +109,7 @@ def test_evaluate_structures_rows_and_statuses():
 def test_evaluate_structures_against_itself():
     a, b = blobs(3)
     masks = {"Bladder": vol(a), "Rectum": vol(b)}
-    for row in rt.evaluate_structures(masks, masks):
+    for row in rt.evaluate_structures(prediction=masks, reference=masks):
         assert row["dice"] == 1.0 and row["apl"] == 0.0 and row["hd95"] == 0.0
         assert row["surface_dice_2mm"] == pytest.approx(1.0, abs=1e-12)
 

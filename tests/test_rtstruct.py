@@ -103,7 +103,7 @@ def test_references_and_patient_module(series, tmp_path):
         ds.PatientName, ds.PatientID, ds.InstitutionName = "DOE^JANE", "MRN-0042", "Saint Nowhere Hospital"
         ds.save_as(ds.filename, enforce_file_format=True)
     masks = {"PTV": shapes(affine)["GTV sphere"]}
-    anonymous = pydicom.dcmread(rt.write_rtstruct(masks, directory, tmp_path / "anon.dcm"))
+    anonymous = pydicom.dcmread(rt.write_rtstruct(masks, directory, tmp_path / "anon.dcm", deidentify=True))
     study = anonymous.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
     referenced = {r.ReferencedSOPInstanceUID for r in study.RTReferencedSeriesSequence[0].ContourImageSequence}
     assert referenced == {ds.SOPInstanceUID for ds in images}
@@ -119,7 +119,7 @@ def test_references_and_patient_module(series, tmp_path):
     raw = (tmp_path / "anon.dcm").read_bytes()
     assert b"DOE^JANE" not in raw and b"Saint Nowhere" not in raw
 
-    kept = pydicom.dcmread(rt.write_rtstruct(masks, directory, tmp_path / "kept.dcm", keep_patient_identity=True))
+    kept = pydicom.dcmread(rt.write_rtstruct(masks, directory, tmp_path / "kept.dcm"))  # the default
     assert (kept.PatientName, kept.PatientID, kept.PatientIdentityRemoved) == ("DOE^JANE", "MRN-0042", "NO")
     assert "InstitutionName" not in kept
     assert "DeidentificationMethod" not in kept and "DeidentificationMethodCodeSequence" not in kept

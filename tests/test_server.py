@@ -278,8 +278,8 @@ def test_slice_preview_png_shows_the_drawing_and_the_result_in_display_orientati
     assert drawn.shape == (XY[1], XY[0], 3)
     red = (drawn[..., 0] > drawn[..., 1] + 0.2) & (drawn[..., 0] > drawn[..., 2] + 0.2)
     assert np.array_equal(red, to_display(mask) > 0)
-    shown = to_display(mask)  # rows: anterior (high y) at the top; columns: x, patient left first
-    assert shown[XY[1] - 1 - 2, 14] == 1 and shown[2, 14] == 0 and shown[XY[1] - 1 - 2, XY[0] - 1 - 14] == 0
+    shown = to_display(mask)  # radiological: anterior (high y) at the top, the patient's right (high x) on the left
+    assert shown[XY[1] - 1 - 2, XY[0] - 1 - 14] == 1 and shown[2, XY[0] - 1 - 14] == 0 and shown[XY[1] - 1 - 2, 14] == 0
     green = (completed[..., 1] > completed[..., 0] + 0.2) & (completed[..., 1] > completed[..., 2] + 0.2)
     assert expected.any() and np.array_equal(green, to_display(expected) > 0)
     assert not (plain[..., 1] > plain[..., 0] + 0.2).any()  # no overlay without a drawing or result=true

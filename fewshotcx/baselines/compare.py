@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -25,6 +25,7 @@ import numpy as np
 from ..evaluation import metrics
 from ..io.tables import write_csv
 from ..io.volume import Volume, VolumeError, load_volume, reorient_array, save_volume
+from ..rt.names import default_name
 from .interpolation import interpolate_slices, label_fusion
 
 #: Columns of the results table, in order.
@@ -65,7 +66,7 @@ class Options:
 
     Attributes:
         weights: UniverSeg weights (``"default"``, ``"official"`` or a path).
-        sam_checkpoint: SAM checkpoint path (SAM is skipped without one).
+        sam_weights: SAM checkpoint path (SAM is skipped without one).
         device: torch device for the in-context models and the U-Net; nnU-Net gets ``"cuda"`` when this is
             a CUDA device, else ``"cpu"``.
         modality: intensity normalisation for the Segmenter-based methods and nnU-Net's channel
@@ -81,7 +82,7 @@ class Options:
     """
 
     weights: str = "default"
-    sam_checkpoint: Optional[str] = None
+    sam_weights: Optional[str] = None
     device: str = "cpu"
     modality: str = "auto"
     unet_steps: int = 200
@@ -126,11 +127,11 @@ def universeg(run: Run, options: Options) -> Outcome:
 
 
 def sam(run: Run, options: Options) -> Outcome:
-    """SAM (prompt-tuned on the support) from ``options.sam_checkpoint``."""
-    if not options.sam_checkpoint:
-        raise MethodUnavailable("no SAM checkpoint given (--sam-checkpoint PATH)")
-    return _segmenter_method(run, options, budget=Path(options.sam_checkpoint).name, backend="sam",
-                             weights=options.sam_checkpoint)
+    """SAM (prompt-tuned on the support) from ``options.sam_weights``."""
+    if not options.sam_weights:
+        raise MethodUnavailable("no SAM checkpoint given (--sam-weights PATH)")
+    return _segmenter_method(run, options, budget=Path(options.sam_weights).name, backend="sam",
+                             weights=options.sam_weights)
 
 
 def atlas(run: Run, options: Options) -> Outcome:
@@ -327,7 +328,7 @@ def load_run(support: Sequence[tuple[str, str]], queries: Sequence[tuple[str, Op
     images = [load_volume(image) for image, _ in support]
     labels = [load_volume(label, label=True) for _, label in support]
     values = sorted(set().union(*(np.unique(lab.array).tolist() for lab in labels)) - {0})
-    names = {v: (structures or {}).get(v, f"label_{v}") for v in values}
+    names = {v: (structures or {}).get(v, default_name(v)) for v in values}
     query_images = [load_volume(image, canonical=False) for image, _ in queries]
     references = [None if ref is None else load_volume(ref, label=True, canonical=False) for _, ref in queries]
     for (image, ref), query, reference in zip(queries, query_images, references):

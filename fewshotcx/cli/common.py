@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -162,6 +163,47 @@ def support_pair(text: str) -> tuple[str, str]:
     if not sep or not image or not label:
         raise argparse.ArgumentTypeError(f"--support expects IMAGE:LABEL, got {text!r}")
     return image, label
+
+
+def structure_names(text: str) -> dict[int, str]:
+    """``--structures``, one format for every command: ``A,B`` → ``{1: "A", 2: "B"}`` (label values 1, 2,
+    … in the order given), or ``VALUE=NAME,…`` where the label values are others."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("--structures expects A,B,... (or VALUE=NAME,...)")
+    if not any("=" in item for item in items):
+        return {value: name for value, name in enumerate(items, start=1)}
+    out = {}
+    for item in items:
+        value, sep, name = item.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1 or not name.strip() or int(value) in out:
+            raise argparse.ArgumentTypeError(f"--structures expects A,B,... or VALUE=NAME,... (distinct values "
+                                             f"from 1), got {text!r}")
+        out[int(value)] = name.strip()
+    return out
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old option spelling: stores into the new option's ``dest`` and says, on stderr, to use the new one."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; use {new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old flag whose behaviour is now the default: accepted, doing nothing, with a note on stderr
+    (``const``: what to tell the user)."""
+
+    def __init__(self, option_strings, dest, const: str = "", **kwargs) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, const=const, default=argparse.SUPPRESS,
+                         **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; {self.const}",
+              file=sys.stderr)
 
 
 def check_support(pairs: Sequence[tuple[str, str]]) -> None:

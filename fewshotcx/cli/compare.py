@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import POSITIVE_INT, SEED, CliError, check_input, check_output_dir, check_support, support_pair
+from .common import (POSITIVE_INT, SEED, CliError, DeprecatedAlias, check_input, check_output_dir, check_support,
+                     structure_names, support_pair)
 
 
 def _query(text: str) -> tuple[str, object]:
@@ -18,17 +19,6 @@ def _query(text: str) -> tuple[str, object]:
     if sep and image and ref and not Path(text).exists():
         return image, ref
     return text, None
-
-
-def _structures(text: str) -> dict[int, str]:
-    """``1=liver,2=spleen`` → ``{1: "liver", 2: "spleen"}``."""
-    out = {}
-    for item in filter(None, text.split(",")):
-        value, sep, name = item.partition("=")
-        if not sep or not value.strip().isdigit() or not name.strip():
-            raise argparse.ArgumentTypeError(f"--structures expects VALUE=NAME[,VALUE=NAME...], got {text!r}")
-        out[int(value)] = name.strip()
-    return out
 
 
 def check_arguments(args: argparse.Namespace) -> Path:
@@ -61,10 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"comma-separated, from: {', '.join(METHODS)} (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder (predictions/ and results.csv)")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its files")
-    p.add_argument("--structures", type=_structures, default=None, metavar="VALUE=NAME,...",
-                   help="names of the label values (needed to match TotalSegmentator's classes)")
+    p.add_argument("--structures", type=structure_names, default=None, metavar="A,B,...",
+                   help="names of label values 1, 2, ... in order (or VALUE=NAME,... for other values); "
+                        "needed to match TotalSegmentator's classes")
     p.add_argument("--weights", default=defaults.weights, help="UniverSeg weights: 'default', 'official' or a path")
-    p.add_argument("--sam-checkpoint", default=None, help="SAM checkpoint (the sam method is skipped without one)")
+    p.add_argument("--sam-weights", default=None, help="SAM checkpoint (the sam method is skipped without one)")
+    p.add_argument("--sam-checkpoint", dest="sam_weights", action=DeprecatedAlias, help=argparse.SUPPRESS)
     p.add_argument("--device", default=defaults.device, help="'cpu' or 'cuda'")
     p.add_argument("--modality", default=defaults.modality, choices=["auto", "ct", "mr"])
     p.add_argument("--unet-steps", type=POSITIVE_INT, default=defaults.unet_steps)
@@ -85,7 +77,7 @@ def run(args: argparse.Namespace) -> None:
     methods = check_methods([m.strip() for m in args.methods.split(",") if m.strip()])
     out = check_arguments(args)
     run_ = load_run(args.support, args.query, args.structures)
-    options = Options(weights=args.weights, sam_checkpoint=args.sam_checkpoint, device=args.device,
+    options = Options(weights=args.weights, sam_weights=args.sam_weights, device=args.device,
                       modality=args.modality, unet_steps=args.unet_steps,
                       nnunet_configuration=args.nnunet_configuration, nnunet_epochs=args.nnunet_epochs,
                       nnunet_iterations=args.nnunet_iterations, interpolation_step=args.interpolation_step,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from .common import (POSITIVE_INT, CliError, add_model_options, check_input, check_output_dir, check_output_file,
-                     check_support, support_pair)
+                     check_support, structure_names, support_pair)
 
 #: Suffixes of label-map outputs.
 NIFTI = (".nii", ".nii.gz")
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..segmenter import Segmenter
     from ..io.volume import load_volume, save_volume
+    from ..rt.names import default_names
 
     out, kind, uncertainty, names, options = check_arguments(args)
     images, labels = support_volumes(args.support, names)
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     result = seg.predict_proba(query) if args.proba else seg.predict(query)
     if isinstance(result, dict):
         raise CliError("--proba writes one structure; the support has several label values")
-    write_prediction(result, names or [f"label_{c}" for c in range(1, max(seg.classes) + 1)], out, kind, args)
+    write_prediction(result, names or default_names(max(seg.classes)), out, kind, args)
     if uncertainty is not None:
         save_volume(seg.predict_uncertainty(query, k=args.draws), uncertainty, overwrite=args.overwrite)
         print(f"wrote {uncertainty}")
@@ -75,12 +76,23 @@ def check_arguments(args: argparse.Namespace) -> tuple[Path, str, Optional[Path]
 
 
 def structure_list(text: Optional[str]) -> Optional[list[str]]:
-    """``--structures A,B`` → checked names, or None."""
+    """``--structures A,B`` (:func:`~fewshotcx.cli.common.structure_names`) → checked names in label
+    order, or None.
+
+    Raises:
+        CliError: not the names of label values 1, 2, … (predict numbers structures in the order given).
+    """
     if text is None:
         return None
     from ..rt.names import check_names
 
-    return check_names([n for n in text.split(",") if n.strip()] or [""])
+    try:
+        values = structure_names(text)
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(str(exc)) from None
+    if sorted(values) != list(range(1, len(values) + 1)):
+        raise CliError("--structures: the structures are labelled 1, 2, ... in the order given; write A,B,...")
+    return check_names([values[value] for value in sorted(values)])
 
 
 def check_named_outputs(args: argparse.Namespace, out: Path, kind: str, names: Optional[list[str]]) -> None:

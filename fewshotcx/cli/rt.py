@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import rt
 from ..io.volume import load_volume, save_volume
-from .common import NON_NEGATIVE, check_input, check_number, check_output_file
+from .common import NON_NEGATIVE, DeprecatedFlag, check_input, check_number, check_output_file
 
 _AXES = {"lr": ("left", "right"), "ap": ("anterior", "posterior"), "si": ("superior", "inferior")}
 
@@ -37,13 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "rtstruct", help="write masks as a DICOM RT Structure Set on an image series",
         description="Contours every mask slice (holes as separate contours) in patient coordinates of "
-                    "the referenced series. De-identified unless --keep-patient-identity.")
+                    "the referenced series, in the series' patient and study (--deidentify for a "
+                    "de-identified file).")
     p.add_argument("--mask", action="append", required=True, metavar="NAME=PATH",
                    help="ROI name and mask file on the series' grid; repeatable")
     p.add_argument("--series", required=True, help="folder of the DICOM image series")
     p.add_argument("--out", required=True, help="output RTSTRUCT file (.dcm)")
-    p.add_argument("--keep-patient-identity", action="store_true",
-                   help="copy PatientName/PatientID from the series (planning systems match on them)")
+    p.add_argument("--deidentify", action="store_true",
+                   help="de-identify the file (PS3.15 Basic Profile, Retain UIDs) instead of copying the series' "
+                        "patient and study (which planning systems match on)")
+    p.add_argument("--keep-patient-identity", action=DeprecatedFlag, help=argparse.SUPPRESS,
+                   const="the series' patient and study are kept by default now")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run_rtstruct)
 
@@ -121,7 +125,7 @@ def run_rtstruct(args: argparse.Namespace) -> int:
         paths[name] = check_input(path, "--mask")
     masks = {name: load_volume(path, label=True) for name, path in paths.items()}
     out = rt.write_rtstruct(masks, args.series, args.out, overwrite=args.overwrite,
-                            keep_patient_identity=args.keep_patient_identity)
+                            deidentify=args.deidentify)
     print(f"wrote {out}: {len(masks)} ROI(s) on series {args.series}")
     return 0
 
@@ -149,8 +153,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                      for name in wanted}
             masks = {name: masks[roi] for name, roi in found.items() if roi is not None}
         sides[option] = masks
-    rows = rt.evaluate_structures(sides["reference"], sides["prediction"], tolerance=args.tolerance,
-                                  apl_tolerance=args.apl_tolerance)
+    rows = rt.evaluate_structures(prediction=sides["prediction"], reference=sides["reference"],
+                                  tolerance=args.tolerance, apl_tolerance=args.apl_tolerance)
     write_csv(rows, out, overwrite=args.overwrite)
     ok = [r for r in rows if r["status"] == "ok"]
     print(f"wrote {out}: {len(rows)} structure(s), {len(ok)} scored"

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..io.volume import Volume, load_volume, save_volume
+from ..rt.names import default_names
 from ..segmenter import Segmenter
 from .manifest import Patient
 
@@ -76,7 +77,7 @@ class CohortWorker:
             query = load_volume(patient.image)
             prediction = self.segmenter.predict(query)
             files = {patient.output("labels"): _nifti_bytes(prediction)}
-            names = self.structures or [f"label_{c}" for c in range(1, max(self.segmenter.classes) + 1)]
+            names = self.structures or default_names(max(self.segmenter.classes))
             if patient.named:
                 from ..rt.structures import sidecar_text
 

@@ -1,8 +1,9 @@
 """Segmentation metrics in millimetres: overlap, surface distances, volumes.
 
-Every metric takes a prediction and a reference ("gt") mask of the same shape, 2D ``(X, Y)`` or 3D
-``(X, Y, Z)``, as numpy arrays (bool, integer, or whole-valued float) or :class:`~fewshotcx.io.grid.Volume`
-objects.
+Every metric takes ``(prediction, reference)``, in that order (as MONAI's ``(y_pred, y)``): masks of
+the same shape, 2D ``(X, Y)`` or 3D ``(X, Y, Z)``, as numpy arrays (bool, integer, or whole-valued
+float) or :class:`~fewshotcx.io.grid.Volume` objects. (``pred=``/``gt=`` still work for one release,
+with a DeprecationWarning.)
 
 * **Binarisation.** A voxel is foreground when it is nonzero, or, with ``label=k``, when it equals ``k``
   (use this for multi-label maps; :func:`evaluate_labels` loops over labels). Fractional values are
@@ -36,6 +37,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
+from ..compat import renamed_keywords
 from ..io.volume import Volume, VolumeError
 
 MaskLike = Union[np.ndarray, Volume]
@@ -255,18 +257,21 @@ def _volume_difference(pair: _Pair) -> VolumeDifference:
 
 
 # ---------------------------------------------------------------------- public metrics
-def dice(pred: MaskLike, gt: MaskLike, label: Optional[int] = None) -> float:
+@renamed_keywords(pred="prediction", gt="reference")
+def dice(prediction: MaskLike, reference: MaskLike, label: Optional[int] = None) -> float:
     """Dice coefficient ``2|P∩G| / (|P|+|G|)`` in [0, 1]; 1.0 when both masks are empty."""
-    return _dice(_pair(pred, gt, None, label))
+    return _dice(_pair(prediction, reference, None, label))
 
 
-def iou(pred: MaskLike, gt: MaskLike, label: Optional[int] = None) -> float:
+@renamed_keywords(pred="prediction", gt="reference")
+def iou(prediction: MaskLike, reference: MaskLike, label: Optional[int] = None) -> float:
     """Intersection over union (Jaccard) ``|P∩G| / |P∪G|`` in [0, 1]; 1.0 when both are empty."""
-    return _iou(_pair(pred, gt, None, label))
+    return _iou(_pair(prediction, reference, None, label))
 
 
+@renamed_keywords(pred="prediction", gt="reference")
 def hausdorff_distance(
-    pred: MaskLike, gt: MaskLike, spacing: Spacing = None, percentile: float = 100.0,
+    prediction: MaskLike, reference: MaskLike, spacing: Spacing = None, percentile: float = 100.0,
     label: Optional[int] = None,
 ) -> float:
     """Symmetric (percentile) Hausdorff distance in mm: ``max(Pq(d(pred→gt)), Pq(d(gt→pred)))``.
@@ -275,28 +280,31 @@ def hausdorff_distance(
     grid diagonal in mm if exactly one is.
     """
     q = _check_percentile(percentile)
-    return _distance_metric(_pair(pred, gt, spacing, label), lambda d: _hausdorff(d, q))
+    return _distance_metric(_pair(prediction, reference, spacing, label), lambda d: _hausdorff(d, q))
 
 
-def hd95(pred: MaskLike, gt: MaskLike, spacing: Spacing = None, label: Optional[int] = None) -> float:
+@renamed_keywords(pred="prediction", gt="reference")
+def hd95(prediction: MaskLike, reference: MaskLike, spacing: Spacing = None, label: Optional[int] = None) -> float:
     """95th-percentile Hausdorff distance in mm, MONAI's convention: the larger directed P95.
 
     Empty masks: 0.0 if both are empty; the grid diagonal in mm if exactly one is (a finite worst case).
     """
-    return hausdorff_distance(pred, gt, spacing, 95.0, label)
+    return hausdorff_distance(prediction, reference, spacing, 95.0, label)
 
 
-def assd(pred: MaskLike, gt: MaskLike, spacing: Spacing = None, label: Optional[int] = None) -> float:
+@renamed_keywords(pred="prediction", gt="reference")
+def assd(prediction: MaskLike, reference: MaskLike, spacing: Spacing = None, label: Optional[int] = None) -> float:
     """Average symmetric surface distance in mm: the mean of both directed distance sets pooled
     (MONAI's ``compute_average_surface_distance(symmetric=True)``).
 
     Empty masks: 0.0 if both are empty; the grid diagonal in mm if exactly one is.
     """
-    return _distance_metric(_pair(pred, gt, spacing, label), _assd)
+    return _distance_metric(_pair(prediction, reference, spacing, label), _assd)
 
 
+@renamed_keywords(pred="prediction", gt="reference")
 def surface_dice(
-    pred: MaskLike, gt: MaskLike, spacing: Spacing = None, tolerance: float = 2.0,
+    prediction: MaskLike, reference: MaskLike, spacing: Spacing = None, tolerance: float = 2.0,
     label: Optional[int] = None,
 ) -> float:
     """Normalised surface Dice at ``tolerance`` mm, in [0, 1].
@@ -307,21 +315,23 @@ def surface_dice(
     1.0 if both are empty, 0.0 if exactly one is.
     """
     tolerance = _check_tolerance(tolerance)
-    pair = _pair(pred, gt, spacing, label)
+    pair = _pair(prediction, reference, spacing, label)
     empty = _empty_overlap(pair)
     return empty if empty is not None else _surface_dice(_surface_distances(pair), tolerance)
 
 
+@renamed_keywords(pred="prediction", gt="reference")
 def volume_difference(
-    pred: MaskLike, gt: MaskLike, spacing: Spacing = None, label: Optional[int] = None
+    prediction: MaskLike, reference: MaskLike, spacing: Spacing = None, label: Optional[int] = None
 ) -> VolumeDifference:
-    """Signed volume error ``pred - gt`` of 3D masks: ``(ml, relative)``, see :class:`VolumeDifference`."""
-    return _volume_difference(_pair(pred, gt, spacing, label))
+    """Signed volume error ``prediction - reference`` of 3D masks: ``(ml, relative)``, see :class:`VolumeDifference`."""
+    return _volume_difference(_pair(prediction, reference, spacing, label))
 
 
-def per_slice_dice(pred: MaskLike, gt: MaskLike, axis: int = 2, label: Optional[int] = None) -> np.ndarray:
+@renamed_keywords(pred="prediction", gt="reference")
+def per_slice_dice(prediction: MaskLike, reference: MaskLike, axis: int = 2, label: Optional[int] = None) -> np.ndarray:
     """Dice of each slice along ``axis`` of 3D masks: ``(N,)`` float64, 1.0 where both slices are empty."""
-    p, g = _masks(pred, gt, label)
+    p, g = _masks(prediction, reference, label)
     if p.ndim != 3:
         raise ValueError("per_slice_dice needs 3D masks")
     if axis not in (0, 1, 2, -1, -2, -3):
@@ -332,8 +342,9 @@ def per_slice_dice(pred: MaskLike, gt: MaskLike, axis: int = 2, label: Optional[
     return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
 
 
+@renamed_keywords(pred="prediction", gt="reference")
 def evaluate(
-    pred: MaskLike, gt: MaskLike, spacing: Spacing = None, tolerance: float = 2.0,
+    prediction: MaskLike, reference: MaskLike, spacing: Spacing = None, tolerance: float = 2.0,
     label: Optional[int] = None,
 ) -> dict[str, Union[float, bool]]:
     """All metrics at once (surface distances are computed once).
@@ -342,11 +353,11 @@ def evaluate(
         ``dice``, ``iou``, ``hd95``, ``hd`` (maximum), ``assd`` (mm), ``surface_dice`` (at
         ``tolerance`` mm), ``pred_empty``, ``gt_empty`` (bools: filter on these, because the
         distance values of empty cases are conventions, see :data:`EMPTY_CONVENTIONS`), and for 3D
-        masks ``volume_pred_ml``, ``volume_gt_ml``, ``volume_diff_ml`` (pred - gt) and
+        masks ``volume_pred_ml``, ``volume_gt_ml``, ``volume_diff_ml`` (prediction - reference) and
         ``volume_diff_rel``.
     """
     tolerance = _check_tolerance(tolerance)
-    pair = _pair(pred, gt, spacing, label)
+    pair = _pair(prediction, reference, spacing, label)
     n_pred, n_gt = pair.n_pred, pair.n_gt
     result: dict[str, Union[float, bool]] = {"dice": _dice(pair), "iou": _iou(pair)}
     empty = _empty_distance(pair)
@@ -364,8 +375,9 @@ def evaluate(
     return result
 
 
+@renamed_keywords(pred="prediction", gt="reference")
 def evaluate_labels(
-    pred: MaskLike, gt: MaskLike, labels: Optional[Sequence[int]] = None, spacing: Spacing = None,
+    prediction: MaskLike, reference: MaskLike, labels: Optional[Sequence[int]] = None, spacing: Spacing = None,
     tolerance: float = 2.0,
 ) -> dict[int, dict[str, Union[float, bool]]]:
     """:func:`evaluate` for each label of multi-label maps: ``{label: metrics}``.
@@ -374,6 +386,6 @@ def evaluate_labels(
     large grids to skip that scan).
     """
     if labels is None:
-        values = np.union1d(np.unique(_unwrap(pred)), np.unique(_unwrap(gt)))
+        values = np.union1d(np.unique(_unwrap(prediction)), np.unique(_unwrap(reference)))
         labels = [int(v) for v in values if v != 0]
-    return {int(k): evaluate(pred, gt, spacing, tolerance, label=int(k)) for k in labels}
+    return {int(k): evaluate(prediction, reference, spacing, tolerance, label=int(k)) for k in labels}

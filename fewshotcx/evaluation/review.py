@@ -117,7 +117,7 @@ def save_figure(rev: Review, path, rows: int = 3, modality: str = "auto", overwr
     import matplotlib.pyplot as plt
 
     from ..pipeline.intensity import normalize
-    from ..viz import _radiological, save_figure as write_figure
+    from ..viz import radiological, save_figure as write_figure
 
     worst = rev.flagged[:rows] or [int(np.argmax(rev.scores))]
     shown = normalize(rev.image.array, modality)
@@ -133,11 +133,11 @@ def save_figure(rev: Review, path, rows: int = 3, modality: str = "auto", overwr
     for r, z in enumerate(worst, start=1):
         left, right = fig.add_subplot(grid[r, 0]), fig.add_subplot(grid[r, 1])
         for ax in (left, right):
-            ax.imshow(_radiological(shown[:, :, z]), cmap="gray", aspect=aspect, interpolation="nearest")
+            ax.imshow(radiological(shown[:, :, z]), cmap="gray", aspect=aspect, interpolation="nearest")
             ax.axis("off")
         if rev.labels[:, :, z].any():
-            left.contour(_radiological(rev.labels[:, :, z] > 0), levels=[0.5], colors="red", linewidths=1.2)
-        heat = right.imshow(_radiological(rev.uncertainty[:, :, z]), cmap="magma", alpha=0.7, vmin=0,
+            left.contour(radiological(rev.labels[:, :, z] > 0), levels=[0.5], colors="red", linewidths=1.2)
+        heat = right.imshow(radiological(rev.uncertainty[:, :, z]), cmap="magma", alpha=0.7, vmin=0,
                             vmax=max(float(rev.uncertainty.max()), 1e-6), aspect=aspect, interpolation="nearest")
         left.set_title(f"z={z}: contour (score {rev.scores[z]:.2f})", fontsize=9)
         right.set_title(f"z={z}: uncertainty", fontsize=9)

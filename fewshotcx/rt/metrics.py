@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from ..compat import renamed_keywords, warn_renamed
 from ..evaluation import metrics
 from ..io.grid import Volume, VolumeError
 from .names import key, tg263_name
@@ -71,14 +72,15 @@ def _surfels(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.
     return code, _area_table(spacing)[code]
 
 
-def surface_dice_area(pred: Volume, ref: Volume, tolerance: float = 2.0) -> float:
+@renamed_keywords(pred="prediction", ref="reference")
+def surface_dice_area(prediction: Volume, reference: Volume, tolerance: float = 2.0) -> float:
     """Surface Dice at ``tolerance`` mm from surfel areas (see the module docstring), in [0, 1].
 
     Both empty: 1.0; exactly one empty: 0.0. Inputs: masks on the same grid ``(X, Y, Z)``.
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 mm, got {tolerance}")
-    p, r, spacing = _pair(pred, ref)
+    p, r, spacing = _pair(prediction, reference)
     if not p.any() or not r.any():
         return float(p.any() == r.any())
     box = _box(p | r)
@@ -109,14 +111,15 @@ def _contour_2d(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=0)
 
 
-def added_path_length(pred: Volume, ref: Volume, tolerance: float = 0.0) -> float:
+@renamed_keywords(pred="prediction", ref="reference")
+def added_path_length(prediction: Volume, reference: Volume, tolerance: float = 0.0) -> float:
     """Added path length in mm (Vaassen et al. 2020, module docstring) over the axial slices.
 
-    ``pred`` and ``ref`` are masks on the same grid in closest-canonical RAS (axis 2 is axial).
+    ``prediction`` and ``reference`` are masks on the same grid in closest-canonical RAS (axis 2 is axial).
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 mm, got {tolerance}")
-    p, r, spacing = _pair(pred, ref)
+    p, r, spacing = _pair(prediction, reference)
     in_plane = spacing[:2]
     pixel = float(np.mean(in_plane))
     added = 0
@@ -140,9 +143,15 @@ def _identity(name: str) -> str:
     return tg263_name(name) or key(name)
 
 
-def evaluate_structures(reference: Mapping[str, Volume], prediction: Mapping[str, Volume],
-                        tolerance: float = 2.0, apl_tolerance: float = 0.0) -> list[dict]:
+def evaluate_structures(*old_order: Mapping[str, Volume], prediction: Optional[Mapping[str, Volume]] = None,
+                        reference: Optional[Mapping[str, Volume]] = None, tolerance: float = 2.0,
+                        apl_tolerance: float = 0.0) -> list[dict]:
     """One row per structure: overlap, distances, surface Dice, APL and volumes.
+
+    Call it as ``evaluate_structures(prediction=..., reference=...)`` (``{name: mask Volume}`` each).
+    The old positional form ``evaluate_structures(reference, prediction)`` still works for one release,
+    with a DeprecationWarning (every other metric takes ``(prediction, reference)``, so the two maps
+    are now named rather than ordered).
 
     Structures pair up by name (case, spaces, underscores and TG-263 synonyms ignored). A structure on
     one side only gets status ``missing_in_prediction``/``missing_in_reference`` and no metric values;
@@ -153,7 +162,16 @@ def evaluate_structures(reference: Mapping[str, Volume], prediction: Mapping[str
         rows with ``structure`` (the reference name, else the prediction's), ``prediction_name``,
         ``status``, ``dice``, ``hd95`` (mm), ``assd`` (mm), ``surface_dice_<τ>mm``, ``apl`` (mm),
         ``volume_reference_cc``, ``volume_prediction_cc``; missing values are None.
+    Raises:
+        TypeError: the maps are missing, or given both ways.
     """
+    if old_order:
+        if len(old_order) != 2 or prediction is not None or reference is not None:
+            raise TypeError("evaluate_structures() takes prediction= and reference= (keywords only)")
+        warn_renamed("evaluate_structures(reference, prediction)", "evaluate_structures(prediction=..., reference=...)")
+        reference, prediction = old_order
+    if prediction is None or reference is None:
+        raise TypeError("evaluate_structures() needs both prediction= and reference=")
     column = f"surface_dice_{tolerance:g}mm"
     predicted = {_identity(name): name for name in prediction}
     rows, used = [], set()

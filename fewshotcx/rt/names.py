@@ -141,6 +141,17 @@ def match_structure(requested: str, available: Sequence[str], source: str = "the
     raise ValueError(f"structure {requested!r} is not in {source}; its ROIs are: {listed}")
 
 
+def default_name(value: int) -> str:
+    """The name of label value ``value`` when nobody named it: ``label_<value>``, everywhere (predict,
+    cohorts, comparisons, the server's RTSTRUCT export, label maps without a sidecar)."""
+    return f"label_{int(value)}"
+
+
+def default_names(count: int) -> list[str]:
+    """:func:`default_name` of label values ``1 … count``."""
+    return [default_name(value) for value in range(1, int(count) + 1)]
+
+
 def check_names(names: Sequence[str]) -> list[str]:
     """``names`` stripped, each a valid DICOM ROI name, none the same structure as another.
 

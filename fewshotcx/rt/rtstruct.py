@@ -22,13 +22,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from ..io.dicom import DicomSeries, deidentify_dataset, ds_string, scan_series, write_dataset
+from ..compat import warn_renamed
 from ..io.grid import PathLike, Volume, VolumeError, binary_mask
 from .raster import rasterise
 from .structure_set import contour_points, number, read_structure_set, referenced_series, roi_table, sequence
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 _DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # (retired) SOP class planning systems expect in the study reference
-#: Patient and study attributes copied from the image series with ``keep_patient_identity``.
+#: Patient and study attributes copied from the image series unless ``deidentify``.
 IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                      "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
                      "IssuerOfPatientID", "OtherPatientIDs")
@@ -126,10 +127,11 @@ def _read_roi(item: Dataset, where: str, series: DicomSeries) -> np.ndarray:
 
 
 def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: PathLike,
-                   overwrite: bool = False, keep_patient_identity: bool = False,
+                   overwrite: bool = False, deidentify: bool = False,
                    series_uid: Optional[str] = None,
                    roi_types: Optional[Mapping[str, str]] = None,
-                   colours: Optional[Mapping[str, Sequence[int]]] = None) -> Path:
+                   colours: Optional[Mapping[str, Sequence[int]]] = None,
+                   keep_patient_identity: Optional[bool] = None) -> Path:
     """Write masks as an RT Structure Set referencing a DICOM image series.
 
     Each mask slice is contoured at the 0.5 level (marching squares on voxel centres), so reading the
@@ -140,16 +142,18 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
             layout (e.g. as read by ``load_volume`` or predicted on ``load_volume(series_dir)``).
         series_dir: folder holding the image series the contours are drawn on.
         out_path: the ``.dcm`` file to write (atomically).
-        keep_patient_identity: copy the patient and study attributes (:data:`IDENTITY_KEYWORDS`:
-            names, IDs, birth date, sex, study date/time/ID, accession number, referring physician)
-            from the series, so that a planning system files the structures with the patient and
-            study of the CT. Otherwise the file is de-identified
-            (:func:`fewshotcx.io.dicom.deidentify_dataset`: PS3.15 Basic Profile with the Retain UIDs
-            Option; the ROI names given here are kept), which matches a series de-identified the same way.
+        deidentify: ``False`` (the default, as for :func:`~fewshotcx.rt.write_structures`): the
+            patient and study attributes (:data:`IDENTITY_KEYWORDS`: names, IDs, birth date, sex,
+            study date/time/ID, accession number, referring physician) are copied from the series,
+            so that a planning system files the structures with the patient and study of the CT.
+            ``True``: the file is de-identified (:func:`fewshotcx.io.dicom.deidentify_dataset`:
+            PS3.15 Basic Profile with the Retain UIDs Option; the ROI names given here are kept),
+            which matches a series de-identified the same way.
         series_uid: which series to reference when the folder holds several.
         roi_types: ``RTROIInterpretedType`` per ROI name (default: GTV/CTV/PTV from the name prefix,
             else empty).
         colours: ``ROIDisplayColor`` (RGB 0-255) per ROI name (default: a fixed palette).
+        keep_patient_identity: deprecated spelling of ``deidentify=not keep_patient_identity``.
     Raises:
         FileExistsError: ``out_path`` exists and ``overwrite`` is False.
         ValueError: no masks, or an ROI name DICOM cannot hold. VolumeError: a mask off the grid.
@@ -157,6 +161,9 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if keep_patient_identity is not None:
+        warn_renamed("write_rtstruct(keep_patient_identity=)", "deidentify= (the default now keeps the identity)")
+        deidentify = not keep_patient_identity
     if not masks:
         raise ValueError("write_rtstruct needs at least one mask")
     for name in masks:
@@ -166,7 +173,7 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
     contours = {name: _mask_contours(on_series_grid(mask, series, name)) for name, mask in masks.items()}
     ds = _structure_set(series, contours, roi_types or {}, colours or {})
     source = series.headers[0]
-    if keep_patient_identity:
+    if not deidentify:
         for keyword in IDENTITY_KEYWORDS:
             if keyword in source:
                 setattr(ds, keyword, source[keyword].value)
@@ -244,19 +251,19 @@ def _structure_set(series: DicomSeries, contours: Mapping[str, list[tuple[int, n
     ds.ReferencedFrameOfReferenceSequence = [ref_frame]
 
     ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = [], [], []
-    for number, (name, polygons) in enumerate(contours.items(), start=1):
+    for roi_number, (name, polygons) in enumerate(contours.items(), start=1):
         roi = Dataset()
-        roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = number, frame, name
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = roi_number, frame, name
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         ds.StructureSetROISequence.append(roi)
         item = Dataset()
-        item.ReferencedROINumber = number
-        item.ROIDisplayColor = [int(c) for c in colours.get(name, _COLOURS[(number - 1) % len(_COLOURS)])]
+        item.ReferencedROINumber = roi_number
+        item.ROIDisplayColor = [int(c) for c in colours.get(name, _COLOURS[(roi_number - 1) % len(_COLOURS)])]
         if polygons:  # Type 3: an empty structure has no ContourSequence rather than an empty one
             item.ContourSequence = [_contour(k, polygon, series, sop_class) for k, polygon in polygons]
         ds.ROIContourSequence.append(item)
         observation = Dataset()
-        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.ObservationNumber, observation.ReferencedROINumber = roi_number, roi_number
         observation.RTROIInterpretedType = roi_types.get(name, _interpreted_type(name))
         observation.ROIInterpreter = ""
         ds.RTROIObservationsSequence.append(observation)

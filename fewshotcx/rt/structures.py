@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pydicom
@@ -38,7 +37,7 @@ from ..io.grid import PathLike, Volume, VolumeError
 from .rtstruct import read_rtstruct, write_rtstruct
 from .structure_set import read_structure_set, referenced_series, roi_table
 from ..io.volume import load_volume, save_volume
-from .names import check_names, display_colour, interpreted_type, match_structure, tg263_name
+from .names import check_names, default_names, display_colour, interpreted_type, match_structure, tg263_name
 
 SIDECAR_FORMAT = "fewshotcx-structures/1"
 
@@ -194,7 +193,7 @@ def load_labels(path: PathLike) -> tuple[Volume, list[str]]:
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
         values = [int(v) for v in np.unique(labels.array) if v]
-        return labels, [f"label_{v}" for v in range(1, max(values, default=0) + 1)]
+        return labels, default_names(max(values, default=0))
     try:
         entries = json.loads(sidecar.read_text(encoding="utf-8"))["structures"]
         by_value = {int(e["value"]): str(e["name"]) for e in entries}
@@ -274,7 +273,7 @@ def write_structures(labels: Volume, names: Sequence[str], series: PathLike, out
     if empty:
         warnings.warn(f"no voxels for {', '.join(empty)}: written as ROIs without contours", stacklevel=2)
     entries = structure_entries(names)
-    return write_rtstruct(masks, series, out, overwrite=overwrite, keep_patient_identity=not deidentify,
+    return write_rtstruct(masks, series, out, overwrite=overwrite, deidentify=deidentify,
                           roi_types={e["name"]: e["type"] for e in entries},
                           colours={e["name"]: e["colour"] for e in entries})
 

@@ -58,6 +58,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
 from ..io.volume import VolumeError, save_volume
+from ..rt.names import default_name
 from ..rt.rtstruct import write_rtstruct
 from .guard import (LOOPBACK_HOSTS, BrowserGuard, HTTPError, Scrub, UploadSlots, answer, read_body, receive_upload,
                     scrubber, validation_detail)
@@ -313,7 +314,7 @@ def _export(entry: Entry, volume, format: str) -> Response:
         if format == "nifti":
             out = save_volume(volume, Path(tmp) / "result.nii.gz")
         else:
-            masks = {f"structure_{v}": volume.with_array((volume.array == v).astype(np.uint8), label=True)
+            masks = {default_name(v): volume.with_array((volume.array == v).astype(np.uint8), label=True)
                      for v in np.unique(volume.array) if v}
             if not masks:
                 raise ValueError("the result is empty: nothing to write as RTSTRUCT")

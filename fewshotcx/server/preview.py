@@ -1,8 +1,9 @@
 """A slice as a PNG for thin viewers: the image windowed to grey, the drawn slice in red and,
 optionally, the completed result in green, blended on top.
 
-Display convention: the canonical axial slice ``(X, Y)`` with ``x`` (patient left → right) across
-and anterior at the top, i.e. the neurological view (patient left on the left), as NiiVue shows it.
+Display convention: the radiological view of every picture fewshotcx makes
+(:func:`fewshotcx.viz.radiological`): anterior at the top, the patient's right on the left of the
+picture, as the browser viewer shows it too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import io
 from typing import Optional
 
 import numpy as np
+
+from ..viz import radiological
 
 #: Overlay colours (RGB, 0–1) and their opacity.
 DRAWN_RGB, RESULT_RGB, ALPHA = (1.0, 0.2, 0.2), (0.2, 1.0, 0.2), 0.5
@@ -23,8 +26,8 @@ def window_range(volume: np.ndarray) -> tuple[float, float]:
 
 
 def to_display(plane: np.ndarray) -> np.ndarray:
-    """``(X, Y)`` → ``(rows, columns)`` for display: rows run anterior → posterior."""
-    return np.flipud(np.asarray(plane).T)
+    """``(X, Y)`` → ``(rows, columns)`` for display (:func:`~fewshotcx.viz.radiological`)."""
+    return radiological(np.asarray(plane))
 
 
 def slice_png(plane: np.ndarray, window: tuple[float, float], drawn: Optional[np.ndarray] = None,

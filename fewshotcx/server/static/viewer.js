@@ -53,7 +53,7 @@ function busy(label, action) {
   return done;
 }
 
-const nv = new Niivue({ backColor: [0.1, 0.1, 0.1, 1], show3Dcrosshair: false, isColorbar: false,
+const nv = new Niivue({ isRadiologicalConvention: true, backColor: [0.1, 0.1, 0.1, 1], show3Dcrosshair: false, isColorbar: false,
                         crosshairColor: [1, 1, 0, 0.35], crosshairWidth: 0.5, logLevel: "warn", dragAndDropEnabled: false });
 state.nv = nv;
 
