@@ -81,14 +81,14 @@ def crop(image: Volume, labels: Volume, share: float) -> tuple[Volume, Volume]:
 
 
 def run_pair(support: tuple[Volume, Volume], query: tuple[Volume, Volume], direction: str, kind: str,
-             methods: dict[str, dict]) -> list[dict]:
+             methods: dict[str, dict], weights: str = "default") -> list[dict]:
     rows = []
     for method, options in methods.items():
         start = time.perf_counter()
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                seg = Segmenter(progress=False, seed=0, **options)
+                seg = Segmenter(progress=False, seed=0, weights=weights, **options)
                 pred = seg.fit([support[0]], [support[1]]).predict(query[0]).array
             note = "; ".join(sorted({str(w.message)[:120] for w in caught}))[:300]
             error = ""
@@ -113,6 +113,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--full-methods", default="universeg-position,universeg-auto",
                         help="methods for the whole queries (same coverage: does auto lose against position?)")
     parser.add_argument("--kinds", default="cropped,full")
+    parser.add_argument("--weights", default="default", help="UniverSeg checkpoint: 'default', 'fov64' or a path")
     args = parser.parse_args(argv)
     root = args.shared or datasets.shared_data_dir()
     if root is None or not (root / LUNG1).is_dir():
@@ -126,9 +127,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     for kind in args.kinds.split(","):
         for src, dst in (("LUNG1-001", "CTChest4"), ("CTChest4", "LUNG1-001")):
             query = crop(*patients[dst], CROP) if kind == "cropped" else patients[dst]
-            rows += run_pair(patients[src], query, f"{src} -> {dst}", kind, methods[kind])
+            rows += run_pair(patients[src], query, f"{src} -> {dst}", kind, methods[kind], args.weights)
     machine = machine_info()
-    rows = [{**r, "data_role": "report", "machine": machine} for r in rows]
+    rows = [{**r, "weights": args.weights, "data_role": "report", "machine": machine} for r in rows]
     write_csv(rows, args.out / "ct_cross_patient.csv")
     summary = summarise(rows, ("kind", "method"))
     write_csv(summary, args.out / "ct_cross_patient_summary.csv")

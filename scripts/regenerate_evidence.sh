@@ -50,6 +50,7 @@ if [[ $lane == cross || $lane == all ]]; then
   # needs ../shared/data (development data); the gate thresholds in fewshotcx/registration/gates.py come from it
   (cd benchmarks && "../$PY" registration_gates.py)
   "$PY" benchmarks/rtstruct_fidelity.py  # LUNG1-001's clinical RTSTRUCT (../shared/data)
+  "$PY" benchmarks/ct_rule_baseline.py --out "$R"  # the HU rule on the CT cross-patient queries
 fi
 if [[ $lane == compare || $lane == all ]]; then
   "$PY" benchmarks/seed_comparison.py "${FOV64[@]}" --cohorts brain --nnunet-epochs 1 --nnunet-iterations 10 --unet-steps 60

@@ -8,7 +8,7 @@ results: a number measured against these labels measures the thresholds, not the
 * ``body``: the largest connected region above -500 HU, holes filled slice by slice (lungs,
   bowel gas and airways are inside the body); the scanner table, detached, drops out.
 * ``left lung`` / ``right lung``: air (< -400 HU) inside the body, in components of at least 2 % of
-  the body, split by the body's mid-sagittal plane (canonical RAS: larger x is the patient's left).
+  the body, split by the body's mid-sagittal plane (canonical RAS: larger x is the patient's right).
 * ``bone``: above 250 HU inside the body (cortical and dense trabecular bone, calcifications).
 * ``fat``: -190 to -30 HU inside the body (subcutaneous and visceral fat).
 * ``soft tissue``: the rest of the body (muscle, organs, vessels, skin).
@@ -65,9 +65,9 @@ def hu_anatomy(ct: Volume) -> tuple[np.ndarray, dict[int, str]]:
         sizes[0] = 0
         lungs = np.isin(air, np.flatnonzero(sizes >= MIN_LUNG_SHARE * body.sum()))
         mid = ndimage.center_of_mass(body)[0]
-        left = np.arange(hu.shape[0])[:, None, None] > mid
-        labels[lungs & left] = 2
-        labels[lungs & ~left] = 3
+        right = np.arange(hu.shape[0])[:, None, None] > mid  # RAS: x grows towards the patient's right
+        labels[lungs & ~right] = 2
+        labels[lungs & right] = 3
     present = set(np.unique(labels).tolist())
     return labels, {v: n for v, n in HU_STRUCTURES.items() if v in present}
 
