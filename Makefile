@@ -21,11 +21,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# dciodvfy (Debian dicom3tools) checks the RTSTRUCT/SEG files in the tests; they skip, saying so, without it.
+# dciodvfy (Debian dicom3tools) checks the RTSTRUCT/SEG files in the tests; Orthanc (a real PACS), dcmtk and
+# plastimatch serve the DICOM node and RTSTRUCT fidelity tests. Those tests skip, saying so, without them.
+SYSTEM_PACKAGES = dicom3tools orthanc dcmtk plastimatch
 system-deps:
-	@if ! command -v dciodvfy >/dev/null; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq dicom3tools; \
-		else echo "install dicom3tools (apt-get install dicom3tools) for the DICOM validation tests"; fi; fi
+	@if ! { command -v dciodvfy && command -v Orthanc && command -v storescu && command -v plastimatch; } >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+		else echo "install $(SYSTEM_PACKAGES) (apt-get install ...) for the DICOM tests"; fi; fi
 
 # The demo's second brain comes from Debian's mricron-data; `apt-get download` needs package lists.
 demo: install

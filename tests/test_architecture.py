@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("evaluation", {"evaluation"}),
     ("segmenter and RT", {"segmenter", "rt"}),
     ("workflows", {"session", "cohort", "baselines"}),
-    ("services", {"server", "demo"}),
+    ("services", {"server", "demo", "node"}),
     ("entry points", {"cli", "client", "napari", "__main__"}),
 ]
 #: Names under which code holds a Segmenter (``seg._x``, ``self.segmenter._x``, ...).

@@ -25,7 +25,7 @@ from .common import EXIT_USAGE, CliError, OneLineParser
 EXIT_INTERNAL = 1
 
 #: Modules of :mod:`fewshotcx.cli` that contribute sub-commands, in ``--help`` order.
-COMMANDS = ("predict", "complete", "compare", "cohort", "train", "demo", "weights", "rt", "serve")
+COMMANDS = ("predict", "complete", "compare", "cohort", "train", "demo", "weights", "rt", "serve", "listen")
 
 #: Exceptions that mean "the user's input or options are wrong" (exit 2); anything else is internal.
 USER_ERRORS = (CliError, VolumeError, DatasetError, FileExistsError, FileNotFoundError, NotADirectoryError,
@@ -33,7 +33,8 @@ USER_ERRORS = (CliError, VolumeError, DatasetError, FileExistsError, FileNotFoun
 
 
 #: Optional dependency (top-level module) → the extra that installs it.
-EXTRAS = {"SimpleITK": "registration", "ray": "cohort", "nnunetv2": "nnunet", "sam2": "sam2"}
+EXTRAS = {"SimpleITK": "registration", "ray": "cohort", "nnunetv2": "nnunet", "sam2": "sam2",
+          "pynetdicom": "node"}
 
 
 def missing_extra(exc: ImportError) -> Optional[str]:

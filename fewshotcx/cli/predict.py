@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--structures", default=None, metavar="A,B,...",
                    help="structures to learn from the support RTSTRUCTs (TG-263 synonyms match, e.g. Lung_L "
                         "finds Lung-Left) and the names of the outputs; label value i is the i-th name")
+    p.add_argument("--template", default=None, metavar="NAME|FILE",
+                   help="structure template (shipped: cervix, thorax; or a .toml file): structure names and "
+                        "order unless --structures is given, colours, interpreted types and derived "
+                        "structures (PTV = CTV + margin, written into RTSTRUCTs)")
     p.add_argument("--out", required=True,
                    help="output: label map (.nii/.nii.gz, with X.structures.json naming the values when "
                         "--structures is given), RTSTRUCT (.dcm) or DICOM SEG (.seg.dcm); DICOM outputs need "
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace) -> None:
     from ..rt.names import default_names
 
     out, kind, uncertainty, names, options = check_arguments(args)
+    template = args.template
     images, labels = support_volumes(args.support, names)
     query = load_volume(args.image)
     seg = Segmenter(device=args.device, axis=args.axis, seed=args.seed, modality=args.modality, **options)
@@ -54,7 +59,12 @@ def run(args: argparse.Namespace) -> None:
     result = seg.predict_proba(query) if args.proba else seg.predict(query)
     if isinstance(result, dict):
         raise CliError("--proba writes one structure; the support has several label values")
+<<<<<<< HEAD
     write_prediction(result, names or default_names(max(seg.classes)), out, kind, args)
+=======
+    write_prediction(result, names or [f"label_{c}" for c in range(1, max(seg.classes) + 1)], out, kind, args,
+                     template)
+>>>>>>> w-dicomnode
     if uncertainty is not None:
         save_volume(seg.predict_uncertainty(query, k=args.draws), uncertainty, overwrite=args.overwrite)
         print(f"wrote {uncertainty}")
@@ -62,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
 
 def check_arguments(args: argparse.Namespace) -> tuple[Path, str, Optional[Path], Optional[list[str]], dict]:
     """Every argument of ``predict`` checked before any work: ``(out, its kind, uncertainty output or
-    None, structure names or None, Segmenter options)``."""
+    None, structure names or None, Segmenter options)``; ``args.template`` becomes the loaded template."""
     check_input(args.image, "--image")
     check_support(args.support)
     out, kind = check_output(Path(args.out), args.overwrite, dicom_ok=True)
@@ -70,7 +80,7 @@ def check_arguments(args: argparse.Namespace) -> tuple[Path, str, Optional[Path]
                                                                       "--uncertainty")[0]
     if uncertainty is not None and uncertainty.resolve() == out.resolve():
         raise CliError("--uncertainty needs its own file")
-    names = structure_list(args.structures)
+    args.template, names = template_structures(args.template, structure_list(args.structures))
     check_named_outputs(args, out, kind, names)
     return out, kind, uncertainty, names, model_options(args)
 
@@ -93,6 +103,18 @@ def structure_list(text: Optional[str]) -> Optional[list[str]]:
     if sorted(values) != list(range(1, len(values) + 1)):
         raise CliError("--structures: the structures are labelled 1, 2, ... in the order given; write A,B,...")
     return check_names([values[value] for value in sorted(values)])
+
+
+def template_structures(template: Optional[str], names: Optional[list[str]]) -> tuple[object, Optional[list[str]]]:
+    """``--template`` and ``--structures`` → ``(Template or None, names to predict or None)``: the
+    template's structures unless names are given (then the template restricted to them)."""
+    if template is None:
+        return None, names
+    from ..rt.templates import load_template
+
+    found = load_template(template)
+    found = found if names is None else found.select(names)
+    return found, found.predicted
 
 
 def check_named_outputs(args: argparse.Namespace, out: Path, kind: str, names: Optional[list[str]]) -> None:
@@ -133,24 +155,30 @@ def support_volumes(pairs: Sequence[tuple[str, str]], names: Optional[list[str]]
     return images, labels
 
 
-def write_prediction(result, names: list[str], out: Path, kind: str, args: argparse.Namespace) -> None:
-    """Write the label map (and sidecar), RTSTRUCT or SEG; prints one line per file."""
+def write_prediction(result, names: list[str], out: Path, kind: str, args: argparse.Namespace,
+                     template=None) -> None:
+    """Write the label map (and sidecar), RTSTRUCT or SEG (``template``: a structure template, whose
+    derived structures only RTSTRUCTs hold); prints one line per file."""
     from .. import rt
     from ..io.volume import save_volume
 
+    derived = [s.name for s in template.structures if s.source is not None] if template is not None else []
     if kind == "rtstruct":
         rt.write_structures(result, names, args.image, out, overwrite=args.overwrite,
-                            deidentify=args.deidentify is not None)
+                            deidentify=args.deidentify is not None, template=template)
+        names = [s.name for s in template.structures] if template is not None else names
         if args.deidentify is not None:
             rt.deidentify_series(args.image, args.deidentify, overwrite=args.overwrite)
             print(f"wrote {args.deidentify} (de-identified query series)")
     elif kind == "seg":
         rt.write_seg(result, names, args.image, out, overwrite=args.overwrite)
-    elif args.structures is not None:
+    elif args.structures is not None or template is not None:
         rt.save_labels(result, names, out, overwrite=args.overwrite)
     else:
         save_volume(result, out, overwrite=args.overwrite)
-    print(f"wrote {out}" + (f": {', '.join(names)}" if args.structures is not None else ""))
+    print(f"wrote {out}" + (f": {', '.join(names)}" if args.structures or template else ""))
+    if derived and kind != "rtstruct":
+        print(f"note: {', '.join(derived)} (derived by a margin) are written into RTSTRUCT outputs only")
 
 
 def check_output(out: Path, overwrite: bool, option: str = "--out", dicom_ok: bool = False) -> tuple[Path, str]:

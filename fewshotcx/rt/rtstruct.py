@@ -63,6 +63,7 @@ def read_rtstruct(rtstruct_path: PathLike, series_dir: PathLike,
     ds = read_structure_set(rtstruct_path)
     file = Path(rtstruct_path).name
     series = scan_series(series_dir, referenced_series(ds)[0])
+    check_not_sheared(series, file)
     frame = str(series.headers[0].get("FrameOfReferenceUID", ""))
     rois = roi_table(ds, file, frame)
     items = sequence(ds, "ROIContourSequence", file)
@@ -170,6 +171,7 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
         if not name.strip() or len(name) > 64 or "\\" in name:
             raise ValueError(f"ROI name {name!r} must be 1-64 characters without a backslash")
     series = scan_series(series_dir, series_uid)
+    check_not_sheared(series, out_path.name)
     contours = {name: _mask_contours(on_series_grid(mask, series, name)) for name, mask in masks.items()}
     ds = _structure_set(series, contours, roi_types or {}, colours or {})
     source = series.headers[0]
@@ -181,6 +183,18 @@ def write_rtstruct(masks: Mapping[str, Volume], series_dir: PathLike, out_path: 
     else:
         ds = deidentify_dataset(ds, retain=("ROIName",))  # ROI names are the caller's, not the patient's
     return write_dataset(ds, out_path, overwrite=overwrite)
+
+
+def check_not_sheared(series: DicomSeries, where: str) -> None:
+    """Refuse (one-line VolumeError) a series whose slices are stacked obliquely to their plane (gantry
+    tilt): planning systems and other readers place such contours differently."""
+    axes = series.affine_lps[:3, :3]
+    normal, step = np.cross(axes[:, 0], axes[:, 1]), axes[:, 2]
+    tilt = float(np.degrees(np.arcsin(min(1.0, np.linalg.norm(np.cross(normal / np.linalg.norm(normal),
+                                                                        step / np.linalg.norm(step)))))))
+    if tilt > 0.06:  # sin(0.06 deg) ~ 1e-3, the tolerance of scan_series
+        raise VolumeError(f"{where}: series {series.series_uid} is sheared (slices stacked {tilt:.1f} degrees off "
+                          "their normal, gantry tilt); resample it onto an orthogonal grid first")
 
 
 def on_series_grid(mask: Volume, series: DicomSeries, name: str, binary: bool = True) -> np.ndarray:

@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pydicom
@@ -37,6 +38,9 @@ from .rtstruct import read_rtstruct, write_rtstruct
 from .structure_set import read_structure_set, referenced_series, roi_table
 from ..io.volume import load_volume, save_volume
 from .names import check_names, default_names, display_colour, interpreted_type, match_structure, tg263_name
+
+if TYPE_CHECKING:
+    from .templates import Template
 
 SIDECAR_FORMAT = "fewshotcx-structures/1"
 
@@ -247,7 +251,8 @@ def structure_masks(path: PathLike, image: PathLike) -> dict[str, Volume]:
 
 
 def write_structures(labels: Volume, names: Sequence[str], series: PathLike, out: PathLike,
-                     overwrite: bool = False, deidentify: bool = False) -> Path:
+                     overwrite: bool = False, deidentify: bool = False,
+                     template: Optional["Template"] = None) -> Path:
     """A named label map on a DICOM series as an RTSTRUCT a planning system files with that CT.
 
     By default the RTSTRUCT is in the series' patient and study (PatientName/ID, birth date, sex,
@@ -262,6 +267,8 @@ def write_structures(labels: Volume, names: Sequence[str], series: PathLike, out
         out: the RTSTRUCT file to write.
         deidentify: PS3.15 Basic Profile with Retain UIDs instead of the CT's identity: the file then
             belongs with a copy of the series made by :func:`deidentify_series`.
+        template: a :class:`~fewshotcx.rt.templates.Template`: ROIs in its order with its colours and
+            interpreted types, and its derived structures (e.g. PTV = CTV + margin) whose source is named.
     Raises:
         FileExistsError, ValueError (names), VolumeError (labels off the series grid).
     """
@@ -272,9 +279,13 @@ def write_structures(labels: Volume, names: Sequence[str], series: PathLike, out
     if empty:
         warnings.warn(f"no voxels for {', '.join(empty)}: written as ROIs without contours", stacklevel=2)
     entries = structure_entries(names)
+    types, colours = {e["name"]: e["type"] for e in entries}, {e["name"]: e["colour"] for e in entries}
+    if template is not None:
+        masks = template.masks(labels, names)
+        types.update(template.types())
+        colours.update(template.colours())
     return write_rtstruct(masks, series, out, overwrite=overwrite, deidentify=deidentify,
-                          roi_types={e["name"]: e["type"] for e in entries},
-                          colours={e["name"]: e["colour"] for e in entries})
+                          roi_types=types, colours=colours)
 
 
 def deidentify_series(series: PathLike, out_dir: PathLike, overwrite: bool = False) -> list[Path]:
