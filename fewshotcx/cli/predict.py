@@ -59,12 +59,7 @@ def run(args: argparse.Namespace) -> None:
     result = seg.predict_proba(query) if args.proba else seg.predict(query)
     if isinstance(result, dict):
         raise CliError("--proba writes one structure; the support has several label values")
-<<<<<<< HEAD
-    write_prediction(result, names or default_names(max(seg.classes)), out, kind, args)
-=======
-    write_prediction(result, names or [f"label_{c}" for c in range(1, max(seg.classes) + 1)], out, kind, args,
-                     template)
->>>>>>> w-dicomnode
+    write_prediction(result, names or default_names(max(seg.classes)), out, kind, args, template)
     if uncertainty is not None:
         save_volume(seg.predict_uncertainty(query, k=args.draws), uncertainty, overwrite=args.overwrite)
         print(f"wrote {uncertainty}")
