@@ -25,9 +25,9 @@ def read_structure_set(rtstruct_path: PathLike) -> Dataset:
     try:
         ds = pydicom.dcmread(rtstruct_path)
         ds.walk(lambda *_: None)  # decode every element now, so that a corrupt value fails here
-    except OSError as exc:
-        raise VolumeError(f"cannot read {rtstruct_path}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt bytes; all mean the same
+        if isinstance(exc, OSError) and exc.strerror:  # missing, unreadable: the system's own words
+            raise VolumeError(f"cannot read {name}: {exc.strerror}") from None
         detail = " ".join(str(exc).split("Traceback")[0].split())[:200]  # pydicom may append a trace
         raise VolumeError(f"{name} is not a readable DICOM file ({type(exc).__name__}: {detail})") from None
     if ds.get("Modality") != "RTSTRUCT" or "StructureSetROISequence" not in ds:
