@@ -25,11 +25,12 @@ DATA_TABLES = {"io/deid_profile.py"}
 #: The layers, bottom first (docs/architecture.md draws them). A node may import its own layer or a
 #: lower one, never a higher one; a new subpackage or root module must be placed here.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"io", "locks", "paths", "progress"}),
+    ("foundation", {"io", "paths", "progress"}),
     ("registration and data sets", {"registration", "datasets"}),
     ("data path", {"pipeline", "viz"}),
     ("networks", {"models", "sam"}),  # sam: the deprecated alias of models.sam
     ("adapters and training", {"backends", "training"}),
+    ("fitted model", {"predictor"}),
     ("evaluation", {"evaluation"}),
     ("segmenter and RT", {"segmenter", "rt"}),
     ("workflows", {"session", "cohort", "baselines"}),
