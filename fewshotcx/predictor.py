@@ -32,6 +32,8 @@ from .pipeline.support import (BAGGING_KEY, SupportPool, SupportVolumes, build_p
 from .progress import show_progress
 
 VolumeLike = Union[Volume, PathLike]
+#: A slab backend, a volume backend, or a hybrid (:mod:`fewshotcx.backends.base`).
+AnyBackend = Union[Backend, VolumeBackend]
 
 
 def support_volumes(images: Sequence[Volume], labels: Sequence[Volume], slices: Optional[Sequence], modality: str,
@@ -56,7 +58,7 @@ def support_volumes(images: Sequence[Volume], labels: Sequence[Volume], slices: 
                           slices=chosen, classes=support_classes(labels, chosen), modality=decided, seed=seed)
 
 
-def condition(backend: Any, support: SupportVolumes, axes: Sequence[int], generator: torch.Generator,
+def condition(backend: AnyBackend, support: SupportVolumes, axes: Sequence[int], generator: torch.Generator,
               device: torch.device, own_scan: bool = False) -> Fitted:
     """``backend`` conditioned on ``support``: slab pools cut along ``axes`` under the backend's framing
     (slab backends), then ``backend.condition``. The backend is left as it was."""
@@ -93,7 +95,7 @@ class Predictor:
         threshold, postprocess: how probabilities become labels (:meth:`labels`).
     """
 
-    backend: Any
+    backend: AnyBackend
     fitted: Optional[Fitted]
     axes: tuple[int, ...]
     seed: int
@@ -218,7 +220,7 @@ def foreground_extent(labels: Sequence[Volume], slices: Optional[Sequence] = Non
 
 
 # ---------------------------------------------------------------------- backends of the 0.3 protocol
-def adopt(backend: Any) -> Any:
+def adopt(backend: Any) -> AnyBackend:
     """``backend`` if it conditions into a value (``condition``), else an adapter around a backend of the
     0.3 protocol (``fit``/``fit_volumes`` storing state on itself; deprecated, with a warning): each
     conditioning fits a shallow copy, which becomes the :class:`Fitted` value's ``state``."""

@@ -20,7 +20,7 @@ from .backends.base import Fitted
 from .evaluation import uncertainty
 from .io.grid import canonical_axial_slices
 from .io.volume import PathLike, Volume, VolumeError, load_volume, reorient_array
-from .pipeline.inference import DEFAULT_MEMORY_BUDGET, default_memory_budget, resolve_device  # noqa: F401
+from .pipeline.inference import default_memory_budget, resolve_device
 from .pipeline.intensity import Modality
 from .pipeline.postprocess import keep_drawn
 from .pipeline.slicing import AxisLike, plane_axes

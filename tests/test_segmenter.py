@@ -157,6 +157,21 @@ def test_batched_backend_equals_plain_network_slice_by_slice():
     assert torch.allclose(fast, plain, atol=1e-5)
 
 
+def test_the_0_3_backend_call_forms_still_work_with_a_warning():
+    support = _support()
+    seg = Segmenter(model=tiny_universeg(seed=4), slice_size=32, support_size=5, progress=False, strategy="random")
+    seg.fit([support[0]], [support[1]])
+    backend: UniverSegBackend = seg.backend
+    query = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    geometry = make_geometry((32, 32, 6), (1, 1, 1), "axial", 32)
+    new = backend.predict_slices(seg.fitted, query, geometry, torch.Generator().manual_seed(9))
+    with pytest.warns(DeprecationWarning, match="backend.condition"):
+        backend.fit(dict(seg.pools), torch.Generator())
+    with pytest.warns(DeprecationWarning, match=r"predict_slices\(fitted"):
+        old = backend.predict_slices(query, geometry, torch.Generator().manual_seed(9))
+    assert torch.equal(old, new) and backend.bytes_per_slab(seg.fitted) > 0
+
+
 def test_bad_options_are_clear():
     with pytest.raises(ValueError, match="unknown backend"):
         Segmenter(backend="nnunet")

@@ -58,7 +58,9 @@ class Fitted:
         """Label values, in channel order (the support's, else the pools')."""
         if self.support is not None:
             return self.support.classes
-        return next(iter(self.pools.values())).classes
+        for pool in self.pools.values():
+            return pool.classes
+        raise ValueError("a fitted value without support volumes or pools has no classes")
 
 
 @runtime_checkable
