@@ -173,8 +173,8 @@ def _universeg_atlas(model: ModelSpec, task: CrossTask, label: Volume) -> dict[s
 
 
 def _atlas(task: CrossTask, label: Volume) -> dict[str, np.ndarray]:
-    """``backend="atlas"`` (its default registration) with every fusion rule; the backend caches its
-    registrations, so they are computed once and fused three ways."""
+    """``backend="atlas"`` (its default registration) with every fusion rule; the fitted value memoises
+    its registrations, so they are computed once and fused three ways."""
     from fewshotcx.backends.atlas import AtlasBackend
 
     backend = AtlasBackend()
