@@ -164,7 +164,7 @@ def _universeg_atlas(model: ModelSpec, task: CrossTask, label: Volume) -> dict[s
     if not np.allclose(query.canonical().affine, query.affine):
         raise ValueError("cross_patient queries are canonical")
     normalised = torch.as_tensor(normalize(query.array, seg.support.modality), device=seg.device)
-    in_context, prior = seg.backend.predict_parts(query, normalised, torch.Generator().manual_seed(seg.seed))
+    in_context, prior = seg.backend.predict_parts(seg.fitted, query, normalised, torch.Generator().manual_seed(seg.seed))
     fused = in_context if prior is None else fuse(in_context, prior, seg.backend.prior_weight)
     masks = {"universeg+atlas": fused[0].cpu().numpy() > 0.5}
     if prior is not None:
@@ -173,8 +173,8 @@ def _universeg_atlas(model: ModelSpec, task: CrossTask, label: Volume) -> dict[s
 
 
 def _atlas(task: CrossTask, label: Volume) -> dict[str, np.ndarray]:
-    """``backend="atlas"`` (its default registration) with every fusion rule; the backend caches its
-    registrations, so they are computed once and fused three ways."""
+    """``backend="atlas"`` (its default registration) with every fusion rule; the fitted value memoises
+    its registrations, so they are computed once and fused three ways."""
     from fewshotcx.backends.atlas import AtlasBackend
 
     backend = AtlasBackend()

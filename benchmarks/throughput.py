@@ -176,7 +176,7 @@ def batch_sweep(batch_sizes, support_size: int, depth: int, repeats: int = 1) ->
     segs = {}
     for n in batch_sizes:
         seg, query = make_segmenter(model, support_size, depth)
-        seg.memory_budget = n * seg.backend.bytes_per_slab()
+        seg.memory_budget = n * seg.backend.bytes_per_slab(seg.fitted)
         segs[n] = seg
     times = {n: [] for n in batch_sizes}
     for _ in range(repeats):

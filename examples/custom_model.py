@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 import torch
 
 import fewshotcx as fx
+from fewshotcx.backends.base import Fitted
 from fewshotcx.pipeline.slicing import SliceGeometry
 from fewshotcx.pipeline.support import SupportPool
 
@@ -29,9 +32,11 @@ from fewshotcx.pipeline.support import SupportPool
 class NearestSliceBackend:
     """Label transfer by relative slice position, averaged over the support volumes.
 
-    Implements the :class:`fewshotcx.backends.base.Backend` protocol: ``fit`` receives one
-    :class:`~fewshotcx.pipeline.support.SupportPool` per plane axis; ``predict_slices`` maps query slabs
-    ``(N, 2k+1, s, s)`` to probabilities ``(N, L, s, s)``, one channel per support class.
+    Implements the :class:`fewshotcx.backends.base.Backend` protocol: ``condition`` receives one
+    :class:`~fewshotcx.pipeline.support.SupportPool` per plane axis and returns an immutable
+    :class:`~fewshotcx.backends.base.Fitted` value (the backend keeps no state); ``predict_slices`` maps
+    query slabs ``(N, 2k+1, s, s)`` to probabilities ``(N, L, s, s)`` with that value, one channel per
+    support class.
     """
 
     name = "nearest-slice"
@@ -41,13 +46,14 @@ class NearestSliceBackend:
     def __init__(self, slice_size: int = 64, device: str = "cpu") -> None:
         self.slice_size = slice_size
         self.device = torch.device(device)
-        self.pools: dict[int, SupportPool] = {}
 
-    def fit(self, pools: dict[int, SupportPool], generator: torch.Generator) -> None:
-        self.pools = pools
+    def condition(self, support, generator: torch.Generator, pools: Mapping[int, SupportPool] = MappingProxyType({}),
+                  own_scan: bool = False) -> Fitted:
+        return Fitted(support, pools, None, own_scan)  # nothing to learn: the pools are the model
 
-    def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
-        pool = self.pools[geometry.axis]
+    def predict_slices(self, fitted: Fitted, slabs: torch.Tensor, geometry: SliceGeometry,
+                       generator: torch.Generator) -> torch.Tensor:
+        pool = fitted.pools[geometry.axis]
         gap = (geometry.positions[:, None] - pool.positions[None, :]).abs()   # (N, M) relative distance
         volumes = pool.volume_ids.unique()
         probs = torch.zeros(slabs.shape[0], pool.labels.shape[1], *slabs.shape[-2:], device=slabs.device)
@@ -56,8 +62,8 @@ class NearestSliceBackend:
             probs += pool.labels[nearest]
         return probs / len(volumes)
 
-    def bytes_per_slab(self) -> int:
-        classes = max((p.labels.shape[1] for p in self.pools.values()), default=1)
+    def bytes_per_slab(self, fitted: Optional[Fitted] = None) -> int:
+        classes = max((p.labels.shape[1] for p in fitted.pools.values()), default=1) if fitted else 1
         return 4 * classes * self.slice_size ** 2
 
 

@@ -30,7 +30,7 @@ def segment_with_sam(supports: list, query, out: str, sam_model=None, checkpoint
     seg.fit(images=[image for image, _ in supports], labels=[label for _, label in supports])
     mask = seg.predict(query)
     fx.save_volume(mask, out, overwrite=True)
-    losses = seg.backend.states[2].losses
+    losses = seg.fitted.state[2].losses  # the fitted value: per plane axis, the tuned prompts
     tuned = f"prompt-tuning loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "untuned point prompts"
     print(f"wrote {out} ({tuned}; {int((mask.array > 0).sum())} foreground voxels)")
 

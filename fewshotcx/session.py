@@ -1,7 +1,9 @@
 """Interactive contouring: draw a few axial slices, let the model finish, ask where to draw next.
 
 ``ContourSession`` keeps the slices a user has drawn on one image (axial slices of the canonical,
-closest-RAS array) and completes the structure with :meth:`fewshotcx.Segmenter.complete` semantics:
+closest-RAS array) and completes the structure with :meth:`fewshotcx.Segmenter.complete` semantics
+and through the same path (the drawn slices are the support of a :class:`~fewshotcx.backends.base.Fitted`
+value, ``own_scan``, and the backend predicts slabs with it; nothing is shared or mutated between sessions):
 drawn slices are kept exactly, each structure is restricted to its drawn extent, ``postprocess``
 applies. It differs from ``complete`` in one way that makes it interactive: each undrawn slice is
 predicted from a *local* support, the ``neighbours`` nearest drawn slices on each side of it (default
@@ -24,7 +26,6 @@ which it shortens their distance to the nearest drawn slice.
 
 from __future__ import annotations
 
-import copy
 import json
 import zlib
 from collections import deque
@@ -37,11 +38,11 @@ import torch
 
 from .io.atomic import atomic_output
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
-from .pipeline.intensity import normalize
+from .pipeline.intensity import decide_modality, normalize
 from .pipeline.postprocess import keep_drawn, postprocess
 from .pipeline.slicing import Framing, extract_slabs, from_model_square, relative_position
-from .pipeline.support import QUERY_AWARE, SupportPool
-from .segmenter import Segmenter, decide_modality
+from .pipeline.support import SupportPool
+from .segmenter import Segmenter
 
 _FORMAT = "fewshotcx-contour-session"
 _VERSION = 1
@@ -295,7 +296,8 @@ class ContourSession:
         return out
 
     def _predict(self, key: Key, slices: list[int]) -> np.ndarray:
-        """Run the backend on ``slices`` with the key's support: ``(N, L, X, Y)`` float32."""
+        """Condition the backend on the key's drawn slices (a local :class:`Fitted` value, ``own_scan``)
+        and predict ``slices`` with it: ``(N, L, X, Y)`` float32."""
         versions, classes, drop = key
         support = [d for i, (d, _) in enumerate(versions) if i != drop]
         backend = self.segmenter.backend
@@ -304,13 +306,10 @@ class ContourSession:
             images=slabs[support], labels=torch.stack([self._label_slab(d, classes) for d in support]),
             positions=relative_position(torch.tensor(support, dtype=torch.float32), self.depth).to(slabs.device),
             volume_ids=torch.zeros(len(support), dtype=torch.long, device=slabs.device), classes=classes, axis=2)
-        clone = copy.copy(backend)  # fit() rebinds its state: the segmenter's backend is untouched
-        if getattr(clone, "strategy", None) in QUERY_AWARE:
-            clone.strategy = "position"  # the drawn slices of this very image: matched by position
         generator = self.segmenter.generator()
-        clone.fit({2: pool}, generator)
+        fitted = backend.condition(None, generator, pools={2: pool}, own_scan=True)
         geometry = self._geometry(self.image.shape, indices=slices, device=slabs.device)
-        probs = clone.predict_slices(slabs[slices], geometry, generator)  # (N, L, s, s)
+        probs = backend.predict_slices(fitted, slabs[slices], geometry, generator)  # (N, L, s, s)
         self.predicted_slices += len(slices)
         return from_model_square(probs.float(), geometry).clamp(0, 1).cpu().numpy()  # not in place: may be an inference tensor
 

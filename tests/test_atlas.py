@@ -39,7 +39,7 @@ def test_majority_of_three_identical_atlases_is_the_atlas(brain):
     seg = fx.Segmenter(backend="atlas", fusion="majority", registration="rigid", device="cpu")
     seg.fit([image] * 3, [labels] * 3)
     probs = seg.predict_proba(image)
-    atlases = seg.backend.registered_support(image.canonical())
+    atlases = seg.backend.registered_support(seg.fitted, image.canonical())
     one = atlases[0].labels.array
     for value, prob in probs.items():
         np.testing.assert_array_equal(prob.array, (one == value).astype(np.float32))

@@ -1,20 +1,19 @@
 """Per-query support state is local to one prediction (issue #23 item 1).
 
 Two threads predicting two different queries with one fitted segmenter must get exactly the
-sequential results, for every support strategy; shallow copies of a backend (``complete``,
-``ContourSession``, uncertainty draws) must not share mutable per-query state with the original.
+sequential results, for every support strategy; ``complete``, ``ContourSession`` and uncertainty
+draws derive values of their own and change neither the backend nor the segmenter's fitted value.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 
 import numpy as np
 import pytest
 import torch
 
-from fewshotcx import Segmenter, Volume
+from fewshotcx import ContourSession, Segmenter, Volume
 from fewshotcx.models import UniverSeg
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -76,20 +75,47 @@ def test_two_threads_two_queries_equal_sequential(strategy):
             np.testing.assert_array_equal(results[i], expected[i], err_msg=f"query {i} ({strategy})")
 
 
-def _mutable_state(obj) -> dict[str, object]:
-    """Snapshot of the mutable containers in ``obj.__dict__`` (what a shallow copy would share)."""
-    return {k: (id(v), len(v), list(v)) for k, v in vars(obj).items() if isinstance(v, (dict, list, set))}
+def _snapshot(seg: Segmenter) -> tuple:
+    """The fitted value's identity and contents (every pool tensor, cloned) and the backend's attributes."""
+    fitted = seg.fitted
+    pools = {axis: [t.clone() for t in (p.images, p.labels, p.positions, p.volume_ids)] for axis, p in fitted.pools.items()}
+    return fitted, pools, dict(vars(seg.backend))
 
 
-def test_shallow_copy_of_a_backend_shares_no_per_query_state():
-    """What ``complete()``, ``ContourSession`` and the uncertainty draws do: copy, then re-fit the copy."""
-    seg = _segmenter("position")
-    query = _head(5)[0]
-    seg.predict_proba(query)
-    before = _mutable_state(seg.backend)
-    clone = copy.copy(seg.backend)
-    clone.fit({axis: pool for axis, pool in seg.pools.items()}, seg._generator())
-    assert _mutable_state(seg.backend) == before
+def _unchanged(seg: Segmenter, snapshot: tuple) -> bool:
+    fitted, pools, backend = snapshot
+    same = seg.fitted is fitted and vars(seg.backend) == backend and fitted.pools.keys() == pools.keys()
+    return same and all(torch.equal(a, b) for axis, p in fitted.pools.items()
+                        for a, b in zip((p.images, p.labels, p.positions, p.volume_ids), pools[axis]))
+
+
+@pytest.mark.parametrize("strategy", ["position", "retrieval"])
+def test_complete_draws_and_concurrent_sessions_leave_the_fitted_value(strategy):
+    seg = _segmenter(strategy)
+    query, label = _head(5)
+    snapshot = _snapshot(seg)
+    seg.predict_uncertainty(query, k=2, fraction=0.5)
+    seg.predict_samples(query, k=2)
+    seg.complete(query, label, [4, 8, 12])
+    assert _unchanged(seg, snapshot)
+    errors: list[BaseException] = []
+
+    def contour(z: int) -> None:
+        try:
+            session = ContourSession(query, seg)
+            for drawn in (z, z + 6):
+                session.draw(drawn, label.canonical().array[..., drawn])
+            session.result()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=contour, args=(z,)) for z in (2, 4, 6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert _unchanged(seg, snapshot)
 
 
 def test_predictions_leave_the_fitted_backend_untouched():

@@ -39,14 +39,16 @@ def test_slices_the_coarse_model_leaves_empty_stay_empty():
     class Nothing:
         context, slice_size = 0, 32
 
-        def predict_slices(self, slabs, geometry, generator):
+        def predict_slices(self, fitted, slabs, geometry, generator):
             return torch.zeros(slabs.shape[0], 1, 32, 32)
 
     backend.coarse = Nothing()
+    from fewshotcx.backends.base import Fitted
     from fewshotcx.pipeline.slicing import make_geometry
 
     slabs = torch.rand(3, 3, 64, 64)
-    out = backend.predict_slices(slabs, make_geometry((64, 64, 3), (1, 1, 1), "axial", 64, 1), torch.Generator())
+    out = backend.predict_slices(Fitted(None, {}, Fitted(None)), slabs,
+                                 make_geometry((64, 64, 3), (1, 1, 1), "axial", 64, 1), torch.Generator())
     assert out.shape == (3, 1, 64, 64) and out.abs().sum() == 0
 
 

@@ -1,10 +1,8 @@
 """One registration per (support volume, query): shared by every draw of predict_uncertainty, by
 predict_proba then predict, and remembered when it fails; ``fraction=`` bags registered support too;
-copies of hybrid backends never touch the original's fitted state."""
+draws of hybrid backends never touch the fitted value."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
@@ -57,37 +55,36 @@ def test_fraction_bags_registered_support_and_leaves_the_segmenter_as_it_was():
     image, label = _head(0)
     query, _ = _head(1)
     seg = _segmenter("registered").fit([image], [label])
+    fitted = seg.fitted
     before = seg.predict_proba(query).array
     whole = seg.predict_uncertainty(query, k=3, fraction=1.0).array
     bagged = seg.predict_uncertainty(query, k=3, fraction=0.3).array
     assert not np.array_equal(whole, bagged)  # fraction= reaches the registered pools
     np.testing.assert_array_equal(seg.predict_proba(query).array, before)
-    assert seg.backend.support_fraction == 1.0
+    assert seg.fitted is fitted
 
 
-def test_bagged_backend_draws_a_fraction_of_each_query_pool():
+def test_a_query_value_draws_a_fraction_of_each_query_pool():
     image, label = _head(0)
     query, _ = _head(1)
     seg = _segmenter("registered").fit([image], [label])
     normalised = torch.as_tensor(query.array / query.array.max(), dtype=torch.float32)
     gen = torch.Generator().manual_seed(5)
-    with seg.backend.query_context(seg.support, query, normalised, gen) as full:
-        whole = len(full.pools[2])
-    with seg.backend.bagged(0.5).query_context(seg.support, query, normalised, gen) as half:
-        assert len(half.pools[2]) == int(np.ceil(0.5 * whole))
+    whole = len(seg.backend.for_query(seg.fitted, query, normalised, gen).pools[2])
+    half = seg.backend.for_query(seg.fitted, query, normalised, gen, fraction=0.5)
+    assert len(half.pools[2]) == int(np.ceil(0.5 * whole)) and len(seg.pools[2]) != len(half.pools[2])
     with pytest.raises(ValueError, match="fraction"):
-        seg.backend.bagged(0.0)
+        seg.backend.for_query(seg.fitted, query, normalised, gen, fraction=0.0)
 
 
-def test_copies_of_hybrid_backends_own_their_sub_backend():
+def test_hybrid_draws_leave_the_fitted_value():
     image, label = _head(0)
+    query, _ = _head(1)
     seg = Segmenter(backend="universeg+atlas", model=tiny_universeg(), slice_size=32, support_size=3,
                     progress=False, device="cpu").fit([image], [label])
-    original_pools = seg.backend.universeg.pools
-    clone = seg.copy_with(pools={2: seg.pools[2]})
-    assert clone.backend.universeg is not seg.backend.universeg
-    assert seg.backend.universeg.pools is original_pools
-    assert copy.copy(seg.backend).universeg is not seg.backend.universeg
+    fitted, pools = seg.fitted, dict(seg.pools)
+    seg.predict_samples(query, k=2)
+    assert seg.fitted is fitted and all(seg.pools[axis] is pool for axis, pool in pools.items())
 
 
 def test_registration_cache_is_bounded_and_remembers_failures():

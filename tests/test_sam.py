@@ -64,7 +64,7 @@ def test_prompt_tuning_generalises_to_another_volume_and_beats_untuned(data, tun
     untuned_dice = dice(untuned.predict(query).array, query_label)
     assert tuned_dice >= 0.7
     assert tuned_dice > untuned_dice + 0.2
-    losses = tuned.backend.states[2].losses
+    losses = tuned.fitted.state[2].losses
     assert len(losses) == 200 and np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
 
 
@@ -73,10 +73,10 @@ def test_prompts_alone_learn_the_support_with_a_frozen_decoder(data):
     tiny = tiny_sam(seed=0)
     decoder_before = {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}
     seg = _segmenter(tiny, tune_steps=150).fit([support], [support_label])
-    losses = seg.backend.states[2].losses
+    losses = seg.fitted.state[2].losses
     assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:20])
     assert dice(seg.predict(support).array, support_label.array) > 0.6
-    for key, value in seg.backend.states[2].source.decoder.state_dict().items():
+    for key, value in seg.fitted.state[2].source.decoder.state_dict().items():
         assert torch.equal(value, decoder_before[key])  # frozen decoder: only the prompts moved
     for key, value in tiny.mask_decoder.state_dict().items():
         assert torch.equal(value, decoder_before[key])  # the caller's model is never modified
@@ -119,7 +119,7 @@ def test_empty_query_slices_come_out_empty(data, tuned, seed):
     support, support_label, query, query_label = data
     seg = tuned if seed == 0 else _segmenter(tiny_sam(seed=seed), tune_steps=200, tune_decoder=True,
                                              decoder_lr=1e-3).fit([support], [support_label])
-    assert seg.backend.states[2].thresholds.item() > 0  # the support has empty slices to calibrate on
+    assert seg.fitted.state[2].thresholds.item() > 0  # the support has empty slices to calibrate on
     probs = seg.predict_proba(query).array
     empty = query_label.sum(axis=(0, 1)) == 0
     assert empty.sum() >= 4
@@ -143,4 +143,4 @@ def test_multiclass_support_gives_one_channel_per_class(data):
     seg = _segmenter(tiny_sam(seed=0), tune_steps=5).fit([support], [labels])
     probs = seg.predict_proba(query)
     assert sorted(probs) == [1, 2] and probs[1].shape == query.shape
-    assert seg.backend.states[2].source.sparse.shape[:2] == (2, 4)
+    assert seg.fitted.state[2].source.sparse.shape[:2] == (2, 4)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
 
+from fewshotcx.backends.base import Fitted
 from fewshotcx.backends.sam import AxisState, SamBackend
 from fewshotcx.models.sam import (
     EmbeddingCache, calibrate_threshold, decode, detect_variant, load_sam, mask_boxes, preprocess, refine_with_sam,
@@ -107,9 +108,9 @@ def test_backend_geometry_inverts_exactly_through_reassemble(tiny, mode, resize_
     backend = _oracle_backend(tiny, mode)
     assert backend.resize_mode == resize_mode
     geometry = make_geometry(shape, spacing, axis, backend.slice_size, context, resize_mode=backend.resize_mode)
-    backend.states[geometry.axis] = AxisState(OracleSource(backend, 4), torch.zeros(1))
+    fitted = Fitted(None, {}, {geometry.axis: AxisState(OracleSource(backend, 4), torch.zeros(1))})
     slabs = extract_slabs(volume, geometry)
-    out = backend.predict_slices(slabs, geometry, torch.Generator())
+    out = backend.predict_slices(fitted, slabs, geometry, torch.Generator())
     assert out.shape == (geometry.num_slices, 1, 64, 64)
     expected = reassemble(slabs[:, context:context + 1], geometry)
     assert torch.allclose(reassemble(out, geometry), expected, atol=1e-5)
@@ -124,8 +125,9 @@ def test_backend_output_equals_input_mask_without_resampling(tiny, mode):
     mask[20:40, 5:25, 1:5] = 1.0
     backend = _oracle_backend(tiny, mode)
     geometry = make_geometry(shape, (1.0, 1.0, 1.0), 2, 64, 1, resize_mode=backend.resize_mode)
-    backend.states[2] = AxisState(OracleSource(backend, 4), torch.zeros(1))
-    out = reassemble(backend.predict_slices(extract_slabs(mask, geometry), geometry, torch.Generator()), geometry)[0]
+    fitted = Fitted(None, {}, {2: AxisState(OracleSource(backend, 4), torch.zeros(1))})
+    out = reassemble(backend.predict_slices(fitted, extract_slabs(mask, geometry), geometry, torch.Generator()),
+                     geometry)[0]
     if mode == "sam":
         assert geometry.offset == (0, 16)
         assert torch.allclose(out, mask, atol=1e-5)

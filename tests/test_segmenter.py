@@ -12,6 +12,7 @@ from fewshotcx.backends.universeg import UniverSegBackend
 from fewshotcx.pipeline.intensity import minmax_per_slice, normalize
 from fewshotcx.models import UniverSeg
 from fewshotcx.pipeline.slicing import make_geometry
+from fewshotcx.predictor import foreground_extent
 
 
 class EchoBackend:
@@ -146,14 +147,29 @@ def test_batched_backend_equals_plain_network_slice_by_slice():
     backend: UniverSegBackend = seg.backend
     query = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     geometry = make_geometry((32, 32, 6), (1, 1, 1), "axial", 32)
-    fast = backend.predict_slices(query, geometry, torch.Generator().manual_seed(9))
+    fast = backend.predict_slices(seg.fitted, query, geometry, torch.Generator().manual_seed(9))
     pool = seg.pools[2]
-    idx = backend.draw_support(pool, geometry, 0, 0, torch.Generator().manual_seed(9))  # the one group
+    idx = backend.draw_support(seg.fitted, geometry, 0, 0, torch.Generator().manual_seed(9))  # the one group
     sup_img, sup_lab = minmax_per_slice(pool.images[idx]), pool.labels[idx]
     with torch.no_grad():
         plain = torch.cat([torch.sigmoid(model(minmax_per_slice(q[None]), sup_img[None], sup_lab[None]))
                            for q in query])
     assert torch.allclose(fast, plain, atol=1e-5)
+
+
+def test_the_0_3_backend_call_forms_still_work_with_a_warning():
+    support = _support()
+    seg = Segmenter(model=tiny_universeg(seed=4), slice_size=32, support_size=5, progress=False, strategy="random")
+    seg.fit([support[0]], [support[1]])
+    backend: UniverSegBackend = seg.backend
+    query = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    geometry = make_geometry((32, 32, 6), (1, 1, 1), "axial", 32)
+    new = backend.predict_slices(seg.fitted, query, geometry, torch.Generator().manual_seed(9))
+    with pytest.warns(DeprecationWarning, match="backend.condition"):
+        backend.fit(dict(seg.pools), torch.Generator())
+    with pytest.warns(DeprecationWarning, match=r"predict_slices\(fitted"):
+        old = backend.predict_slices(query, geometry, torch.Generator().manual_seed(9))
+    assert torch.equal(old, new) and backend.bytes_per_slab(seg.fitted) > 0
 
 
 def test_bad_options_are_clear():
@@ -177,7 +193,7 @@ def test_support_extent_comes_only_from_labelled_slices():
     seg = Segmenter(model=tiny_universeg(), slice_size=32, progress=False, postprocess=("support_extent",))
     seg.fit([image], [label], slices=[labelled])
     depth = image.shape[2] - 1
-    assert seg._support_extent == (labelled[0] / depth, labelled[0] / depth)
+    assert foreground_extent(seg.support.labels, seg.support.slices) == (labelled[0] / depth, labelled[0] / depth)
     pred = seg.predict(image).array
     outside = [k for k in range(image.shape[2]) if abs(k / depth - labelled[0] / depth) > 0.05 + 1e-9]
     assert pred[..., outside].sum() == 0

@@ -1,17 +1,38 @@
-"""The Segmenter's internal API (what evaluation/, session.py and server/ use instead of private members)."""
+"""The Segmenter's internal API and its fitted value (what evaluation/, session.py and server/ use)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
 from fewshotcx import Segmenter, Volume
+from fewshotcx.backends.base import Fitted
+from fewshotcx.predictor import Predictor
 
 
 class DrawBackend:
     """Probabilities drawn from the generator, scaled by the pool's mean label: the output depends on
-    both the draws and the pool a backend was fitted on."""
+    both the draws and the pool a backend was conditioned on."""
+
+    name, slice_size, context, resize_mode = "draw", 16, 0, "stretch"
+    device = torch.device("cpu")
+
+    def condition(self, support, generator, pools={}, own_scan=False):
+        return Fitted(support, pools, None, own_scan)
+
+    def predict_slices(self, fitted, slabs, geometry, generator):
+        scale = fitted.pools[geometry.axis].labels.float().mean()
+        return scale * torch.rand(slabs.shape[0], 1, 16, 16, generator=generator)
+
+    def bytes_per_slab(self, fitted=None):
+        return 1 << 20
+
+
+class OldDrawBackend:
+    """:class:`DrawBackend` in the 0.3 protocol: state stored on the backend by ``fit``."""
 
     name, slice_size, context, resize_mode = "draw", 16, 0, "stretch"
     device = torch.device("cpu")
@@ -27,12 +48,12 @@ class DrawBackend:
         return 1 << 20
 
 
-def fitted() -> tuple[Segmenter, Volume]:
+def fitted(backend=None) -> tuple[Segmenter, Volume]:
     rng = np.random.default_rng(0)
     image = Volume(rng.normal(size=(16, 16, 8)).astype(np.float32), np.eye(4))
     label = np.zeros((16, 16, 8), np.uint8)
     label[:10] = 1
-    seg = Segmenter(backend=DrawBackend(), modality="mr", progress=False, seed=3, threshold=0.3)
+    seg = Segmenter(backend=backend or DrawBackend(), modality="mr", progress=False, seed=3, threshold=0.3)
     return seg.fit([image], [Volume(label, np.eye(4), label=True)]), image
 
 
@@ -59,14 +80,41 @@ def test_support_pools_is_a_read_only_view():
         seg.support_pools[0] = seg.pools[2]  # type: ignore[index]
 
 
-def test_copy_with_refits_a_copy_and_leaves_the_original():
+def test_the_fitted_value_is_frozen_and_fit_rebinds_it():
     seg, image = fitted()
+    value = seg.fitted
+    assert isinstance(value, Fitted) and seg.pools is value.pools
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        value.state = "changed"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        value.pools[2].images = None  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        value.pools[0] = value.pools[2]  # type: ignore[index]
+    seg.fit([image], [Volume(np.ones(image.shape, np.uint8), np.eye(4), label=True)])
+    assert seg.fitted is not value and value.pools[2].labels.mean() < 1  # the old value is as it was
+
+
+def test_draws_and_refits_are_new_values_and_leave_the_predictor():
+    seg, image = fitted()
+    predictor = seg.predictor
     before = seg.predict_proba(image).array
     pool = seg.pools[2]
-    half = type(pool)(pool.images[:4], pool.labels[:4] * 0, pool.positions[:4], pool.volume_ids[:4], pool.classes,
-                      pool.axis)
-    clone = seg.copy_with(seed=5, axes=[2], pools={2: half})
-    assert clone.backend is not seg.backend and clone.backend.pools[2] is not pool and clone.seed == 5
-    assert clone.canonical_probabilities(image)[2].max() == 0  # an all-empty pool scales every draw to 0
-    assert seg.backend.pools[2] is pool and np.array_equal(seg.predict_proba(image).array, before)
-    assert seg.copy_with().backend is seg.backend and seg.copy_with(own_backend=True).backend is not seg.backend
+    empty = dataclasses.replace(pool, labels=pool.labels * 0)
+    support = dataclasses.replace(seg.support, labels=tuple(v.with_array(v.array * 0) for v in seg.support.labels))
+    other = predictor.refit(support)
+    assert isinstance(other, Predictor) and other.fitted is not predictor.fitted
+    draw = predictor.draw(seed=5, fraction=0.5)
+    assert draw.seed == 5 and len(draw.fitted.pools[2]) == len(pool) // 2 and draw.fitted is not seg.fitted
+    assert dataclasses.replace(predictor, fitted=Fitted(None, {2: empty})).probabilities(
+        predictor.query(image)).max() == 0  # an all-empty pool scales every draw to 0
+    assert seg.fitted is predictor.fitted and seg.pools[2] is pool
+    assert np.array_equal(seg.predict_proba(image).array, before)
+
+
+def test_a_backend_of_the_old_protocol_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="0.3 backend protocol"):
+        old, image = fitted(OldDrawBackend())
+    new, _ = fitted()
+    assert np.array_equal(old.predict_proba(image).array, new.predict_proba(image).array)
+    assert np.array_equal(old.predict_uncertainty(image, k=2).array, new.predict_uncertainty(image, k=2).array)
+    assert not hasattr(old.backend.inner, "pools")  # fitting conditions a copy

@@ -112,7 +112,7 @@ image, label = blob_volume(seed=1)
 seg = Segmenter(model=tiny_universeg(), slice_size=32, support_size=3, strategy="random", seed=11, progress=False)
 seg.fit([Volume(image, np.eye(4))], [Volume(label, np.eye(4), label=True)])
 geometry = make_geometry(image.shape, (1, 1, 1), "axial", 32)
-print([seg.backend.draw_support(seg.pools[2], geometry, g, 0, seg._generator()).tolist() for g in range(3)])
+print([seg.backend.draw_support(seg.fitted, geometry, g, 0, seg._generator()).tolist() for g in range(3)])
 """
 
 
@@ -168,12 +168,14 @@ def test_complete_leaves_the_fitted_segmenter_unchanged(which):
         image, label, query = (Volume(v.array[:, :, 4:12], RAS, v.label) for v in (image, label, query))
     seg.fit([image], [label])
     before = seg.predict_proba(query).array
-    pools, support = seg.pools, getattr(seg, "support", None)
+    fitted, pools, support = seg.fitted, seg.pools, seg.support
+    images = {axis: pool.images.clone() for axis, pool in pools.items()}
     z = np.nonzero(query.array.any(axis=(0, 1)))[0]
     other = Volume((query.array > 0.6).astype(np.uint8), RAS, label=True)
     seg.complete(query, other, [int(z[1]), int(z[-2])])
     assert np.array_equal(seg.predict_proba(query).array, before)
-    assert seg.pools is pools and seg.support is support
+    assert seg.fitted is fitted and seg.pools is pools and seg.support is support
+    assert all(torch.equal(pools[axis].images, images[axis]) for axis in pools)
 
 
 def test_cropped_ct_without_air_is_ct_with_the_rest_and_a_mismatch_warns():

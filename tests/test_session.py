@@ -8,6 +8,7 @@ import torch
 
 from conftest import ORIENTATIONS
 from fewshotcx import ContourSession, Segmenter, Volume, VolumeError
+from fewshotcx.backends.base import Fitted
 
 
 class UnsureBackend:
@@ -16,16 +17,16 @@ class UnsureBackend:
     name, slice_size, context, resize_mode = "unsure", 16, 0, "stretch"
     device = torch.device("cpu")
 
-    def fit(self, pools, generator):
-        self.pools = pools
+    def condition(self, support, generator, pools={}, own_scan=False):
+        return Fitted(support, pools, None, own_scan)
 
-    def predict_slices(self, slabs, geometry, generator):
-        mean = self.pools[geometry.axis].labels.mean(dim=0)  # (L, s, s)
+    def predict_slices(self, fitted, slabs, geometry, generator):
+        mean = fitted.pools[geometry.axis].labels.mean(dim=0)  # (L, s, s)
         probs = mean.expand(slabs.shape[0], -1, -1, -1).clone()
         bright = (slabs[:, :1] > 0.9).expand_as(probs)
         return torch.where(bright, torch.full_like(probs, 0.5), probs)
 
-    def bytes_per_slab(self):
+    def bytes_per_slab(self, fitted=None):
         return 1 << 20
 
 
@@ -67,6 +68,56 @@ def test_session_equals_segmenter_complete_when_the_local_support_is_every_drawn
     seg = Segmenter(backend=UnsureBackend(), modality="mr", progress=False)
     expected = seg.complete(image(), Volume(drawn, image().affine, label=True), [1, 5, 10])
     assert np.array_equal(s.result().array, expected.array)
+
+
+def _tiny_universeg_segmenter(strategy="auto"):
+    from fewshotcx.models import UniverSeg
+
+    torch.manual_seed(0)
+    return Segmenter(model=UniverSeg((8, 8, 8, 8), (8, 8, 8), in_channels=1), slice_size=16, support_size=2,
+                     strategy=strategy, modality="mr", progress=False, device="cpu", seed=4)
+
+
+def _drawn_case():
+    vol = image()
+    drawn = np.zeros((16, 16, 12), dtype=np.uint8)
+    for z, m in {1: square(), 5: square(lo=2, hi=12), 10: square(lo=6, hi=9)}.items():
+        drawn[..., z] = m
+    return vol, drawn
+
+
+def test_session_with_a_real_model_equals_complete_and_both_condition_on_their_own_scan(monkeypatch):
+    """One path: both condition a Fitted value on the drawn slices (own_scan: "auto" draws by position
+    there) and predict slabs with it; with every drawn slice as local support they agree exactly.
+
+    Fails on main, where the session fitted a copy of the backend (no Fitted value, no own_scan)."""
+    from fewshotcx.backends.universeg import UniverSegBackend
+
+    calls = {"condition": [], "predict": []}
+    condition, predict = UniverSegBackend.condition, UniverSegBackend.predict_slices
+
+    def conditioned(self, support, generator, pools={}, own_scan=False):
+        calls["condition"].append(own_scan)
+        return condition(self, support, generator, pools, own_scan)
+
+    def predicted(self, fitted, slabs, geometry, generator=None):
+        calls["predict"].append(fitted.own_scan)
+        return predict(self, fitted, slabs, geometry, generator)
+
+    monkeypatch.setattr(UniverSegBackend, "condition", conditioned)
+    monkeypatch.setattr(UniverSegBackend, "predict_slices", predicted)
+    vol, drawn = _drawn_case()
+    seg = _tiny_universeg_segmenter()
+    expected = seg.complete(vol, Volume(drawn, vol.affine, label=True), [1, 5, 10]).array
+    assert calls["condition"] == [True] and set(calls["predict"]) == {True}
+    calls["condition"].clear()
+    calls["predict"].clear()
+    s = ContourSession(vol, seg, neighbours=3)
+    for z in (1, 5, 10):
+        s.draw(z, drawn[..., z])
+    assert np.array_equal(s.result().array, expected)
+    assert calls["condition"] == [True] and set(calls["predict"]) == {True}
+    assert seg.fitted is None  # neither path fitted the segmenter
 
 
 def test_result_is_on_the_image_grid_in_its_own_layout():

@@ -87,12 +87,12 @@ def test_retrieval_errors():
         UniverSegBackend(model=tiny_universeg(), strategy="registered", registration="spline")
 
 
-def test_retrieval_backend_needs_the_query_context():
+def test_retrieval_backend_needs_the_query_value():
     support_image, support_label = _case(1)
     seg = _segmenter("retrieval").fit([support_image], [support_label])
     geometry = make_geometry((20, 20, 16), (2, 2, 2), 2, 32, 0)
     with pytest.raises(RuntimeError, match="needs the query volume"):
-        seg.backend.predict_slices(torch.zeros(16, 1, 32, 32), geometry, torch.Generator().manual_seed(0))
+        seg.backend.predict_slices(seg.fitted, torch.zeros(16, 1, 32, 32), geometry, torch.Generator().manual_seed(0))
 
 
 def test_retrieval_segmenter_is_deterministic_and_chunking_independent():
@@ -108,11 +108,11 @@ def test_retrieval_segmenter_is_deterministic_and_chunking_independent():
 
 
 def seg_pools_unchanged(support_image, support_label, query) -> bool:
-    """Predicting swaps the pools for the query's and restores the fitted ones afterwards."""
+    """Predicting derives a per-query value and leaves the fitted one (and the backend) as they were."""
     seg = _segmenter("retrieval").fit([support_image], [support_label])
-    fitted = seg.backend.pools
+    fitted, settings = seg.fitted, dict(vars(seg.backend))
     seg.predict(query)
-    return seg.backend.pools is fitted and not hasattr(seg.backend, "query")
+    return seg.fitted is fitted and fitted.state is None and vars(seg.backend) == settings
 
 
 def test_retrieval_matches_anatomy_not_relative_position():
@@ -128,9 +128,9 @@ def test_retrieval_matches_anatomy_not_relative_position():
 
     normalised = torch.as_tensor(normalize(query.array, seg.support.modality))
     geometry = make_geometry(query.shape, query.spacing, 2, 32, 0)
-    with seg.backend.query_context(seg.support, query, normalised, gen) as for_query:
-        drawn = torch.cat([for_query.draw_support(for_query.pools[2], geometry, g, 0, gen) for g in range(2)])
-        positions = for_query.pools[2].positions[drawn]
+    for_query = seg.backend.for_query(seg.fitted, query, normalised, gen)
+    drawn = torch.cat([seg.backend.draw_support(for_query, geometry, g, 0, gen) for g in range(2)])
+    positions = for_query.pools[2].positions[drawn]
     assert float(positions.min()) >= 0.4  # the query's anatomy lies at relative positions 0.5 ... 1
 
 
@@ -148,15 +148,14 @@ def _head(seed: int, shape=(40, 40, 24), shift=(0.0, 0.0, 0.0)):
 
 
 def _draws(seg, query):
-    """Support indices drawn for every query group, inside the segmenter's query context."""
+    """Support indices drawn for every query group, with the segmenter's value for the query."""
     from fewshotcx.pipeline.intensity import normalize
 
     gen = torch.Generator().manual_seed(seg.seed)
     normalised = torch.as_tensor(normalize(query.array, seg.support.modality))
     geometry = make_geometry(query.shape, query.spacing, 2, 32, 0)
-    with seg.backend.query_context(seg.support, query, normalised, gen) as for_query:
-        pool = for_query.pools[2]
-        return [for_query.draw_support(pool, geometry, g, 0, gen).tolist() for g in range(3)], pool
+    for_query = seg.backend.for_query(seg.fitted, query, normalised, gen)
+    return [seg.backend.draw_support(for_query, geometry, g, 0, gen).tolist() for g in range(3)], for_query.pools[2]
 
 
 def test_registered_equals_position_on_aligned_volumes():
@@ -170,7 +169,7 @@ def test_registered_equals_position_on_aligned_volumes():
     np.testing.assert_allclose(pool.positions, position.pools[2].positions)
     geometry = make_geometry(query.shape, query.spacing, 2, 32, 0)
     gen = torch.Generator().manual_seed(0)
-    assert drawn == [position.backend.draw_support(position.pools[2], geometry, g, 0, gen).tolist() for g in range(3)]
+    assert drawn == [position.backend.draw_support(position.fitted, geometry, g, 0, gen).tolist() for g in range(3)]
     p_pos, p_reg = position.predict_proba(query).array, registered.predict_proba(query).array
     assert np.abs(p_pos - p_reg).mean() < 0.02
     np.testing.assert_array_equal(p_reg, _segmenter("registered", group_size=8).fit([image], [label])
@@ -268,7 +267,7 @@ def test_universeg_atlas_fuses_in_context_and_prior_on_the_query_grid():
     from fewshotcx.pipeline.intensity import normalize
 
     normalised = torch.as_tensor(normalize(query.array, seg.support.modality))
-    in_context, prior = seg.backend.predict_parts(query, normalised, torch.Generator().manual_seed(0))
+    in_context, prior = seg.backend.predict_parts(seg.fitted, query, normalised, torch.Generator().manual_seed(0))
     registered = _segmenter("registered").fit([image], [label]).predict_proba(query)
     np.testing.assert_allclose(in_context[0].numpy(), registered.array, atol=1e-5)
     np.testing.assert_allclose(fused.array, fuse(in_context, prior, 0.5)[0].numpy(), atol=1e-5)
@@ -283,17 +282,17 @@ def test_universeg_atlas_fuses_in_context_and_prior_on_the_query_grid():
 
 def test_each_query_gets_its_own_feature_cache():
     """Cached support features are keyed by pool indices, so they belong to one pool: each query's
-    (registered/retrieval) pool comes with its own empty cache, and the backend keeps none."""
+    (registered/retrieval) value comes with its own empty cache, and the backend keeps none."""
     pytest.importorskip("SimpleITK")
     image, label = _head(0)
     query, _ = _head(1)
     seg = _segmenter("registered").fit([image], [label])
     backend = seg.backend
     normalised = torch.as_tensor(query.array, dtype=torch.float32)
-    with backend.query_context(seg.support, query, normalised, torch.Generator().manual_seed(0)) as first:
-        first._features[("query",)] = (torch.zeros(1), torch.zeros(1))
-    with backend.query_context(seg.support, query, normalised, torch.Generator().manual_seed(0)) as second:
-        assert not second._features and second.pools is not backend.pools
+    first = backend.for_query(seg.fitted, query, normalised, torch.Generator().manual_seed(0))
+    first.state.features._features[("query",)] = (torch.zeros(1), torch.zeros(1))
+    second = backend.for_query(seg.fitted, query, normalised, torch.Generator().manual_seed(0))
+    assert not len(second.state.features) and second.pools is not seg.pools and seg.fitted.state is None
     assert not any(isinstance(v, dict) and ("query",) in v for v in vars(backend).values())
 
 

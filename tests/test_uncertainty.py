@@ -10,6 +10,7 @@ import torch
 from conftest import ORIENTATIONS
 from fewshotcx import Segmenter, Volume
 from fewshotcx import review as fx_review
+from fewshotcx.backends.base import Fitted
 from fewshotcx.cli.main import main
 from fewshotcx.evaluation.uncertainty import binary_entropy, uncertainty_map
 
@@ -21,14 +22,14 @@ class PoolMeanBackend:
     name, slice_size, context, resize_mode = "poolmean", 16, 0, "stretch"
     device = torch.device("cpu")
 
-    def fit(self, pools, generator):
-        self.pools = pools
+    def condition(self, support, generator, pools={}, own_scan=False):
+        return Fitted(support, pools, None, own_scan)
 
-    def predict_slices(self, slabs, geometry, generator):
-        mean = self.pools[geometry.axis].labels.mean(dim=0)  # (L, s, s)
+    def predict_slices(self, fitted, slabs, geometry, generator):
+        mean = fitted.pools[geometry.axis].labels.mean(dim=0)  # (L, s, s)
         return mean.expand(slabs.shape[0], -1, -1, -1).clone()
 
-    def bytes_per_slab(self):
+    def bytes_per_slab(self, fitted=None):
         return 1 << 20
 
 

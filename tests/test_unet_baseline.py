@@ -65,7 +65,7 @@ def test_predicts_on_the_query_grid_through_the_segmenter(orientation):
     seg = Segmenter(backend=UNetBackend(slice_size=32, context=1, steps=2, seed=0, base_channels=4), device="cpu",
                     progress=False)
     seg.fit([Volume(image, affine)], [Volume(label, affine, label=True)])
-    (net,) = seg.backend.networks[2]
+    (net,) = seg.fitted.state[2]
     assert (net.slice_size, net.context) == (32, 1)
     query = Volume(blob_volume(shape=(24, 20, 12), seed=2)[0], affine)
     prob = seg.predict_proba(query)
@@ -79,7 +79,7 @@ def test_adopted_network_predicts_through_the_segmenter():
     images, masks = _disc_slices(count=6, size=32)
     net = train_unet_2d(images.repeat(1, 3, 1, 1), masks, steps=2, seed=0, base_channels=4)
     seg = Segmenter(backend=UNetBackend(model=net), device="cpu", progress=False).fit([volume], [labels])
-    assert seg.backend.networks[2] == [net]
+    assert seg.fitted.state[2] == (net,)
     prob = seg.predict_proba(volume)
     assert prob.same_grid(volume) and prob.array.dtype == np.float32
     two = Volume(np.where(label > 0, 1 + (np.arange(24)[:, None, None] > 12), 0), np.eye(4), label=True)

@@ -21,16 +21,18 @@ labelled slices cover it — an atlas that does not see a voxel does not vote th
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from ..io.volume import Volume
-from ..pipeline.support import SupportVolumes
+from ..pipeline.support import SupportPool, SupportVolumes
 from ..registration import MODES, RegisteredVolume, RegistrationError, register_support, vote_share
 from ..registration.cache import DEFAULT_CACHE_BYTES, RegistrationCache
+from .base import Fitted
 
 FUSIONS = ("majority", "staple", "weighted")
 
@@ -48,8 +50,8 @@ class AtlasBackend:
             instead of raising; an error is still raised when none is left.
         sigma: smoothing (voxels) of the squared difference for ``"weighted"``.
         temperature: ``h`` of ``"weighted"``, in squared normalised-intensity units.
-        cache_bytes: most bytes of registered support kept between calls (LRU; a cohort worker's
-            memory stays bounded however many patients it segments).
+        cache_bytes: most bytes of registered support kept between calls by one fitted value (LRU; a
+            cohort worker's memory stays bounded however many patients it segments).
         **register_options: passed to :func:`fewshotcx.registration.register` (``working_spacing``,
             ``iterations``, ``threads``, ...).
     """
@@ -73,33 +75,33 @@ class AtlasBackend:
         self.skip_failed = bool(skip_failed)
         self.sigma, self.temperature = float(sigma), float(temperature)
         self.register_options = register_options
-        self.support: Optional[SupportVolumes] = None
-        self.cache = RegistrationCache(cache_bytes)
+        self.cache_bytes = int(cache_bytes)
 
-    def fit_volumes(self, support: SupportVolumes, generator: torch.Generator) -> None:
-        """Store the support (registration waits for a query)."""
-        self.support = support
-        self.cache = RegistrationCache(self.cache.max_bytes)
+    def condition(self, support: Optional[SupportVolumes], generator: torch.Generator,
+                  pools: Mapping[int, SupportPool] = MappingProxyType({}), own_scan: bool = False) -> Fitted:
+        """The support and a fresh registration memo (``state``, a :class:`RegistrationCache` of
+        ``cache_bytes``); registration waits for a query."""
+        return Fitted(support, {}, RegistrationCache(self.cache_bytes), own_scan)
 
-    def registered_support(self, query: Volume, seed: int = 0) -> list[RegisteredVolume]:
-        """Every support volume registered to ``query`` (canonical) and warped onto its grid
-        (:func:`fewshotcx.registration.register_support`).
+    def registered_support(self, fitted: Fitted, query: Volume, seed: int = 0) -> list[RegisteredVolume]:
+        """Every support volume of ``fitted`` registered to ``query`` (canonical) and warped onto its
+        grid (:func:`fewshotcx.registration.register_support`).
 
-        Cached (LRU, ``cache_bytes``) per (support index, query fingerprint, seed, mode) within this
-        backend, so ``predict_proba`` then ``predict`` (or a hybrid) register once.
+        Memoised (LRU, ``cache_bytes``) per (support index, query fingerprint, seed, mode) in ``fitted``'s
+        registration cache, so ``predict_proba`` then ``predict`` (or every uncertainty draw) register once.
 
         Raises:
             RegistrationError: a registration failed or was refused (naming the support volume), or
                 with ``skip_failed``, all of them did.
         """
-        if self.support is None:
-            raise RuntimeError("call fit_volumes() first")
-        support = self.support
+        if not isinstance(fitted.state, RegistrationCache):
+            raise RuntimeError("condition the backend on a support first")
+        support = fitted.support
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             aligned = register_support(support.images, support.labels, support.normalised, query,
                                        self.registration, seed, support.modality, support.slices,
-                                       strict=not self.skip_failed, who="backend 'atlas'", cache=self.cache,
+                                       strict=not self.skip_failed, who="backend 'atlas'", cache=fitted.state,
                                        **self.register_options)
         for warning in caught:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -107,21 +109,24 @@ class AtlasBackend:
             raise RegistrationError(f"no support volume could be registered to the query: {caught[0].message}")
         return [aligned[i] for i in sorted(aligned)]
 
-    def predict_volume(self, query: Volume, normalised: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``(L, X, Y, Z)`` fused probabilities on the query's canonical grid."""
+    def predict_volume(self, fitted: Fitted, query: Volume, normalised: torch.Tensor, generator: torch.Generator,
+                       fraction: float = 1.0) -> torch.Tensor:
+        """``(L, X, Y, Z)`` fused probabilities on the query's canonical grid (every atlas votes:
+        ``fraction`` is not used)."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        atlases = self.registered_support(query, seed)
+        atlases = self.registered_support(fitted, query, seed)
+        classes = fitted.support.classes
         known = np.stack([a.known for a in atlases])  # (A, X, Y, Z)
         labels = [a.labels.array for a in atlases]
         if self.fusion == "staple":
             stacked = np.stack(labels)
-            probs = np.stack([_staple(stacked == c, known) for c in self.support.classes])
+            probs = np.stack([_staple(stacked == c, known) for c in classes])
         else:
             weights = known.astype(np.float32)
             if self.fusion == "weighted":
                 target = normalised.detach().float().cpu().numpy()
                 weights = self._local_weights(np.stack([a.image for a in atlases]), target, known)
-            probs = vote_share(labels, self.support.classes, weights)
+            probs = vote_share(labels, classes, weights)
         return torch.as_tensor(probs, dtype=torch.float32, device=self.device)
 
     def _local_weights(self, images: np.ndarray, target: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -8,14 +8,16 @@ coincide), and its probabilities, upsampled back, become SAM's box + mask prompt
 
 from __future__ import annotations
 
-import copy
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..models.sam.refine import refine_with_sam
 from ..pipeline.slicing import SliceGeometry
-from ..pipeline.support import SupportPool
+from ..pipeline.support import SupportPool, SupportVolumes
+from .base import Fitted, LegacyCalls, slab_call
 from .sam import SamBackend
 from .universeg import UniverSegBackend
 
@@ -28,7 +30,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
                          antialias=size < x.shape[-1])
 
 
-class RefinedBackend:
+class RefinedBackend(LegacyCalls):
     """UniverSeg coarse probabilities refined by SAM.
 
     Args:
@@ -48,28 +50,27 @@ class RefinedBackend:
         self.coarse, self.refiner, self.threshold = coarse, refiner, float(threshold)
         self.slice_size, self.context, self.device = refiner.slice_size, refiner.context, refiner.device
 
-    def __copy__(self) -> "RefinedBackend":
-        """A copy with its own coarse backend: fitting the copy never touches this one."""
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.coarse = copy.copy(self.coarse)
-        return clone
-
     def _coarse_view(self, slabs: torch.Tensor) -> torch.Tensor:
         """``(N, 2k_s+1, s, s)`` → ``(N, 2k_u+1, s_u, s_u)``: the centre channels UniverSeg expects, downsampled."""
         k, ku = self.context, self.coarse.context
         return _resize(slabs[:, k - ku:k + ku + 1], self.coarse.slice_size)
 
-    def fit(self, pools: dict[int, SupportPool], generator: torch.Generator) -> None:
-        """UniverSeg conditions on downsampled pools; SAM needs no fitting to refine."""
-        self.coarse.fit({axis: SupportPool(self._coarse_view(p.images), _resize(p.labels, self.coarse.slice_size),
-                                           p.positions, p.volume_ids, p.classes, p.axis)
-                         for axis, p in pools.items()}, generator)
+    def condition(self, support: Optional[SupportVolumes], generator: torch.Generator,
+                  pools: Mapping[int, SupportPool] = MappingProxyType({}), own_scan: bool = False) -> Fitted:
+        """UniverSeg conditions on downsampled pools (its :class:`Fitted` is this value's ``state``); SAM
+        needs no fitting to refine."""
+        coarse = self.coarse.condition(support, generator, {
+            axis: SupportPool(self._coarse_view(p.images), _resize(p.labels, self.coarse.slice_size), p.positions,
+                              p.volume_ids, p.classes, p.axis) for axis, p in pools.items()}, own_scan)
+        return Fitted(support, pools, coarse, own_scan)
 
-    def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
+    def predict_slices(self, fitted: Fitted, slabs: torch.Tensor, geometry: SliceGeometry,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``(N, 2k+1, s, s)`` → ``(N, L, s, s)`` refined probabilities."""
-        coarse = self.coarse.predict_slices(self._coarse_view(slabs), geometry, generator)
+        fitted, slabs, geometry, generator = slab_call(self, fitted, slabs, geometry, generator)
+        coarse = self.coarse.predict_slices(fitted.state, self._coarse_view(slabs), geometry, generator)
         return refine_with_sam(self.refiner, _resize(coarse, self.slice_size), slabs, self.threshold)
 
-    def bytes_per_slab(self) -> int:
-        return self.coarse.bytes_per_slab() + self.refiner.bytes_per_slab()
+    def bytes_per_slab(self, fitted: Optional[Fitted] = None) -> int:
+        return (self.coarse.bytes_per_slab(None if fitted is None else fitted.state)
+                + self.refiner.bytes_per_slab())

@@ -6,7 +6,7 @@ Pipeline for a batch of square slabs ``(N, 2k+1, s, s)`` (``s`` = the encoder's 
    preprocessing (``"sam"``: ×255 then SAM's pixel mean/std; ``"medsam"``: ``[0, 1]`` as is).
 2. Image embeddings ``(N, 256, 64, 64)`` from a content-addressed cache, encoding only new images
    (:mod:`fewshotcx.models.sam.embedding_cache`).
-3. A prompt source per plane axis, set up by :meth:`SamBackend.fit`: learned prompts tuned on the
+3. A prompt source per plane axis, set up by :meth:`SamBackend.condition`: learned prompts tuned on the
    support (``tune_steps > 0``) or training-free support-derived point prompts (``tune_steps=0``),
    decoded for all slices and classes in one batched call of SAM's mask decoder.
 4. Low-res logits ``(N, L, 256, 256)`` → bilinear to ``s × s`` → sigmoid; classes whose soft area falls
@@ -21,9 +21,10 @@ identically.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from types import MappingProxyType
+from typing import Mapping, Optional, Union
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, Sam
@@ -35,7 +36,8 @@ from ..models.sam.prompts import LearnedPrompts, SupportPrompts, initial_tokens
 from ..models.sam.transforms import RESIZE_MODES, check_mode, preprocess, resize_masks, upsample_logits
 from ..models.sam.tuning import tune_prompts
 from ..pipeline.slicing import SliceGeometry
-from ..pipeline.support import SupportPool, select_support
+from ..pipeline.support import SupportPool, SupportVolumes, select_support
+from .base import Fitted, LegacyCalls, slab_call
 
 #: Prompt-tuning steps when ``tune_steps`` is not given.
 DEFAULT_TUNE_STEPS = 200
@@ -44,9 +46,9 @@ _ENCODER_BUDGET = {"cpu": 1 << 30, "cuda": 8 << 30}
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass
+@dataclass(frozen=True)
 class AxisState:
-    """What :meth:`SamBackend.fit` learned for one plane axis.
+    """What :meth:`SamBackend.condition` learned for one plane axis (``Fitted.state[axis]``).
 
     Attributes:
         source: the prompt source (:class:`LearnedPrompts` or :class:`SupportPrompts`).
@@ -56,10 +58,10 @@ class AxisState:
 
     source: Union[LearnedPrompts, SupportPrompts]
     thresholds: torch.Tensor
-    losses: list[float] = field(default_factory=list)
+    losses: tuple[float, ...] = ()
 
 
-class SamBackend:
+class SamBackend(LegacyCalls):
     """Few-shot segmentation with Segment Anything (or MedSAM) and prompts fitted to the support.
 
     Args:
@@ -164,7 +166,6 @@ class SamBackend:
         self.encoder = CachedEncoder(self.sam.image_encoder, EmbeddingCache(cache_bytes, cache_dir), namespace,
                                      batch_size=batch, autocast_dtype=_AUTOCAST[precision])
         self._elem = elem
-        self.states: dict[int, AxisState] = {}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -188,8 +189,13 @@ class SamBackend:
                           for i in range(0, embeddings.shape[0], step)])
 
     # ------------------------------------------------------------------ protocol
-    def fit(self, pools: dict[int, SupportPool], generator: torch.Generator) -> None:
-        """Per axis: encode the support, tune (or derive) the prompts, calibrate the empty threshold."""
+    def condition(self, support: Optional[SupportVolumes], generator: torch.Generator,
+                  pools: Mapping[int, SupportPool] = MappingProxyType({}), own_scan: bool = False) -> Fitted:
+        """Per axis: encode the support, tune (or derive) the prompts, calibrate the empty threshold.
+
+        Returns:
+            a :class:`Fitted` whose ``state`` maps plane axis → :class:`AxisState` (read-only).
+        """
         states = {}
         for axis, pool in pools.items():
             pool = pool.to(self.device)
@@ -211,8 +217,9 @@ class SamBackend:
                 with torch.inference_mode():
                     scores = foreground_score(self._chunked_logits(source, embeddings, positions))
                 thresholds = calibrate_threshold(scores, labels.amax(dim=(2, 3)) > 0.5)
-            states[axis] = AxisState(source, thresholds, losses)
-        self.states = states
+            states[axis] = AxisState(source, thresholds, tuple(losses))
+        return Fitted(support, {axis: pool.to(self.device) for axis, pool in pools.items()},
+                      MappingProxyType(states), own_scan)
 
     def _tuned_prompts(self, embeddings: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor,
                        generator: torch.Generator) -> tuple[LearnedPrompts, list[float]]:
@@ -231,11 +238,14 @@ class SamBackend:
         return prompts, losses
 
     @torch.inference_mode()
-    def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
-        """``(N, 2k+1, s, s)`` query slabs → ``(N, L, s, s)`` probabilities (see :class:`Backend`)."""
-        state = self.states.get(geometry.axis)
+    def predict_slices(self, fitted: Fitted, slabs: torch.Tensor, geometry: SliceGeometry,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``(N, 2k+1, s, s)`` query slabs → ``(N, L, s, s)`` probabilities with ``fitted``'s prompts (see
+        :class:`~fewshotcx.backends.base.Backend`)."""
+        fitted, slabs, geometry, generator = slab_call(self, fitted, slabs, geometry, generator)
+        state = (fitted.state or {}).get(geometry.axis)
         if state is None:
-            raise RuntimeError("fit() the backend before predicting")
+            raise RuntimeError("condition the backend on a support before predicting")
         embeddings = self.embed(slabs)
         logits = state.source.logits(embeddings, geometry.positions.to(self.device))
         probs = torch.sigmoid(upsample_logits(logits, self.slice_size))
@@ -243,9 +253,10 @@ class SamBackend:
             probs = suppress_empty(probs, foreground_score(logits), state.thresholds)
         return probs.float()
 
-    def bytes_per_slab(self) -> int:
+    def bytes_per_slab(self, fitted: Optional[Fitted] = None) -> int:
         """Encoder peak (attention maps dominate) plus the decoder's per-class activations."""
-        classes = max((s.source.num_classes for s in self.states.values()), default=1)
+        states = (fitted.state or {}) if fitted is not None else {}
+        classes = max((s.source.num_classes for s in states.values()), default=1)
         h, w = self.embedding_size
         channels = int(self.sam.prompt_encoder.embed_dim)
         decoder = classes * 4 * (8 * channels * h * w + 3 * (channels // 8) * 16 * h * w)

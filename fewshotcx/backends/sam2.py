@@ -7,7 +7,7 @@ Two uses (both through :class:`~fewshotcx.Segmenter`):
   the first drawn slice and backward from the last, only over the drawn extent; between two drawn
   slices the two directions are blended by distance to the slice each started from
   (:func:`~fewshotcx.models.sam.video.blend_passes`).
-* :meth:`Sam2Backend.fit_volumes` + :meth:`Sam2Backend.predict_volume` (memory as context): the query
+* :meth:`Sam2Backend.condition` + :meth:`Sam2Backend.predict_volume` (memory as context): the query
   is cut into runs of ``chunk`` consecutive slices; ahead of each run, ``support_size`` labelled support
   slices chosen by relative position (:func:`~fewshotcx.pipeline.support.select_support`, nearest the
   run's centre) are mask-prompted conditioning frames, and SAM 2 propagates forward through the run.
@@ -19,8 +19,10 @@ Frames come from memory, preprocessed as SAM 2 and MedSAM2 expect (:mod:`fewshot
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from types import MappingProxyType
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,9 +32,24 @@ from ..pipeline.slicing import relative_position
 from ..pipeline.support import SupportPool, SupportVolumes, Strategy, select_support
 from ..models.sam.sam2_models import build_video_predictor, import_sam2
 from ..models.sam.video import SliceFrames, add_masks, blend_passes, inference, new_state, propagate
+from .base import Fitted
 
 #: Support frames ahead of each run of query slices when ``support_size`` is not given.
 DEFAULT_SUPPORT_FRAMES = 4
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """The labelled axial slices of a support (``Fitted.state`` of :meth:`Sam2Backend.condition`).
+
+    Attributes:
+        pool: a selection-only pool: per slice its relative position and per-class presence ``(M, L, 1, 1)``
+            (the slices themselves are read from the support volumes).
+        entries: per pool entry, ``(support volume, axial slice)``.
+    """
+
+    pool: SupportPool
+    entries: tuple[tuple[int, int], ...]
 
 
 class Sam2Backend:
@@ -114,9 +131,6 @@ class Sam2Backend:
         self.chunk, self.encode_batch, self.cached_frames = int(chunk), int(encode_batch), int(cached_frames)
         self.strategy: Strategy = strategy
         self.offload_video_to_cpu, self.offload_state_to_cpu = bool(offload_video_to_cpu), bool(offload_state_to_cpu)
-        self.support: Optional[SupportVolumes] = None
-        self.pool: Optional[SupportPool] = None
-        self.entries: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------------ helpers
     def _frames(self, slices: Sequence[torch.Tensor]) -> SliceFrames:
@@ -159,8 +173,10 @@ class Sam2Backend:
         return probs
 
     # ------------------------------------------------------------------ memory as context (across patients)
-    def fit_volumes(self, support: SupportVolumes, generator: torch.Generator) -> None:
-        """Index the labelled axial slices of the support (nothing is encoded until a query comes)."""
+    def condition(self, support: Optional[SupportVolumes], generator: torch.Generator,
+                  pools: Mapping[int, SupportPool] = MappingProxyType({}), own_scan: bool = False) -> Fitted:
+        """Index the labelled axial slices of the support (a :class:`FrameIndex`; nothing is encoded until
+        a query comes)."""
         positions, volume_ids, present, entries = [], [], [], []
         values = np.asarray(support.classes)
         for vid, lab in enumerate(support.labels):
@@ -173,32 +189,34 @@ class Sam2Backend:
                 volume_ids.append(vid)
                 present.append(np.isin(values, slice_values))
         flags = torch.as_tensor(np.asarray(present, dtype=np.float32))[:, :, None, None]  # (M, L, 1, 1)
-        # a selection-only pool: positions and per-class presence are exact; slices are read from `support`
-        self.pool = SupportPool(torch.zeros(len(entries), 1, 1, 1), flags, torch.as_tensor(positions, dtype=torch.float32),
-                                torch.as_tensor(volume_ids), tuple(support.classes), axis=2)
-        self.entries, self.support = entries, support
+        pool = SupportPool(torch.zeros(len(entries), 1, 1, 1), flags, torch.as_tensor(positions, dtype=torch.float32),
+                           torch.as_tensor(volume_ids), tuple(support.classes), axis=2)
+        return Fitted(support, {}, FrameIndex(pool, tuple(entries)), own_scan)
 
-    def predict_volume(self, query: Volume, normalised: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Support slices as conditioning frames ahead of each run of query slices; forward propagation.
+    def predict_volume(self, fitted: Fitted, query: Volume, normalised: torch.Tensor, generator: torch.Generator,
+                       fraction: float = 1.0) -> torch.Tensor:
+        """Support slices as conditioning frames ahead of each run of query slices; forward propagation
+        (``fraction``: not used, the frames are chosen by position).
 
         Returns:
             ``(L, X, Y, Z)`` float32 probabilities on the query's canonical grid.
         """
-        if self.support is None or self.pool is None:
-            raise RuntimeError("call fit() before predicting")
-        classes = self.support.classes
+        if not isinstance(fitted.state, FrameIndex):
+            raise RuntimeError("condition the backend on a support before predicting")
+        support, index = fitted.support, fitted.state
+        classes = support.classes
         depth = query.shape[2]
         probs = torch.zeros((len(classes), *query.shape), dtype=torch.float32)
-        support_images = [torch.as_tensor(a) for a in self.support.normalised]
+        support_images = [torch.as_tensor(a) for a in support.normalised]
         values = torch.as_tensor(list(classes)).view(-1, 1, 1)
         for start in range(0, depth, self.chunk):
             stop = min(start + self.chunk, depth)
             centre = torch.tensor([relative_position((start + stop - 1) / 2, depth)], dtype=torch.float32)
-            picked = select_support(self.pool, centre, self.support_size, self.strategy, generator)[0]
-            order = sorted(picked.tolist(), key=lambda m: float(self.pool.positions[m]))
-            frames = [support_images[self.entries[m][0]][..., self.entries[m][1]] for m in order]
-            masks = {i: torch.as_tensor(self.support.labels[vid].array[..., z].astype(np.int64))[None] == values
-                     for i, (vid, z) in enumerate(self.entries[m] for m in order)}
+            picked = select_support(index.pool, centre, self.support_size, self.strategy, generator)[0]
+            order = sorted(picked.tolist(), key=lambda m: float(index.pool.positions[m]))
+            frames = [support_images[index.entries[m][0]][..., index.entries[m][1]] for m in order]
+            masks = {i: torch.as_tensor(support.labels[vid].array[..., z].astype(np.int64))[None] == values
+                     for i, (vid, z) in enumerate(index.entries[m] for m in order)}
             frames += [normalised.detach()[..., z] for z in range(start, stop)]
             state = self._state(frames, query.shape[1], query.shape[0])
             with inference(self.device, self.precision):

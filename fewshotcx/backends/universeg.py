@@ -11,10 +11,11 @@ support runs one-vs-rest, one pass per class, and returns one probability channe
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from contextlib import nullcontext
-from typing import ContextManager, Optional
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 import torch
 from einops import rearrange
@@ -30,6 +31,7 @@ from ..pipeline.support import (
     select_support,
 )
 from ..models.weights import load_universeg
+from .base import Fitted, LegacyCalls, slab_call
 
 #: Support size when neither the caller nor the checkpoint says: UniverSeg v1 was trained with
 #: support sets of up to 64, and 16 is near the knee of its published support-size curve at a quarter
@@ -38,7 +40,7 @@ from ..models.weights import load_universeg
 DEFAULT_SUPPORT_SIZE = 16
 
 
-class UniverSegBackend:
+class UniverSegBackend(LegacyCalls):
     """In-context segmentation with a :class:`~fewshotcx.models.UniverSeg` network.
 
     Args:
@@ -49,8 +51,8 @@ class UniverSegBackend:
         support_size: ``S`` support slabs per query group.
         ensemble: ``K`` independent support sets averaged.
         strategy: ``"position"``, ``"random"``, ``"retrieval"``, ``"registered"`` or ``"auto"`` (see
-            :mod:`fewshotcx.pipeline.support`); the last three need the query, which
-            :meth:`query_context` provides (the :class:`~fewshotcx.Segmenter` calls it).
+            :mod:`fewshotcx.pipeline.support`); the last three need the query: :meth:`for_query`
+            prepares a fitted value for it (:mod:`fewshotcx.predictor` calls it).
         registration: transform of ``"registered"``/``"auto"``: ``"rigid"``, ``"affine"`` or ``"deformable"``.
         group_size: neighbouring query slices sharing one support set.
         precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
@@ -62,8 +64,6 @@ class UniverSegBackend:
         check_coverage: under ``"position"``, compare each query with the support first and warn when
             they cover different anatomy (:func:`~fewshotcx.pipeline.query_support.check_coverage`);
             retrieval always warns about query slices the support does not cover.
-        support_fraction: each query draws its support from a random fraction of the pool (seeded by
-            the prediction's seed; bagging for uncertainty draws); 1 = the whole pool.
         support_chunk: passed to ``forward_shared`` to bound memory over the support axis.
         channels_last: passed to ``forward_shared``: channels-last feature layout (same outputs; faster
             on CPU, see docs/performance.md).
@@ -89,7 +89,6 @@ class UniverSegBackend:
         pixel_mm: Optional[float] = None,
         context_mm: Optional[float] = None,
         check_coverage: bool = True,
-        support_fraction: float = 1.0,
     ) -> None:
         net, meta = ((model, dict(getattr(model, "framing", {}))) if model is not None
                      else load_universeg(weights, return_metadata=True))
@@ -120,62 +119,56 @@ class UniverSegBackend:
             raise ValueError(f"registration must be 'rigid', 'affine' or 'deformable', got {registration!r}")
         self.registration = registration
         self.check_coverage = bool(check_coverage)
-        if not 0.0 < support_fraction <= 1.0:
-            raise ValueError(f"support_fraction must be in (0, 1], got {support_fraction}")
-        self.support_fraction = float(support_fraction)
         self.group_size = int(group_size)
         self.precision = precision
         self.support_chunk = support_chunk
         self.channels_last = bool(channels_last)
-        self.pools: dict[int, SupportPool] = {}
 
     # ------------------------------------------------------------------ protocol
-    def fit(self, pools: dict[int, SupportPool], generator: torch.Generator) -> None:
-        """Store the pools (UniverSeg conditions on the support at inference; nothing is trained).
-        Rebinds ``self.pools``: a shallow copy of the backend keeps its own fit."""
-        self.pools = {axis: pool.to(self.device) for axis, pool in pools.items()}
+    def condition(self, support: Optional[SupportVolumes], generator: torch.Generator,
+                  pools: Mapping[int, SupportPool] = MappingProxyType({}), own_scan: bool = False) -> Fitted:
+        """The pools on this backend's device, as a :class:`Fitted` (UniverSeg conditions on the support
+        at inference; nothing is trained)."""
+        return Fitted(support, {axis: pool.to(self.device) for axis, pool in pools.items()}, None, own_scan)
 
-    def query_context(self, support: SupportVolumes, query: Volume, normalised: torch.Tensor,
-                      generator: torch.Generator) -> ContextManager["UniverSegQuery"]:
-        """A context manager yielding a :class:`UniverSegQuery`: the slab backend for this one ``query``.
+    def strategy_for(self, fitted: Fitted) -> str:
+        """The strategy that draws ``fitted``'s support: ``"position"`` for the query-aware ones when the
+        support is the predicted scan's own drawn slices (same anatomy, same slices)."""
+        return "position" if fitted.own_scan and self.strategy in QUERY_AWARE else self.strategy
+
+    def for_query(self, fitted: Fitted, query: Volume, normalised: torch.Tensor, generator: torch.Generator,
+                  fraction: float = 1.0) -> Fitted:
+        """``fitted`` prepared for one ``query``: a new value whose pools and state (a :class:`QueryState`)
+        belong to this query alone.
 
         For ``"retrieval"``/``"registered"``/``"auto"`` its support is prepared for the query
-        (retrieval similarity, or pools registered onto its grid: :mod:`fewshotcx.pipeline.query_support`);
-        for ``"position"``/``"random"`` it uses the fitted pools. Either way the per-query state
-        (pools, similarity, cached support features) lives in the yielded object, never in the
-        backend, so several threads may predict different queries with one backend at once.
+        (retrieval similarity, or pools registered onto its grid, once per support volume and query:
+        :mod:`fewshotcx.pipeline.query_support`); for ``"position"``/``"random"`` it keeps the fitted pools.
+        With ``fraction < 1`` (an uncertainty draw) each pool is then cut to a random ``fraction`` of its
+        slabs, drawn from ``derived_generator(generator seed, BAGGING_KEY)``.
 
         Args:
-            support: the fitted support volumes (canonical).
             query: the query, canonical, original intensities.
             normalised: ``(X, Y, Z)`` the query as normalised for the backend.
         """
-        settings = SlabSettings(Framing.of(self), self.group_size, self.device)
-        if self.strategy == "position" and self.check_coverage:  # warns when the scans cover different anatomy
-            similarity_to_pools(self.pools, normalised.to(self.device), query.spacing, settings, "position")
-        if self.strategy not in QUERY_AWARE:
-            prepared = QuerySupport(self.pools, self.strategy)
-        else:
-            prepared = prepare_query_support(self.strategy, self.pools, support, query, normalised.to(self.device),
-                                             settings, self.registration)
-        if self.support_fraction < 1.0:  # bagging (uncertainty draws), on whatever support the query got
-            prepared = prepared.bagged(self.support_fraction,
-                                       derived_generator(generator.initial_seed(), BAGGING_KEY))
-        return nullcontext(UniverSegQuery(self, prepared.pools, prepared))
-
-    def bagged(self, fraction: float) -> "UniverSegBackend":
-        """A shallow copy whose queries draw their support from a random ``fraction`` of it
-        (:attr:`support_fraction`); ``self`` is unchanged."""
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        clone = copy.copy(self)
-        clone.support_fraction = float(fraction)
-        return clone
+        settings = SlabSettings(Framing.of(self), self.group_size, self.device)
+        strategy, pools = self.strategy_for(fitted), dict(fitted.pools)
+        if strategy == "position" and self.check_coverage and not fitted.own_scan:  # warns on different anatomy
+            similarity_to_pools(pools, normalised.to(self.device), query.spacing, settings, "position")
+        if strategy not in QUERY_AWARE:
+            prepared = QuerySupport(pools, strategy)
+        else:
+            prepared = prepare_query_support(strategy, pools, fitted.support, query, normalised.to(self.device),
+                                             settings, self.registration)
+        if fraction < 1.0:  # bagging (uncertainty draws), on whatever support the query got
+            prepared = prepared.bagged(fraction, derived_generator(generator.initial_seed(), BAGGING_KEY))
+        return replace(fitted, pools=prepared.pools, state=QueryState(prepared))
 
-    def bytes_per_slab(self) -> int:
-        return self._bytes_per_slab(self.pools)
-
-    def _bytes_per_slab(self, pools: dict[int, SupportPool]) -> int:
+    def bytes_per_slab(self, fitted: Optional[Fitted] = None) -> int:
+        """Working memory of one query slab with ``fitted``'s pools (a full support set without it)."""
+        pools = fitted.pools if fitted is not None else {}
         width = max(self.model.widths)
         s = min(self.support_size, max((len(p) for p in pools.values()), default=self.support_size))
         if self.support_chunk:
@@ -183,35 +176,63 @@ class UniverSegBackend:
         # ~4 live (S, width, s, s) float tensors at full resolution, +1/3 for the coarser levels.
         return int(4 * 4 * s * width * self.slice_size ** 2 * 4 / 3)
 
-    def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
-        """``(N, 2k+1, s, s)`` query slabs → ``(N, L, s, s)`` probabilities (see :class:`Backend`), on
-        the fitted pools (``"position"``/``"random"``; the query-aware strategies need
-        :meth:`query_context`). Support features are cached within this call only."""
-        return UniverSegQuery(self, self.pools, None).predict_slices(slabs, geometry, generator)
+    @torch.inference_mode()
+    def predict_slices(self, fitted: Fitted, slabs: torch.Tensor, geometry: SliceGeometry,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``(N, 2k+1, s, s)`` query slabs → ``(N, L, s, s)`` probabilities (see
+        :class:`~fewshotcx.backends.base.Backend`), on ``fitted``'s pools (the query-aware strategies need
+        the value :meth:`for_query` made). Support features are memoised in a per-query value's
+        :class:`QueryState`, else within this call only."""
+        fitted, slabs, geometry, generator = slab_call(self, fitted, slabs, geometry, generator)
+        pool = fitted.pools.get(geometry.axis)
+        if pool is None:
+            raise RuntimeError("condition the backend on a support before predicting")
+        features = fitted.state.features if isinstance(fitted.state, QueryState) else SupportFeatures()
+        targets = minmax_per_slice(slabs.to(self.device, torch.float32))
+        support_images = minmax_per_slice(pool.images)
+        n, num_classes = targets.shape[0], pool.labels.shape[1]
+        groups = geometry.indices.to(self.device) // self.group_size  # (N,) global group of each slab
+        probs = torch.zeros(n, num_classes, *targets.shape[-2:], device=self.device)
+        with self._autocast():
+            for member in range(self.ensemble):
+                for g in groups.unique().tolist():  # one shared support set per group of neighbouring slices
+                    members = groups == g
+                    sup_idx = self.draw_support(fitted, geometry, g, member, generator)
+                    for c in range(num_classes):
+                        images = support_images[sup_idx]
+                        labels = rearrange(pool.labels[sup_idx, c], "s h w -> s 1 h w")
+                        encoded = features.encode(self, (geometry.axis, tuple(sup_idx.tolist()), c), images, labels,
+                                                  self.ensemble * num_classes)
+                        logits = self.model.forward_shared(
+                            targets[members], images, labels, support_chunk=self.support_chunk,
+                            channels_last=self.channels_last, support_features=encoded,
+                        )  # (n_g, 1, s, s)
+                        probs[members, c] += torch.sigmoid(logits[:, 0].float())
+        return probs / self.ensemble
 
-    def draw_support(self, pool: SupportPool, geometry: SliceGeometry, group: int, member: int,
-                     generator: torch.Generator, query: Optional[QuerySupport] = None) -> torch.Tensor:
-        """``(S,)`` pool indices of the support set shared by query group ``group`` (slices
-        ``group·G … group·G+G−1`` along the axis) for ensemble member ``member``.
+    def draw_support(self, fitted: Fitted, geometry: SliceGeometry, group: int, member: int,
+                     generator: torch.Generator) -> torch.Tensor:
+        """``(S,)`` indices into ``fitted.pools[geometry.axis]`` of the support set shared by query group
+        ``group`` (slices ``group·G … group·G+G−1`` along the axis) for ensemble member ``member``.
 
         The draw is matched to the group's centre (position) or to the whole group's look (retrieval,
-        prepared per query by :meth:`query_context` and passed as ``query``) and seeded only by the
-        generator's seed, the axis, the group and the member
-        (:func:`~fewshotcx.pipeline.support.derived_generator`), so predictions depend neither on how
-        the volume is chunked (memory budget) nor on the device.
+        prepared per query by :meth:`for_query`) and seeded only by the generator's seed, the axis, the
+        group and the member (:func:`~fewshotcx.pipeline.support.derived_generator`), so predictions
+        depend neither on how the volume is chunked (memory budget) nor on the device.
         """
-        strategy, similarity = self.strategy, None
-        if query is not None:
-            strategy = query.strategy
-            similarity = query.similarity.get(geometry.axis)
+        strategy, similarity = self.strategy_for(fitted), None
+        if isinstance(fitted.state, QueryState):
+            strategy = fitted.state.query.strategy
+            similarity = fitted.state.query.similarity.get(geometry.axis)
             similarity = None if similarity is None else similarity[group:group + 1]
         elif strategy in QUERY_AWARE:
             raise RuntimeError(f"strategy {strategy!r} needs the query volume: predict through fx.Segmenter "
-                               "(or inside UniverSegBackend.query_context)")
+                               "(or with the value UniverSegBackend.for_query returns)")
         start = group * self.group_size
         last = min(start + self.group_size - 1, geometry.depth - 1)
         position = torch.tensor([relative_position((start + last) / 2, geometry.depth)], device=self.device)
         draw = derived_generator(generator.initial_seed(), geometry.axis, group, member)
+        pool = fitted.pools[geometry.axis]
         return select_support(pool, position, self.support_size, strategy, draw, similarity=similarity)[0]
 
     def _autocast(self):
@@ -226,81 +247,43 @@ class UniverSegBackend:
         return torch.autocast(self.device.type, dtype=dtype)
 
 
-class UniverSegQuery:
-    """The :class:`UniverSegBackend` as seen by one query's prediction: a slab
-    :class:`~fewshotcx.backends.base.Backend` with its own support pools, per-query support
-    (``query``: retrieval similarity or registered pools, ``None`` for position/random) and support
-    feature cache. Made by :meth:`UniverSegBackend.query_context`; nothing here is shared with other
-    queries or written back to the backend.
+class SupportFeatures:
+    """Memo of :meth:`UniverSeg.encode_support` for one query's prediction: a query group split over
+    several chunks (the CPU memory budget holds one slab) encodes its support once. The ``keep`` most
+    recent support sets stay (one group's worth: ensemble members × classes)."""
 
-    Attributes:
-        backend: the fitted backend (model, settings), read only.
-        pools: plane axis → support pool used for this query.
-        query: the prepared per-query support, or ``None``.
-    """
-
-    def __init__(self, backend: UniverSegBackend, pools: dict[int, SupportPool],
-                 query: Optional[QuerySupport]) -> None:
-        self.backend, self.pools, self.query = backend, pools, query
-        self.name, self.slice_size, self.context = backend.name, backend.slice_size, backend.context
-        self.device, self.resize_mode = backend.device, backend.resize_mode
-        self.pixel_mm, self.context_mm = backend.pixel_mm, backend.context_mm
+    def __init__(self) -> None:
         self._features: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
-    def bytes_per_slab(self) -> int:
-        return self.backend._bytes_per_slab(self.pools)
+    def __len__(self) -> int:
+        return len(self._features)
 
-    def draw_support(self, pool: SupportPool, geometry: SliceGeometry, group: int, member: int,
-                     generator: torch.Generator) -> torch.Tensor:
-        """``(S,)`` pool indices for one query group (:meth:`UniverSegBackend.draw_support`)."""
-        return self.backend.draw_support(pool, geometry, group, member, generator, self.query)
-
-    @torch.inference_mode()
-    def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
-        """``(N, 2k+1, s, s)`` query slabs → ``(N, L, s, s)`` probabilities (see :class:`Backend`)."""
-        b = self.backend
-        pool = self.pools.get(geometry.axis)
-        if pool is None:
-            raise RuntimeError("fit() the backend before predicting")
-        targets = minmax_per_slice(slabs.to(b.device, torch.float32))
-        support_images = minmax_per_slice(pool.images)
-        n, num_classes = targets.shape[0], pool.labels.shape[1]
-        groups = geometry.indices.to(b.device) // b.group_size  # (N,) global group of each slab
-        probs = torch.zeros(n, num_classes, *targets.shape[-2:], device=b.device)
-        with b._autocast():
-            for member in range(b.ensemble):
-                for g in groups.unique().tolist():  # one shared support set per group of neighbouring slices
-                    members = groups == g
-                    sup_idx = self.draw_support(pool, geometry, g, member, generator)
-                    for c in range(num_classes):
-                        images = support_images[sup_idx]
-                        labels = rearrange(pool.labels[sup_idx, c], "s h w -> s 1 h w")
-                        logits = b.model.forward_shared(
-                            targets[members], images, labels,
-                            support_chunk=b.support_chunk, channels_last=b.channels_last,
-                            support_features=self._support_features((geometry.axis, tuple(sup_idx.tolist()), c),
-                                                                    images, labels, b.ensemble * num_classes),
-                        )  # (n_g, 1, s, s)
-                        probs[members, c] += torch.sigmoid(logits[:, 0].float())
-        return probs / b.ensemble
-
-    def _support_features(self, key: tuple, images: torch.Tensor, labels: torch.Tensor, keep: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`UniverSeg.encode_support` of one support set, cached for this query: a query group
-        split over several chunks (the CPU memory budget holds one slab) encodes its support once.
-
-        ``key`` names the support set (axis, pool indices, class) in this object's own pools; the
-        first block's weight versions are added, so in-place weight updates invalidate it. The
-        ``keep`` most recent sets stay (one group's worth: ensemble members × classes).
-        """
-        model = self.backend.model
+    def encode(self, backend: UniverSegBackend, key: tuple, images: torch.Tensor, labels: torch.Tensor, keep: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoded support set ``key`` (axis, pool indices, class) of ``images`` ``(S, 2k+1, s, s)`` and
+        ``labels`` ``(S, 1, s, s)``; the first block's weight versions join the key, so in-place weight
+        updates invalidate it."""
+        model = backend.model
         block = model.enc_blocks[0]
         key = (*key, *(p._version for p in (block.cross.cross_conv.weight, block.cross.cross_conv.bias,
                                              block.support.vmapped.conv.weight, block.support.vmapped.conv.bias)))
         if key in self._features:
             self._features.move_to_end(key)
         else:
-            self._features[key] = model.encode_support(images, labels, self.backend.channels_last)
+            self._features[key] = model.encode_support(images, labels, backend.channels_last)
             while len(self._features) > keep:
                 self._features.popitem(last=False)
         return self._features[key]
+
+
+@dataclass(frozen=True)
+class QueryState:
+    """UniverSeg's state in a per-query :class:`~fewshotcx.backends.base.Fitted` (:meth:`UniverSegBackend.for_query`).
+
+    Attributes:
+        query: the support prepared for the query (retrieval similarity, registered pools, bagging).
+        features: the support-feature memo of this one prediction (never compared).
+    """
+
+    query: QuerySupport
+    features: SupportFeatures = field(default_factory=SupportFeatures, compare=False, repr=False)

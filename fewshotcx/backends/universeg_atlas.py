@@ -21,15 +21,16 @@ boundary in-context decides. Both defaults were set a priori, not tuned (docs/cr
 With ``strategy="auto"`` a support volume that fails registration is left out (warning); when none
 registers, the prior is missing and the result is the in-context (retrieval) prediction alone.
 
-The backend is a hybrid (:mod:`fewshotcx.backends.base`): the segmenter calls ``fit`` (slab pools)
-and ``fit_volumes``, then ``predict_volume``.
+The backend is a hybrid (:mod:`fewshotcx.backends.base`): it is conditioned on slab pools and the
+support volumes at once (its :class:`~fewshotcx.backends.base.Fitted` is UniverSeg's), and predicts
+through ``predict_volume``.
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
-from typing import Optional
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 import torch
 
@@ -37,6 +38,7 @@ from ..io.volume import Volume
 from ..pipeline.inference import default_memory_budget, slab_probabilities
 from ..pipeline.slicing import SliceGeometry
 from ..pipeline.support import SupportPool, SupportVolumes
+from .base import Fitted
 from .universeg import UniverSegBackend
 
 #: Weight of the in-context probabilities against the atlas prior (equal weights, set a priori).
@@ -87,56 +89,46 @@ class UniverSegAtlasBackend:
         self.slice_size, self.context, self.device = universeg.slice_size, universeg.context, universeg.device
         self.resize_mode, self.pixel_mm, self.context_mm = universeg.resize_mode, universeg.pixel_mm, universeg.context_mm
         self.memory_budget = memory_budget
-        self.support: Optional[SupportVolumes] = None
-
-    def __copy__(self) -> "UniverSegAtlasBackend":
-        """A copy with its own UniverSeg backend: fitting the copy never touches this one."""
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.universeg = copy.copy(self.universeg)
-        return clone
-
-    def bagged(self, fraction: float) -> "UniverSegAtlasBackend":
-        """A copy whose in-context part draws each query's support from a random ``fraction`` of the
-        registered support (:meth:`UniverSegBackend.bagged`); the atlas prior keeps every volume."""
-        clone = copy.copy(self)
-        clone.universeg = self.universeg.bagged(fraction)
-        return clone
 
     # ------------------------------------------------------------------ Backend (slab) side
-    def fit(self, pools: dict[int, SupportPool], generator: torch.Generator) -> None:
-        self.universeg.fit(pools, generator)
+    def condition(self, support: Optional[SupportVolumes], generator: torch.Generator,
+                  pools: Mapping[int, SupportPool] = MappingProxyType({}), own_scan: bool = False) -> Fitted:
+        """UniverSeg's :class:`Fitted` (the pools and the support volumes; registration happens per query)."""
+        return self.universeg.condition(support, generator, pools, own_scan)
 
-    def predict_slices(self, slabs: torch.Tensor, geometry: SliceGeometry, generator: torch.Generator) -> torch.Tensor:
-        """In-context probabilities only (valid inside the UniverSeg backend's query context)."""
-        return self.universeg.predict_slices(slabs, geometry, generator)
+    def predict_slices(self, fitted: Fitted, slabs: torch.Tensor, geometry: SliceGeometry,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """In-context probabilities only (with the value :meth:`UniverSegBackend.for_query` made)."""
+        return self.universeg.predict_slices(fitted, slabs, geometry, generator)
 
-    def bytes_per_slab(self) -> int:
-        return self.universeg.bytes_per_slab()
+    def bytes_per_slab(self, fitted: Optional[Fitted] = None) -> int:
+        return self.universeg.bytes_per_slab(fitted)
 
     # ------------------------------------------------------------------ VolumeBackend side
-    def fit_volumes(self, support: SupportVolumes, generator: torch.Generator) -> None:
-        """Keep the canonical support volumes (registration happens per query)."""
-        self.support = support
-
-    def predict_volume(self, query: Volume, normalised: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``(L, X, Y, Z)`` fused probabilities on the query's canonical grid."""
-        in_context, prior = self.predict_parts(query, normalised, generator)
+    def predict_volume(self, fitted: Fitted, query: Volume, normalised: torch.Tensor, generator: torch.Generator,
+                       fraction: float = 1.0) -> torch.Tensor:
+        """``(L, X, Y, Z)`` fused probabilities on the query's canonical grid; with ``fraction < 1`` the
+        in-context part bags the registered support (:meth:`UniverSegBackend.for_query`), the atlas
+        prior keeps every volume. On the predicted scan's own drawn slices (``fitted.own_scan``) nothing
+        is registered: the result is in-context only."""
+        in_context, prior = self.predict_parts(fitted, query, normalised, generator, fraction)
+        if fitted.own_scan:
+            return in_context
         if prior is None:
             warnings.warn("universeg+atlas: no support volume registered to the query; the result is in-context "
                           "only", stacklevel=3)
             return in_context
         return fuse(in_context, prior, self.prior_weight)
 
-    def predict_parts(self, query: Volume, normalised: torch.Tensor, generator: torch.Generator
-                      ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def predict_parts(self, fitted: Fitted, query: Volume, normalised: torch.Tensor, generator: torch.Generator,
+                      fraction: float = 1.0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(in-context, atlas prior)`` probabilities, each ``(L, X, Y, Z)``, before fusion; the prior is
         ``None`` when no support volume registered (``strategy="auto"``)."""
-        if self.support is None:
-            raise RuntimeError("fit() the backend before predicting")
+        if fitted.support is None:
+            raise RuntimeError("condition the backend on support volumes before predicting")
         budget = self.memory_budget or default_memory_budget(self.device)
-        with self.universeg.query_context(self.support, query, normalised, generator) as for_query:
-            in_context = slab_probabilities(for_query, normalised.to(self.device), query.spacing,
-                                            sorted(for_query.pools), generator, budget)
-        prior = for_query.query.vote_share(self.support.classes, self.prior_sigma_mm)
+        for_query = self.universeg.for_query(fitted, query, normalised, generator, fraction)
+        in_context = slab_probabilities(self.universeg, for_query, normalised.to(self.device), query.spacing,
+                                        sorted(for_query.pools), generator, budget)
+        prior = for_query.state.query.vote_share(fitted.support.classes, self.prior_sigma_mm)
         return in_context, None if prior is None else prior.to(in_context.device)

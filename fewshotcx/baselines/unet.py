@@ -17,15 +17,18 @@ laterality (a flipped *left* hippocampus looks like a right one) and anatomical 
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from types import MappingProxyType
+from typing import Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..backends.base import Fitted, LegacyCalls, slab_call
 from ..training.augment import AugmentConfig, flip_rotate, intensity_augment, random_warp
 from ..pipeline.intensity import minmax_per_slice
 from ..pipeline.slicing import SliceGeometry
+from ..pipeline.support import SupportPool, SupportVolumes
 from ..training.loop import episode_loss
 
 #: Light example-level augmentation: mild warps and intensity changes, no task-level remapping.
@@ -174,7 +177,7 @@ def unet_predict_slabs(model: UNet2d, slabs: Tensor, batch_size: int = 32) -> Te
     return torch.cat(out) if out else slabs.new_zeros((0, 1, *slabs.shape[-2:]))
 
 
-class UNetBackend:
+class UNetBackend(LegacyCalls):
     """The 2D U-Net as a :class:`~fewshotcx.backends.base.Backend`, so it predicts through
     :class:`fewshotcx.Segmenter`'s own path (normalisation, 2.5D slabs, chunking, reassembly onto the
     query's grid, post-processing)::
@@ -183,9 +186,9 @@ class UNetBackend:
         mask = seg.predict(query)
 
     Args:
-        model: an already trained :class:`UNet2d` (single structure); ``fit`` then only checks the
-            support has one class. ``None``: ``fit`` trains one network per class (one-vs-rest) on the
-            support pool of each plane axis with :func:`train_unet_2d`.
+        model: an already trained :class:`UNet2d` (single structure); :meth:`condition` then only checks
+            the support has one class. ``None``: :meth:`condition` trains one network per class
+            (one-vs-rest) on the support pool of each plane axis with :func:`train_unet_2d`.
         slice_size, context: slab geometry when training (ignored with ``model``, which records its own).
         device: where the networks train and run.
         **train_options: passed to :func:`train_unet_2d` (``steps``, ``seed``, ``base_channels``, …).
@@ -205,25 +208,27 @@ class UNetBackend:
         self.context = int(model.context if model is not None else context)
         self.device = torch.device(device)
         self.train_options = train_options
-        self.networks: dict[int, list[UNet2d]] = {}
 
-    def fit(self, pools: dict, generator: torch.Generator) -> None:
-        """Train (or, with ``model``, adopt) one network per foreground class for each plane axis."""
+    def condition(self, support: Optional[SupportVolumes], generator: torch.Generator,
+                  pools: Mapping[int, SupportPool] = MappingProxyType({}), own_scan: bool = False) -> Fitted:
+        """Train (or, with ``model``, adopt) one network per foreground class for each plane axis: the
+        value's ``state`` maps axis → tuple of networks."""
         if self.model is not None:
             if any(pool.labels.shape[1] != 1 for pool in pools.values()):
                 raise ValueError("a trained UNet2d segments one structure; the support has several label values")
-            self.networks = {axis: [self.model.to(self.device)] for axis in pools}
-            return
-        self.networks = {axis: [train_unet_2d(pool.images, pool.labels[:, c:c + 1], device=self.device,
-                                              **self.train_options)
-                                for c in range(pool.labels.shape[1])] for axis, pool in pools.items()}
+            networks = {axis: (self.model.to(self.device),) for axis in pools}
+        else:
+            networks = {axis: tuple(train_unet_2d(pool.images, pool.labels[:, c:c + 1], device=self.device,
+                                                  **self.train_options) for c in range(pool.labels.shape[1]))
+                        for axis, pool in pools.items()}
+        return Fitted(support, pools, MappingProxyType(networks), own_scan)
 
-    def predict_slices(self, slabs: Tensor, geometry: SliceGeometry, generator: torch.Generator) -> Tensor:
+    def predict_slices(self, fitted: Fitted, slabs: Tensor, geometry: SliceGeometry,
+                       generator: Optional[torch.Generator] = None) -> Tensor:
         """``(N, 2k+1, s, s)`` slabs → ``(N, L, s, s)`` probabilities, one channel per class."""
-        if not self.networks:
-            raise RuntimeError("call fit() first")
-        return torch.cat([unet_predict_slabs(net, slabs) for net in self.networks[geometry.axis]], dim=1)
+        fitted, slabs, geometry, generator = slab_call(self, fitted, slabs, geometry, generator)
+        return torch.cat([unet_predict_slabs(net, slabs) for net in fitted.state[geometry.axis]], dim=1)
 
-    def bytes_per_slab(self) -> int:
+    def bytes_per_slab(self, fitted: Optional[Fitted] = None) -> int:
         width = 16 if self.model is None else self.model.encoders[0][0].out_channels
         return int(6 * 4 * width * self.slice_size ** 2)

@@ -4,7 +4,8 @@
 * :func:`fit_temperature`: one temperature ``T`` for a fitted segmenter, from its **own support**
   only (never a query's reference): the support is split into folds (leave-one-volume-out with
   several support volumes; otherwise the labelled axial slices in two interleaved folds), each fold
-  is predicted by a copy of the segmenter fitted on the rest, and ``T`` minimises the negative
+  is predicted by the same model conditioned on the rest (:meth:`Predictor.refit
+  <fewshotcx.predictor.Predictor.refit>`: a new value; the fitted one is untouched), and ``T`` minimises the negative
   log-likelihood of those held-out labels under ``sigmoid(logit(p) / T)``.
 * :func:`review_region`: the voxels worth scoring (near the structure or the prediction), since
   calibration over a whole volume is dominated by far-away background that every model gets right.
@@ -12,13 +13,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-if TYPE_CHECKING:
-    from ..segmenter import Segmenter
+from ..pipeline.support import SupportVolumes
+from ..predictor import HasPredictor, Predictor, as_predictor, support_volumes
 
 #: Temperatures searched by :func:`fit_temperature` (log-spaced, 0.25 … 8).
 TEMPERATURES = np.geomspace(0.25, 8.0, 41)
@@ -76,12 +77,9 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return (np.bincount(inverse, ranks) / np.bincount(inverse))[inverse]
 
 
-def support_folds(seg: "Segmenter") -> list[tuple[list[int], Optional[list], int, list[int]]]:
-    """Held-out folds of a fitted segmenter's support: ``(train volumes, train slices or None,
-    held-out volume, held-out axial slices)``."""
-    support = seg.support
-    if support is None:
-        raise RuntimeError("call fit() first")
+def support_folds(support: SupportVolumes) -> list[tuple[list[int], Optional[list], int, list[int]]]:
+    """Held-out folds of a fitted support: ``(train volumes, train slices or None, held-out volume,
+    held-out axial slices)``."""
     n = len(support.labels)
     if n > 1:
         return [([j for j in range(n) if j != i], None if support.slices is None else
@@ -96,23 +94,29 @@ def support_folds(seg: "Segmenter") -> list[tuple[list[int], Optional[list], int
     return [([0], [halves[1 - h]], 0, halves[h]) for h in (0, 1)]
 
 
-def fit_temperature(seg: "Segmenter", temperatures: Sequence[float] = TEMPERATURES) -> float:
-    """The temperature that best explains the support's held-out labels (module docstring); the
-    segmenter itself is left exactly as fitted."""
+def fit_temperature(model: "Predictor | HasPredictor", temperatures: Sequence[float] = TEMPERATURES) -> float:
+    """The temperature that best explains the support's held-out labels (module docstring).
+
+    Args:
+        model: a fitted :class:`~fewshotcx.Segmenter` (left exactly as fitted) or its
+            :class:`~fewshotcx.predictor.Predictor`.
+    """
+    predictor = as_predictor(model)
+    support = predictor.conditioned.support
     probs, labels = [], []
-    for train, slices, held, held_slices in support_folds(seg):
-        clone = seg.copy_with(axes=[2] if slices is not None and any(s is not None for s in slices) else seg.axes,
-                              own_backend=True)
-        support = seg.support
+    for train, slices, held, held_slices in support_folds(support):
+        axes = [2] if slices is not None and any(s is not None for s in slices) else predictor.axes
         try:
-            clone.fit([support.images[j] for j in train], [support.labels[j] for j in train], slices=slices)
+            fold = predictor.refit(support_volumes([support.images[j] for j in train],
+                                                   [support.labels[j] for j in train], slices, predictor.modality,
+                                                   predictor.window, predictor.seed, axes), axes)
         except Exception as exc:  # a fold without foreground cannot be fitted: skip it
             if "empty" not in str(exc):
                 raise
             continue
-        _, _, p = clone.canonical_probabilities(support.images[held])
+        p = fold.probabilities(fold.query(support.images[held]))
         reference = support.labels[held].array
-        for i, value in enumerate(seg.classes):
+        for i, value in enumerate(predictor.classes):
             y, q = reference[..., held_slices] == value, p[i][..., held_slices]
             region = review_region(y, q)
             probs.append(q[region])

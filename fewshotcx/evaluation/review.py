@@ -18,15 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..io.volume import Volume
+from ..predictor import HasPredictor, Predictor, VolumeLike, as_predictor
 from .uncertainty import Measure, canonical_samples, uncertainty_map
-
-if TYPE_CHECKING:
-    from ..segmenter import Segmenter, VolumeLike
 
 #: Voxel mass (Σ p + Σ m) below which a structure counts as absent on a slice (expected Dice 1).
 _ABSENT_MASS = 0.5
@@ -95,16 +93,23 @@ class Review:
         return out
 
 
-def review(seg: "Segmenter", query: "VolumeLike", k: int = 8, flag_below: float = 0.7,
+def review(model: "Predictor | HasPredictor", query: VolumeLike, k: int = 8, flag_below: float = 0.7,
            measure: Measure = "entropy", fraction: float = 0.5) -> Review:
-    """Run ``k`` independent draws of a fitted segmenter on ``query`` and score every slice."""
+    """Run ``k`` independent draws of a fitted model on ``query`` and score every slice.
+
+    Args:
+        model: a fitted :class:`~fewshotcx.Segmenter` (its :attr:`~fewshotcx.Segmenter.predictor` is
+            read once) or a :class:`~fewshotcx.predictor.Predictor`.
+    """
     if not 0.0 < flag_below <= 1.0:
         raise ValueError(f"flag_below must be in (0, 1], got {flag_below}")
-    _, canonical, samples = canonical_samples(seg, query, k, fraction)
+    predictor = as_predictor(model)
+    prepared = predictor.query(query)
+    samples = canonical_samples(predictor, prepared, k, fraction)
     probs = np.mean(samples, axis=0)
-    labels = seg.labels_from(probs)
-    return Review(canonical, probs, labels, uncertainty_map(samples, measure),
-                  slice_scores(probs, labels, seg.classes), tuple(seg.classes), float(flag_below))
+    labels = predictor.labels(probs)
+    return Review(prepared.canonical, probs, labels, uncertainty_map(samples, measure),
+                  slice_scores(probs, labels, predictor.classes), tuple(predictor.classes), float(flag_below))
 
 
 def save_figure(rev: Review, path, rows: int = 3, modality: str = "auto", overwrite: bool = False) -> Path:

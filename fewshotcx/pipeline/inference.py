@@ -7,15 +7,23 @@ the slabs are reassembled onto the canonical grid.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import Any, Protocol, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from .slicing import Framing, extract_slabs, iter_chunks, reassemble
+from .slicing import Framing, SliceGeometry, extract_slabs, iter_chunks, reassemble
 
-if TYPE_CHECKING:
-    from ..backends.base import Backend
+
+class SlabModel(Protocol):
+    """What :func:`slab_probabilities` needs of a slab backend (:class:`fewshotcx.backends.base.Backend`,
+    one layer up, satisfies it): its framing attributes (:meth:`Framing.of`) and these two methods,
+    called with the backend's fitted value, which this layer passes through without reading."""
+
+    def bytes_per_slab(self, fitted: Any = None) -> int: ...
+
+    def predict_slices(self, fitted: Any, slabs: torch.Tensor, geometry: SliceGeometry,
+                       generator: torch.Generator) -> torch.Tensor: ...
 
 #: Working-memory budget for one chunk of query slabs through the model. On CPU, small chunks are
 #: faster (cache locality): about one v1 slab at 128² per call measured 1.6x faster than 1 GiB chunks
@@ -39,7 +47,8 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
 
 
 def slab_probabilities(
-    backend: "Backend",
+    backend: SlabModel,
+    fitted: Any,
     normalised: torch.Tensor,
     spacing: Sequence[float],
     axes: Sequence[int],
@@ -47,9 +56,12 @@ def slab_probabilities(
     memory_budget: int,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Run a slab backend over a whole canonical volume and reassemble, averaging the plane axes.
+    """Run a slab backend with a fitted value over a whole canonical volume and reassemble, averaging
+    the plane axes.
 
     Args:
+        fitted: the backend's fitted value for this query (``backend.for_query(...)`` for a query-aware
+            backend).
         normalised: ``(X, Y, Z)`` float32 in ``[0, 1]`` on the backend's device.
         spacing: voxel size in mm (sets the in-plane aspect of the slabs).
         axes: plane axes (2 = axial).
@@ -62,12 +74,12 @@ def slab_probabilities(
     for axis in axes:
         geometry = framing.geometry(tuple(normalised.shape), spacing, axis, device=normalised.device,
                                     centre=framing.centre(normalised, axis))
-        chunks = list(iter_chunks(geometry, backend.bytes_per_slab(), memory_budget))
+        chunks = list(iter_chunks(geometry, backend.bytes_per_slab(fitted), memory_budget))
         outputs = []
         for start, stop in tqdm(chunks, desc=f"slices (axis {axis})", disable=not progress or len(chunks) < 2,
                                 leave=False):
             part = geometry.subset(start, stop)
-            outputs.append(backend.predict_slices(extract_slabs(normalised, part), part, generator))
+            outputs.append(backend.predict_slices(fitted, extract_slabs(normalised, part), part, generator))
         probs = reassemble(torch.cat(outputs), geometry)  # (L, X, Y, Z)
         total = probs if total is None else total + probs
     return (total / len(axes)).clamp_(0, 1)

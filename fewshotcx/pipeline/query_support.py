@@ -10,7 +10,7 @@
   that fails); retrieval on the original pools when none passes.
 
 The result, :class:`QuerySupport`, is what a backend uses instead of its fitted pools while it
-predicts that one query (:meth:`fewshotcx.backends.universeg.UniverSegBackend.query_context`).
+predicts that one query (:meth:`fewshotcx.backends.universeg.UniverSegBackend.for_query`).
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
-@dataclass
+@dataclass(frozen=True)
 class SupportPool:
-    """Labelled slabs along one axis.
+    """Labelled slabs along one axis (a value: never changed in place once built).
 
     Attributes:
         images: ``(M, 2k+1, s, s)`` float32, volume-normalised intensities.

@@ -25,7 +25,7 @@ class RegistrationCache(OrderedDict):
     ``(index, query fingerprint, seed, mode)``, least recently used first, holding at most ``max_bytes``
     of arrays (the newest entry is always kept, even if larger).
 
-    Safe to share between threads: predictions run concurrently under a shared read lock.
+    Safe to share between threads (its own lock): every prediction with one fitted value shares its memo.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:

@@ -226,14 +226,14 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
 
     @router.get("/{session_id}/suggest")
     def suggest(session_id: str, n: int = 1) -> dict:
-        with store.use(session_id, model=True) as entry:
+        with store.use(session_id) as entry:
             return {"slices": entry.session.suggest(n)}
 
     @router.get("/{session_id}/result")
     def result(session_id: str, format: str = "nifti") -> Response:
         if format not in ("nifti", "canonical", "rtstruct"):
             raise HTTPError(400, f"format must be nifti, canonical or rtstruct, got {format!r}")
-        with store.use(session_id, model=True) as entry:
+        with store.use(session_id) as entry:
             if format == "rtstruct" and entry.dicom_dir is None:
                 raise HTTPError(400, "RTSTRUCT export needs a DICOM image; this session's image is not DICOM")
             volume = entry.session.result()
@@ -241,7 +241,7 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
 
     @router.get("/{session_id}/slices/{z}/png")
     def slice_preview(session_id: str, z: int, result: bool = False) -> Response:
-        with store.use(session_id, model=result) as entry:
+        with store.use(session_id) as entry:
             s = entry.session
             if not 0 <= z < s.depth:
                 raise ValueError(f"slice index must be in [0, {s.depth - 1}], got {z}")

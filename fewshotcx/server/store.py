@@ -1,9 +1,10 @@
 """Server-side sessions: one image + its :class:`~fewshotcx.session.ContourSession` each, sharing one
 segmenter (one model in memory), with a session count limit and idle expiry.
 
-Locks: every operation on a session holds that session's lock; anything that runs the model (result,
-suggest) also holds the store's model lock, always taken second, so sessions never run the shared
-model at the same time and never deadlock.
+Locks: every operation on a session holds that session's lock, and nothing else: sessions share the
+segmenter's backend (model and settings) but no mutable state (each conditions its own immutable
+:class:`~fewshotcx.backends.base.Fitted` values on its drawn slices), so several sessions run the model
+at once.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ class SessionStore:
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_image_bytes = int(max_image_bytes)
         self.clock = clock
-        self.model_lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self._opening = 0  # sessions being loaded: they hold a place under max_sessions
         self._lock = threading.Lock()
@@ -212,8 +212,8 @@ class SessionStore:
 
     # ------------------------------------------------------------------ use
     @contextmanager
-    def use(self, session_id: str, model: bool = False) -> Iterator[Entry]:
-        """Hold session ``session_id`` (and the model lock if ``model``) for one operation.
+    def use(self, session_id: str) -> Iterator[Entry]:
+        """Hold session ``session_id`` for one operation.
 
         Raises:
             UnknownSession: no such session (or it expired).
@@ -227,11 +227,7 @@ class SessionStore:
             if session_id not in self._entries:  # closed while we waited
                 raise UnknownSession(session_id)
             entry.last_used = self.clock()
-            if model:
-                with self.model_lock:
-                    yield entry
-            else:
-                yield entry
+            yield entry
             entry.last_used = self.clock()
 
 
