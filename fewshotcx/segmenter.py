@@ -17,6 +17,7 @@ import torch
 
 from .backends import Backend, create_backend
 from .backends.base import Fitted
+from .compat import renamed_keywords
 from .evaluation import uncertainty
 from .io.grid import AxialSlices, canonical_axial_slices
 from .io.volume import PathLike, Volume, VolumeError, load_volume, reorient_array
@@ -278,27 +279,29 @@ class Segmenter:
         return self.pools
 
     # ------------------------------------------------------------------ uncertainty (fewshotcx.evaluation.uncertainty)
-    def predict_uncertainty(self, query: VolumeLike, k: int = 8, measure: str = "entropy",
+    @renamed_keywords(k="draws")
+    def predict_uncertainty(self, query: VolumeLike, draws: int = 8, measure: str = "entropy",
                             fraction: float = 0.5) -> Volume:
         """Per-voxel uncertainty on the query's grid: float32 ≥ 0 (``"entropy"``: bits in ``[0, 1]``).
 
-        From ``k`` independent draws (each on a random ``fraction`` of the support, with its own seed:
+        From ``draws`` independent draws (``k=`` before 0.4.0, deprecated; the CLI's ``--draws``) (each on a random ``fraction`` of the support, with its own seed:
         :meth:`Predictor.draw <fewshotcx.predictor.Predictor.draw>`) × the plane axes; 0 where every
-        draw says exactly the same 0/1. See :mod:`fewshotcx.evaluation.uncertainty`. Costs ``k``
+        draw says exactly the same 0/1. See :mod:`fewshotcx.evaluation.uncertainty`. Costs ``draws``
         predictions; the support is registered onto the query once for all of them.
         """
         predictor = self.predictor
         prepared = predictor.query(query)
-        samples = uncertainty.canonical_samples(predictor, prepared, k, fraction)
+        samples = uncertainty.canonical_samples(predictor, prepared, draws, fraction)
         return _on_query(prepared, uncertainty.uncertainty_map(samples, measure), label=False)
 
-    def predict_samples(self, query: VolumeLike, k: int = 8, fraction: float = 0.5) -> list[Volume]:
-        """``k`` plausible label maps on the query's grid, one per independent support draw (planes
-        averaged within a draw)."""
+    @renamed_keywords(k="draws")
+    def predict_samples(self, query: VolumeLike, draws: int = 8, fraction: float = 0.5) -> list[Volume]:
+        """``draws`` plausible label maps on the query's grid, one per independent support draw (planes
+        averaged within a draw; ``k=`` before 0.4.0, deprecated)."""
         predictor = self.predictor
         prepared = predictor.query(query)
         return [_on_query(prepared, labels, label=True)
-                for labels in uncertainty.sample_labels(predictor, prepared, k, fraction)]
+                for labels in uncertainty.sample_labels(predictor, prepared, draws, fraction)]
 
 
 def _name(image: VolumeLike) -> str:
