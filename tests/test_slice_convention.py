@@ -95,3 +95,24 @@ def test_bad_indices_and_planes_are_one_line_errors(tmp_path, k, plane, match):
     with pytest.raises(ValueError, match=match) as info:
         session.draw(k, plane)
     assert "\n" not in str(info.value)
+
+
+def test_a_version_1_session_file_with_canonical_indices_is_converted(tmp_path):
+    """Session files before 0.4.0 (version 1) stored canonical indices and planes: loading one gives
+    the same drawing, now counted in the stored image's own order; version 2 round-trips."""
+    import json
+
+    path = write_image(tmp_path, "ct.nii.gz", "PLI")
+    own = load_volume(path, canonical=False)
+    order = AxialSlices.of(own.affine, own.shape)
+    planes, _ = file_drawing(path, tmp_path)
+    meta = {"format": "fewshotcx-contour-session", "version": 1, "labels": [1], "neighbours": 1,
+            "modality": "mr", "slices": [order.to_canonical(k) for k in DRAWN]}
+    old = tmp_path / "old.npz"
+    np.savez_compressed(old, meta=np.array(json.dumps(meta)), image=own.array, affine=own.affine,
+                        masks=np.stack([order.plane_to_canonical(planes[k]) for k in DRAWN]))
+    loaded = ContourSession.load(old, segmenter=tiny_segmenter())
+    assert loaded.drawn == list(DRAWN) and loaded.declared == (1,)
+    assert all(np.array_equal(loaded.drawn_mask(k), planes[k]) for k in DRAWN)
+    again = ContourSession.load(loaded.save(tmp_path / "new.npz"), image=path, segmenter=tiny_segmenter())
+    assert again.drawn == list(DRAWN) and all(np.array_equal(again.drawn_mask(k), planes[k]) for k in DRAWN)
