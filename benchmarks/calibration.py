@@ -62,7 +62,7 @@ def run_task(name: str, seg, query, reference: np.ndarray, labelled: Sequence[in
            "ece_volume_before": round(expected_calibration_error(prob[everything], reference[everything]), 5),
            "ece_volume_after": round(expected_calibration_error(scaled[everything], reference[everything]), 5),
            "region_voxels": int(region.sum())}
-    rev = fx_review.review(seg, query, k=draws)
+    rev = fx_review.review(seg, query, draws=draws)
     dice = per_slice_dice(rev.labels > 0, reference, axis=2)
     shows = (reference.any(axis=(0, 1)) | rev.labels.any(axis=(0, 1))) & keep
     calibrated = fx_review.slice_scores(apply_temperature(rev.probability, temperature), rev.labels, rev.classes)

@@ -3,9 +3,9 @@
     python examples/few_slices.py --image ct.nii.gz --labels partial.nii.gz --slices 12,20,28 \
         --out-dir OUT [--reference full.nii.gz] [--weights default|official|PATH]
 
-``--slices`` are axial indices of the *canonical* array (the third axis of
-``fx.load_volume(path).array``, increasing towards superior); only those slices of ``--labels`` are
-read. Draw the structure's first and last slices (both methods need the extent) and a few between.
+``--slices`` are the file's own slice indices (``array[:, :, k]`` as nibabel and SimpleITK index the
+file; docs/geometry.md, "Slice indices"), like ``fewshotcx complete --slices``; only those slices of
+``--labels`` are read. Draw the structure's first and last slices (both methods need the extent) and a few between.
 Writes ``OUT/model.nii.gz`` (``Segmenter.complete``: drawn slices kept as drawn, drawn extent) and
 ``OUT/interpolation.nii.gz`` (signed-distance interpolation between the same slices), both in the
 image file's orientation, and prints their Dice/HD95 against ``--reference`` when given.
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", help="the volume to contour")
     parser.add_argument("--labels", help="label map on the image's grid, drawn on --slices")
-    parser.add_argument("--slices", help="comma-separated canonical axial indices, e.g. 12,20,28")
+    parser.add_argument("--slices", help="comma-separated slice indices of the file, e.g. 12,20,28")
     parser.add_argument("--reference", help="complete reference label map, for scores")
     parser.add_argument("--out-dir", default="few-slices-output")
     parser.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.image and args.labels and args.slices):
         parser.error("give --image, --labels and --slices, or --synthetic")
     slices = [int(s) for s in args.slices.split(",")]
-    reference = fx.load_volume(args.reference, label=True) if args.reference else None
-    contour_from_slices(fx.load_volume(args.image), fx.load_volume(args.labels, label=True), slices,
+    own = dict(canonical=False)  # the files' own layout: --slices count along their third axis
+    reference = fx.load_volume(args.reference, label=True, **own) if args.reference else None
+    contour_from_slices(fx.load_volume(args.image, **own), fx.load_volume(args.labels, label=True, **own), slices,
                         Path(args.out_dir), reference, args.weights, args.device)
 
 

@@ -2,8 +2,9 @@
 
 It has the session's methods (``draw``, ``erase``, ``undo``, ``drawn``, ``drawn_mask``, ``suggest``,
 ``result``, plus ``close``) and needs neither torch nor the model on this machine: only numpy,
-nibabel and the standard library's HTTP client. Slice indices are axial indices of the canonical
-(closest-RAS) array, as for ``ContourSession``. Every server error comes back as one
+nibabel and the standard library's HTTP client. Slice indices and masks are the image's own,
+``array[:, :, k]`` of the file uploaded (of a :class:`Volume`, its array as given), as for
+``ContourSession`` (docs/geometry.md, "Slice indices"; changed in 0.4.0). Every server error comes back as one
 :class:`RemoteError` whose message is the server's one-line answer. Redirects are never followed
 (the API key would go wherever they point): a redirect is a :class:`RemoteError` naming its target.
 
@@ -27,9 +28,10 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from .compat import renamed_keywords, warn_renamed
 from .io.atomic import atomic_output
-from .io.volume import PathLike, Volume, label_dtype, load_volume, reorient_array, save_volume
-from .server.wire import decode_mask, encode_mask, zip_directory
+from .io.volume import PathLike, Volume, label_dtype, load_volume, reorient_array
+from .server.wire import decode_mask, encode_mask, nifti_bytes, zip_directory
 
 __all__ = ["RemoteError", "RemoteSession"]
 
@@ -59,9 +61,11 @@ class RemoteSession:
     Args:
         url: the server, e.g. ``"http://127.0.0.1:8000"``.
         image: the volume to contour, uploaded: a NIfTI/NRRD path, a DICOM series folder (zipped on
-            the way) or a :class:`Volume`. ``None`` with ``server_path``.
+            the way) or a :class:`Volume` (sent in its own layout, so its own slice indices hold).
+            ``None`` with ``server_path``.
         api_key: the server's key (sent as ``Authorization: Bearer``), if it has one.
-        labels: the label values that may be drawn (as for ``ContourSession``).
+        classes: the label values that may be drawn (as for ``ContourSession``; ``labels=`` before
+            0.4.0, deprecated).
         server_path: open this file or DICOM folder under the server's ``--data-root`` instead of
             uploading.
         timeout: seconds per request.
@@ -69,15 +73,16 @@ class RemoteSession:
         RemoteError: the server refused the image or the key, or cannot be reached.
     """
 
+    @renamed_keywords(labels="classes")
     def __init__(self, url: str, image: Union[Volume, PathLike, None] = None, api_key: Optional[str] = None,
-                 labels: Optional[Sequence[int]] = None, *, server_path: Optional[str] = None,
+                 classes: Optional[Sequence[int]] = None, *, server_path: Optional[str] = None,
                  timeout: float = 600.0, _session_id: Optional[str] = None) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
         self.original: Optional[Volume] = None
         self._local: Optional[Path] = None  # an uploaded file, read for its layout when first needed
-        query = {} if labels is None else {"labels": ",".join(str(int(v)) for v in labels)}
+        query = {} if classes is None else {"classes": ",".join(str(int(v)) for v in classes)}
         if _session_id is not None:
             info = self._json("GET", f"/sessions/{urllib.parse.quote(_session_id)}")
         elif server_path is not None:
@@ -97,15 +102,13 @@ class RemoteSession:
         gives :meth:`result` that image's layout."""
         session = cls(url, api_key=api_key, _session_id=session_id)
         if image is not None:
-            session.original = image if isinstance(image, Volume) else load_volume(image)
+            session.original = image if isinstance(image, Volume) else load_volume(image, canonical=False)
         return session
 
     def _upload(self, image: Union[Volume, PathLike]) -> tuple[str, bytes]:
         if isinstance(image, Volume):
             self.original = image
-            with tempfile.TemporaryDirectory() as tmp:
-                path = save_volume(image.to_source() if image.source else image, Path(tmp) / "image.nii.gz")
-                return "image.nii.gz", path.read_bytes()
+            return "image.nii.gz", nifti_bytes(image.array, image.affine)
         path = Path(image)
         if not path.exists():
             raise FileNotFoundError(f"no such file or directory: {path}")
@@ -144,7 +147,7 @@ class RemoteSession:
     # ------------------------------------------------------------------ ContourSession methods
     @property
     def shape(self) -> tuple[int, int, int]:
-        """Canonical ``(X, Y, Z)`` shape of the image."""
+        """The image's own ``(X, Y, Z)`` shape (a slice is ``(X, Y)``)."""
         return tuple(self._info["shape"])  # type: ignore[return-value]
 
     @property
@@ -152,20 +155,28 @@ class RemoteSession:
         return self.shape[2]
 
     @property
+    def declared(self) -> Optional[tuple[int, ...]]:
+        """The label values that may be drawn (``classes=``, or those of the first non-empty draw)."""
+        return None if self._info["classes"] is None else tuple(self._info["classes"])
+
+    @property
     def labels(self) -> Optional[tuple[int, ...]]:
-        return None if self._info["labels"] is None else tuple(self._info["labels"])
+        """Deprecated name of :attr:`declared`."""
+        warn_renamed("RemoteSession.labels", "RemoteSession.declared")
+        return self.declared
 
     @property
     def drawn(self) -> list[int]:
-        """Drawn axial slices (canonical indices), ascending."""
+        """Drawn slices (the image's own indices), ascending."""
         self._info = self._json("GET", self._route())
         return list(self._info["drawn"])
 
     def draw(self, z: int, mask) -> None:
-        """Record slice ``z`` as drawn: ``mask`` is ``(X, Y)`` label values in ``[0, 255]``."""
+        """Record slice ``z`` (the image's own index) as drawn: ``mask`` is its own ``(X, Y)`` plane
+        ``array[:, :, z]`` of label values in ``[0, 255]``."""
         array = np.asarray(mask)
         if array.shape != self.shape[:2]:
-            raise ValueError(f"mask for slice {z} has shape {array.shape}; the canonical axial slice is {self.shape[:2]}")
+            raise ValueError(f"mask for slice {z} has shape {array.shape}; a slice of this image is {self.shape[:2]}")
         self._info = self._json("PUT", self._route(f"/slices/{int(z)}"), body=encode_mask(array))
 
     def erase(self, z: int) -> None:
@@ -177,11 +188,11 @@ class RemoteSession:
         self._info = self._json("POST", self._route("/undo"))
 
     def drawn_mask(self, z: int) -> np.ndarray:
-        """The drawn ``(X, Y)`` slice ``z`` (int64)."""
+        """The drawn slice ``z``: the image's own ``(X, Y)`` plane (int64)."""
         return decode_mask(self._request("GET", self._route(f"/slices/{int(z)}")), self.shape[:2])
 
     def suggest(self, n: int = 1) -> list[int]:
-        """Up to ``n`` undrawn slices, best first, where drawing by hand would fix the most."""
+        """Up to ``n`` undrawn slices (own indices), best first, where drawing by hand would fix the most."""
         return [int(z) for z in self._json("GET", self._route("/suggest"), params={"n": int(n)})["slices"]]
 
     def result(self) -> Volume:
@@ -195,7 +206,7 @@ class RemoteSession:
             result.array = np.asarray(result.array)  # detach from the file before it goes
         array = result.array.astype(label_dtype(int(result.array.max(initial=0))))
         if self.original is None and self._local is not None:
-            self.original = load_volume(self._local)
+            self.original = load_volume(self._local, canonical=False)
         if self.original is None:
             return result.with_array(array, label=True)
         return self.original.with_array(reorient_array(array, result.affine, self.original.affine), label=True)

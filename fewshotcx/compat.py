@@ -16,13 +16,15 @@ def renamed_keywords(**renames: str) -> Callable[[F], F]:
         TypeError: the old and the new name are both given.
     """
     def decorate(func: F) -> F:
+        name = func.__qualname__.removesuffix(".__init__")  # a class is named for its constructor
+
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             for old, new in renames.items():
                 if old in kwargs:
                     if new in kwargs:
-                        raise TypeError(f"{func.__name__}() got both {old}= and {new}= (use {new}=)")
-                    warn_renamed(f"{func.__name__}({old}=)", f"{new}=")
+                        raise TypeError(f"{name}() got both {old}= and {new}= (use {new}=)")
+                    warn_renamed(f"{name}({old}=)", f"{new}=")
                     kwargs[new] = kwargs.pop(old)
             return func(*args, **kwargs)
         return wrapper  # type: ignore[return-value]
@@ -33,3 +35,15 @@ def warn_renamed(old: str, new: str, stacklevel: int = 3) -> None:
     """Warn that ``old`` is deprecated in favour of ``new`` (removed in the next minor release)."""
     warnings.warn(f"{old} is deprecated and will be removed in the next release; use {new}",
                   DeprecationWarning, stacklevel=stacklevel)
+
+
+class CallableTuple(tuple):
+    """What a property returns where a method was before: a tuple that may still be called (returning
+    itself as a plain tuple) for one release, with a DeprecationWarning naming :attr:`old`."""
+
+    #: The property's qualified name, e.g. ``"ContourSession.classes"``.
+    old = "this property"
+
+    def __call__(self) -> tuple:
+        warn_renamed(f"{self.old}()", f"the property {self.old} (no call)")
+        return tuple(self)

@@ -17,8 +17,9 @@ import torch
 
 from .backends import Backend, create_backend
 from .backends.base import Fitted
+from .compat import renamed_keywords
 from .evaluation import uncertainty
-from .io.grid import canonical_axial_slices
+from .io.grid import AxialSlices, canonical_axial_slices
 from .io.volume import PathLike, Volume, VolumeError, load_volume, reorient_array
 from .pipeline.inference import default_memory_budget, resolve_device
 from .pipeline.intensity import Modality
@@ -124,9 +125,11 @@ class Segmenter:
         Args:
             images: support images (paths or :class:`Volume`).
             labels: label maps on the same grids (0 = background; several values = several structures).
-            slices: per volume, the axial indices (of the canonical array) that are labelled; ``None``
-                = every slice is labelled (empty slices are then true negatives). Only supported with a
-                single plane axis, since other planes would cross unlabelled slices.
+            slices: per volume, the slices that are labelled, ``array[:, :, k]`` of that image *as
+                given* (a file's own order, a :class:`Volume`'s own array: docs/geometry.md, "Slice
+                indices"; changed in 0.4.0, canonical indices before); ``None`` = every slice is
+                labelled (empty slices are then true negatives). Only supported with a single plane
+                axis, since other planes would cross unlabelled slices.
         Returns:
             ``self``.
         """
@@ -134,7 +137,13 @@ class Segmenter:
             raise VolumeError("images and labels must be lists (one entry per support volume)")
         if len(images) != len(labels) or not images:
             raise VolumeError(f"got {len(images)} support images but {len(labels)} labels")
-        support = support_volumes([load_volume(v) for v in images], [load_volume(v, label=True) for v in labels],
+        own = [load_volume(v, canonical=False) for v in images]
+        if slices is not None and len(slices) != len(images):
+            raise VolumeError("slices must give one entry (or None) per support volume")
+        if slices is not None:
+            slices = [None if ks is None else [AxialSlices.of(v.affine, v.shape, _name(path)).to_canonical(k) for k in ks]
+                      for v, ks, path in zip(own, slices, images)]
+        support = support_volumes([v.canonical() for v in own], [load_volume(v, label=True) for v in labels],
                                   slices, self.modality, self.window, self.seed, self.axes)
         self.fitted = condition(self.backend, support, self.axes, self._generator(), self.device)
         return self
@@ -209,11 +218,11 @@ class Segmenter:
         Args:
             image: the volume being contoured (a path is read in the file's own layout).
             drawn: label map on ``image``'s grid; only ``slices`` are read.
-            slices: drawn slices (empty ones are negatives), counted along the third array axis of
-                ``image`` *as given*: for a file, its own stored slice order (what a viewer shows;
-                the same numbers as ``fewshotcx complete --slices``), for a :class:`Volume`, its
-                ``array[:, :, k]``. That axis must run superior–inferior
-                (:func:`~fewshotcx.io.grid.canonical_axial_slices`).
+            slices: drawn slices (empty ones are negatives), ``array[:, :, k]`` of ``image`` *as
+                given*: for a file, its own stored slice order (the same numbers as ``fewshotcx
+                complete --slices`` and :class:`~fewshotcx.session.ContourSession`), for a
+                :class:`Volume`, its own array. That axis must run superior–inferior
+                (docs/geometry.md, "Slice indices").
         Returns:
             label map on ``image``'s grid.
         """
@@ -221,8 +230,7 @@ class Segmenter:
         canonical, labels = original.canonical(), load_volume(drawn, label=True)
         if not canonical.same_grid(labels, atol=1e-3 * max(1.0, max(canonical.spacing))):
             raise VolumeError(f"drawn: the drawn mask {labels.shape} is not on the image's grid {canonical.shape}")
-        what = "the image" if isinstance(image, Volume) else str(image)
-        drawn_slices = sorted(set(canonical_axial_slices(original.affine, original.shape, slices, what)))
+        drawn_slices = sorted(set(canonical_axial_slices(original.affine, original.shape, slices, _name(image))))
         support = support_volumes([canonical], [labels], [drawn_slices], self.modality, self.window, self.seed,
                                   self.axes)
         predictor = self.predictor.refit(support, own_scan=True)
@@ -271,27 +279,34 @@ class Segmenter:
         return self.pools
 
     # ------------------------------------------------------------------ uncertainty (fewshotcx.evaluation.uncertainty)
-    def predict_uncertainty(self, query: VolumeLike, k: int = 8, measure: str = "entropy",
+    @renamed_keywords(k="draws")
+    def predict_uncertainty(self, query: VolumeLike, draws: int = 8, measure: str = "entropy",
                             fraction: float = 0.5) -> Volume:
         """Per-voxel uncertainty on the query's grid: float32 ≥ 0 (``"entropy"``: bits in ``[0, 1]``).
 
-        From ``k`` independent draws (each on a random ``fraction`` of the support, with its own seed:
+        From ``draws`` independent draws (``k=`` before 0.4.0, deprecated; the CLI's ``--draws``) (each on a random ``fraction`` of the support, with its own seed:
         :meth:`Predictor.draw <fewshotcx.predictor.Predictor.draw>`) × the plane axes; 0 where every
-        draw says exactly the same 0/1. See :mod:`fewshotcx.evaluation.uncertainty`. Costs ``k``
+        draw says exactly the same 0/1. See :mod:`fewshotcx.evaluation.uncertainty`. Costs ``draws``
         predictions; the support is registered onto the query once for all of them.
         """
         predictor = self.predictor
         prepared = predictor.query(query)
-        samples = uncertainty.canonical_samples(predictor, prepared, k, fraction)
+        samples = uncertainty.canonical_samples(predictor, prepared, draws, fraction)
         return _on_query(prepared, uncertainty.uncertainty_map(samples, measure), label=False)
 
-    def predict_samples(self, query: VolumeLike, k: int = 8, fraction: float = 0.5) -> list[Volume]:
-        """``k`` plausible label maps on the query's grid, one per independent support draw (planes
-        averaged within a draw)."""
+    @renamed_keywords(k="draws")
+    def predict_samples(self, query: VolumeLike, draws: int = 8, fraction: float = 0.5) -> list[Volume]:
+        """``draws`` plausible label maps on the query's grid, one per independent support draw (planes
+        averaged within a draw; ``k=`` before 0.4.0, deprecated)."""
         predictor = self.predictor
         prepared = predictor.query(query)
         return [_on_query(prepared, labels, label=True)
-                for labels in uncertainty.sample_labels(predictor, prepared, k, fraction)]
+                for labels in uncertainty.sample_labels(predictor, prepared, draws, fraction)]
+
+
+def _name(image: VolumeLike) -> str:
+    """How messages name an image: its path, or "the image" for a :class:`Volume`."""
+    return "the image" if isinstance(image, Volume) else str(image)
 
 
 def _on_query(query: Query, array: np.ndarray, label: bool) -> Volume:

@@ -1,7 +1,6 @@
 """Interactive contouring: draw a few axial slices, let the model finish, ask where to draw next.
 
-``ContourSession`` keeps the slices a user has drawn on one image (axial slices of the canonical,
-closest-RAS array) and completes the structure with :meth:`fewshotcx.Segmenter.complete` semantics
+``ContourSession`` keeps the slices a user has drawn on one image and completes the structure with :meth:`fewshotcx.Segmenter.complete` semantics
 and through the same path (the drawn slices are the support of a :class:`~fewshotcx.backends.base.Fitted`
 value, ``own_scan``, and the backend predicts slabs with it; nothing is shared or mutated between sessions):
 drawn slices are kept exactly, each structure is restricted to its drawn extent, ``postprocess``
@@ -13,7 +12,13 @@ normalised image, the query slabs, the drawn slices' label slabs, every per-slic
 support did not change) is cached, so a further ``draw`` + ``result()`` costs a fraction of the
 first (``benchmarks/active_contouring.py`` measures the ratio).
 
-Label values: pass ``labels=(1, 2, …)`` to declare the structures; otherwise the values of the first
+Slice indices (changed in 0.4.0: they were canonical before) are the image's own: slice ``k`` is
+``array[:, :, k]`` of the file as nibabel and SimpleITK index it (of a :class:`Volume`, its array as
+given), the same numbers as :meth:`Segmenter.complete <fewshotcx.Segmenter.complete>` and ``fewshotcx
+complete --slices``; the image's third axis must run superior–inferior (docs/geometry.md, "Slice
+indices"). Inside, the session works on the canonical array (:class:`~fewshotcx.io.grid.AxialSlices`).
+
+Label values: pass ``classes=(1, 2, …)`` to declare the structures; otherwise the values of the first
 draw that shows any structure are the session's values. A draw with any other value is refused.
 
 :meth:`suggest` ranks the slices where drawing would fix the most: for each undrawn slice inside the
@@ -26,17 +31,16 @@ which it shortens their distance to the nearest drawn slice.
 
 from __future__ import annotations
 
-import json
-import zlib
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .io.atomic import atomic_output
+from .compat import CallableTuple, renamed_keywords, warn_renamed
+from .io.grid import AxialSlices
+from .io.session_file import read_session_file, write_session_file
+from .io.undo import HISTORY_BYTES, HISTORY_STEPS, UndoHistory
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
 from .pipeline.intensity import decide_modality, normalize
 from .pipeline.postprocess import keep_drawn, postprocess
@@ -44,52 +48,49 @@ from .pipeline.slicing import Framing, extract_slabs, from_model_square, relativ
 from .pipeline.support import SupportPool
 from .segmenter import Segmenter
 
-_FORMAT = "fewshotcx-contour-session"
-_VERSION = 1
 Key = tuple  # (support: ((z, version), ...), classes, leave_out)
 
-#: Default bounds of a session's undo history (:attr:`ContourSession.history_limit`, ``history_bytes``).
-HISTORY_STEPS, HISTORY_BYTES = 100, 16 << 20
+class Classes(CallableTuple):
+    """:attr:`ContourSession.classes` (a method before 0.4.0)."""
 
-
-@dataclass(frozen=True)
-class _Step:
-    """One undo step: slice ``z`` as it was before a draw or erase (``packed`` is ``None`` when it was
-    not drawn, else its mask's zlib-compressed bytes in ``dtype``, x fastest) and the label values then."""
-
-    z: int
-    packed: Optional[bytes]
-    dtype: np.dtype
-    version: int
-    labels: Optional[tuple[int, ...]]
+    old = "ContourSession.classes"
 
 
 class ContourSession:
     """Draw → result → suggest → draw …, with undo, on one image.
 
     Args:
-        image: the volume being contoured (path or :class:`Volume`).
+        image: the volume being contoured (path or :class:`Volume`), its third array axis
+            superior–inferior: slice ``k`` is its own ``array[:, :, k]`` (module docstring).
         segmenter: an (unfitted is fine) slab-backend :class:`Segmenter` whose backend, threshold and
             ``postprocess`` are used; default ``Segmenter()`` (bundled UniverSeg, CPU/auto device).
-        labels: the label values that may be drawn (``None``: fixed by the first non-empty draw).
+        classes: the label values that may be drawn (``None``: fixed by the first non-empty draw);
+            ``labels=`` before 0.4.0 (deprecated).
         neighbours: drawn slices on each side of an undrawn slice that form its support.
         modality: intensity normalisation (``"auto"``, ``"ct"``, ``"mr"``).
+    Raises:
+        VolumeError: the image's third array axis is not superior–inferior.
     """
 
+    @renamed_keywords(labels="classes")
     def __init__(self, image: Union[Volume, PathLike], segmenter: Optional[Segmenter] = None,
-                 labels: Optional[Sequence[int]] = None, neighbours: int = 1, modality: str = "auto") -> None:
-        self.original = image if isinstance(image, Volume) else load_volume(image)
+                 classes: Optional[Sequence[int]] = None, neighbours: int = 1, modality: str = "auto") -> None:
+        #: The image in its own layout (what slice indices count along) and canonical (what is computed on).
+        self.original = image if isinstance(image, Volume) else load_volume(image, canonical=False)
         self.image = self.original.canonical()
+        self.slices = AxialSlices.of(self.original.affine, self.original.shape,
+                                     "the image" if isinstance(image, Volume) else str(image))
         self.segmenter = segmenter if segmenter is not None else Segmenter(progress=False)
         if not hasattr(self.segmenter.backend, "predict_slices"):
             raise ValueError("ContourSession needs a slab backend (e.g. 'universeg')")
         if neighbours < 1:
             raise ValueError(f"neighbours must be at least 1, got {neighbours}")
         self.neighbours = int(neighbours)
-        self.labels = None if labels is None else tuple(sorted(self._check_values(labels)))
+        #: The label values that may be drawn (``classes=``, or those of the first non-empty draw).
+        self.declared = None if classes is None else tuple(sorted(self._check_values(classes)))
         self.modality = decide_modality([self.image.array], modality if modality != "auto" else self.segmenter.modality)
-        self._drawn: dict[int, tuple[np.ndarray, int]] = {}  # z -> (read-only (X, Y) mask, smallest dtype; version)
-        self._history: deque[_Step] = deque()
+        self._drawn: dict[int, tuple[np.ndarray, int]] = {}  # canonical z -> (read-only canonical mask; version)
+        self._history = UndoHistory()  # per step: canonical z -> its mask before, (version, declared)
         self.history_limit = HISTORY_STEPS  # undo steps kept (the oldest dropped first)
         self.history_bytes = HISTORY_BYTES  # and their compressed bytes, at most
         self._version = 0
@@ -106,50 +107,69 @@ class ContourSession:
         return self.image.shape[2]
 
     @property
+    def labels(self) -> Optional[tuple[int, ...]]:
+        """Deprecated name of :attr:`declared`."""
+        warn_renamed("ContourSession.labels", "ContourSession.declared")
+        return self.declared
+
+    @property
     def drawn(self) -> list[int]:
-        """Drawn axial slices (canonical indices), ascending."""
-        return sorted(self._drawn)
+        """Drawn slices (the image's own indices), ascending."""
+        return sorted(self.slices.to_own(z) for z in self._drawn)
 
-    def drawn_mask(self, z: int) -> np.ndarray:
-        """A copy of the drawn ``(X, Y)`` slice ``z`` (int64)."""
-        return self._drawn[self._index(z)][0].astype(np.int64)
+    def drawn_mask(self, k: int) -> np.ndarray:
+        """A copy of drawn slice ``k``: the image's own ``(X, Y)`` plane ``array[:, :, k]`` (int64).
 
-    def draw(self, z: int, mask) -> None:
-        """Record slice ``z`` (axial, canonical array) as drawn: ``mask`` is ``(X, Y)`` label values
-        (0 = background; an all-zero mask says "nothing here"). Replaces an earlier drawing of ``z``.
+        Raises:
+            ValueError: ``k`` is out of range or not drawn.
+        """
+        z = self.slices.to_canonical(k)
+        if z not in self._drawn:
+            raise ValueError(f"slice {k} is not drawn (drawn: {self.drawn})")
+        return self.slices.plane_to_own(self._drawn[z][0]).astype(np.int64)
+
+    def draw(self, k: int, mask) -> None:
+        """Record slice ``k`` (the image's own index) as drawn: ``mask`` is its own ``(X, Y)`` plane
+        ``array[:, :, k]`` of label values (0 = background; an all-zero mask says "nothing here").
+        Replaces an earlier drawing of ``k``.
 
         Raises:
             ValueError: bad index, shape or values (the session is left unchanged).
         """
-        z = self._index(z)
-        array = np.asarray(mask)
+        z = self.slices.to_canonical(k)
+        try:
+            self._record(z, self.slices.plane_to_canonical(mask))
+        except ValueError as exc:
+            raise ValueError(f"mask for slice {k}: {exc}") from None
+
+    def _record(self, z: int, array: np.ndarray) -> None:
+        """Store canonical slice ``z``'s canonical ``(X, Y)`` mask ``array`` (checked here)."""
         if array.shape != self.image.shape[:2]:
-            raise ValueError(f"mask for slice {z} has shape {array.shape}; the canonical axial slice is "
-                             f"{self.image.shape[:2]}")
+            raise ValueError(f"a canonical slice has shape {self.image.shape[:2]}, got {array.shape}")
         if array.dtype == bool:
             array = array.astype(np.int64)
         if not np.issubdtype(array.dtype, np.integer):
             if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-                raise ValueError(f"mask for slice {z} must hold integer label values")
+                raise ValueError("the mask must hold integer label values")
         values = self._check_values(np.unique(array))
-        labels = self.labels
-        new = values - {0} - set(labels or ())
-        if labels is not None and new:
-            raise ValueError(f"label value(s) {sorted(new)} not declared for this session (labels={labels}); "
-                             "declare every structure with ContourSession(..., labels=...)")
+        declared = self.declared
+        new = values - {0} - set(declared or ())
+        if declared is not None and new:
+            raise ValueError(f"label value(s) {sorted(new)} not declared for this session (classes={declared}); "
+                             "declare every structure with ContourSession(..., classes=...)")
         self._push(z)
-        if labels is None and values - {0}:
-            self.labels = tuple(sorted(values - {0}))
+        if declared is None and values - {0}:
+            self.declared = tuple(sorted(values - {0}))
         self._version += 1
         stored = array.astype(label_dtype(max(values, default=0)))  # a copy; uint8 for labels up to 255
         stored.flags.writeable = False
         self._drawn[z] = (stored, self._version)
 
-    def erase(self, z: int) -> None:
-        """Forget the drawing of slice ``z``."""
-        z = self._index(z)
+    def erase(self, k: int) -> None:
+        """Forget the drawing of slice ``k`` (the image's own index)."""
+        z = self.slices.to_canonical(k)
         if z not in self._drawn:
-            raise ValueError(f"slice {z} is not drawn (drawn: {self.drawn})")
+            raise ValueError(f"slice {k} is not drawn (drawn: {self.drawn})")
         self._push(z)
         del self._drawn[z]
 
@@ -157,36 +177,23 @@ class ContourSession:
         """Revert the last ``draw`` or ``erase``.
 
         The history keeps, per step, only the slice that step changed (zlib-compressed, in its smallest
-        dtype): at most :attr:`history_limit` steps (default :data:`HISTORY_STEPS`) and
-        :attr:`history_bytes` compressed bytes (default :data:`HISTORY_BYTES`), the oldest dropped first.
+        dtype): at most :attr:`history_limit` steps (default :data:`~fewshotcx.io.undo.HISTORY_STEPS`)
+        and :attr:`history_bytes` compressed bytes (default ``HISTORY_BYTES``), the oldest dropped first.
 
         Raises:
             ValueError: nothing (left) to undo.
         """
-        if not self._history:
-            raise ValueError("nothing to undo")
         step = self._history.pop()
-        if step.packed is None:
-            self._drawn.pop(step.z, None)
+        mask, (version, self.declared) = step.array(), step.state
+        if mask is None:
+            self._drawn.pop(step.key, None)
         else:
-            mask = np.frombuffer(zlib.decompress(step.packed), dtype=step.dtype)
-            self._drawn[step.z] = (mask.reshape(self.image.shape[:2], order="F"), step.version)
-        self.labels = step.labels
+            self._drawn[step.key] = (mask, version)
 
     def _push(self, z: int) -> None:
-        """Remember slice ``z`` as it is now, before it changes, within the history's bounds."""
+        """Remember canonical slice ``z`` as it is now, before it changes."""
         mask, version = self._drawn.get(z, (None, 0))
-        packed = None if mask is None else zlib.compress(mask.tobytes(order="F"), 1)
-        dtype = np.dtype(np.uint8) if mask is None else mask.dtype
-        self._history.append(_Step(z, packed, dtype, version, self.labels))
-        total = sum(len(step.packed or b"") for step in self._history)
-        while self._history and (len(self._history) > self.history_limit or total > self.history_bytes):
-            total -= len(self._history.popleft().packed or b"")
-
-    def _index(self, z) -> int:
-        if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or not 0 <= int(z) < self.depth:
-            raise ValueError(f"slice index must be an integer in [0, {self.depth - 1}], got {z!r}")
-        return int(z)
+        self._history.push(z, mask, (version, self.declared), self.history_limit, self.history_bytes)
 
     @staticmethod
     def _check_values(values) -> set[int]:
@@ -196,14 +203,20 @@ class ContourSession:
         return out
 
     # ------------------------------------------------------------------ result
-    def classes(self) -> tuple[int, ...]:
-        """Label values present on the drawn slices."""
+    @property
+    def classes(self) -> Classes:
+        """Label values present on the drawn slices (a property since 0.4.0, like
+        :attr:`Segmenter.classes <fewshotcx.Segmenter.classes>`).
+
+        Raises:
+            VolumeError: no drawn slice shows a structure yet.
+        """
         present = set()
         for mask, _ in self._drawn.values():
             present.update(int(v) for v in np.unique(mask) if v)
         if not present:
             raise VolumeError("no drawn slice shows a structure yet: draw one first")
-        return tuple(sorted(present))
+        return Classes(sorted(present))
 
     def result(self) -> Volume:
         """The label map on the image's grid (in its original layout): drawn slices exactly as drawn,
@@ -212,64 +225,66 @@ class ContourSession:
         return self.original.with_array(reorient_array(labels, self.image.affine, self.original.affine), label=True)
 
     def suggest(self, n: int = 1) -> list[int]:
-        """Up to ``n`` undrawn slices, best first, where drawing by hand would fix the most."""
+        """Up to ``n`` undrawn slices (the image's own indices), best first, where drawing by hand would
+        fix the most."""
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        scores = self.expected_errors()
-        credit = self._credit(scores)
-        order = sorted(credit, key=lambda z: (-credit[z], z))
-        return order[:n]
+        credit = self._credit(self.expected_errors())
+        return sorted(credit, key=lambda k: (-credit[k], k))[:n]
 
     def expected_errors(self) -> dict[int, float]:
-        """Expected wrong voxels ``Σ |result − p|`` of each candidate slice (undrawn slices inside the
-        drawn range, and the slice just beyond each end), ``p`` from leave-one-out support draws."""
-        drawn = self.drawn
+        """Expected wrong voxels ``Σ |result − p|`` of each candidate slice (the image's own index →
+        errors): undrawn slices inside the drawn range and the slice just beyond each end, ``p`` from
+        leave-one-out support draws."""
+        drawn = sorted(self._drawn)
         candidates = self._inside() + [z for z in (drawn[0] - 1, drawn[-1] + 1) if 0 <= z < self.depth]
-        classes = self.classes()
+        classes = self.classes
         mean = self._probabilities(candidates, samples=True)
         labels = self._canonical_result(self._probabilities(self._inside()))
         out = {}
         for z in candidates:
             one_hot = np.stack([labels[..., z] == c for c in classes]).astype(np.float32)
-            out[z] = float(np.abs(one_hot - mean[z]).sum())
+            out[self.slices.to_own(z)] = float(np.abs(one_hot - mean[z]).sum())
         return out
 
     def _credit(self, errors: dict[int, float]) -> dict[int, float]:
         """Each candidate ``c``'s share of the expected errors it would fix: a slice ``z`` at distance
         ``d(z)`` from its nearest drawn slice is credited ``e(z) · (d(z) − |z − c|) / d(z)`` when
-        drawing ``c`` brings it closer (``c`` itself: all of ``e(c)``)."""
+        drawing ``c`` brings it closer (``c`` itself: all of ``e(c)``). Own or canonical indices alike:
+        the distances are the same."""
         drawn = np.asarray(self.drawn)
         nearest = {z: int(np.abs(drawn - z).min()) for z in errors}
         return {c: sum(e * max(0, nearest[z] - abs(z - c)) / nearest[z] for z, e in errors.items())
                 for c in errors}
 
     def _inside(self) -> list[int]:
-        """Undrawn slices between the first and the last drawn slice."""
-        drawn = self.drawn
+        """Undrawn canonical slices between the first and the last drawn slice."""
+        drawn = sorted(self._drawn)
         if not drawn:
             raise VolumeError("no slice drawn yet: draw one first")
         return [z for z in range(drawn[0], drawn[-1] + 1) if z not in self._drawn]
 
     def _canonical_result(self, probs: dict[int, np.ndarray]) -> np.ndarray:
         """Threshold the predicted slices, post-process, keep the drawn slices and extents."""
-        classes = self.classes()
+        classes = self.classes
         values = np.asarray(classes, dtype=np.int64)
-        out = np.zeros(self.image.shape, dtype=label_dtype(int(max(values.max(), max(self.labels or (0,))))))
+        out = np.zeros(self.image.shape, dtype=label_dtype(int(max(values.max(), max(self.declared or (0,))))))
         for z, p in probs.items():
             out[..., z] = np.where(p.max(axis=0) > self.segmenter.threshold, values[p.argmax(axis=0)], 0)
         drawn = np.zeros(self.image.shape, dtype=out.dtype)  # drawn values are among the labels: they fit
         for z, (mask, _) in self._drawn.items():
             drawn[..., z] = mask
-        out[..., self.drawn] = drawn[..., self.drawn]
+        done = sorted(self._drawn)
+        out[..., done] = drawn[..., done]
         ops = tuple(op for op in self.segmenter.postprocess if op != "support_extent")
         if ops:
             out = postprocess(out, ops)
-        return keep_drawn(out, drawn, self.drawn, classes)
+        return keep_drawn(out, drawn, done, classes)
 
     # ------------------------------------------------------------------ prediction with a cache
     def _support(self, z: int) -> tuple[int, ...]:
-        """The ``neighbours`` nearest drawn slices below and above ``z``."""
-        drawn = self.drawn
+        """The ``neighbours`` nearest drawn (canonical) slices below and above canonical ``z``."""
+        drawn = sorted(self._drawn)
         below = [d for d in drawn if d < z][-self.neighbours:]
         above = [d for d in drawn if d > z][:self.neighbours]
         return tuple(below + above)
@@ -277,7 +292,7 @@ class ContourSession:
     def _probabilities(self, slices: Sequence[int], samples: bool = False) -> dict[int, np.ndarray]:
         """``z -> (L, X, Y)`` probabilities from the local support (``samples``: the mean over the full
         support and each leave-one-out subset of it), computed only where not cached."""
-        classes = self.classes()
+        classes = self.classes
         wanted: dict[Key, list[int]] = {}
         keys = {}
         for z in slices:
@@ -351,46 +366,32 @@ class ContourSession:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: PathLike, overwrite: bool = False) -> Path:
-        """Write the drawn slices, the label values and the image (``.npz``, no pickle) atomically.
+        """Write the drawn slices (the image's own indices and planes), the declared label values and
+        the image in its own layout (``.npz``, no pickle: :mod:`fewshotcx.io.session_file`) atomically.
 
         Raises:
             FileExistsError: ``path`` exists and ``overwrite`` is False.
         """
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise ValueError(f"session files end in .npz: {path}")
+        meta = {"classes": None if self.declared is None else list(self.declared), "neighbours": self.neighbours,
+                "modality": self.modality}
         drawn = self.drawn
-        meta = {"format": _FORMAT, "version": _VERSION, "labels": None if self.labels is None else list(self.labels),
-                "neighbours": self.neighbours, "modality": self.modality, "slices": drawn}
-        masks = np.stack([self.drawn_mask(z) for z in drawn]) if drawn else np.zeros((0,) + self.image.shape[:2], np.int64)
-        with atomic_output(path, overwrite=overwrite) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, meta=np.array(json.dumps(meta)), masks=masks,
-                                    image=self.original.array, affine=self.original.affine)
-        return path
+        return write_session_file(path, meta, drawn, [self.drawn_mask(k) for k in drawn], self.original, overwrite)
 
     @classmethod
     def load(cls, path: PathLike, image: Union[Volume, PathLike, None] = None,
              segmenter: Optional[Segmenter] = None) -> "ContourSession":
-        """A session from :meth:`save`'s file; ``image`` (optional) must be on the saved grid and is
-        used instead of the stored copy (it keeps its file header for writing)."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                masks, array, affine = data["masks"], data["image"], data["affine"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"{path} is not a fewshotcx contour session file ({exc})") from None
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"{path} is not a version-{_VERSION} fewshotcx contour session file")
-        stored = Volume(array, affine)
+        """A session from :meth:`save`'s file; ``image`` (optional) must be on the saved grid (in any
+        layout: slices are then counted in ``image``'s own order) and is used instead of the stored
+        copy (it keeps its file header for writing). A version-1 file (before 0.4.0: canonical slice
+        indices) is converted."""
+        meta, stored, drawn = read_session_file(path)
         if image is not None:
-            image = image if isinstance(image, Volume) else load_volume(image)
-            if not image.same_grid(stored):
+            image = image if isinstance(image, Volume) else load_volume(image, canonical=False)
+            if not image.canonical().same_grid(stored.canonical()):
                 raise VolumeError(f"{path} was drawn on another grid than the image given")
-        session = cls(image if image is not None else stored, segmenter, labels=meta["labels"],
+        session = cls(image if image is not None else stored, segmenter, classes=meta["classes"],
                       neighbours=meta["neighbours"], modality=meta["modality"])
-        for z, mask in zip(meta["slices"], masks):
-            session.draw(int(z), mask)
+        for z, mask in drawn:
+            session._record(z, mask)
         session._history.clear()
         return session

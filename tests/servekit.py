@@ -16,6 +16,10 @@ from fewshotcx import Segmenter
 from fewshotcx.models import UniverSeg
 
 SHAPE = (24, 20, 12)
+#: Storage orders for files: conftest's, plus the third axis reversed (inferior first, "LPI") and that
+#: with the in-plane axes swapped too ("PLI": array axis 0 runs posterior, axis 1 left).
+STORED = {**ORIENTATIONS, "LPI": np.diag([-0.8, -1.1, -2.5, 1.0]),
+          "PLI": np.array([[0, -0.8, 0, 0], [-1.1, 0, 0, 0], [0, 0, -2.5, 0], [0, 0, 0, 1.0]])}
 
 
 def tiny_segmenter(seed: int = 0) -> Segmenter:
@@ -26,10 +30,10 @@ def tiny_segmenter(seed: int = 0) -> Segmenter:
 
 
 def write_image(folder: Path, name: str = "ct.nii.gz", orientation: str = "LPS") -> Path:
-    """A textured blob volume stored in ``orientation`` (not canonical on disk)."""
+    """A textured blob volume stored in ``orientation`` (:data:`STORED`; not canonical on disk)."""
     image, _ = blob_volume(SHAPE, seed=4)
     path = folder / name
-    nib.save(nib.Nifti1Image(image, ORIENTATIONS[orientation]), str(path))
+    nib.save(nib.Nifti1Image(image, STORED[orientation]), str(path))
     return path
 
 

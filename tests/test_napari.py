@@ -71,9 +71,11 @@ def _paint_and_send(viewer, widget, qtbot):
 
 
 def _expected(path):
+    """The same draws through the Python API: canonical slice ``z`` painted in napari is the file's own
+    slice ``Z-1-z`` of an inferior-first file, its plane reversed in x and y too (LPI)."""
     local = ContourSession(path, tiny_segmenter())
     for z, mask in DRAWS.items():
-        local.draw(z, mask)
+        local.draw(SHAPE[2] - 1 - z, np.flip(mask, (0, 1)))
     return local
 
 
@@ -81,7 +83,8 @@ def _expected(path):
 def test_dock_widget_completes_suggests_and_undoes_like_the_python_api(qtbot, tmp_path, remote):
     from fewshotcx.server import SessionStore
 
-    path = write_image(tmp_path)
+    path = write_image(tmp_path, orientation="LPI")  # stored inferior first: file slice k is canonical Z-1-k
+    own = sorted(SHAPE[2] - 1 - z for z in DRAWS)  # what the session counts
     viewer = ViewerModel()
     add_volume(viewer, load_volume(path), name="ct")
     widget = ContourWidget(viewer, segmenter=tiny_segmenter())
@@ -94,18 +97,18 @@ def test_dock_widget_completes_suggests_and_undoes_like_the_python_api(qtbot, tm
         _paint_and_send(viewer, widget, qtbot)
         assert "error" not in widget.status.text(), widget.status.text()
         assert not widget.labels_layer.data[4].any()  # undo cleared the layer too
-        assert widget.session.drawn == [2, 6, 9]
-        viewer.dims.set_current_step(0, 11)  # painting sends the slice by itself ...
+        assert widget.session.drawn == own
+        viewer.dims.set_current_step(0, 11)  # painting sends the slice by itself (file slice 0) ...
         widget.labels_layer.paint((11, 10, 12), 1)
-        qtbot.waitUntil(lambda: widget.session.drawn == [2, 6, 9, 11], timeout=10_000)
+        qtbot.waitUntil(lambda: widget.session.drawn == [0] + own, timeout=10_000)
         widget.labels_layer.paint((11, 10, 12), 0)  # ... and painting it back to nothing forgets it
-        qtbot.waitUntil(lambda: widget.session.drawn == [2, 6, 9], timeout=10_000)
+        qtbot.waitUntil(lambda: widget.session.drawn == own, timeout=10_000)
         qtbot.mouseClick(widget.complete_button, Qt.LeftButton)
         qtbot.mouseClick(widget.suggest_button, Qt.LeftButton)
         expected = _expected(path)
         got = np.transpose(widget.result_layer.data, (2, 1, 0))
-        assert np.array_equal(got, expected.result().array) and got[..., 3:6].any()
-        assert viewer.dims.current_step[0] == expected.suggest(1)[0]
+        assert np.array_equal(got, expected.result().canonical().array) and got[..., 3:6].any()
+        assert viewer.dims.current_step[0] == SHAPE[2] - 1 - expected.suggest(1)[0]
         if remote:  # the server goes away: one line in the widget, no exception
             widget.session.url = "http://127.0.0.1:9"
             qtbot.mouseClick(widget.suggest_button, Qt.LeftButton)

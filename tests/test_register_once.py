@@ -32,7 +32,7 @@ def registrations(monkeypatch):
 def test_uncertainty_draws_and_predictions_register_each_support_volume_once(registrations):
     (a, la), (b, lb), (query, _) = _head(0), _head(3, shift=(1.0, 0.0, 0.0)), _head(1)
     seg = _segmenter("registered").fit([a, b], [la, lb])
-    seg.predict_uncertainty(query, k=4)
+    seg.predict_uncertainty(query, draws=4)
     assert len(registrations) == 2  # not 2 x 4 draws
     seg.predict_proba(query)
     seg.predict(query)
@@ -47,7 +47,7 @@ def test_a_failed_registration_is_tried_once_per_query(registrations):
     query, _ = _head(1)
     seg = _segmenter("auto").fit([blank], [label])
     with pytest.warns(UserWarning, match="support volume 1"):
-        seg.predict_uncertainty(query, k=3)
+        seg.predict_uncertainty(query, draws=3)
     assert len(registrations) == 1
 
 
@@ -57,8 +57,8 @@ def test_fraction_bags_registered_support_and_leaves_the_segmenter_as_it_was():
     seg = _segmenter("registered").fit([image], [label])
     fitted = seg.fitted
     before = seg.predict_proba(query).array
-    whole = seg.predict_uncertainty(query, k=3, fraction=1.0).array
-    bagged = seg.predict_uncertainty(query, k=3, fraction=0.3).array
+    whole = seg.predict_uncertainty(query, draws=3, fraction=1.0).array
+    bagged = seg.predict_uncertainty(query, draws=3, fraction=0.3).array
     assert not np.array_equal(whole, bagged)  # fraction= reaches the registered pools
     np.testing.assert_array_equal(seg.predict_proba(query).array, before)
     assert seg.fitted is fitted
@@ -83,7 +83,7 @@ def test_hybrid_draws_leave_the_fitted_value():
     seg = Segmenter(backend="universeg+atlas", model=tiny_universeg(), slice_size=32, support_size=3,
                     progress=False, device="cpu").fit([image], [label])
     fitted, pools = seg.fitted, dict(seg.pools)
-    seg.predict_samples(query, k=2)
+    seg.predict_samples(query, draws=2)
     assert seg.fitted is fitted and all(seg.pools[axis] is pool for axis, pool in pools.items())
 
 

@@ -116,5 +116,5 @@ def test_a_backend_of_the_old_protocol_still_works_with_a_warning():
         old, image = fitted(OldDrawBackend())
     new, _ = fitted()
     assert np.array_equal(old.predict_proba(image).array, new.predict_proba(image).array)
-    assert np.array_equal(old.predict_uncertainty(image, k=2).array, new.predict_uncertainty(image, k=2).array)
+    assert np.array_equal(old.predict_uncertainty(image, draws=2).array, new.predict_uncertainty(image, draws=2).array)
     assert not hasattr(old.backend.inner, "pools")  # fitting conditions a copy

@@ -264,11 +264,12 @@ def test_slice_preview_png_shows_the_drawing_and_the_result_in_display_orientati
     from fewshotcx.server.preview import to_display
 
     mask = np.zeros(XY, dtype=np.int64)
-    mask[14:20, 2:6] = 1  # right of centre, posterior: off every symmetry axis
+    mask[14:20, 2:6] = 1  # right of centre, posterior (canonical RAS plane): off every symmetry axis
+    stored = np.flip(mask, (0, 1))  # the file is stored LPS: its own slice is reversed in x and y
     with serving(SessionStore(tiny_segmenter())) as url:
         session = RemoteSession(url, write_image(tmp_path))
-        session.draw(2, mask)
-        session.draw(8, mask)
+        session.draw(2, stored)
+        session.draw(8, stored)
         drawn = mpimg.imread(io.BytesIO(session.preview(2)))[..., :3]
         plain = mpimg.imread(io.BytesIO(session.preview(5)))[..., :3]
         completed = mpimg.imread(io.BytesIO(session.preview(5, result=True)))[..., :3]

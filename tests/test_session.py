@@ -127,8 +127,7 @@ def test_result_is_on_the_image_grid_in_its_own_layout():
     s.draw(8, square())
     out = s.result()
     assert out.same_grid(vol) and out.label
-    canonical = out.canonical().array
-    assert np.array_equal(canonical[..., 3], square())
+    assert np.array_equal(out.array[..., 3], square())  # slice 3 of the image as given
 
 
 def test_suggest_picks_the_slice_with_planted_disagreement():
@@ -187,7 +186,7 @@ def test_bad_drawings_are_refused_and_leave_the_session_unchanged(z, mask, match
 
 
 def test_declared_labels_allow_several_structures():
-    s = session(labels=(1, 3))
+    s = session(classes=(1, 3))
     s.draw(2, square(3))
     with pytest.raises(ValueError, match="not declared"):
         s.draw(4, square(2))
@@ -223,12 +222,12 @@ def test_a_further_draw_reuses_the_slices_its_support_does_not_change():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    s = session(bright_slice=6, labels=(1, 2))
+    s = session(bright_slice=6, classes=(1, 2))
     s.draw(1, square())
     s.draw(10, square(2))
     path = s.save(tmp_path / "s.npz")
     loaded = ContourSession.load(path, segmenter=Segmenter(backend=UnsureBackend(), modality="mr", progress=False))
-    assert loaded.drawn == s.drawn and loaded.labels == (1, 2)
+    assert loaded.drawn == s.drawn and loaded.declared == (1, 2)
     assert all(np.array_equal(loaded.drawn_mask(z), s.drawn_mask(z)) for z in s.drawn)
     assert np.array_equal(loaded.result().array, s.result().array) and loaded.result().same_grid(s.original)
     assert loaded.suggest(2) == s.suggest(2)
@@ -319,9 +318,9 @@ def test_the_undo_history_drops_its_oldest_steps_beyond_its_bounds():
 def test_undo_of_a_first_draw_restores_the_undeclared_labels_and_large_values_survive():
     s = session()
     s.draw(4, square(value=300))
-    assert s.labels == (300,) and s.drawn_mask(4).max() == 300
+    assert s.declared == (300,) and s.drawn_mask(4).max() == 300
     s.draw(4, square(value=300, lo=2))
     s.undo()
     assert np.array_equal(s.drawn_mask(4), square(value=300))
     s.undo()
-    assert s.drawn == [] and s.labels is None
+    assert s.drawn == [] and s.declared is None

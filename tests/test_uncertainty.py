@@ -55,29 +55,29 @@ def fitted():
 
 def test_uncertainty_is_zero_where_draws_agree_and_positive_where_they_disagree():
     seg, image, regions = fitted()
-    u = seg.predict_uncertainty(image, k=6)
+    u = seg.predict_uncertainty(image, draws=6)
     assert u.same_grid(image) and u.array.dtype == np.float32 and u.array.min() >= 0
     assert np.all(u.array[regions["A"]] == 0) and np.all(u.array[regions["C"]] == 0)
     assert np.all(u.array[regions["B"]] > 0)
-    std = seg.predict_uncertainty(image, k=6, measure="std")
+    std = seg.predict_uncertainty(image, draws=6, measure="std")
     assert np.all(std.array[regions["A"] | regions["C"]] == 0) and std.array[regions["B"]].max() > 0
 
 
 def test_all_of_the_support_in_every_draw_gives_no_draw_disagreement():
     seg, image, regions = fitted()
-    std = seg.predict_uncertainty(image, k=4, measure="std", fraction=1.0)
+    std = seg.predict_uncertainty(image, draws=4, measure="std", fraction=1.0)
     assert np.all(std.array == 0)
 
 
 def test_samples_are_label_maps_that_differ_only_where_draws_disagree():
     seg, image, regions = fitted()
-    samples = seg.predict_samples(image, k=6)
+    samples = seg.predict_samples(image, draws=6)
     assert len(samples) == 6 and all(s.label and s.same_grid(image) for s in samples)
     stack = np.stack([s.array for s in samples])
     assert np.all(stack[:, regions["A"]] == 1) and np.all(stack[:, regions["C"]] == 0)
     assert len({s.array[regions["B"]].tobytes() for s in samples}) > 1
     with pytest.raises(ValueError, match="k"):
-        seg.predict_samples(image, k=0)
+        seg.predict_samples(image, draws=0)
 
 
 def test_uncertainty_map_measures():
@@ -94,7 +94,7 @@ def test_uncertainty_map_measures():
 
 def test_review_flags_the_slices_where_draws_disagree(tmp_path):
     seg, image, regions = fitted()
-    rev = fx_review.review(seg, image, k=6)
+    rev = fx_review.review(seg, image, draws=6)
     # Region B exists on every slice, so every slice carries disagreement; expected Dice < 1 there.
     assert rev.scores.shape == (8,) and np.all(rev.scores > 0)
     certain = fx_review.slice_scores(np.ones((1, 4, 4, 2)), np.ones((4, 4, 2), np.uint8), (1,))

@@ -74,6 +74,6 @@ def test_predict_uncertainty_across_ct_patients_with_the_default_strategy():
     seg = Segmenter(device="cpu", progress=False)
     assert seg.backend.strategy == "auto"
     seg.fit(images=[support_image], labels=[support_mask])
-    uncertainty = seg.predict_uncertainty(query, k=2)
+    uncertainty = seg.predict_uncertainty(query, draws=2)
     assert uncertainty.shape == query.shape and np.isfinite(uncertainty.array).all()
     assert 0.0 <= float(uncertainty.array.min()) and float(uncertainty.array.max()) <= 1.0

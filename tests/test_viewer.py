@@ -24,6 +24,7 @@ from servekit import SHAPE, serving, tiny_segmenter, write_image  # noqa: E402
 
 from fewshotcx import ContourSession, load_volume  # noqa: E402
 from fewshotcx.client import RemoteSession  # noqa: E402
+from fewshotcx.io.grid import AxialSlices  # noqa: E402
 from fewshotcx.server import SessionStore  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -197,13 +198,18 @@ def test_draw_two_slices_in_the_browser_complete_and_download_equals_the_python_
     for z, mask in drawn.items():
         local.draw(z, mask)
     expected = local.result()
-    got = load_volume(downloaded, label=True)
+    got = load_volume(downloaded, label=True, canonical=False)  # the file's layout, as result() is
     assert got.same_grid(expected) and np.array_equal(got.array, expected.array)
     assert got.array[..., 4:8].any()
 
 
-def test_the_page_needs_the_key_for_data_and_works_with_it(browser, tmp_path):
-    path = write_image(tmp_path)
+def test_the_page_needs_the_key_for_data_and_works_with_it_on_the_files_own_slices(browser, tmp_path):
+    """Also the slice convention: on a file stored transposed in-plane and inferior first, a slice
+    drawn through RemoteSession shows on the page under the same number, and a slice drawn on the
+    page is the same file slice, the same plane, as RemoteSession reads back."""
+    path = write_image(tmp_path, orientation="PLI")
+    own = load_volume(path, canonical=False)
+    order = AxialSlices.of(own.affine, own.shape)
     with serving(SessionStore(tiny_segmenter()), api_key="s3cret") as url:
         session = RemoteSession(url, path, api_key="s3cret")
         mask = np.zeros(SHAPE[:2], dtype=np.int64)
@@ -220,10 +226,21 @@ def test_the_page_needs_the_key_for_data_and_works_with_it(browser, tmp_path):
         browser.refresh()
         wait_for(lambda: browser.execute_script("return document.body.dataset.ready === '1'"), what="the session")
         assert browser.find_element("id", "drawn").text == "4"
+        z = order.to_canonical(4)  # 7: NiiVue shows the canonical image
         shown = browser.execute_script(
-            "const s = window.fxViewer, n = s.dims[0] * s.dims[1], out = [];"
-            "s.nv.drawBitmap.subarray(4 * n, 5 * n).forEach((v, i) => { if (v) out.push(i); }); return out")
-        assert shown == np.flatnonzero(mask.ravel(order="F")).tolist()  # NiiVue's voxel order: x fastest
+            f"const s = window.fxViewer, n = s.dims[0] * s.dims[1], out = [];"
+            f"s.nv.drawBitmap.subarray({z} * n, {z + 1} * n).forEach((v, i) => {{ if (v) out.push(i); }}); return out")
+        assert shown == np.flatnonzero(order.plane_to_canonical(mask).ravel(order="F")).tolist()  # x fastest
+        browser.find_element("id", "tool-brush").click()
+        go_to_slice(browser, 9)  # the file's slice 9: canonical 2
+        stroke(browser, 0, 0)
+        idle(browser)
+        assert browser.find_element("id", "drawn").text == "4, 9" and session.drawn == [4, 9]
+        bitmap = browser.execute_script(
+            "const s = window.fxViewer, n = s.dims[0] * s.dims[1];"
+            f"return Array.from(s.nv.drawBitmap.subarray({order.to_canonical(9)} * n, {order.to_canonical(9) + 1} * n))")
+        plane = np.asarray(bitmap).reshape(order.plane_to_canonical(mask).shape, order="F")
+        assert plane.any() and np.array_equal(session.drawn_mask(9), order.plane_to_own(plane))
 
 
 @pytest.mark.slow

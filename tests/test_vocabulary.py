@@ -91,3 +91,37 @@ def test_old_cli_spellings_still_parse_with_a_note(capsys):
 
 def test_one_default_roi_name():
     assert default_name(3) == "label_3" and default_names(2) == ["label_1", "label_2"]
+
+
+def test_session_classes_keyword_and_property_and_draws_keep_the_old_spellings_for_one_release(tmp_path):
+    """``ContourSession(classes=)`` (was ``labels=``), ``session.classes`` a property (was a method),
+    ``session.declared`` (was ``.labels``), ``draws=`` (was ``k=``) in predict_uncertainty,
+    predict_samples and review."""
+    from servekit import tiny_segmenter, write_image
+
+    from fewshotcx import ContourSession, load_volume
+    from fewshotcx.evaluation import review
+
+    path = write_image(tmp_path)
+    mask = np.zeros((24, 20), np.int64)
+    mask[8:14, 6:12] = 2
+    session = ContourSession(path, tiny_segmenter(), classes=(2,))
+    session.draw(4, mask)
+    assert session.classes == (2,) and session.declared == (2,)
+    with pytest.warns(DeprecationWarning, match=r"ContourSession.classes\(\) is deprecated"):
+        assert session.classes() == (2,)
+    with pytest.warns(DeprecationWarning, match=r"ContourSession\(labels=\) is deprecated.*classes="):
+        assert ContourSession(path, tiny_segmenter(), labels=(2,)).declared == (2,)
+    with pytest.warns(DeprecationWarning, match="ContourSession.declared"):
+        assert session.labels == (2,)
+    with pytest.raises(TypeError, match="both"):
+        ContourSession(path, tiny_segmenter(), labels=(2,), classes=(2,))
+    image, label = load_volume(path), session.result()
+    seg = tiny_segmenter().fit([image], [label])
+    expected = seg.predict_uncertainty(image, draws=2).array
+    with pytest.warns(DeprecationWarning, match=r"Segmenter.predict_uncertainty\(k=\).*draws="):
+        assert np.array_equal(seg.predict_uncertainty(image, k=2).array, expected)
+    with pytest.warns(DeprecationWarning, match=r"Segmenter.predict_samples\(k=\)"):
+        assert len(seg.predict_samples(image, k=2)) == 2
+    with pytest.warns(DeprecationWarning, match=r"review\(k=\)"):
+        assert np.array_equal(review.review(seg, image, k=2).scores, review.review(seg, image, draws=2).scores)

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
         raise CliError("--proba writes one structure; the support has several label values")
     write_prediction(result, names or default_names(max(seg.classes)), out, kind, args, template)
     if uncertainty is not None:
-        save_volume(seg.predict_uncertainty(query, k=args.draws), uncertainty, overwrite=args.overwrite)
+        save_volume(seg.predict_uncertainty(query, draws=args.draws), uncertainty, overwrite=args.overwrite)
         print(f"wrote {uncertainty}")
 
 

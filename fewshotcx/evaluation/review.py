@@ -8,7 +8,7 @@ draws disagree and where the model itself is unsure, and it is in Dice units, so
 flags the slices expected to score below 0.7. A slice's score is ``1 −`` the lowest expected Dice of
 its structures (0 = nothing to check). Slices are axial indices of the canonical (RAS) volume.
 
-    rev = fx.review.review(seg, "patient.nii.gz", k=8)
+    rev = fx.review.review(seg, "patient.nii.gz", draws=8)
     rev.flagged            # slices to check, worst first
     rev.structures         # per label value: expected 3D Dice, mean uncertainty
     fx.review.save_figure(rev, "review.png")
@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..compat import renamed_keywords
 from ..io.volume import Volume
 from ..predictor import HasPredictor, Predictor, VolumeLike, as_predictor
 from .uncertainty import Measure, canonical_samples, uncertainty_map
@@ -93,9 +94,11 @@ class Review:
         return out
 
 
-def review(model: "Predictor | HasPredictor", query: VolumeLike, k: int = 8, flag_below: float = 0.7,
+@renamed_keywords(k="draws")
+def review(model: "Predictor | HasPredictor", query: VolumeLike, draws: int = 8, flag_below: float = 0.7,
            measure: Measure = "entropy", fraction: float = 0.5) -> Review:
-    """Run ``k`` independent draws of a fitted model on ``query`` and score every slice.
+    """Run ``draws`` independent draws of a fitted model on ``query`` (``k=`` before 0.4.0, deprecated;
+    the CLI's ``--draws``) and score every slice.
 
     Args:
         model: a fitted :class:`~fewshotcx.Segmenter` (its :attr:`~fewshotcx.Segmenter.predictor` is
@@ -105,7 +108,7 @@ def review(model: "Predictor | HasPredictor", query: VolumeLike, k: int = 8, fla
         raise ValueError(f"flag_below must be in (0, 1], got {flag_below}")
     predictor = as_predictor(model)
     prepared = predictor.query(query)
-    samples = canonical_samples(predictor, prepared, k, fraction)
+    samples = canonical_samples(predictor, prepared, draws, fraction)
     probs = np.mean(samples, axis=0)
     labels = predictor.labels(probs)
     return Review(prepared.canonical, probs, labels, uncertainty_map(samples, measure),

@@ -228,25 +228,91 @@ def check_pair(image: Volume, label: Volume, what: str = "image/label") -> None:
 _AXIS_NAMES = ("left-right", "anterior-posterior", "superior-inferior")
 
 
-def canonical_axial_slices(affine: np.ndarray, shape: tuple[int, ...], slices, what: str = "the image") -> list[int]:
-    """Slice indices along a volume's *own* third array axis → axial indices of its canonical array.
+@dataclass(frozen=True)
+class AxialSlices:
+    """A volume's *own* axial slices and its canonical array's: the one slice-index convention of
+    fewshotcx (docs/geometry.md, "Slice indices").
 
-    The one slice convention of fewshotcx (``Segmenter.complete``, ``fewshotcx complete --slices``):
-    index ``k`` counts along the third array axis of the volume as stored (what a viewer calls slice
-    ``k`` of an axial series), which must run superior–inferior; for superior-first storage that is
-    canonical index ``Z-1-k``. A canonical volume's indices are therefore unchanged.
+    Slice ``k`` is ``array[:, :, k]`` of the volume as stored (a file as nibabel and SimpleITK index
+    it; a :class:`Volume` built from arrays, its array as given), an ``(X, Y)`` plane of that array.
+    Its third axis must run superior–inferior. Inside, fewshotcx works on the canonical (closest-RAS)
+    array; this maps indices and planes between the two by permutation/flips only (exact).
+
+    Attributes:
+        orientation: ``(3, 2)`` nibabel orientation of the own array: per own axis, the canonical axis
+            it becomes and ``±1`` (reversed when ``-1``).
+        shape: the own ``(X, Y, Z)`` shape.
+    """
+
+    orientation: np.ndarray
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, affine: np.ndarray, shape: tuple[int, ...], what: str = "the image") -> "AxialSlices":
+        """The slices of a volume with ``affine`` and ``shape`` in its own layout (a :class:`Volume`:
+        ``AxialSlices.of(v.affine, v.shape)``).
+
+        Raises:
+            VolumeError: its third array axis does not run superior–inferior.
+        """
+        orientation = ornt.io_orientation(np.asarray(affine)).astype(int)
+        if orientation[2, 0] != 2:
+            raise VolumeError(f"slices: the third array axis of {what} runs {_AXIS_NAMES[orientation[2, 0]]}, not "
+                              "superior-inferior; reorient it so its slices are axial")
+        return cls(orientation, tuple(int(n) for n in shape[:3]))  # type: ignore[arg-type]
+
+    @property
+    def depth(self) -> int:
+        return int(self.shape[2])
+
+    def check(self, k: object) -> int:
+        """``k`` as an int in ``[0, depth)``.
+
+        Raises:
+            VolumeError: not an integer in range.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) < self.depth:
+            raise VolumeError(f"slice index must be an integer in [0, {self.depth - 1}], got {k!r}")
+        return int(k)
+
+    def to_canonical(self, k: int) -> int:
+        """Own slice index → canonical axial index (``Z-1-k`` for superior-first storage)."""
+        k = self.check(k)
+        return k if self.orientation[2, 1] > 0 else self.depth - 1 - k
+
+    def to_own(self, z: int) -> int:
+        """Canonical axial index → own slice index."""
+        return self.to_canonical(z)  # reversing the axis is its own inverse
+
+    def plane_to_canonical(self, plane: np.ndarray) -> np.ndarray:
+        """An own ``(X, Y)`` plane (``array[:, :, k]``) → the canonical axial plane ``(X', Y')``.
+
+        Raises:
+            VolumeError: ``plane`` is not ``shape[:2]``.
+        """
+        plane = np.asarray(plane)
+        if plane.shape != tuple(self.shape[:2]):
+            raise VolumeError(f"a slice of this image has shape {tuple(self.shape[:2])} (its own array[:, :, k]), "
+                              f"got {plane.shape}")
+        return np.ascontiguousarray(ornt.apply_orientation(plane[..., None], self.orientation)[..., 0])
+
+    def plane_to_own(self, plane: np.ndarray) -> np.ndarray:
+        """A canonical axial plane → the own ``(X, Y)`` plane."""
+        back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), self.orientation)
+        return np.ascontiguousarray(ornt.apply_orientation(np.asarray(plane)[..., None], back)[..., 0])
+
+
+def canonical_axial_slices(affine: np.ndarray, shape: tuple[int, ...], slices, what: str = "the image") -> list[int]:
+    """Slice indices along a volume's *own* third array axis → axial indices of its canonical array
+    (:class:`AxialSlices`, for ``Segmenter.fit``/``complete`` and ``fewshotcx complete --slices``).
 
     Raises:
         VolumeError: the third axis is not superior–inferior, or an index is outside ``[0, Z)``.
     """
-    axis, flip = ornt.io_orientation(np.asarray(affine))[2]
-    if int(axis) != 2:
-        raise VolumeError(f"slices: the third array axis of {what} runs {_AXIS_NAMES[int(axis)]}, not "
-                          "superior-inferior; reorient it so its slices are axial")
-    depth = int(shape[2])
+    order = AxialSlices.of(affine, shape, what)
     values = [int(k) for k in slices]
-    bad = [k for k in values if not 0 <= k < depth]
+    bad = [k for k in values if not 0 <= k < order.depth]
     if not values or bad:
-        raise VolumeError(f"slices must be axial indices in [0, {depth - 1}] of {what}"
+        raise VolumeError(f"slices must be axial indices in [0, {order.depth - 1}] of {what}"
                           + (f", got {bad[0]}" if bad else ", got none"))
-    return [k if flip > 0 else depth - 1 - k for k in values]
+    return [order.to_canonical(k) for k in values]

@@ -1,7 +1,10 @@
 """The napari dock widget: draw on a Labels layer, send slices, complete, suggest, undo.
 
-napari shows a volume as ``(Z, Y, X)``: the first axis is scrolled, so slice ``z`` of the Labels layer
-(``(Y, X)``) is the session's axial slice ``z`` (``(X, Y)``, transposed). An Image layer added by
+napari shows the canonical volume as ``(Z, Y, X)``: the first axis is scrolled, so slice ``z`` of the
+Labels layer (``(Y, X)``) is canonical axial slice ``z`` (``(X, Y)``, transposed). The session holds the
+image in its source layout (the file's, when the volume was read from one), so the slices it is sent,
+and the numbers the widget shows, are the file's own (docs/geometry.md, "Slice indices"):
+:class:`~fewshotcx.io.grid.AxialSlices` maps between the two. An Image layer added by
 :func:`add_volume` carries its :class:`~fewshotcx.io.volume.Volume` in ``metadata["fewshotcx_volume"]``;
 any other 3D Image layer is read as ``(Z, Y, X)`` with its ``scale`` and ``translate`` as the grid.
 """
@@ -15,6 +18,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
                             QVBoxLayout, QWidget)
 
+from ..io.grid import AxialSlices
 from ..io.volume import Volume
 
 VOLUME_KEY = "fewshotcx_volume"
@@ -60,6 +64,7 @@ class ContourWidget(QWidget):
         self.labels_layer = None
         self.result_layer = None
         self.volume: Optional[Volume] = None
+        self.slices: Optional[AxialSlices] = None  # the session's own slices <-> the canonical layer's
 
         self.image_box = QComboBox()
         self.url = QLineEdit()
@@ -136,16 +141,18 @@ class ContourWidget(QWidget):
             raise ValueError("no Image layer to contour")
         image_layer = self.viewer.layers[name]
         self.volume = layer_volume(image_layer)
+        own = self.volume.to_source()  # the file's layout: the session counts its slices
+        self.slices = AxialSlices.of(own.affine, own.shape, name)
         url = self.url.text().strip()
         if url:
             from ..client import RemoteSession
 
-            self.session = RemoteSession(url, self.volume, api_key=self.key.text().strip() or None)
+            self.session = RemoteSession(url, own, api_key=self.key.text().strip() or None)
             where = f"server {url}, session {self.session.session_id}"
         else:
             from ..session import ContourSession
 
-            self.session = ContourSession(self.volume, self.segmenter)
+            self.session = ContourSession(own, self.segmenter)
             where = "local model"
         shape = tuple(reversed(self.volume.shape))
         self.labels_layer = self.viewer.add_labels(np.zeros(shape, dtype=np.uint8), name=f"{name} contour",
@@ -159,13 +166,14 @@ class ContourWidget(QWidget):
         """Send the current slice of the Labels layer as drawn (a slice painted back to nothing that
         the session holds is erased, i.e. forgotten, as in the web viewer)."""
         z = self.current_slice()
-        mask = np.asarray(self.labels_layer.data[z]).T.astype(np.int64)
-        if not mask.any() and z in self.session.drawn:
-            self.session.erase(z)
-            self.status.setText(f"slice {z} erased; drawn: {self.session.drawn}")
+        k = self.slices.to_own(z)
+        mask = self.slices.plane_to_own(np.asarray(self.labels_layer.data[z]).T.astype(np.int64))
+        if not mask.any() and k in self.session.drawn:
+            self.session.erase(k)
+            self.status.setText(f"slice {k} erased; drawn: {self.session.drawn}")
             return
-        self.session.draw(z, mask)
-        self.status.setText(f"slice {z} sent; drawn: {self.session.drawn}")
+        self.session.draw(k, mask)
+        self.status.setText(f"slice {k} sent; drawn: {self.session.drawn}")
 
     def _painted(self, *_: Any) -> None:
         # napari may still be writing the stroke when it reports it: send once the event loop is free.
@@ -174,10 +182,10 @@ class ContourWidget(QWidget):
 
     def erase_slice(self) -> None:
         """Forget the current slice's drawing (here and in the session)."""
-        z = self.current_slice()
-        self.session.erase(z)
+        k = self.slices.to_own(self.current_slice())
+        self.session.erase(k)
         self._show_drawing()
-        self.status.setText(f"slice {z} erased; drawn: {self.session.drawn}")
+        self.status.setText(f"slice {k} erased; drawn: {self.session.drawn}")
 
     def undo(self) -> None:
         """Undo the session's last draw or erase and show the drawn slices again."""
@@ -202,11 +210,11 @@ class ContourWidget(QWidget):
         if not slices:
             self.status.setText("no suggestion")
             return
-        self.viewer.dims.set_current_step(0, slices[0])
+        self.viewer.dims.set_current_step(0, self.slices.to_canonical(slices[0]))
         self.status.setText(f"suggested slice {slices[0]}")
 
     def _show_drawing(self) -> None:
         data = np.zeros_like(self.labels_layer.data)
-        for z in self.session.drawn:
-            data[z] = self.session.drawn_mask(z).T
+        for k in self.session.drawn:
+            data[self.slices.to_canonical(k)] = self.slices.plane_to_canonical(self.session.drawn_mask(k)).T
         self.labels_layer.data = data

@@ -5,10 +5,12 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 
 =========================================  ===============================================================
 ``GET /healthz``                            200 ``{"status": "ok"}`` once the model is loaded
-``POST /sessions?name=F[&labels=1,2]``      body: the volume file (NIfTI/NRRD, or a .zip of a DICOM series)
+``POST /sessions?name=F[&classes=1,2]``     body: the volume file (NIfTI/NRRD, or a .zip of a DICOM series)
 ``POST /sessions?path=REL``                 a file or DICOM folder under ``--data-root``
-``GET /sessions/{id}``                      shape, drawn slices, label values, whether DICOM
-``PUT /sessions/{id}/slices/{z}``           draw slice ``z`` (body: wire-format mask, X·Y bytes, see :mod:`.wire`)
+``GET /sessions/{id}``                      shape, drawn slices, declared label values, whether DICOM,
+                                            and the canonical layout (for the viewer, :func:`_info`)
+``PUT /sessions/{id}/slices/{z}``           draw slice ``z`` (body: wire-format mask, the file's X·Y
+                                            bytes, see :mod:`.wire`)
 ``GET|DELETE /sessions/{id}/slices/{z}``    a drawn slice / erase it
 ``POST /sessions/{id}/undo``                undo the last draw or erase
 ``GET /sessions/{id}/suggest?n=1``          ``{"slices": [...]}``
@@ -17,7 +19,8 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 ``GET /sessions/{id}/image``                the canonical image as NIfTI (for the viewer)
 ``GET /sessions/{id}/slices/{z}/png``       slice ``z`` as a PNG, drawn slice in red (``?result=true``:
                                             the completed result in green too; see :mod:`.preview`)
-``GET /sessions/{id}/drawing``              every drawn slice, wire format (X·Y·Z bytes)
+``GET /sessions/{id}/drawing``              every drawn slice on the canonical grid of ``/image`` (for
+                                            the viewer; X·Y·Z bytes, x fastest)
 ``DELETE /sessions/{id}``                   close
 =========================================  ===============================================================
 
@@ -33,8 +36,9 @@ no ``Origin`` (``RemoteSession``, curl) are unaffected. Every answer carries ant
 ``nosniff`` and ``no-referrer`` headers (:data:`~fewshotcx.server.guard.SECURITY_HEADERS`); ``/docs`` and ``/redoc`` are off
 (they load scripts from a CDN), the schema stays at ``/openapi.json`` (plain JSON, no data).
 Limits on bodies, uploads and connections: :class:`~fewshotcx.server.limits.Limits`. Slice indices
-are axial indices of the canonical (closest-RAS) array, as for
-:class:`~fewshotcx.session.ContourSession`.
+``z`` and slice bodies are the image's own, ``array[:, :, z]`` of the file as stored (a DICOM
+series: as read), as for :class:`~fewshotcx.session.ContourSession` (docs/geometry.md, "Slice indices";
+changed in 0.4.0: canonical before). ``?labels=`` is the deprecated spelling of ``?classes=``.
 """
 
 from __future__ import annotations
@@ -169,8 +173,10 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
 
     @router.post("")
     async def create(request: Request, name: Optional[str] = None, path: Optional[str] = None,
-                     labels: Optional[str] = None) -> dict:
-        values = _labels(labels)
+                     classes: Optional[str] = None, labels: Optional[str] = None) -> dict:
+        if classes is not None and labels is not None:
+            raise HTTPError(400, "give ?classes= only (?labels= is its deprecated spelling)")
+        values = _classes(classes if classes is not None else labels)
         if path is not None:
             source = resolve_under(data_root, path)
             folder = store.new_folder()
@@ -193,7 +199,7 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
     async def draw(session_id: str, z: int, request: Request) -> dict:
         def slice_bytes() -> int:
             with store.use(session_id) as entry:
-                x, y = entry.session.image.shape[:2]
+                x, y = entry.session.original.shape[:2]
                 return x * y
 
         limit = await run_in_threadpool(slice_bytes)
@@ -201,7 +207,7 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
 
         def record() -> dict:
             with store.use(session_id) as entry:
-                entry.session.draw(z, decode_mask(body, entry.session.image.shape[:2]))
+                entry.session.draw(z, decode_mask(body, entry.session.original.shape[:2]))
                 return _info(entry)
         return await run_in_threadpool(record)
 
@@ -243,13 +249,12 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
     def slice_preview(session_id: str, z: int, result: bool = False) -> Response:
         with store.use(session_id) as entry:
             s = entry.session
-            if not 0 <= z < s.depth:
-                raise ValueError(f"slice index must be in [0, {s.depth - 1}], got {z}")
+            c = s.slices.to_canonical(z)  # shown as the canonical plane (radiological view)
             if entry.window is None:
                 entry.window = window_range(s.image.array)
-            drawn = s.drawn_mask(z) if z in s.drawn else None
-            completed = s.result().canonical().array[..., z] if result and s.drawn else None
-            return Response(slice_png(s.image.array[..., z], entry.window, drawn, completed), media_type="image/png")
+            drawn = s.slices.plane_to_canonical(s.drawn_mask(z)) if z in s.drawn else None
+            completed = s.result().canonical().array[..., c] if result and s.drawn else None
+            return Response(slice_png(s.image.array[..., c], entry.window, drawn, completed), media_type="image/png")
 
     @router.get("/{session_id}/image")
     def image(session_id: str) -> Response:
@@ -262,11 +267,11 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
         with store.use(session_id) as entry:
             s = entry.session
             volume = np.zeros(s.image.shape, dtype=np.uint8)
-            for z in s.drawn:
-                mask = s.drawn_mask(z)
+            for k in s.drawn:
+                mask = s.drawn_mask(k)
                 if mask.max(initial=0) > MAX_WIRE_LABEL:
-                    raise ValueError(f"slice {z} holds label values above {MAX_WIRE_LABEL}: not sendable as uint8")
-                volume[..., z] = mask
+                    raise ValueError(f"slice {k} holds label values above {MAX_WIRE_LABEL}: not sendable as uint8")
+                volume[..., s.slices.to_canonical(k)] = s.slices.plane_to_canonical(mask)
             return Response(encode_mask(volume), media_type=_OCTETS)
 
     @router.delete("/{session_id}")
@@ -277,13 +282,13 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
     return router
 
 
-def _labels(text: Optional[str]) -> Optional[list[int]]:
+def _classes(text: Optional[str]) -> Optional[list[int]]:
     if text is None or not text.strip():
         return None
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"labels must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"classes must be comma-separated integers, got {text!r}") from None
 
 
 def _check_upload_name(name: Optional[str]) -> None:
@@ -300,9 +305,16 @@ def _check_upload_name(name: Optional[str]) -> None:
 
 
 def _info(entry: Entry) -> dict:
+    """A session's state: ``shape`` (the image's own), ``drawn`` (own indices), ``classes`` (declared
+    label values; ``labels``, its deprecated name, too), ``dicom``; and for the viewer, which shows the
+    canonical image, ``canonical_shape`` and ``axes``: per own array axis, ``[canonical axis, ±1]``
+    (``-1``: reversed), so own slice ``k`` is canonical slice ``k`` or ``Z-1-k``
+    (:class:`~fewshotcx.io.grid.AxialSlices`)."""
     s = entry.session
-    return {"session_id": entry.id, "name": entry.name, "shape": list(s.image.shape), "drawn": s.drawn,
-            "labels": None if s.labels is None else list(s.labels), "dicom": entry.dicom_dir is not None}
+    declared = None if s.declared is None else list(s.declared)
+    return {"session_id": entry.id, "name": entry.name, "shape": list(s.original.shape), "drawn": s.drawn,
+            "classes": declared, "labels": declared, "dicom": entry.dicom_dir is not None,
+            "canonical_shape": list(s.image.shape), "axes": s.slices.orientation.tolist()}
 
 
 def _export(entry: Entry, volume, format: str) -> Response:

@@ -106,10 +106,12 @@ class SessionStore:
         """A fresh private folder for an upload (give it to :meth:`create` or remove it)."""
         return Path(tempfile.mkdtemp(dir=self._root))
 
-    def create(self, folder: Path, source: Path, name: str, labels: Optional[Sequence[int]] = None,
+    def create(self, folder: Path, source: Path, name: str, classes: Optional[Sequence[int]] = None,
                root: Optional[Path] = None) -> Entry:
         """Open a session on ``source`` (a volume file, a DICOM folder, or a ``.zip`` of one in
         ``folder``); ``folder`` is owned by the session from now on (removed on failure too).
+        ``classes``: the label values that may be drawn (``ContourSession(classes=)``). The image is
+        kept in its own layout: slice indices are its own (docs/geometry.md, "Slice indices").
 
         The image is read as untrusted input (:class:`~fewshotcx.io.limits.ReadLimits` with
         ``max_image_bytes``): a file it names (NRRD ``data file``) is read only inside ``root``
@@ -127,7 +129,7 @@ class SessionStore:
             raise
         try:
             dicom_dir, image = self._load(folder, source, name, root)
-            session = ContourSession(image, self.segmenter, labels=labels)
+            session = ContourSession(image, self.segmenter, classes=classes)
         except BaseException:
             with self._lock:
                 self._opening -= 1
@@ -169,7 +171,7 @@ class SessionStore:
             raise ValueError(f"{name!r}: expected a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file, or a .zip "
                              "of a DICOM series")
         try:
-            return dicom_dir, load_volume(source, limits=limits)
+            return dicom_dir, load_volume(source, canonical=False, limits=limits)
         except VolumeError as exc:  # name the upload, not the server's private folder
             raise VolumeError(str(exc).replace(str(source), name)) from None
 

@@ -1,8 +1,10 @@
 """The server's byte formats, shared by :mod:`fewshotcx.server` and the torch-free client.
 
-A slice travels as raw ``uint8`` label values of the canonical axial slice ``(X, Y)`` with ``x``
-varying fastest (NIfTI / NiiVue voxel order), ``X·Y`` bytes; a whole drawing as ``X·Y·Z`` bytes in the
-same order. Nothing here imports torch, fastapi or pickle.
+A slice travels as raw ``uint8`` label values of the image's own slice ``array[:, :, k]``, ``(X, Y)``
+of the file as stored (docs/geometry.md, "Slice indices"; changed in 0.4.0, the canonical slice
+before), with ``x`` varying fastest (NIfTI / NiiVue voxel order), ``X·Y`` bytes. The viewer's whole
+drawing (``GET /sessions/{id}/drawing``) is the canonical volume that ``/image`` shows, ``X·Y·Z``
+bytes in the same order. Nothing here imports torch, fastapi or pickle.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 // fewshotcx web viewer: NiiVue (vendored, BSD-2) shows the canonical image and the drawing; every
 // drawn slice is sent to the server, which keeps the session's state (undo, complete, suggest).
-// Slice k here is axial index k of the canonical (closest-RAS) array, as in ContourSession.
+// The slice numbers shown and sent are the file's own (array[:, :, k] of the file, as in ContourSession
+// and RemoteSession: docs/geometry.md, "Slice indices"); NiiVue's canonical slice z and plane are mapped
+// to them with the session's "axes" (per file axis: [canonical axis, +1 or -1 when reversed]).
 import { Niivue } from "./niivue.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { sid: null, info: null, dims: null, synced: null, pending: 0, resultVersion: 0, overlay: null,
-                queue: Promise.resolve() };
+const state = { sid: null, info: null, dims: null, axes: null, synced: null, pending: 0, resultVersion: 0,
+                overlay: null, queue: Promise.resolve() };
 window.fxViewer = state;
 
 const keyInput = $("key");
@@ -59,19 +61,40 @@ state.nv = nv;
 
 function sliceSize() { return state.dims[0] * state.dims[1]; }
 
+// Canonical slice z <-> the file's slice k (the file's third axis is the canonical third, maybe reversed).
+function fileSlice(z) { return state.axes[2][1] > 0 ? z : state.dims[2] - 1 - z; }
+
+// A canonical (X, Y) plane (x fastest) -> the file's own (X, Y) plane (x fastest).
+function filePlane(plane) {
+  const [fx, fy] = state.info.shape;
+  const out = new Uint8Array(fx * fy);
+  const c = [0, 0];
+  for (let j = 0; j < fy; j++) {
+    for (let i = 0; i < fx; i++) {
+      [i, j].forEach((f, axis) => {
+        const [to, sign] = state.axes[axis];
+        c[to] = sign > 0 ? f : state.dims[to] - 1 - f;
+      });
+      out[i + j * fx] = plane[c[0] + c[1] * state.dims[0]];
+    }
+  }
+  return out;
+}
+
 function currentSlice() {
   const vox = nv.frac2vox(nv.scene.crosshairPos);
   return Math.min(state.dims[2] - 1, Math.max(0, Math.round(vox[2])));
 }
 
-function goToSlice(z) {
-  const k = Math.min(state.dims[2] - 1, Math.max(0, Math.round(z)));
-  nv.moveCrosshairInVox(0, 0, k - currentSlice());
+// Go to the file's slice k.
+function goToSlice(k) {
+  const z = fileSlice(Math.min(state.dims[2] - 1, Math.max(0, Math.round(k))));
+  nv.moveCrosshairInVox(0, 0, z - currentSlice());
   showSlice();
 }
 
 function showSlice() {
-  $("slice").value = currentSlice();
+  $("slice").value = fileSlice(currentSlice());
 }
 
 function showInfo(info) {
@@ -87,8 +110,8 @@ function setTool(tool) {
   nv.setPenValue(tool === "eraser" ? 0 : Math.max(1, Number($("label").value) || 1), false);
 }
 
-// Send every slice whose drawing changed since the last sync (run through busy()): a drawn slice is PUT, a slice wiped
-// clean that the server holds is erased (forgotten).
+// Send every slice whose drawing changed since the last sync (run through busy()): a drawn slice is PUT (as the file's
+// slice), a slice wiped clean that the server holds is erased (forgotten).
 async function syncDrawing() {
   const bitmap = nv.drawBitmap;
   const n = sliceSize();
@@ -101,12 +124,13 @@ async function syncDrawing() {
     const copy = now.slice();
     before.set(copy);
     const empty = !copy.some((v) => v !== 0);
-    if (empty && state.info.drawn.includes(z)) {
-      showInfo(await (await api("DELETE", `/sessions/${state.sid}/slices/${z}`)).json());
-      say(`slice ${z} erased`);
+    const k = fileSlice(z);
+    if (empty && state.info.drawn.includes(k)) {
+      showInfo(await (await api("DELETE", `/sessions/${state.sid}/slices/${k}`)).json());
+      say(`slice ${k} erased`);
     } else if (!empty) {
-      showInfo(await (await api("PUT", `/sessions/${state.sid}/slices/${z}`, copy)).json());
-      say(`slice ${z} saved`);
+      showInfo(await (await api("PUT", `/sessions/${state.sid}/slices/${k}`, filePlane(copy))).json());
+      say(`slice ${k} saved`);
     }
   }
 }
@@ -122,7 +146,8 @@ async function loadDrawing() {
 async function openSession(sid) {
   state.sid = sid;
   const info = await (await api("GET", `/sessions/${sid}`)).json();
-  state.dims = info.shape;
+  state.dims = info.canonical_shape;
+  state.axes = info.axes;
   await nv.loadVolumes([{ url: `/sessions/${sid}/image`, name: "image.nii.gz", headers: authHeaders() }]);
   nv.setSliceType(nv.sliceTypeAxial);
   nv.createEmptyDrawing();
@@ -205,8 +230,8 @@ async function main() {
   nv.onLocationChange = () => { if (state.dims) showSlice(); };
   nv.onDrawingChanged = (action) => { if (action === "draw" && state.sid) busy("draw", syncDrawing); };
   $("file").addEventListener("change", (e) => { if (e.target.files.length) upload(e.target.files[0]); });
-  $("prev").onclick = () => goToSlice(currentSlice() - 1);
-  $("next").onclick = () => goToSlice(currentSlice() + 1);
+  $("prev").onclick = () => goToSlice(fileSlice(currentSlice()) - 1);
+  $("next").onclick = () => goToSlice(fileSlice(currentSlice()) + 1);
   $("slice").addEventListener("change", () => goToSlice(Number($("slice").value)));
   $("window").addEventListener("change", setWindow);
   $("level").addEventListener("change", setWindow);
