@@ -135,13 +135,12 @@ def test_weights_list_runs(capsys):
 
 
 def test_missing_optional_dependency_names_the_extra(case, monkeypatch, capsys):
-    """``--backend atlas`` without SimpleITK: one line naming the extra, exit 2, nothing written (it
+    """``--backend sam2`` without sam2: one line naming the extra, exit 2, nothing written (it
     was an "internal error ... please report it")."""
-    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import SimpleITK -> ModuleNotFoundError
-    args = _predict_args(case, **{"--weights": None})
-    assert main(["predict", *args, "--backend", "atlas"]) == 2
+    monkeypatch.setitem(sys.modules, "sam2", None)  # import sam2 -> ModuleNotFoundError
+    assert main(["predict", *_predict_args(case), "--backend", "sam2", "--config", "sam2.1_hiera_t"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "pip install" in err and "fewshotcx[registration]" in err
+    assert err.count("\n") == 1 and "pip install" in err and "fewshotcx[sam2]" in err
     assert "internal error" not in err and not list(case["out"].parent.iterdir())
 
 

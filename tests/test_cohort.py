@@ -348,8 +348,6 @@ def test_cli_cohort_forwards_model_options_like_predict(ray_cluster, cli_case, t
     from test_strategies import _head
 
     option = COHORT_OPTIONS[name]
-    if "atlas" in option or "registered" in option:
-        pytest.importorskip("SimpleITK")
     (image, label), (image2, label2), (query, _) = _head(0), _head(1, shift=(-3.0, 2.0, -2.0)), _head(2, shift=(3.0, -2.0, 2.0))
     from scipy import ndimage
 

@@ -30,6 +30,7 @@ from ..pipeline.support import (
     select_support,
 )
 from ..models.weights import load_universeg
+from . import default_strategy
 
 #: Support size when neither the caller nor the checkpoint says: UniverSeg v1 was trained with
 #: support sets of up to 64, and 16 is near the knee of its published support-size curve at a quarter
@@ -50,7 +51,8 @@ class UniverSegBackend:
         ensemble: ``K`` independent support sets averaged.
         strategy: ``"position"``, ``"random"``, ``"retrieval"``, ``"registered"`` or ``"auto"`` (see
             :mod:`fewshotcx.pipeline.support`); the last three need the query, which
-            :meth:`query_context` provides (the :class:`~fewshotcx.Segmenter` calls it).
+            :meth:`query_context` provides (the :class:`~fewshotcx.Segmenter` calls it). ``None`` =
+            :func:`~fewshotcx.backends.default_strategy` (``"auto"``).
         registration: transform of ``"registered"``/``"auto"``: ``"rigid"``, ``"affine"`` or ``"deformable"``.
         group_size: neighbouring query slices sharing one support set.
         precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
@@ -78,7 +80,7 @@ class UniverSegBackend:
         device: torch.device = torch.device("cpu"),
         support_size: Optional[int] = None,
         ensemble: int = 1,
-        strategy: Strategy = "position",
+        strategy: Optional[Strategy] = None,
         group_size: int = 8,
         precision: str = "auto",
         slice_size: Optional[int] = None,
@@ -115,7 +117,7 @@ class UniverSegBackend:
         if self.support_size < 1 or ensemble < 1 or group_size < 1:
             raise ValueError("support_size, ensemble and group_size must be at least 1")
         self.ensemble = int(ensemble)
-        self.strategy = check_strategy(strategy)
+        self.strategy = check_strategy(strategy or default_strategy())
         if registration not in ("rigid", "affine", "deformable"):
             raise ValueError(f"registration must be 'rigid', 'affine' or 'deformable', got {registration!r}")
         self.registration = registration
