@@ -221,7 +221,7 @@ class KillOnceBackend:
     name, resize_mode = "universeg", "pad"
 
     def __init__(self, marker, **options):
-        self.marker, self.inner = Path(marker), UniverSegBackend(**options)
+        self.marker, self.inner = Path(marker), UniverSegBackend(strategy="position", **options)  # slab-only wrapper
         self.slice_size, self.context, self.device = self.inner.slice_size, self.inner.context, self.inner.device
 
     def fit(self, pools, generator):
@@ -259,7 +259,7 @@ def test_faults_fail_alone_and_killed_worker_patient_is_retried(ray_cluster, dat
     assert sorted(p.name for p in out.iterdir()) == [".fewshotcx-run.json", "p0.nii.gz", "p2.nii.gz", "results.csv",
                                                      "victim.nii.gz"]
     assert [r["id"] for r in read_rows(out / "results.csv")] == ["p0", "bad", "gone", "victim", "p2"]
-    expected = plain_prediction(data, tmp_path / "victim.nii.gz")
+    expected = plain_prediction(data, tmp_path / "victim.nii.gz", strategy="position")
     assert np.array_equal(load_volume(out / "victim.nii.gz", label=True).array, expected.array)
     again = run(path, data["support"], out, workers=1, segmenter_options=options)
     assert [r["status"] for r in again.rows] == ["skipped", "failed", "failed", "skipped", "skipped"]

@@ -256,10 +256,11 @@ def test_universeg_atlas_fuses_in_context_and_prior_on_the_query_grid():
     query = Volume(moved.array[..., 4:], AFFINE)
     seg = Segmenter(backend="universeg+atlas", model=tiny_universeg(), slice_size=32, support_size=3,
                     progress=False, device="cpu").fit([image], [label])
-    assert isinstance(seg.backend, UniverSegAtlasBackend) and seg.backend.universeg.strategy == "registered"
+    assert isinstance(seg.backend, UniverSegAtlasBackend) and seg.backend.universeg.strategy == "auto"
     fused = seg.predict_proba(query)
     assert fused.shape == query.shape and np.allclose(fused.affine, query.affine)
-    # the parts: in-context = the registered strategy's prediction; prior = the registered label map
+    # the parts: in-context = the registered strategy's prediction (auto: the registration passed its
+    # check); prior = the registered label map
     from fewshotcx.pipeline.intensity import normalize
 
     normalised = torch.as_tensor(normalize(query.array, seg.support.modality))

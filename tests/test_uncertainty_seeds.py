@@ -6,6 +6,7 @@ CC BY 3.0; development data, never committed) and skips without them.
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ import SimpleITK as sitk
 from fewshotcx import Segmenter
 from fewshotcx.io.volume import Volume, load_volume
 from fewshotcx.pipeline.support import derived_generator
-from fewshotcx.registration import register
 
+register = import_module("fewshotcx.registration.register")  # the module: fx.registration.register is a function
 STS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mirp" / "sts_images_flat" / "nifti"
 
 
