@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORIENTATIONS, blob_volume
+from conftest import ORIENTATIONS, UNREGISTERED, blob_volume
 from fewshotcx.cli.main import main
 from fewshotcx.models import UniverSeg
 from fewshotcx.models.weights import save_checkpoint
@@ -39,6 +39,7 @@ def _predict_args(p, **override):
     return [str(x) for kv in args.items() for x in kv if kv[1] is not None]
 
 
+@UNREGISTERED
 def test_predict_writes_a_label_map_on_the_query_grid(case, capsys):
     assert main(["predict", *_predict_args(case)]) == 0
     out = nib.load(str(case["out"]))
@@ -48,6 +49,7 @@ def test_predict_writes_a_label_map_on_the_query_grid(case, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+@UNREGISTERED
 def test_existing_output_needs_overwrite(case, capsys):
     case["out"].write_bytes(b"precious")
     assert main(["predict", *_predict_args(case)]) == 2

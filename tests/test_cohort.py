@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORIENTATIONS, blob_volume
+from conftest import ORIENTATIONS, UNREGISTERED, blob_volume
 from fewshotcx import Segmenter, Volume, load_volume, metrics
 from fewshotcx.backends.universeg import UniverSegBackend
 from fewshotcx.cli.main import main
@@ -25,6 +25,7 @@ from fewshotcx.models import UniverSeg
 from fewshotcx.models.weights import save_checkpoint
 
 ray = pytest.importorskip("ray")
+pytestmark = UNREGISTERED  # small blobs, stored in other orientations: some queries do not register
 
 SHAPE = (32, 32, 16)
 VICTIM_DEPTH = 20  # the patient whose worker the kill test shoots has this many axial slices

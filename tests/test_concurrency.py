@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORIENTATIONS, blob_volume
+from conftest import ORIENTATIONS, UNREGISTERED, blob_volume
 from fewshotcx import Segmenter, Volume
 from fewshotcx.io.atomic import atomic_output, current_umask
 from fewshotcx.models.sam.embedding_cache import EmbeddingCache
@@ -122,6 +122,7 @@ def test_fit_waits_for_running_predictions():
     assert seg.classes == (2,)
 
 
+@UNREGISTERED
 def test_one_fitted_segmenter_predicts_from_many_threads():
     """predict_proba on one fitted Segmenter from four threads equals the serial result."""
     image, label = _pair(1)

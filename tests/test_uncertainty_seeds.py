@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import UNREGISTERED
 from fewshotcx import Segmenter
 from fewshotcx.io.volume import Volume, load_volume
 from fewshotcx.pipeline.support import derived_generator
@@ -63,6 +64,7 @@ def _sts_ct(patient: str, size: tuple[int, int, int]) -> tuple[Volume, Volume]:
 
 @pytest.mark.skipif(not (STS / "STS_002_CT_image.nii.gz").is_file(),
                     reason="STS development data not found at ../shared/data (never bundled)")
+@UNREGISTERED
 def test_predict_uncertainty_across_ct_patients_with_the_default_strategy():
     """The README's quick start on real CT: fit on one patient, uncertainty on another (strategy auto)."""
     size = (96, 96, 16)
