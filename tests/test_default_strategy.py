@@ -50,16 +50,19 @@ def test_a_plain_install_gets_auto(monkeypatch):
     assert extras["registration"] == []  # the old extra, an empty alias for one release
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_segmenter_backend_and_cli_agree_on_the_default(command, monkeypatch):
+def test_segmenter_backend_and_cli_agree_on_the_default(monkeypatch):
+    """``Segmenter()``, a backend built directly, ``universeg+atlas`` and every CLI command with model
+    options (cohort workers and the server build their Segmenter the same way)."""
     monkeypatch.delenv(backends.STRATEGY_ENV, raising=False)
-    args = build_parser().parse_args([command, *COMMANDS[command]])
-    from_cli = fx.Segmenter(**{**model_options(args), "model": _model()}, progress=False)
-    assert args.strategy is None and from_cli.backend.strategy == "auto"
-    assert fx.Segmenter(model=_model(), progress=False).backend.strategy == "auto"
-    assert UniverSegBackend(model=_model()).strategy == "auto"
-    hybrid = fx.Segmenter(backend="universeg+atlas", model=_model(), progress=False).backend
-    assert hybrid.universeg.strategy == "auto"
+    strategies = {"Segmenter()": fx.Segmenter(model=_model(), progress=False).backend.strategy,
+                  "UniverSegBackend()": UniverSegBackend(model=_model()).strategy,
+                  "universeg+atlas": fx.Segmenter(backend="universeg+atlas", model=_model(),
+                                                  progress=False).backend.universeg.strategy}
+    for command, required in COMMANDS.items():
+        args = build_parser().parse_args([command, *required])
+        options = {**model_options(args), "model": _model()}
+        strategies[command] = fx.Segmenter(**options, progress=False).backend.strategy
+    assert set(strategies.values()) == {"auto"}, strategies
 
 
 def test_cli_help_states_the_defaults(capsys):
