@@ -168,8 +168,8 @@ def _line(row: dict) -> str:
 
 def evidence(rows: Sequence[dict]) -> list[dict]:
     """Paired comparisons behind the Segmenter defaults, per task family: strategy, ensemble and
-    post-processing matched on (task, support size, draw); each support size against the backend's
-    default (position strategy, no ensemble) matched on (task, draw)."""
+    post-processing matched on (task, support size, draw); each support size against the benchmarks'
+    protocol (position strategy, no ensemble: benchmarks/common.py) matched on (task, draw)."""
     match = ["task", "support_size", "draw"]
     out = []
     for family in dict.fromkeys(r["family"] for r in rows):

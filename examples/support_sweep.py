@@ -4,7 +4,7 @@
         --query q.nii.gz --reference q_lab.nii.gz --sizes 1,2,4,8,16,32 --seeds 0,1,2 --csv sweep.csv
 
 ``support_size`` is the number of labelled support slices S that condition each query slice (drawn
-from all support volumes; position-matched by default). ``seed`` changes which slices are drawn, so
+from all support volumes, registered onto the query by default). ``seed`` changes which slices are drawn, so
 the spread over seeds shows how much a result depends on the draw. One CSV row per (size, seed).
 The full benchmark, over several tasks and datasets, is ``benchmarks/support_size.py``.
 

@@ -62,7 +62,8 @@ class Segmenter:
         memory_budget: bytes of working memory per chunk of query slabs (default 128 MiB on CPU, 8 GiB
             on CUDA).
         progress: show a progress bar on long volumes (only when stderr is a terminal).
-        **backend_options: passed to the backend (e.g. ``strategy="random"``, ``tune_steps=`` for SAM).
+        **backend_options: passed to the backend (e.g. ``strategy=``, default ``"auto"``: support registered
+            onto each query, retrieval where registration fails its check; ``tune_steps=`` for SAM).
 
     State: :meth:`fit` stores one immutable value, :attr:`fitted` (a
     :class:`~fewshotcx.backends.base.Fitted`); every prediction reads it once, at its start, through

@@ -12,8 +12,6 @@ from fewshotcx.backends import create_backend
 from fewshotcx.backends import atlas as atlas_module
 from fewshotcx.registration import Quality, Registration, RegistrationError, onto_query
 
-pytest.importorskip("SimpleITK")
-
 
 @pytest.fixture(scope="module")
 def brain():

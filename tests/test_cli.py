@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORIENTATIONS, blob_volume
+from conftest import ORIENTATIONS, UNREGISTERED, blob_volume
 from fewshotcx.cli.main import main
 from fewshotcx.models import UniverSeg
 from fewshotcx.models.weights import save_checkpoint
@@ -39,6 +39,7 @@ def _predict_args(p, **override):
     return [str(x) for kv in args.items() for x in kv if kv[1] is not None]
 
 
+@UNREGISTERED
 def test_predict_writes_a_label_map_on_the_query_grid(case, capsys):
     assert main(["predict", *_predict_args(case)]) == 0
     out = nib.load(str(case["out"]))
@@ -48,6 +49,7 @@ def test_predict_writes_a_label_map_on_the_query_grid(case, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+@UNREGISTERED
 def test_existing_output_needs_overwrite(case, capsys):
     case["out"].write_bytes(b"precious")
     assert main(["predict", *_predict_args(case)]) == 2
@@ -135,13 +137,12 @@ def test_weights_list_runs(capsys):
 
 
 def test_missing_optional_dependency_names_the_extra(case, monkeypatch, capsys):
-    """``--backend atlas`` without SimpleITK: one line naming the extra, exit 2, nothing written (it
+    """``--backend sam2`` without sam2: one line naming the extra, exit 2, nothing written (it
     was an "internal error ... please report it")."""
-    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import SimpleITK -> ModuleNotFoundError
-    args = _predict_args(case, **{"--weights": None})
-    assert main(["predict", *args, "--backend", "atlas"]) == 2
+    monkeypatch.setitem(sys.modules, "sam2", None)  # import sam2 -> ModuleNotFoundError
+    assert main(["predict", *_predict_args(case), "--backend", "sam2", "--config", "sam2.1_hiera_t"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "pip install" in err and "fewshotcx[registration]" in err
+    assert err.count("\n") == 1 and "pip install" in err and "fewshotcx[sam2]" in err
     assert "internal error" not in err and not list(case["out"].parent.iterdir())
 
 

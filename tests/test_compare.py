@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import ORIENTATIONS, blob_volume
+from conftest import ORIENTATIONS, UNREGISTERED, blob_volume
 from fewshotcx import Volume, VolumeError, load_volume, save_volume
 from fewshotcx.baselines import compare as cmp
 from fewshotcx.baselines import totalsegmentator as ts
@@ -72,6 +72,7 @@ def test_label_fusion_of_the_query_itself_scores_perfectly(tmp_path):
     assert (row["structure"], row["dice"], row["hd95_mm"], row["nsd_2mm"]) == ("blob", 1.0, 0.0, 1.0)
 
 
+@UNREGISTERED
 def test_compare_cli_writes_predictions_and_results(tmp_path):
     support = _write_case(tmp_path, "s", 0)
     query, reference = _write_case(tmp_path, "q", 3)

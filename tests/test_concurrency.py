@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORIENTATIONS, blob_volume
+from conftest import ORIENTATIONS, UNREGISTERED, blob_volume
 from fewshotcx import Segmenter, Volume
 from fewshotcx.io.atomic import atomic_output, current_umask
 from fewshotcx.models.sam.embedding_cache import EmbeddingCache
@@ -119,6 +119,7 @@ def test_a_fit_during_a_prediction_leaves_that_prediction_its_value():
     assert set(np.unique(labels)) <= {0, 1} and labels.any()  # the first fit's class, not 2
 
 
+@UNREGISTERED
 def test_one_fitted_segmenter_predicts_from_many_threads():
     """predict_proba on one fitted Segmenter from four threads equals the serial result."""
     image, label = _pair(1)

@@ -1,9 +1,12 @@
-"""The default support strategy: ``auto`` (registration, else retrieval) where SimpleITK is installed."""
+"""One default support strategy, ``"auto"`` (registered onto each query, retrieval where registration
+fails its check), whatever the install and whichever door: ``$FEWSHOTCX_DEFAULT_STRATEGY`` is the only override."""
 
 from __future__ import annotations
 
-import importlib.util
+import re
+import tomllib
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +14,19 @@ import torch
 
 import fewshotcx as fx
 import fewshotcx.backends as backends
+from fewshotcx.backends.universeg import UniverSegBackend
+from fewshotcx.cli.main import build_parser
+from fewshotcx.cli.predict import model_options
 from fewshotcx.models import UniverSeg
 
-pytestmark = pytest.mark.default_strategy
 AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+#: The sub-commands that take the Segmenter's options, with the arguments each one requires.
+COMMANDS = {
+    "predict": ["--image", "q.nii.gz", "--support", "i.nii.gz:l.nii.gz", "--out", "o.nii.gz"],
+    "complete": ["--image", "q.nii.gz", "--drawn", "d.nii.gz", "--slices", "1,2", "--out", "o.nii.gz"],
+    "cohort": ["--manifest", "m.csv", "--support", "i.nii.gz:l.nii.gz", "--out", "out"],
+}
 
 
 def _model() -> UniverSeg:
@@ -22,18 +34,53 @@ def _model() -> UniverSeg:
     return UniverSeg((4,) * 4, (4,) * 3, in_channels=3).eval()
 
 
-def test_the_default_is_auto_with_simpleitk_and_retrieval_without(monkeypatch):
-    has_sitk = importlib.util.find_spec("SimpleITK") is not None
-    assert fx.Segmenter(model=_model(), progress=False).backend.strategy == ("auto" if has_sitk else "retrieval")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "SimpleITK" else real(name, *a))
-    assert fx.Segmenter(model=_model(), progress=False).backend.strategy == "retrieval"
-    assert fx.Segmenter(model=_model(), progress=False, strategy="position").backend.strategy == "position"
-    assert backends.DEFAULT_STRATEGY is None  # nothing pinned for this module's tests
+def _requirement_name(requirement: str) -> str:
+    """``"SimpleITK>=2.4"`` → ``"simpleitk"``."""
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+
+
+def test_a_plain_install_gets_auto(monkeypatch):
+    """``pip install fewshotcx`` (no extras) installs SimpleITK, so ``auto`` is everyone's default."""
+    monkeypatch.delenv(backends.STRATEGY_ENV, raising=False)
+    assert backends.default_strategy() == "auto"
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    assert "simpleitk" in {_requirement_name(r) for r in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    assert all("simpleitk" not in {_requirement_name(r) for r in extra} for extra in extras.values())
+    assert extras["registration"] == []  # the old extra, an empty alias for one release
+
+
+def test_segmenter_backend_and_cli_agree_on_the_default(monkeypatch):
+    """``Segmenter()``, a backend built directly, ``universeg+atlas`` and every CLI command with model
+    options (cohort workers and the server build their Segmenter the same way)."""
+    monkeypatch.delenv(backends.STRATEGY_ENV, raising=False)
+    strategies = {"Segmenter()": fx.Segmenter(model=_model(), progress=False).backend.strategy,
+                  "UniverSegBackend()": UniverSegBackend(model=_model()).strategy,
+                  "universeg+atlas": fx.Segmenter(backend="universeg+atlas", model=_model(),
+                                                  progress=False).backend.universeg.strategy}
+    for command, required in COMMANDS.items():
+        args = build_parser().parse_args([command, *required])
+        options = {**model_options(args), "model": _model()}
+        strategies[command] = fx.Segmenter(**options, progress=False).backend.strategy
+    assert set(strategies.values()) == {"auto"}, strategies
+
+
+def test_cli_help_states_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default auto" in help_text and "FEWSHOTCX_DEFAULT_STRATEGY" in help_text
+    assert "default deformable" in help_text and "default affine" not in help_text
+
+
+def test_the_environment_variable_is_the_only_override(monkeypatch):
     monkeypatch.setenv(backends.STRATEGY_ENV, "random")
     assert fx.Segmenter(model=_model(), progress=False).backend.strategy == "random"
+    assert UniverSegBackend(model=_model()).strategy == "random"
+    assert fx.Segmenter(model=_model(), progress=False, strategy="position").backend.strategy == "position"
+    assert not hasattr(backends, "DEFAULT_STRATEGY")
     monkeypatch.setenv(backends.STRATEGY_ENV, "nearest")
-    with pytest.raises(ValueError, match="unknown support strategy"):
+    with pytest.raises(ValueError, match="unknown support strategy 'nearest'"):
         fx.Segmenter(model=_model(), progress=False)
 
 

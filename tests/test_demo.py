@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORIENTATIONS, blob_volume
+from conftest import ORIENTATIONS, UNREGISTERED, blob_volume
 from fewshotcx import demo
 from fewshotcx.datasets.cases import Case
 from fewshotcx.evaluation.metrics import dice
@@ -30,6 +30,7 @@ def test_drawn_slices_include_the_ends():
     assert spread_slices(mask, 2, ends=True) == [4, 14]
 
 
+@UNREGISTERED
 def test_demo_tasks_write_prediction_overlay_and_csv(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = UniverSeg((8, 8, 8, 8), (8, 8, 8))

@@ -10,7 +10,7 @@ import torch
 from fewshotcx import Segmenter, Volume
 from fewshotcx.models import UniverSeg
 
-from conftest import blob_volume
+from conftest import UNREGISTERED, blob_volume
 
 
 def _model(seed: int = 0) -> UniverSeg:
@@ -37,6 +37,7 @@ def test_encode_support_reused_across_calls_equals_the_plain_network():
             torch.testing.assert_close(torch.cat(parts), plain, atol=1e-5, rtol=1e-5)
 
 
+@UNREGISTERED
 def test_backend_encodes_each_support_set_once_and_sees_weight_updates():
     image, label = blob_volume(shape=(24, 20, 12))
     affine = np.diag([1.0, 1.0, 2.0, 1.0])

@@ -39,8 +39,6 @@ def _head(seed: int, shape=(24, 24, 16), shift=(0.0, 0.0, 0.0), crop: int = 0) -
 
 
 def _segmenter(strategy: str) -> Segmenter:
-    if strategy in ("registered", "auto"):
-        pytest.importorskip("SimpleITK")
     seg = Segmenter(model=_tiny(), slice_size=16, support_size=3, group_size=4, progress=False, device="cpu",
                     strategy=strategy, seed=3, memory_budget=1)  # one slab per chunk: many backend calls
     support = [_head(0), _head(1, shift=(1.0, 0.0, -1.0))]

@@ -56,3 +56,14 @@ def test_medsam_preprocessing_is_refused():
     with pytest.raises(ValueError, match="MedSAM"):
         Segmenter(backend="universeg+sam", model=_tiny_universeg(), slice_size=32,
                   sam_model=tiny_sam(seed=0, img_size=64), sam_preprocess="medsam")
+
+
+def test_the_coarse_model_draws_by_position_and_refuses_query_aware_strategies():
+    """universeg+sam draws support per slab (no query context): ``position``, not the default ``auto``."""
+    seg = Segmenter(backend="universeg+sam", model=_tiny_universeg(), slice_size=32,
+                    sam_model=tiny_sam(seed=0, img_size=64), progress=False)
+    assert seg.backend.coarse.strategy == "position"
+    with pytest.raises(ValueError, match="universeg\\+sam draws support per slab: strategy must be 'position' or "
+                                         "'random', got 'auto'"):
+        Segmenter(backend="universeg+sam", model=_tiny_universeg(), slice_size=32,
+                  sam_model=tiny_sam(seed=0, img_size=64), strategy="auto")

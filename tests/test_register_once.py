@@ -12,8 +12,6 @@ from test_strategies import AFFINE, _head, _segmenter, tiny_universeg
 from fewshotcx import Segmenter, Volume
 from fewshotcx.registration import RegistrationCache, onto_query
 
-pytest.importorskip("SimpleITK")
-
 
 @pytest.fixture
 def registrations(monkeypatch):

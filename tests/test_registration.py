@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
@@ -12,7 +13,6 @@ from conftest import cached_colin27
 from fewshotcx.io.volume import Volume
 from fewshotcx import registration as reg
 
-sitk = pytest.importorskip("SimpleITK")
 FLIP = np.diag([-1.0, -1.0, 1.0])
 
 

@@ -77,7 +77,6 @@ def _subject(seed: int, shape=(44, 40, 40)) -> Volume:
 
 @pytest.fixture(scope="module")
 def pair():
-    pytest.importorskip("SimpleITK")
     return _subject(0), _subject(1)
 
 

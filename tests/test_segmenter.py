@@ -6,7 +6,7 @@ import torch
 
 from scipy import ndimage
 
-from conftest import ORIENTATIONS, blob_volume
+from conftest import ORIENTATIONS, UNREGISTERED, blob_volume
 from fewshotcx import Segmenter, Volume, VolumeError, load_volume, save_volume
 from fewshotcx.backends.universeg import UniverSegBackend
 from fewshotcx.pipeline.intensity import minmax_per_slice, normalize
@@ -80,6 +80,7 @@ def test_loaded_query_is_saved_in_source_orientation(tmp_path):
     assert np.corrcoef(np.asanyarray(written.dataobj).ravel(), normalize(image, "mr").ravel())[0, 1] > 0.97
 
 
+@UNREGISTERED
 def test_universeg_end_to_end_shapes_and_determinism():
     support = _support()
     seg = Segmenter(model=tiny_universeg(), slice_size=32, support_size=4, progress=False, seed=3)
@@ -102,6 +103,7 @@ def test_seed_changes_random_support():
     assert not np.array_equal(a.array, b.array)
 
 
+@UNREGISTERED
 def test_multiclass_gives_one_map_per_label_value():
     image, label = blob_volume(seed=1)
     label = label * 2
@@ -185,6 +187,7 @@ def test_bad_options_are_clear():
         Segmenter(model=tiny_universeg(), slice_size=30)
 
 
+@UNREGISTERED
 def test_support_extent_comes_only_from_labelled_slices():
     """Unlabelled slices of a partially labelled volume must not leak into the prediction."""
     image, label = _support()
@@ -236,6 +239,7 @@ def test_checkpoint_can_record_its_default_support_size(tmp_path):
     assert Segmenter(model=model, slice_size=32).backend.support_size == 16  # no metadata: the v1 default
 
 
+@UNREGISTERED
 def test_predictions_do_not_depend_on_chunking():
     """Support draws are seeded per group of slices, so the memory budget cannot change the result."""
     image, label = _support()

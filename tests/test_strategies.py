@@ -159,7 +159,6 @@ def _draws(seg, query):
 
 
 def test_registered_equals_position_on_aligned_volumes():
-    pytest.importorskip("SimpleITK")
     image, label = _head(0)
     query, _ = _head(1)  # same anatomy, same place, other noise
     position = _segmenter("position", group_size=8).fit([image], [label])
@@ -178,7 +177,6 @@ def test_registered_equals_position_on_aligned_volumes():
 
 def test_registered_matches_anatomy_when_the_query_is_moved_and_cropped():
     """Query = the support's anatomy shifted 4 slices and cropped: registered draws the same anatomy."""
-    pytest.importorskip("SimpleITK")
     image, label = _head(0)
     moved, moved_label = _head(2, shift=(3.0, -2.0, 4.0))
     query = Volume(moved.array[..., 8:], AFFINE)
@@ -195,7 +193,6 @@ def test_registered_matches_anatomy_when_the_query_is_moved_and_cropped():
 
 
 def test_registered_failure_names_the_support_volume_and_auto_falls_back():
-    pytest.importorskip("SimpleITK")
     from fewshotcx.registration import RegistrationError
 
     image, label = _head(0)
@@ -215,7 +212,6 @@ def test_registered_failure_names_the_support_volume_and_auto_falls_back():
 
 
 def test_registered_refuses_partially_labelled_support():
-    pytest.importorskip("SimpleITK")
     image, label = _head(0)
     query, _ = _head(1)
     seg = _segmenter("registered").fit([image], [label], slices=[[10, 12, 14]])
@@ -252,7 +248,6 @@ def test_cli_strategy_option(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- universeg+atlas
 def test_universeg_atlas_fuses_in_context_and_prior_on_the_query_grid():
-    pytest.importorskip("SimpleITK")
     from fewshotcx.backends.universeg_atlas import UniverSegAtlasBackend, fuse
 
     image, label = _head(0)
@@ -260,10 +255,11 @@ def test_universeg_atlas_fuses_in_context_and_prior_on_the_query_grid():
     query = Volume(moved.array[..., 4:], AFFINE)
     seg = Segmenter(backend="universeg+atlas", model=tiny_universeg(), slice_size=32, support_size=3,
                     progress=False, device="cpu").fit([image], [label])
-    assert isinstance(seg.backend, UniverSegAtlasBackend) and seg.backend.universeg.strategy == "registered"
+    assert isinstance(seg.backend, UniverSegAtlasBackend) and seg.backend.universeg.strategy == "auto"
     fused = seg.predict_proba(query)
     assert fused.shape == query.shape and np.allclose(fused.affine, query.affine)
-    # the parts: in-context = the registered strategy's prediction; prior = the registered label map
+    # the parts: in-context = the registered strategy's prediction (auto: the registration passed its
+    # check); prior = the registered label map
     from fewshotcx.pipeline.intensity import normalize
 
     normalised = torch.as_tensor(normalize(query.array, seg.support.modality))
@@ -283,7 +279,6 @@ def test_universeg_atlas_fuses_in_context_and_prior_on_the_query_grid():
 def test_each_query_gets_its_own_feature_cache():
     """Cached support features are keyed by pool indices, so they belong to one pool: each query's
     (registered/retrieval) value comes with its own empty cache, and the backend keeps none."""
-    pytest.importorskip("SimpleITK")
     image, label = _head(0)
     query, _ = _head(1)
     seg = _segmenter("registered").fit([image], [label])
@@ -298,7 +293,6 @@ def test_each_query_gets_its_own_feature_cache():
 
 def test_registered_and_auto_support_may_be_deformable(monkeypatch):
     """registration="deformable" reaches the one registration path and still draws the right anatomy."""
-    pytest.importorskip("SimpleITK")
     from fewshotcx.registration import onto_query
 
     modes = []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORIENTATIONS, blob_volume
+from conftest import ORIENTATIONS, UNREGISTERED, blob_volume
 from fewshotcx import Segmenter, Volume
 from fewshotcx.training import loop as training
 from fewshotcx.training.loop import TrainConfig, episode_loss, export_checkpoint, finetune, train
@@ -78,6 +78,7 @@ def _pair(seed, affine=ORIENTATIONS["RAS"]):
     return Volume(image, affine), Volume(label, affine, label=True)
 
 
+@UNREGISTERED
 def test_finetuned_checkpoint_round_trips_through_segmenter(tmp_path):
     init = train(TrainConfig(**TINY, steps=0, val_every=0, out=str(tmp_path / "init.pt")))
     tuned = finetune(init, [_pair(1), _pair(2)], steps=3, context=1, out=tmp_path / "tuned.pt", support_size=(2, 4),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORIENTATIONS
+from conftest import ORIENTATIONS, UNREGISTERED
 from fewshotcx import Segmenter, Volume
 from fewshotcx import review as fx_review
 from fewshotcx.backends.base import Fitted
@@ -112,6 +112,7 @@ def test_review_flags_the_slices_where_draws_disagree(tmp_path):
     assert fx_review.save_figure(rev, png, overwrite=True).read_bytes()[:4] == b"\x89PNG"
 
 
+@UNREGISTERED
 def test_cli_writes_uncertainty_on_the_query_grid(tmp_path, capsys):
     image, label, _ = planted()
     affine = ORIENTATIONS["PIR"]

@@ -9,29 +9,21 @@ import torch
 from .base import Backend, VolumeBackend
 
 BACKENDS = ("universeg", "sam", "universeg+sam", "sam2", "atlas", "universeg+atlas")
-#: Support strategy of the UniverSeg backends when none is given; ``None`` = :func:`default_strategy`.
-DEFAULT_STRATEGY: Optional[str] = None
-#: Environment variable that sets the default strategy for a whole site or run (workers included).
+#: Environment variable that overrides the default support strategy for a whole site or run (workers
+#: included); the only override.
 STRATEGY_ENV = "FEWSHOTCX_DEFAULT_STRATEGY"
 
 
 def default_strategy() -> str:
-    """The support strategy when none is given: :data:`DEFAULT_STRATEGY` if set, else
-    ``$FEWSHOTCX_DEFAULT_STRATEGY`` if set, else ``"auto"`` (support registered onto each query,
-    retrieval where registration fails its check) where SimpleITK is installed and ``"retrieval"``
-    where it is not: both find the query's anatomy in the support whatever the scans cover;
-    ``"position"`` assumes they cover the same range (docs/cross_patient.md,
-    benchmarks/ct_cross_patient.py)."""
+    """The support strategy when none is given: ``$FEWSHOTCX_DEFAULT_STRATEGY`` if set, else ``"auto"``
+    (support registered onto each query, retrieval where registration fails its check), which finds
+    the query's anatomy in the support whatever the scans cover; ``"position"`` assumes they cover the
+    same range (docs/cross_patient.md, benchmarks/ct_cross_patient.py)."""
     import os
 
     from ..pipeline.support import check_strategy
 
-    chosen = DEFAULT_STRATEGY or os.environ.get(STRATEGY_ENV)
-    if chosen:
-        return check_strategy(chosen)
-    import importlib.util
-
-    return "auto" if importlib.util.find_spec("SimpleITK") is not None else "retrieval"
+    return check_strategy(os.environ.get(STRATEGY_ENV) or "auto")
 
 
 def create_backend(
@@ -53,8 +45,8 @@ def create_backend(
 
     ``"atlas"`` (multi-atlas registration, :mod:`fewshotcx.backends.atlas`) takes ``fusion=``,
     ``registration=`` and registration options; the model arguments must keep their defaults.
-    ``"universeg+atlas"`` takes the UniverSeg arguments (``strategy`` ``"registered"`` (default) or
-    ``"auto"``, ``registration=``), ``prior_weight=`` (in-context share of the fused probability) and
+    ``"universeg+atlas"`` takes the UniverSeg arguments (``strategy`` ``"auto"`` (default) or
+    ``"registered"``, ``registration=``), ``prior_weight=`` (in-context share of the fused probability) and
     ``prior_sigma_mm=`` (blur of the atlas prior).
     """
     common = dict(model=model, weights=weights, device=device, support_size=support_size,
@@ -71,7 +63,7 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
     if name == "universeg":
         from .universeg import UniverSegBackend
 
-        return UniverSegBackend(**common, **{"strategy": default_strategy(), **options})
+        return UniverSegBackend(**common, **options)
     if name == "sam":
         from .sam import SamBackend
 
@@ -84,7 +76,8 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
         sam_options = {key[4:]: options.pop(key) for key in list(options) if key.startswith("sam_")}
         refiner = SamBackend(device=common["device"], **{"tune_steps": 0, **sam_options})
         threshold = options.pop("refine_threshold", 0.5)
-        return RefinedBackend(UniverSegBackend(**common, **options), refiner, threshold)  # slab-only: position
+        coarse = UniverSegBackend(**common, **{"strategy": "position", **options})  # slab-only (RefinedBackend)
+        return RefinedBackend(coarse, refiner, threshold)
     if name == "sam2":
         from .sam2 import Sam2Backend
 
@@ -94,7 +87,7 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
         from .universeg_atlas import UniverSegAtlasBackend
 
         prior = {key: options.pop(key) for key in ("prior_weight", "prior_sigma_mm") if key in options}
-        return UniverSegAtlasBackend(UniverSegBackend(**common, **{"strategy": "registered", **options}), **prior)
+        return UniverSegAtlasBackend(UniverSegBackend(**common, **{"strategy": "auto", **options}), **prior)
     if name == "atlas":
         from .atlas import AtlasBackend
 
@@ -106,4 +99,4 @@ def _create(name: str, common: dict, options: dict) -> Union[Backend, VolumeBack
     raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["Backend", "BACKENDS", "DEFAULT_STRATEGY", "STRATEGY_ENV", "create_backend", "default_strategy"]
+__all__ = ["Backend", "BACKENDS", "STRATEGY_ENV", "create_backend", "default_strategy"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..models.sam.refine import refine_with_sam
 from ..pipeline.slicing import SliceGeometry
-from ..pipeline.support import SupportPool, SupportVolumes
+from ..pipeline.support import QUERY_AWARE, SupportPool, SupportVolumes
 from .base import Fitted, LegacyCalls, slab_call
 from .sam import SamBackend
 from .universeg import UniverSegBackend
@@ -34,7 +34,8 @@ class RefinedBackend(LegacyCalls):
     """UniverSeg coarse probabilities refined by SAM.
 
     Args:
-        coarse: a UniverSeg backend (any context ``k_u``).
+        coarse: a UniverSeg backend (any context ``k_u``) drawing its support per slab: strategy
+            ``"position"`` or ``"random"`` (the query-aware ones need a query context this backend lacks).
         refiner: a SAM backend in ``"pad"`` resize mode with context ``k_s >= k_u``.
         threshold: coarse probability above which a slice's structure gets a SAM box.
     """
@@ -47,6 +48,9 @@ class RefinedBackend(LegacyCalls):
             raise ValueError("universeg+sam needs SAM preprocessing ('sam'), not MedSAM's stretched slices")
         if refiner.context < coarse.context:
             raise ValueError(f"SAM context {refiner.context} is smaller than UniverSeg's {coarse.context}")
+        if coarse.strategy in QUERY_AWARE:
+            raise ValueError(f"universeg+sam draws support per slab: strategy must be 'position' or 'random', "
+                             f"got {coarse.strategy!r}")
         self.coarse, self.refiner, self.threshold = coarse, refiner, float(threshold)
         self.slice_size, self.context, self.device = refiner.slice_size, refiner.context, refiner.device
 

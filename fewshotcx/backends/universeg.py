@@ -31,6 +31,7 @@ from ..pipeline.support import (
     select_support,
 )
 from ..models.weights import load_universeg
+from . import default_strategy
 from .base import Fitted, LegacyCalls, slab_call
 
 #: Support size when neither the caller nor the checkpoint says: UniverSeg v1 was trained with
@@ -52,7 +53,8 @@ class UniverSegBackend(LegacyCalls):
         ensemble: ``K`` independent support sets averaged.
         strategy: ``"position"``, ``"random"``, ``"retrieval"``, ``"registered"`` or ``"auto"`` (see
             :mod:`fewshotcx.pipeline.support`); the last three need the query: :meth:`for_query`
-            prepares a fitted value for it (:mod:`fewshotcx.predictor` calls it).
+            prepares a fitted value for it (:mod:`fewshotcx.predictor` calls it). ``None`` =
+            :func:`~fewshotcx.backends.default_strategy` (``"auto"``).
         registration: transform of ``"registered"``/``"auto"``: ``"rigid"``, ``"affine"`` or ``"deformable"``.
         group_size: neighbouring query slices sharing one support set.
         precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
@@ -78,7 +80,7 @@ class UniverSegBackend(LegacyCalls):
         device: torch.device = torch.device("cpu"),
         support_size: Optional[int] = None,
         ensemble: int = 1,
-        strategy: Strategy = "position",
+        strategy: Optional[Strategy] = None,
         group_size: int = 8,
         precision: str = "auto",
         slice_size: Optional[int] = None,
@@ -114,7 +116,7 @@ class UniverSegBackend(LegacyCalls):
         if self.support_size < 1 or ensemble < 1 or group_size < 1:
             raise ValueError("support_size, ensemble and group_size must be at least 1")
         self.ensemble = int(ensemble)
-        self.strategy = check_strategy(strategy)
+        self.strategy = check_strategy(strategy or default_strategy())
         if registration not in ("rigid", "affine", "deformable"):
             raise ValueError(f"registration must be 'rigid', 'affine' or 'deformable', got {registration!r}")
         self.registration = registration

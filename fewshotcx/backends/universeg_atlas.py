@@ -18,7 +18,7 @@ the query's image but can leak onto look-alike tissue. With equal weights, deep 
 voxel stays unless in-context rules it out, far outside it cannot be added, and across the blurred
 boundary in-context decides. Both defaults were set a priori, not tuned (docs/cross_patient.md).
 
-With ``strategy="auto"`` a support volume that fails registration is left out (warning); when none
+With ``strategy="auto"`` (the default) a support volume that fails registration is left out (warning); when none
 registers, the prior is missing and the result is the in-context (retrieval) prediction alone.
 
 The backend is a hybrid (:mod:`fewshotcx.backends.base`): it is conditioned on slab pools and the

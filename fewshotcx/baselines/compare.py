@@ -135,13 +135,7 @@ def sam(run: Run, options: Options) -> Outcome:
 
 
 def atlas(run: Run, options: Options) -> Outcome:
-    """Multi-atlas registration (``Segmenter(backend="atlas")``), where this build has it."""
-    from ..segmenter import Segmenter  # noqa: PLC0415
-
-    try:
-        Segmenter(backend="atlas", device=options.device, progress=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to construct means "not in this build"
-        raise MethodUnavailable(f"Segmenter(backend='atlas') is not available here ({exc})") from None
+    """Multi-atlas registration (``Segmenter(backend="atlas")``)."""
     return _segmenter_method(run, options, backend="atlas")
 
 

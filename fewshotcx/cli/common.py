@@ -220,13 +220,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--backend", default="universeg", choices=list(BACKENDS))
     p.add_argument("--strategy", default=None, choices=list(STRATEGIES),
-                   help="support selection for universeg backends (default: the backend's)")
+                   help="support selection of --backend universeg (default auto: support registered onto each "
+                        "query, retrieval where registration fails its check; $FEWSHOTCX_DEFAULT_STRATEGY "
+                        "overrides it); universeg+atlas takes auto or registered, universeg+sam position or random")
     p.add_argument("--config", default=None, help="sam2 config for --backend sam2 (e.g. sam2.1_hiera_t, medsam2)")
     p.add_argument("--fusion", default="majority", choices=["majority", "staple", "weighted"],
                    help="label fusion for --backend atlas")
     p.add_argument("--registration", default=None, choices=["rigid", "affine", "deformable"],
-                   help="registration for --backend atlas (default deformable) and for the universeg strategies "
-                        "registered/auto (default affine)")
+                   help="registration for --backend atlas and universeg+atlas and for the universeg strategies "
+                        "registered/auto (default deformable: affine, then demons)")
     p.add_argument("--sam-weights", default=None, help="SAM checkpoint for --backend universeg+sam")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")

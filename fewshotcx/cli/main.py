@@ -3,7 +3,7 @@
 Every user error (bad path, mismatched grids, an existing output without ``--overwrite``, a missing
 checkpoint) is reported as one line on stderr with exit status 2, and no output file is written. An
 internal failure (a bug, not the user's input) is one line too, with exit status 1. A missing optional
-dependency (SimpleITK, Ray, nnU-Net, SAM 2) is a user error naming the extra to install. Set
+dependency (Ray, nnU-Net, SAM 2) is a user error naming the extra to install. Set
 ``FEWSHOTCX_DEBUG=1`` to get the full traceback instead.
 
 Each sub-command lives in a module of this package with a ``register(subparsers)`` function that adds
@@ -33,8 +33,7 @@ USER_ERRORS = (CliError, VolumeError, DatasetError, FileExistsError, FileNotFoun
 
 
 #: Optional dependency (top-level module) → the extra that installs it.
-EXTRAS = {"SimpleITK": "registration", "ray": "cohort", "nnunetv2": "nnunet", "sam2": "sam2",
-          "pynetdicom": "node"}
+EXTRAS = {"ray": "cohort", "nnunetv2": "nnunet", "sam2": "sam2", "pynetdicom": "node"}
 
 
 def missing_extra(exc: ImportError) -> Optional[str]:

@@ -253,11 +253,11 @@ def register_support(
         volumes that failed are missing.
     """
     if support.slices is not None and any(z is not None for z in support.slices):
-        message = ("strategy 'registered' needs fully labelled support volumes: slices= marks unlabelled "
-                   "slices, which resampling would mix with labelled ones")
+        message = ("needs fully labelled support volumes: slices= marks unlabelled slices, which resampling "
+                   "would mix with labelled ones")
         if strict:
-            raise VolumeError(message)
-        warnings.warn(message + "; using retrieval", stacklevel=4)
+            raise VolumeError(f"strategy 'registered' {message}")
+        warnings.warn(f"strategy='auto': registration {message}; using retrieval", stacklevel=4)
         return {}
     aligned = register_volumes(support.images, support.labels, support.normalised, query, mode, support.seed,
                                support.modality, strict=strict, who="strategy='registered'" if strict else

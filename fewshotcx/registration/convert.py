@@ -24,11 +24,9 @@ class RegistrationError(VolumeError):
 
 
 def load_sitk():
-    """The SimpleITK module, or an ImportError naming the extra to install."""
-    try:
-        import SimpleITK as sitk
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("registration needs SimpleITK: pip install fewshotcx[registration]") from None
+    """The SimpleITK module (a core dependency), imported on first use: ``import fewshotcx`` does not load it."""
+    import SimpleITK as sitk
+
     return sitk
 
 
