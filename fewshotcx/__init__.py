@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # imported on first use (below), so that fewshotcx.io and few
     from .segmenter import Segmenter
     from .session import ContourSession
 
-__version__ = "0.3.0"  # 0.2 bundled the CPU-trained model now kept as weights="fov64"
+__version__ = "0.4.0"  # 0.4: fitted state as a value, one default, one vocabulary (deprecated spellings kept for one release)
 
 #: ``fx.<name>`` → the module it loads on first use.
 _SUBMODULES = {
