@@ -128,14 +128,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         for src, dst in (("LUNG1-001", "CTChest4"), ("CTChest4", "LUNG1-001")):
             query = crop(*patients[dst], CROP) if kind == "cropped" else patients[dst]
             rows += run_pair(patients[src], query, f"{src} -> {dst}", kind, methods[kind], args.weights)
+    write_report([{**r, "weights": args.weights} for r in rows], args.out, "ct_cross_patient")
+    return 0
+
+
+def write_report(rows: list[dict], out: Path, name: str) -> None:
+    """``out/NAME.csv`` (the rows, as report-set data, with the machine) and ``out/NAME_summary.csv``
+    (mean Dice per kind and method), the summary printed."""
     machine = machine_info()
-    rows = [{**r, "weights": args.weights, "data_role": "report", "machine": machine} for r in rows]
-    write_csv(rows, args.out / "ct_cross_patient.csv")
+    rows = [{**r, "data_role": "report", "machine": machine} for r in rows]
+    write_csv(rows, out / f"{name}.csv")
     summary = summarise(rows, ("kind", "method"))
-    write_csv(summary, args.out / "ct_cross_patient_summary.csv")
+    write_csv(summary, out / f"{name}_summary.csv")
     for r in summary:
         print(r)
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, score, summarise, write_csv  # noqa: E402
-from ct_cross_patient import CROP, LUNG1, STRUCTURES, crop, ctchest4, lung1_001  # noqa: E402
+from common import score  # noqa: E402
+from ct_cross_patient import CROP, LUNG1, STRUCTURES, crop, ctchest4, lung1_001, write_report  # noqa: E402
 from fewshotcx import datasets  # noqa: E402
 from fewshotcx.datasets.ct_anatomy import HU_STRUCTURES, hu_anatomy  # noqa: E402
 
@@ -66,13 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             query = crop(image, labels, CROP) if kind == "cropped" else (image, labels)
             rows += rule_rows(*query, name, kind)
             print(" ".join(f"{r['query']} {r['kind']} {r['structure']} {r['dice']:.3f}" for r in rows[-2:]), flush=True)
-    machine = machine_info()
-    rows = [{**r, "data_role": "report", "machine": machine} for r in rows]
-    write_csv(rows, args.out / "ct_rule_baseline.csv")
-    summary = summarise(rows, ("kind", "method"))
-    write_csv(summary, args.out / "ct_rule_baseline_summary.csv")
-    for r in summary:
-        print(r)
+    write_report(rows, args.out, "ct_rule_baseline")
     return 0
 
 
