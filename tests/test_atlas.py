@@ -121,16 +121,17 @@ def test_the_registration_cache_stays_within_its_byte_budget_over_ten_queries(br
     monkeypatch.setattr(onto_query, "register", lambda *a, **k: calls.append(1) or identity)
     backend = create_backend("atlas", registration="rigid")
     seg = fx.Segmenter(backend=backend, device="cpu").fit([image], [labels])
+    cache = seg.fitted.state  # the fitted value's registration memo
     seg.predict(image.with_array(image.array - 1))
-    entry_bytes = backend.cache.nbytes  # one registered support volume
-    backend.cache.max_bytes = 3 * entry_bytes
+    entry_bytes = cache.nbytes  # one registered support volume
+    cache.max_bytes = 3 * entry_bytes
     calls.clear()
     for i in range(10):
         query = image.with_array(image.array + i)  # ten different patients on the same grid
         pred = seg.predict(query)
         assert fx.metrics.dice(pred.array == 1, labels.array == 1) > 0.995
-        assert len(backend.cache) <= 3 and backend.cache.nbytes <= 3 * entry_bytes
-    assert len(calls) == 10 and len(backend.cache) == 3
+        assert len(cache) <= 3 and cache.nbytes <= 3 * entry_bytes
+    assert len(calls) == 10 and len(cache) == 3
     seg.predict(image.with_array(image.array + 9))  # the most recent query is still cached
     assert len(calls) == 10
     seg.predict(image.with_array(image.array + 0))  # the first one was evicted
