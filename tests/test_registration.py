@@ -113,8 +113,6 @@ def test_same_seed_same_transform(brain, moved):
 def test_thread_count_is_set_per_registration_never_process_wide(brain, moved, monkeypatch):
     """Two threads registering at once must not change each other's thread count (issue #23 item 1:
     swapping SimpleITK's process-wide default made concurrent ``registered`` predictions differ)."""
-    import SimpleITK as sitk
-
     _, fixed = moved
     single = reg.register(brain.image, fixed, mode="deformable", seed=3, demons_iterations=5)
     previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()

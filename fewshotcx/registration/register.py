@@ -100,7 +100,6 @@ def register(
     Raises:
         RegistrationError: a blank image, the optimiser failing (e.g. no overlap left), or the check.
     """
-    sitk = load_sitk()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     label = name or _describe(moving)
