@@ -142,10 +142,40 @@ class Segmenter:
         if slices is not None and len(slices) != len(images):
             raise VolumeError("slices must give one entry (or None) per support volume")
         if slices is not None:
-            slices = [None if ks is None else [AxialSlices.of(v.affine, v.shape, _name(path)).to_canonical(k) for k in ks]
-                      for v, ks, path in zip(own, slices, images)]
+            slices = [None if ks is None else _canonical_slices(v, ks, path) for v, ks, path in zip(own, slices, images)]
         support = support_volumes([v.canonical() for v in own], [load_volume(v, label=True) for v in labels],
                                   slices, self.modality, self.window, self.seed, self.axes)
+        self.fitted = condition(self.backend, support, self.axes, self._generator(), self.device)
+        return self
+
+    def add(self, image: VolumeLike, label: VolumeLike, slices: Optional[Sequence[int]] = None) -> "Segmenter":
+        """Add one labelled volume to the support, e.g. a contour a clinician has just accepted, so
+        that the next prediction conditions on it too: a site's library grows patient by patient.
+
+        The same as :meth:`fit` on the current support plus this volume (appended last), except that
+        the registrations of the current support volumes onto queries already seen (strategies
+        ``"registered"``/``"auto"``) are kept when the intensity decision does not change. Before any
+        fit, the same as ``fit([image], [label])``.
+
+        Args:
+            image: the new support image (path or :class:`Volume`).
+            label: its label map on the same grid.
+            slices: its labelled slices, ``array[:, :, k]`` of ``image`` as given; ``None`` = all.
+        Returns:
+            ``self``.
+        Raises:
+            VolumeError: as :meth:`fit` (grids, empty labels, ``slices`` with other planes).
+        """
+        if self.fitted is None:
+            return self.fit([image], [label], None if slices is None else [slices])
+        old = self.fitted.support
+        own = load_volume(image, canonical=False)
+        chosen = None if slices is None else _canonical_slices(own, slices, image)
+        every = None if old.slices is None and chosen is None else [*(old.slices or (None,) * len(old.images)), chosen]
+        support = support_volumes([*old.images, own.canonical()], [*old.labels, load_volume(label, label=True)],
+                                  every, self.modality, self.window, self.seed, self.axes)
+        if support.modality == old.modality:  # same normalised support: its registrations still hold
+            support = replace(support, registrations=old.registrations)
         self.fitted = condition(self.backend, support, self.axes, self._generator(), self.device)
         return self
 
@@ -303,6 +333,12 @@ class Segmenter:
         prepared = predictor.query(query)
         return [_on_query(prepared, labels, label=True)
                 for labels in uncertainty.sample_labels(predictor, prepared, draws, fraction)]
+
+
+def _canonical_slices(volume: Volume, slices: Sequence[int], image: VolumeLike) -> list[int]:
+    """``slices`` of ``volume`` as given (its own third axis) → canonical axial indices."""
+    axial = AxialSlices.of(volume.affine, volume.shape, _name(image))
+    return [axial.to_canonical(k) for k in slices]
 
 
 def _name(image: VolumeLike) -> str:
