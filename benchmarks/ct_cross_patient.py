@@ -73,6 +73,17 @@ def ctchest4() -> tuple[Volume, Volume]:
     return case.image.canonical(), case.labels.canonical()
 
 
+def load_patients(shared: Optional[Path]) -> Optional[dict[str, tuple[Volume, Volume]]]:
+    """``{"LUNG1-001": (CT, lungs), "CTChest4": (CT, lungs)}``, canonical; ``None`` (said on stderr)
+    when LUNG1-001, development data in ``shared`` (default ``../shared/data``), is not there."""
+    root = shared or datasets.shared_data_dir()
+    if root is None or not (root / LUNG1).is_dir():
+        print("error: LUNG1-001 is development data in ../shared/data (or --shared); it is not distributed",
+              file=sys.stderr)
+        return None
+    return {"LUNG1-001": lung1_001(root), "CTChest4": ctchest4()}
+
+
 def crop(image: Volume, labels: Volume, share: float) -> tuple[Volume, Volume]:
     """The caudal ``share`` of the axial extent (canonical RAS: low z is caudal), affine shifted."""
     keep = max(1, round(image.shape[2] * share))
@@ -115,14 +126,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--kinds", default="cropped,full")
     parser.add_argument("--weights", default="default", help="UniverSeg checkpoint: 'default', 'fov64' or a path")
     args = parser.parse_args(argv)
-    root = args.shared or datasets.shared_data_dir()
-    if root is None or not (root / LUNG1).is_dir():
-        print("error: LUNG1-001 is development data in ../shared/data (or --shared); it is not distributed",
-              file=sys.stderr)
+    patients = load_patients(args.shared)
+    if patients is None:
         return 2
     methods = {"cropped": {m: METHODS[m] for m in args.methods.split(",")},
                "full": {m: METHODS[m] for m in args.full_methods.split(",")}}
-    patients = {"LUNG1-001": lung1_001(root), "CTChest4": ctchest4()}
     rows = []
     for kind in args.kinds.split(","):
         for src, dst in (("LUNG1-001", "CTChest4"), ("CTChest4", "LUNG1-001")):

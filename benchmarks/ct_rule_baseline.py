@@ -27,8 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import score  # noqa: E402
-from ct_cross_patient import CROP, LUNG1, STRUCTURES, crop, ctchest4, lung1_001, write_report  # noqa: E402
-from fewshotcx import datasets  # noqa: E402
+from ct_cross_patient import CROP, STRUCTURES, crop, load_patients, write_report  # noqa: E402
 from fewshotcx.datasets.ct_anatomy import HU_STRUCTURES, hu_anatomy  # noqa: E402
 
 METHOD = "hu-rule"
@@ -54,12 +53,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--shared", type=Path, default=None, help="development data folder (default: ../shared/data)")
     parser.add_argument("--out", type=Path, default=Path("bench-output/ct_rule_baseline"))
     args = parser.parse_args(argv)
-    root = args.shared or datasets.shared_data_dir()
-    if root is None or not (root / LUNG1).is_dir():
-        print("error: LUNG1-001 is development data in ../shared/data (or --shared); it is not distributed",
-              file=sys.stderr)
+    patients = load_patients(args.shared)
+    if patients is None:
         return 2
-    patients = {"LUNG1-001": lung1_001(root), "CTChest4": ctchest4()}
     rows = []
     for kind in ("cropped", "full"):
         for name, (image, labels) in patients.items():

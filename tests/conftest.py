@@ -77,3 +77,19 @@ def blob_pair():
     image, label = blob_volume()
     affine = ORIENTATIONS["LPS"]
     return Volume(image, affine), Volume(label, affine, label=True)
+
+
+@pytest.fixture
+def registrations(monkeypatch):
+    """The names of the support volumes actually registered onto a query (registration cache misses)."""
+    from fewshotcx.registration import onto_query
+
+    calls = []
+    real = onto_query.register_onto
+
+    def counted(image, *args, **kwargs):
+        calls.append(kwargs.get("name"))
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(onto_query, "register_onto", counted)
+    return calls

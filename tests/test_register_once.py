@@ -10,21 +10,7 @@ import torch
 
 from test_strategies import AFFINE, _head, _segmenter, tiny_universeg
 from fewshotcx import Segmenter, Volume
-from fewshotcx.registration import RegistrationCache, onto_query
-
-
-@pytest.fixture
-def registrations(monkeypatch):
-    """Counts the registrations actually run (cache misses)."""
-    calls = []
-    real = onto_query.register_onto
-
-    def counted(image, *args, **kwargs):
-        calls.append(kwargs.get("name"))
-        return real(image, *args, **kwargs)
-
-    monkeypatch.setattr(onto_query, "register_onto", counted)
-    return calls
+from fewshotcx.registration import RegistrationCache
 
 
 def test_uncertainty_draws_and_predictions_register_each_support_volume_once(registrations):

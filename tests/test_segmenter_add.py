@@ -7,7 +7,6 @@ import pytest
 
 from test_strategies import AFFINE, _head, _segmenter
 from fewshotcx import Volume, VolumeError
-from fewshotcx.registration import onto_query
 
 
 @pytest.mark.parametrize("strategy", ["position", "auto"])
@@ -25,21 +24,13 @@ def test_add_before_any_fit_is_a_fit():
                                   _segmenter("position").fit([a], [la]).predict_proba(query).array)
 
 
-def test_add_keeps_the_registrations_already_made(monkeypatch):
-    calls = []
-    real = onto_query.register_onto
-
-    def counted(image, *args, **kwargs):
-        calls.append(kwargs.get("name"))
-        return real(image, *args, **kwargs)
-
-    monkeypatch.setattr(onto_query, "register_onto", counted)
+def test_add_keeps_the_registrations_already_made(registrations):
     (a, la), (b, lb), (query, _) = _head(0), _head(3, shift=(1.0, 0.0, 0.0)), _head(1)
     seg = _segmenter("registered").fit([a], [la])
     seg.predict(query)
     seg.add(b, lb)
     seg.predict(query)
-    assert len(calls) == 2  # the first volume once, the added one once
+    assert len(registrations) == 2  # the first volume once, the added one once
 
 
 def test_add_takes_the_labelled_slices_of_a_partial_contour_and_checks_its_grid():
