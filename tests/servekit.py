@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from conftest import ORIENTATIONS, blob_volume
-from fewshotcx import Segmenter
+from fewshotcx import Segmenter, Volume
 from fewshotcx.models import UniverSeg
 
 SHAPE = (24, 20, 12)
@@ -22,11 +22,20 @@ STORED = {**ORIENTATIONS, "LPI": np.diag([-0.8, -1.1, -2.5, 1.0]),
           "PLI": np.array([[0, -0.8, 0, 0], [-1.1, 0, 0, 0], [0, 0, -2.5, 0], [0, 0, 0, 1.0]])}
 
 
-def tiny_segmenter(seed: int = 0) -> Segmenter:
-    """A seeded 8-wide UniverSeg at 32² (fast on a CPU, deterministic)."""
+def tiny_segmenter(seed: int = 0, **options) -> Segmenter:
+    """A seeded 8-wide UniverSeg at 32² (fast on a CPU, deterministic); ``options``: more Segmenter options."""
     torch.manual_seed(seed)
     return Segmenter(model=UniverSeg((8, 8, 8, 8), (8, 8, 8), in_channels=1), slice_size=32, device="cpu",
-                     modality="mr", progress=False, seed=seed)
+                     modality="mr", progress=False, seed=seed, **options)
+
+
+def fitted_segmenter(seed: int = 0) -> Segmenter:
+    """:func:`tiny_segmenter` fitted on one labelled blob volume (a prior patient: what ``fewshotcx
+    serve --support`` gives the server), so sessions start from its prediction."""
+    segmenter = tiny_segmenter(seed, strategy="position")  # no registration: quick and quiet
+    image, label = blob_volume(SHAPE, seed=7)
+    segmenter.fit(images=[Volume(image, STORED["LPS"])], labels=[Volume(label, STORED["LPS"], label=True)])
+    return segmenter
 
 
 def write_image(folder: Path, name: str = "ct.nii.gz", orientation: str = "LPS") -> Path:

@@ -265,6 +265,14 @@ class AxialSlices:
     def depth(self) -> int:
         return int(self.shape[2])
 
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        """The canonical array's ``(X, Y, Z)`` shape."""
+        out = [0, 0, 0]
+        for (to, _), n in zip(self.orientation, self.shape):
+            out[to] = int(n)
+        return tuple(out)  # type: ignore[return-value]
+
     def check(self, k: object) -> int:
         """``k`` as an int in ``[0, depth)``.
 
@@ -300,6 +308,36 @@ class AxialSlices:
         """A canonical axial plane → the own ``(X, Y)`` plane."""
         back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), self.orientation)
         return np.ascontiguousarray(ornt.apply_orientation(np.asarray(plane)[..., None], back)[..., 0])
+
+    def voxel_to_canonical(self, ijk) -> tuple[int, int, int]:
+        """An own voxel index ``(i, j, k)`` → the same voxel's index in the canonical array.
+
+        Raises:
+            VolumeError: not three integers inside the own shape.
+        """
+        own = self._voxel(ijk, self.shape)
+        out = [0, 0, 0]
+        for axis, ((to, sign), v) in enumerate(zip(self.orientation, own)):
+            out[to] = v if sign > 0 else self.shape[axis] - 1 - v
+        return tuple(out)  # type: ignore[return-value]
+
+    def voxel_to_own(self, ijk) -> tuple[int, int, int]:
+        """A canonical voxel index → the own array's ``(i, j, k)``.
+
+        Raises:
+            VolumeError: not three integers inside the canonical shape.
+        """
+        c = self._voxel(ijk, self.canonical_shape)
+        return tuple(c[to] if sign > 0 else n - 1 - c[to]  # type: ignore[return-value]
+                     for (to, sign), n in zip(self.orientation, self.shape))
+
+    @staticmethod
+    def _voxel(ijk, shape) -> tuple[int, int, int]:
+        values = tuple(ijk)
+        if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < n
+                                       for v, n in zip(values, shape)):
+            raise VolumeError(f"a voxel index is three integers inside {tuple(shape)}, got {values!r}")
+        return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
 def canonical_axial_slices(affine: np.ndarray, shape: tuple[int, ...], slices, what: str = "the image") -> list[int]:
