@@ -202,10 +202,9 @@ class RemoteSession:
     def add_scribble(self, mask, positive: bool = True, label: int = 1) -> None:
         """A brush stroke: ``mask``, a bool array of the image's own shape (sent as its voxels, at most
         :data:`~fewshotcx.server.prompts.MAX_SCRIBBLE_VOXELS`), inside or outside the structure."""
-        array = np.asarray(mask)
-        if array.shape != self.shape:
-            raise ValueError(f"a scribble has the image's own shape {self.shape}, got {array.shape}")
-        self._interact("/scribble", scribble_body(array, positive, label))
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != self.shape:
+            raise ValueError(f"a scribble is a boolean numpy array of the image's own shape {self.shape}")
+        self._interact("/scribble", scribble_body(mask, positive, label))
 
     def _interact(self, tail: str, body: bytes) -> None:
         self._info = self._json("POST", self._route(tail), body=body, content_type="application/json")

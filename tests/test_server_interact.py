@@ -147,16 +147,21 @@ def test_serve_support_fits_the_model_once_and_sessions_start_from_its_predictio
     image, label = blob_volume(SHAPE, seed=7)
     save_volume(Volume(image, STORED["LPS"]), tmp_path / "prior.nii.gz")
     save_volume(Volume(label, STORED["LPS"], label=True), tmp_path / "prior_label.nii.gz")
+    path = write_image(tmp_path)
     served = {}
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.setdefault("app", self.config.app))
+
+    def serve(server: uvicorn.Server) -> None:  # instead of listening: open a session as a request would
+        store = server.config.app.state.store
+        entry = store.create(store.new_folder(), path, path.name)
+        served.update(fitted=store.segmenter.fitted, first=entry.session.result().array,
+                      predicted=store.segmenter.predict(load_volume(path, canonical=False)).array)
+
+    monkeypatch.setattr(uvicorn.Server, "run", serve)
     monkeypatch.setenv(STRATEGY_ENV, "position")  # no registration: quick and quiet
     main(["serve", "--weights", str(weights), "--device", "cpu", "--modality", "mr",
           "--support", f"{tmp_path / 'prior.nii.gz'}:{tmp_path / 'prior_label.nii.gz'}"])
-    store = served["app"].state.store
-    assert store.segmenter.fitted is not None
-    path = write_image(tmp_path)
-    entry = store.create(store.new_folder(), path, path.name)
-    assert np.array_equal(entry.session.result().array, store.segmenter.predict(load_volume(path, canonical=False)).array)
+    assert served["fitted"] is not None
+    assert np.array_equal(served["first"], served["predicted"]) and served["first"].any()
 
     def options(*argv):
         parser = argparse.ArgumentParser()

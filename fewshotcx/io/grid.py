@@ -309,35 +309,23 @@ class AxialSlices:
         back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), self.orientation)
         return np.ascontiguousarray(ornt.apply_orientation(np.asarray(plane)[..., None], back)[..., 0])
 
-    def voxel_to_canonical(self, ijk) -> tuple[int, int, int]:
-        """An own voxel index ``(i, j, k)`` → the same voxel's index in the canonical array.
+    def voxels_to_canonical(self, voxels: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` own voxels ``(i, j, k)`` (``array[i, j, k]``, in range) → canonical voxels."""
+        voxels, out = np.asarray(voxels), np.empty(np.shape(voxels), np.int64)
+        for axis, (target, sign) in enumerate(self.orientation):
+            out[:, target] = voxels[:, axis] if sign > 0 else self.shape[axis] - 1 - voxels[:, axis]
+        return out
 
-        Raises:
-            VolumeError: not three integers inside the own shape.
-        """
-        own = self._voxel(ijk, self.shape)
-        out = [0, 0, 0]
-        for axis, ((to, sign), v) in enumerate(zip(self.orientation, own)):
-            out[to] = v if sign > 0 else self.shape[axis] - 1 - v
-        return tuple(out)  # type: ignore[return-value]
+    def voxels_to_own(self, voxels: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` canonical voxels → own voxels (the inverse of :meth:`voxels_to_canonical`)."""
+        voxels, out = np.asarray(voxels), np.empty(np.shape(voxels), np.int64)
+        for axis, (target, sign) in enumerate(self.orientation):
+            out[:, axis] = voxels[:, target] if sign > 0 else self.shape[axis] - 1 - voxels[:, target]
+        return out
 
-    def voxel_to_own(self, ijk) -> tuple[int, int, int]:
-        """A canonical voxel index → the own array's ``(i, j, k)``.
-
-        Raises:
-            VolumeError: not three integers inside the canonical shape.
-        """
-        c = self._voxel(ijk, self.canonical_shape)
-        return tuple(c[to] if sign > 0 else n - 1 - c[to]  # type: ignore[return-value]
-                     for (to, sign), n in zip(self.orientation, self.shape))
-
-    @staticmethod
-    def _voxel(ijk, shape) -> tuple[int, int, int]:
-        values = tuple(ijk)
-        if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < n
-                                       for v, n in zip(values, shape)):
-            raise VolumeError(f"a voxel index is three integers inside {tuple(shape)}, got {values!r}")
-        return tuple(int(v) for v in values)  # type: ignore[return-value]
+    def volume_to_canonical(self, array: np.ndarray) -> np.ndarray:
+        """An own ``(X, Y, Z)`` array (of :attr:`shape`, checked by the caller) → the canonical array."""
+        return np.ascontiguousarray(ornt.apply_orientation(np.asarray(array), self.orientation))
 
 
 def canonical_axial_slices(affine: np.ndarray, shape: tuple[int, ...], slices, what: str = "the image") -> list[int]:

@@ -1,7 +1,7 @@
 """The dock widget's prompt layers: clicks (two Points layers, ``+`` inside the structure, ``-``
 outside) and boxes (a Shapes layer of rectangles, each a 2D box on the slice it is drawn on), over the
 canonical ``(Z, Y, X)`` image, and their items as the session's prompts, in the image's *own* voxels
-(:meth:`~fewshotcx.io.grid.AxialSlices.voxel_to_own`), as ``ContourSession.add_point``/``add_box``
+(:meth:`~fewshotcx.io.grid.AxialSlices.voxels_to_own`), as ``ContourSession.add_point``/``add_box``
 take them.
 """
 
@@ -43,10 +43,12 @@ def click_voxel(point: np.ndarray, slices: AxialSlices) -> Voxel:
     """A Points layer's ``(z, y, x)`` → the own voxel ``(i, j, k)`` it falls in.
 
     Raises:
-        VolumeError: the point lies outside the image.
+        ValueError: the point lies outside the image.
     """
-    z, y, x = (int(round(float(v))) for v in point)
-    return slices.voxel_to_own((x, y, z))
+    canonical = np.round(np.asarray(point, dtype=float)[::-1]).astype(np.int64)
+    if np.any(canonical < 0) or np.any(canonical >= slices.canonical_shape):
+        raise ValueError("the click lies outside the image")
+    return _own(canonical, slices)
 
 
 def rectangle_box(vertices: np.ndarray, slices: AxialSlices) -> tuple[Voxel, Voxel]:
@@ -64,8 +66,13 @@ def rectangle_box(vertices: np.ndarray, slices: AxialSlices) -> tuple[Voxel, Vox
     (x0, y0), (x1, y1) = (np.round(vertices[:, [2, 1]].min(axis=0)), np.round(vertices[:, [2, 1]].max(axis=0)))
     if x1 < 0 or y1 < 0 or x0 >= canonical[0] or y0 >= canonical[1] or not 0 <= z[0] < canonical[2]:
         raise ValueError("the box lies outside the image")
-    corners = [slices.voxel_to_own((int(np.clip(x, 0, canonical[0] - 1)), int(np.clip(y, 0, canonical[1] - 1)), int(z[0])))
+    corners = [_own(np.clip([x, y, z[0]], 0, np.asarray(canonical) - 1).astype(np.int64), slices)
                for x, y in ((x0, y0), (x1, y1))]
     lo = tuple(min(a, b) for a, b in zip(*corners))
     hi = tuple(max(a, b) for a, b in zip(*corners))
     return lo, hi  # type: ignore[return-value]
+
+
+def _own(canonical: np.ndarray, slices: AxialSlices) -> Voxel:
+    """One canonical voxel (in range) → its own ``(i, j, k)`` as ints."""
+    return tuple(int(v) for v in slices.voxels_to_own(canonical[None])[0])  # type: ignore[return-value]

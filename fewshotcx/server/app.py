@@ -64,7 +64,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
 from ..io.volume import VolumeError
-from .answers import OCTETS, check_format, export, session_info
+from .answers import OCTETS, check_format, export, has_result, session_info
 from .guard import (LOOPBACK_HOSTS, BrowserGuard, HTTPError, Scrub, UploadSlots, answer, read_body, receive_upload,
                     scrubber, validation_detail)
 from .interact import interaction_routes
@@ -250,7 +250,7 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
             if entry.window is None:
                 entry.window = window_range(s.image.array)
             drawn = s.slices.plane_to_canonical(s.drawn_mask(z)) if z in s.drawn else None
-            completed = s.result().canonical().array[..., c] if result and s.drawn else None
+            completed = s.result().canonical().array[..., c] if result and has_result(entry) else None
             return Response(slice_png(s.image.array[..., c], entry.window, drawn, completed), media_type="image/png")
 
     @router.get("/{session_id}/image")

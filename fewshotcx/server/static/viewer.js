@@ -168,6 +168,7 @@ async function openSession(sid) {
   $("depth").textContent = String(state.dims[2] - 1);
   $("slice").max = String(state.dims[2] - 1);
   goToSlice(Math.floor(state.dims[2] / 2));
+  if (info.fitted || info.prompts) await showResult();  // the fitted model's contour, or the prompts' so far
   for (const id of ["controls", "wl", "tools", "prompts", "model", "export"]) $(id).classList.remove("hidden");
   $("open").classList.add("hidden");
   say(`session ${sid}: ${info.name}, ${info.shape.join("×")}`);
