@@ -157,3 +157,7 @@ def test_clicks_and_boxes_on_the_prompt_layers_reach_the_session_like_the_python
         assert np.array_equal(got, local.result().canonical().array)
         assert np.array_equal(widget.session.result().array, local.result().array)
         assert "error" not in widget.status.text(), widget.status.text()
+        for _ in range(2):  # the click and the box: nothing left to show, and no error
+            qtbot.mouseClick(widget.undo_button, Qt.LeftButton)
+        assert len(prompts.positive.data) == len(prompts.boxes.data) == 0 and not widget.result_layer.data.any()
+        assert "error" not in widget.status.text(), widget.status.text()

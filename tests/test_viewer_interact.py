@@ -114,6 +114,11 @@ def test_box_clicks_and_scribble_with_the_mouse_reach_the_session_in_the_files_o
         assert set(voxels[:, 2]) == {8}  # all on the file's slice 8
         result = remote.result()
         assert result.array[tuple(voxels.T)].all()  # a positive scribble's voxels are inside
+        for _ in range(3):  # scribble, click, box: nothing left to show, the overlay goes, no error
+            browser.find_element("id", "undo").click()
+            idle(browser)
+        assert prompt_count(url, remote.session_id) == 0
+        assert browser.execute_script("return window.fxViewer.overlay === null")
 
     prompts = [p for p in sent(browser)]
     del prompts[1]  # the negative click the page undid

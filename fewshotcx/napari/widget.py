@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
                             QVBoxLayout, QWidget)
 
 from ..io.grid import AxialSlices
-from ..io.volume import Volume
+from ..io.volume import Volume, VolumeError
 from .prompts import PromptLayers, click_voxel, rectangle_box
 
 VOLUME_KEY = "fewshotcx_volume"
@@ -217,8 +217,20 @@ class ContourWidget(QWidget):
             layer.remove([self._sent[id(layer)]])
         self._show_drawing()
         if self.result_layer is not None and self.result_layer in self.viewer.layers:
-            self.complete()
+            self._refresh_result()
         self.status.setText(f"undone; drawn: {self.session.drawn}")
+
+    def _refresh_result(self) -> None:
+        """Show the result again; an empty result layer when nothing is left to show (no fitted model,
+        drawn slice or prompt: the session answers a ``VolumeError``, a server a 400)."""
+        from ..client import RemoteError
+
+        try:
+            self.complete()
+        except (VolumeError, RemoteError) as exc:
+            if isinstance(exc, RemoteError) and exc.status != 400:
+                raise
+            self.result_layer.data = np.zeros_like(self.result_layer.data)
 
     def _prompted(self, layer: Any, event: Any) -> None:
         """A prompt layer changed: once napari reports items added (a rectangle: when drawn), send them."""

@@ -201,6 +201,14 @@ async function showResult() {
 
 function complete() { return busy("complete", showResult); }
 
+// After an undo: the result again, or no overlay when nothing is left to show (run through busy()).
+async function refreshResult() {
+  const { fitted, prompts, drawn } = state.info;
+  if (fitted || prompts || drawn.length) return showResult();
+  nv.removeVolume(state.overlay);
+  state.overlay = null;
+}
+
 // ---------------------------------------------------------------- prompts
 // Box: drag a rectangle on the slice. Point: click. Scribble: drag a brush of the Size above. Shift held
 // when the mouse goes down makes a point or scribble negative (outside the structure). The marks canvas
@@ -367,7 +375,7 @@ async function main() {
   $("undo").onclick = () => busy("undo", async () => {
     showInfo(await (await api("POST", `/sessions/${state.sid}/undo`)).json());
     await loadDrawing();
-    if (state.overlay) await showResult();
+    if (state.overlay) await refreshResult();
     say("undone");
   });
   $("complete").onclick = complete;
