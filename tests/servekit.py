@@ -3,6 +3,10 @@ real uvicorn server on a free loopback port in a background thread."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -50,6 +54,24 @@ def disc(centre: tuple[int, int], radius: float, shape: tuple[int, int], value: 
     """An ``(X, Y)`` int64 mask holding ``value`` inside a disc."""
     x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     return np.where((x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= radius ** 2, value, 0).astype(np.int64)
+
+
+def call(url: str, method: str = "GET", body: Optional[bytes] = None,
+         headers: Optional[dict] = None) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """Status, headers and body of one request (errors included)."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def error_detail(body: bytes) -> str:
+    """An error answer's ``detail``, checked to be one line."""
+    text = json.loads(body)["detail"]
+    assert isinstance(text, str) and "\n" not in text
+    return text
 
 
 @contextmanager

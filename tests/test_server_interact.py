@@ -14,8 +14,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from servekit import SHAPE, disc, fitted_segmenter, serving, tiny_segmenter, write_image  # noqa: E402
-from test_server_hardening import _call, _detail  # noqa: E402
+from servekit import SHAPE, call, disc, error_detail, fitted_segmenter, serving, tiny_segmenter, write_image  # noqa: E402
 
 from fewshotcx import ContourSession, Volume, load_volume, save_volume  # noqa: E402
 from fewshotcx.client import RemoteError, RemoteSession  # noqa: E402
@@ -58,7 +57,7 @@ def test_remote_interactions_and_accept_equal_the_local_session(tmp_path, make):
 
 def _post(url: str, route: str, body, **headers) -> tuple[int, bytes]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    status, _, answer = _call(url + route, "POST", data, {"Content-Type": "application/json", **headers})
+    status, _, answer = call(url + route, "POST", data, {"Content-Type": "application/json", **headers})
     return status, answer
 
 
@@ -97,14 +96,14 @@ def test_hostile_interaction_bodies_are_one_line_400s_and_change_nothing(tmp_pat
         route = f"/sessions/{session.session_id}"
         for kind, body, message in BAD:
             status, answer = _post(url, f"{route}/{kind}", body)
-            assert status == 400 and message in _detail(answer), (kind, body if len(str(body)) < 80 else "...", answer)
+            assert status == 400 and message in error_detail(answer), (kind, body if len(str(body)) < 80 else "...", answer)
         # a body declared beyond the limit is refused before it is read (413), a wrong key or another site's page too
         status, answer = _post(url, f"{route}/scribble", b"{}", **{"Content-Length": str(SCRIBBLE_BODY_BYTES + 1)})
-        assert status == 413 and "limit" in _detail(answer)
+        assert status == 413 and "limit" in error_detail(answer)
         status, _ = _post(url, f"{route}/point", {"ijk": [1, 1, 1]}, Origin="http://evil.example")
         assert status == 403
         status, answer = _post(url, "/sessions/nope/point", {"ijk": [1, 1, 1]})
-        assert status == 404 and "no session" in _detail(answer)
+        assert status == 404 and "no session" in error_detail(answer)
         with pytest.raises(RemoteError, match="not declared|label") as err:  # the session's own check
             session.add_point((12, 10, 5), label=7)
         assert err.value.status == 400
@@ -123,7 +122,7 @@ def test_the_key_guards_the_interaction_routes(tmp_path):
                            ("scribble", {"voxels": [[1, 1, 1]]})):
             status, _ = _post(url, f"/sessions/{session.session_id}/{kind}", body)
             assert status == 401
-        assert _call(f"{url}/sessions/{session.session_id}/accept", "POST")[0] == 401
+        assert call(f"{url}/sessions/{session.session_id}/accept", "POST")[0] == 401
         session.add_box((8, 6, 5), (16, 14, 5))
         assert session.accept().array.any()
 
