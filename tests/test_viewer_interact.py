@@ -87,6 +87,7 @@ def test_box_clicks_and_scribble_with_the_mouse_reach_the_session_in_the_files_o
         assert results_shown(browser) == 1  # the overlay was refreshed
         inside = remote.result().array
         assert inside.any() and remote.drawn == [] and prompt_count(url, remote.session_id) == 1
+        assert browser.find_element("id", "prompt-count").text == "1"
 
         browser.find_element("id", "tool-point").click()
         click(browser, shift=True)  # negative, at the canvas centre: the image's centre
@@ -117,7 +118,7 @@ def test_box_clicks_and_scribble_with_the_mouse_reach_the_session_in_the_files_o
         for _ in range(3):  # scribble, click, box: nothing left to show, the overlay goes, no error
             browser.find_element("id", "undo").click()
             idle(browser)
-        assert prompt_count(url, remote.session_id) == 0
+        assert prompt_count(url, remote.session_id) == 0 and browser.find_element("id", "prompt-count").text == "0"
         assert browser.execute_script("return window.fxViewer.overlay === null")
 
     prompts = [p for p in sent(browser)]

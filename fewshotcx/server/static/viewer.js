@@ -107,6 +107,7 @@ function showSlice() {
 function showInfo(info) {
   state.info = info;
   $("drawn").textContent = info.drawn.length ? info.drawn.join(", ") : "none";
+  $("prompt-count").textContent = String(info.prompts);
   $("download-rtstruct").disabled = !info.dicom;
 }
 
