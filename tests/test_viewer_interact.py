@@ -2,7 +2,7 @@
 a click, a Shift+click (negative) and a brush scribble with real mouse events, on a file stored
 transposed and inferior first; the server's session gets them as the file's own voxels (the result
 changes at the clicked voxel, Undo takes a prompt back), and replaying what the page sent on a local
-``ContourSession`` gives the same result."""
+``ContourSession`` gives the same result. On a fitted server the page opens showing the model's contour."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 webdriver = pytest.importorskip("selenium.webdriver")
 
-from servekit import SHAPE, serving, tiny_segmenter, write_image  # noqa: E402
+from servekit import SHAPE, fitted_segmenter, serving, tiny_segmenter, write_image  # noqa: E402
 from test_viewer import browser, idle, go_to_slice, stroke, wait_for  # noqa: E402,F401 (browser: a fixture)
 from test_viewer import pytestmark  # noqa: E402,F401 (skipped without chromium)
 
@@ -127,3 +127,17 @@ def test_box_clicks_and_scribble_with_the_mouse_reach_the_session_in_the_files_o
     replay(local, prompts)
     expected = local.result()
     assert result.same_grid(expected) and np.array_equal(result.array, expected.array)
+
+
+def test_a_session_on_a_fitted_server_opens_showing_the_models_contour(browser, tmp_path):
+    """``fewshotcx serve --support``: the page shows the fitted model's contour as soon as it opens."""
+    path = write_image(tmp_path)
+    with serving(SessionStore(fitted_segmenter())) as url:
+        remote = RemoteSession(url, path)
+        browser.get(f"{url}/?session={remote.session_id}")
+        wait_for(lambda: browser.execute_script("return document.body.dataset.ready === '1'"), what="the session")
+        idle(browser)
+        assert results_shown(browser) == 1 and remote.result().array.any()
+        shown = browser.execute_script("const v = window.fxViewer.overlay; return v ? Array.from(v.img) : null")
+        canonical = remote.result().canonical().array
+    assert shown is not None and np.array_equal(np.asarray(shown).reshape(canonical.shape, order="F"), canonical)
