@@ -233,8 +233,9 @@ class ContourWidget(QWidget):
             self.result_layer.data = np.zeros_like(self.result_layer.data)
 
     def _prompted(self, layer: Any, event: Any) -> None:
-        """A prompt layer changed: once napari reports items added (a rectangle: when drawn), send them."""
-        if self.session is None:
+        """A prompt layer changed: once napari reports items added (a rectangle: when drawn), send them
+        (layers of an earlier session are left alone)."""
+        if self.session is None or id(layer) not in self._sent:
             return
         if str(getattr(event, "action", "")) != "added":
             self._sent[id(layer)] = min(self._sent[id(layer)], len(layer.data))
