@@ -7,8 +7,8 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 ``GET /healthz``                            200 ``{"status": "ok"}`` once the model is loaded
 ``POST /sessions?name=F[&classes=1,2]``     body: the volume file (NIfTI/NRRD, or a .zip of a DICOM series)
 ``POST /sessions?path=REL``                 a file or DICOM folder under ``--data-root``
-``GET /sessions/{id}``                      shape, drawn slices, declared label values, whether DICOM,
-                                            and the canonical layout (for the viewer, :func:`_info`)
+``GET /sessions/{id}``                      shape, drawn slices, prompts, declared label values, whether
+                                            DICOM, the canonical layout (:func:`.answers.session_info`)
 ``PUT /sessions/{id}/slices/{z}``           draw slice ``z`` (body: wire-format mask, the file's X·Y
                                             bytes, see :mod:`.wire`)
 ``GET|DELETE /sessions/{id}/slices/{z}``    a drawn slice / erase it
@@ -22,7 +22,9 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 ``GET /sessions/{id}/drawing``              every drawn slice on the canonical grid of ``/image`` (for
                                             the viewer; X·Y·Z bytes, x fastest)
 ``DELETE /sessions/{id}``                   close
-``POST /sessions/{id}/box|point|scribble``  an interaction (JSON body; :mod:`.interact`, :mod:`.prompts`)
+``POST /sessions/{id}/box``                 a box prompt (JSON bodies: :mod:`.prompts`; routes: :mod:`.interact`)
+``POST /sessions/{id}/point``               a positive or negative click
+``POST /sessions/{id}/scribble``            a positive or negative scribble (its voxels)
 ``POST /sessions/{id}/accept?format=F``     the accepted contour (formats as ``/result``)
 =========================================  ===============================================================
 
