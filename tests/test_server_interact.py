@@ -19,7 +19,7 @@ from servekit import SHAPE, call, disc, error_detail, fitted_segmenter, serving,
 from fewshotcx import ContourSession, Volume, load_volume, save_volume  # noqa: E402
 from fewshotcx.client import RemoteError, RemoteSession  # noqa: E402
 from fewshotcx.server import SessionStore  # noqa: E402
-from fewshotcx.server.prompts import MAX_SCRIBBLE_VOXELS, SCRIBBLE_BODY_BYTES  # noqa: E402
+from fewshotcx.server.prompts import MAX_SCRIBBLE_VOXELS, SCRIBBLE_BODY_BYTES, scribble_body  # noqa: E402
 
 XY = SHAPE[:2]
 
@@ -112,6 +112,8 @@ def test_hostile_interaction_bodies_are_one_line_400s_and_change_nothing(tmp_pat
         assert session.drawn == [3] and not np.array_equal(session.result().array, before)
         with pytest.raises(ValueError, match="shape"):  # checked before anything is sent
             session.add_scribble(np.ones((2, 2, 2), dtype=bool))
+    with pytest.raises(ValueError, match=f"1 to {MAX_SCRIBBLE_VOXELS}"):  # the client's side of the bound
+        scribble_body(np.ones((MAX_SCRIBBLE_VOXELS + 1, 1, 1), dtype=bool))
 
 
 def test_the_key_guards_the_interaction_routes(tmp_path):
