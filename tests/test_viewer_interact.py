@@ -1,5 +1,5 @@
 """The web viewer's prompt tools in a real headless Chromium (as tests/test_viewer.py): a box dragged,
-a click, a Shift+click (negative) and a brush scribble with real mouse events, on a file stored
+a click, a Shift+click (negative), a brush scribble and a Shift+scribble with real mouse events, on a file stored
 transposed and inferior first; the server's session gets them as the file's own voxels (the result
 changes at the clicked voxel, Undo takes a prompt back), and replaying what the page sent on a local
 ``ContourSession`` gives the same result. On a fitted server the page opens showing the model's contour."""
@@ -25,15 +25,19 @@ from fewshotcx.io.grid import AxialSlices  # noqa: E402
 from fewshotcx.server import SessionStore  # noqa: E402
 
 
-def click(driver, dx=0, dy=0, shift=False):
-    """A left click at (dx, dy) pixels from the canvas centre, Shift held if ``shift``."""
+def press(driver, dx=0, dy=0, steps=(), shift=False):
+    """Press the left button at (dx, dy) pixels from the canvas centre, move along ``steps`` (none: a
+    click), release; Shift held throughout if ``shift``."""
     from selenium.webdriver import ActionChains
     from selenium.webdriver.common.keys import Keys
 
     chain = ActionChains(driver)
     if shift:
         chain = chain.key_down(Keys.SHIFT)
-    chain = chain.move_to_element_with_offset(driver.find_element("id", "gl"), dx, dy).click()
+    chain = chain.move_to_element_with_offset(driver.find_element("id", "gl"), dx, dy).click_and_hold()
+    for sx, sy in steps:
+        chain = chain.move_by_offset(sx, sy)
+    chain = chain.release()
     if shift:
         chain = chain.key_up(Keys.SHIFT)
     chain.perform()
@@ -90,7 +94,7 @@ def test_box_clicks_and_scribble_with_the_mouse_reach_the_session_in_the_files_o
         assert browser.find_element("id", "prompt-count").text == "1"
 
         browser.find_element("id", "tool-point").click()
-        click(browser, shift=True)  # negative, at the canvas centre: the image's centre
+        press(browser, shift=True)  # negative, at the canvas centre: the image's centre
         idle(browser)
         point = sent(browser)[-1]["body"]
         assert point["positive"] is False and point["ijk"][2] == 5
@@ -103,7 +107,7 @@ def test_box_clicks_and_scribble_with_the_mouse_reach_the_session_in_the_files_o
         assert remote.result().array[ijk] == 1 and prompt_count(url, remote.session_id) == 1
         assert results_shown(browser) == 3  # refreshed after the click and after the undo
 
-        click(browser, 0, 0)  # a positive click where the negative one was
+        press(browser)  # a positive click where the negative one was
         idle(browser)
         go_to_slice(browser, 8)
         browser.find_element("id", "tool-scribble").click()
@@ -113,9 +117,16 @@ def test_box_clicks_and_scribble_with_the_mouse_reach_the_session_in_the_files_o
         voxels = np.asarray(scribble["body"]["voxels"])
         assert scribble["kind"] == "scribble" and scribble["body"]["positive"] and len(voxels) >= 8
         assert set(voxels[:, 2]) == {8}  # all on the file's slice 8
+        press(browser, -30, -150, steps=((30, 0), (30, 0)), shift=True)  # a negative scribble above it
+        idle(browser)
+        negative = sent(browser)[-1]["body"]
+        assert negative["positive"] is False and {v[2] for v in negative["voxels"]} == {8}
         result = remote.result()
-        assert result.array[tuple(voxels.T)].all()  # a positive scribble's voxels are inside
-        for _ in range(3):  # scribble, click, box: nothing left to show, the overlay goes, no error
+        outside = np.asarray(negative["voxels"])
+        assert not {tuple(v) for v in voxels} & {tuple(v) for v in outside}
+        assert result.array[tuple(voxels.T)].all()  # a positive scribble's voxels are inside,
+        assert not result.array[tuple(outside.T)].any()  # a negative one's outside
+        for _ in range(4):  # the scribbles, the click, the box: nothing left to show, the overlay goes, no error
             browser.find_element("id", "undo").click()
             idle(browser)
         assert prompt_count(url, remote.session_id) == 0 and browser.find_element("id", "prompt-count").text == "0"
