@@ -275,7 +275,9 @@ function promptMove(e) {
   if (!drag.start) return;
   showMarks(e);
   const c = canvasVoxel(e);
-  if (c && drag.tool === "scribble") brushTo([c[0], c[1], drag.start[2]]);
+  if (!c) return;
+  if (drag.tool === "scribble") brushTo([c[0], c[1], drag.start[2]]);
+  else drag.last = c;  // where a box ends if the button is released off the image
 }
 
 function promptUp(e) {
@@ -306,18 +308,19 @@ function sendPrompt(kind, body) {
   });
 }
 
-// While a prompt tool is active, the mouse's left button is ours (NiiVue never sees it); the wheel still scrolls.
+// While a prompt tool is active, the mouse's left button is ours (NiiVue never sees it); the wheel still
+// scrolls. A drag ends where the button is released, on the image or not.
 function capturePrompts() {
-  const view = $("view");
-  const capture = (handler) => (e) => {
-    if (!PROMPT_TOOLS.includes(state.tool) || !state.dims || (e.type === "mousedown" && e.button !== 0)) return;
+  const capture = (handler, when) => (e) => {
+    if (!when(e)) return;
     e.stopPropagation();
     e.preventDefault();
     handler(e);
   };
-  view.addEventListener("mousedown", capture(promptDown), true);
-  view.addEventListener("mousemove", capture(promptMove), true);
-  view.addEventListener("mouseup", capture(promptUp), true);
+  const prompting = () => PROMPT_TOOLS.includes(state.tool) && state.dims !== null;
+  $("view").addEventListener("mousedown", capture(promptDown, (e) => prompting() && e.button === 0), true);
+  $("view").addEventListener("mousemove", capture(promptMove, prompting), true);
+  window.addEventListener("mouseup", capture(promptUp, () => drag.start !== null), true);
 }
 
 async function suggest() {
