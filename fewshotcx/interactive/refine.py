@@ -44,13 +44,14 @@ class Settings:
     strength: float = 0.3       # lambda: weight of the prior against the edges
     intensity: float = 1.0      # weight of the histogram log-ratio (clipped to ±3)
     shape: float = 2.0          # weight of the box's ellipsoid, log-odds at its centre
+    radius: float = 0.9         # where the ellipsoid's log-odds are 0 (1: the inscribed ellipsoid)
     automatic: float = 1.0      # weight of the automatic contour's log-odds
     trust: float = 3.0          # log-odds of the current result far from a new seed
     click: float = 3.0          # log-odds of a click's push to its side, near it
     min_mm: float = 3.0         # a click's reach, at least
     spread: float = 3.0         # a click's reach along the contour, in units of its depth
     local_mm: float = 10.0      # a click's reach when nothing is on its side yet
-    rounds: int = 2             # solutions, each re-estimating the intensity model from the last
+    rounds: int = 1             # solutions, each re-estimating the intensity model from the last
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,8 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
         p = np.clip(small(prior[crop]), 1e-3, 1 - 1e-3)
         reference, logit = p > 0.5, settings.automatic * np.log(p / (1 - p))
     elif new.kind == "box":
-        shape = _ellipsoid(box, region, grid)
-        reference, logit = shape > 0.75, settings.shape * np.clip(shape, -1, 1)
+        shape = _ellipsoid(box, region, grid)  # 1 - r^2: the core (r < 1/2) is the first foreground sample
+        reference, logit = shape > 0.75, settings.shape * np.clip(shape - 1 + settings.radius ** 2, -1, 1)
     else:
         reference, logit = current, _click_logit(new, _seed_grid([new], region, grid) >= 0, current, intensities,
                                                  step, settings)
