@@ -47,6 +47,21 @@ def test_a_box_from_blank_segments_the_structure_in_the_image_s_own_voxel_order(
     assert not result[:lo[0]].any() and not result[:, :, hi[2] + 1:].any()  # nothing outside the box
 
 
+def test_a_2d_box_segments_its_slice_and_a_3d_box_clears_the_structure_outside_it():
+    s, ball = blank()
+    s.add_box((10, 7, 10), (30, 27, 10))
+    result = s.result().array == 1
+    assert dice(result[..., 10], ball[..., 10]) > 0.9 and not result[..., :10].any() and not result[..., 11:].any()
+    s.add_point((20, 17, 12))  # a click on another slice is not held to the 2D box
+    assert s.result().array[..., 12].sum() > 20
+    s.add_box((12, 9, 6), (28, 25, 14))  # a smaller 3D box: nothing outside it, on any slice
+    result = s.result().array == 1
+    outside = np.ones(SHAPE, bool)
+    outside[12:29, 9:26, 6:15] = False
+    outside[20, 17, 12] = False  # the positive click stays (the box grows to hold it)
+    assert result.any() and not result[outside].any()
+
+
 def test_a_click_changes_the_contour_around_it_in_3d_and_ends_on_its_side():
     s, ball = blank()
     s.add_box((10, 7, 5), (30, 27, 15))
