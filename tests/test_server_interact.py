@@ -173,3 +173,19 @@ def test_serve_support_fits_the_model_once_and_sessions_start_from_its_predictio
         options("--structures", "Bladder")
     with pytest.raises(CliError, match="--support"):
         options("--support", f"{tmp_path / 'missing.nii.gz'}:{tmp_path / 'prior_label.nii.gz'}")
+
+
+def test_the_slice_preview_shows_a_result_made_of_prompts_alone(tmp_path):
+    import io
+
+    import matplotlib.image as mpimg
+
+    from fewshotcx.server.preview import to_display
+
+    with serving(SessionStore(tiny_segmenter())) as url:
+        session = RemoteSession(url, write_image(tmp_path))  # stored LPS: own slice k is canonical k
+        session.add_box((6, 5, 5), (17, 15, 5))
+        completed = mpimg.imread(io.BytesIO(session.preview(5, result=True)))[..., :3]
+        expected = session.result().canonical().array[..., 5]
+    green = (completed[..., 1] > completed[..., 0] + 0.2) & (completed[..., 1] > completed[..., 2] + 0.2)
+    assert expected.any() and np.array_equal(green, to_display(expected) > 0)
