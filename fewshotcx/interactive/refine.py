@@ -46,11 +46,11 @@ class Settings:
     shape: float = 2.0          # weight of the box's ellipsoid, log-odds at its centre
     radius: float = 0.9         # where the ellipsoid's log-odds are 0 (1: the inscribed ellipsoid)
     automatic: float = 1.0      # weight of the automatic contour's log-odds
-    trust: float = 3.0          # log-odds of the current result far from a new seed
-    click: float = 3.0          # log-odds of a click's push to its side, near it
+    trust: float = 2.0          # log-odds of the current result far from a new seed
+    click: float = 2.0          # log-odds of a click's push to its side, near it
     min_mm: float = 3.0         # a click's reach, at least
-    spread: float = 3.0         # a click's reach along the contour, in units of its depth
-    local_mm: float = 10.0      # a click's reach when nothing is on its side yet
+    spread: float = 2.5         # a click's reach along the contour, in units of its depth
+    local_mm: float = 20.0      # a click's reach when nothing is on its side yet
     rounds: int = 1             # solutions, each re-estimating the intensity model from the last
 
 
@@ -193,17 +193,18 @@ def _click_logit(new: Prompt, seeds: np.ndarray, current: np.ndarray, intensitie
     """Log-odds after a click or scribble (``seeds``: its voxels on the region's grid).
 
     A click sits in the middle of an error region, about ``ρ`` from the current contour (``ρ``: the
-    distance from the seeds to the nearest voxel already on their side, at least ``min_mm``; with
-    none, ``local_mm``), so the region is a layer about ``2ρ`` deep along the contour. Voxels within
-    ``2ρ`` of the contour on the other side and within ``spread · ρ`` of the seeds, of intensity like
-    the seeds', are pushed to the seeds' side (log-odds ``click``); elsewhere the current result holds
-    (log-odds ``trust``)."""
+    distance from the seeds to the nearest voxel already on their side, at least ``min_mm``), so the
+    region is a layer about ``2ρ`` deep along the contour. Voxels within ``2ρ`` of the contour on the
+    other side and within ``spread · ρ`` of the seeds, of intensity like the seeds', are pushed to the
+    seeds' side (log-odds ``click``); elsewhere the current result holds (log-odds ``trust``). With
+    nothing on their side within ``local_mm``, the error is an island: ``ρ = local_mm``, no layer."""
     distance = ndimage.distance_transform_edt(~seeds, sampling=step)
     side = current if new.positive else ~current
-    if side.any():
-        rho = float(np.clip(distance[side].min(), settings.min_mm, settings.reach_mm / 2))
+    rho = float(distance[side].min()) if side.any() else np.inf
+    if rho <= settings.local_mm:  # next to the contour: a layer along it
+        rho = max(rho, settings.min_mm)
         depth = ndimage.distance_transform_edt(~side, sampling=step)  # how far from the asked side
-    else:
+    else:  # an island of its own (nothing on its side nearby): a blob around it
         rho, depth = settings.local_mm, np.zeros(current.shape)
     near = np.exp(-0.5 * (distance / (settings.spread * rho)) ** 2) / (1 + np.exp((depth - 2 * rho) / rho * 4))
     like = np.exp(-0.5 * ((intensities - intensities[seeds].mean()) / settings.sigma) ** 2)
@@ -265,9 +266,9 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
         p = 1 / (1 + np.exp(-logit - settings.intensity * log_ratio(intensities, foreground, ~foreground)))
         x = random_walk(intensities, step, p, fixed, values, settings.beta, settings.sigma, settings.strength, x)
         reference = x > 0.5
-    result = (_up(x, region.factor, full.shape) > 0.5) & ((full == 0) | mask)
     full_seeds = _seed_grid(prompts, Region(region.lo, region.hi, 1), full.shape)
-    result = _keep(result, full_seeds, mask)
+    result = (_up(x, region.factor, full.shape) > 0.5) & ((full == 0) | mask)
+    result = _keep((result | (full_seeds == 1)) & (full_seeds != 0), full_seeds, mask)
     out = labels.copy()
     out[crop] = np.where(result, label, np.where(mask, 0, full))
     if new.kind == "box":  # nothing of the structure outside its box (but its seeds: enforced after)
