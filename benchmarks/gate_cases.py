@@ -1,7 +1,7 @@
 """The volumes ``registration_gates.py`` registers, loaded by their data-role id (:mod:`roles`).
 
-Everything is canonical RAS, at :data:`SPACING` mm unless asked otherwise. CT labels are the Hounsfield-defined ``bone`` and
-``fat`` (:func:`fewshotcx.datasets.ct_anatomy.hu_anatomy`: every CT defines them, so label transfer can be
+Everything is canonical RAS, at :data:`SPACING` mm unless asked otherwise. CT labels are the
+Hounsfield-defined ``bone`` and ``fat`` (:func:`fewshotcx.datasets.ct_anatomy.hu_anatomy`: every CT defines them, so label transfer can be
 scored on unlabelled scans such as the abdominal CRLM pair); the sarcoma MRs keep their GTV; the brains
 keep the structures both atlases name except the held-out ones (:data:`roles.STRUCTURES`); the report
 pair keeps its clinical / slicerio lungs.

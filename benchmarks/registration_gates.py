@@ -19,9 +19,9 @@ Two sets, by data role (:mod:`roles`):
   abdomen (wrong body part). :func:`fit_thresholds` turns its rows into the thresholds in
   :mod:`fewshotcx.registration.gates`; writes ``benchmarks/results/registration_gates.csv``.
 * ``--set heldout`` (:data:`HELDOUT_PAIRS`, the report pair LUNG1-001 ↔ CTChest4, whole, with the
-  query cropped as ``ct_cross_patient.py`` crops it, and a 90-mm slab; never used to set anything): the gate's behaviour on data it was not fitted on, with the verdict of
-  the thresholds fitted on the report pair before (:data:`REPORT_FITTED`); writes
-  ``benchmarks/results/registration_gates_heldout.csv``.
+  query cropped as ``ct_cross_patient.py`` crops it, and a 90-mm slab; never used to set anything):
+  the gate's behaviour on data it was not fitted on, with the verdict of the thresholds fitted on the
+  report pair before (:data:`REPORT_FITTED`); writes ``benchmarks/results/registration_gates_heldout.csv``.
 
     nice python benchmarks/registration_gates.py                  # ~15 min on a loaded 2-core CPU
     nice python benchmarks/registration_gates.py --set heldout    # ~15 min
@@ -118,8 +118,9 @@ def breakages(query: fx.Volume) -> dict[str, "object"]:
 def label_dice(support: datasets.Case, query: datasets.Case, result: reg.Registration) -> float:
     """Mean Dice over the query's structures of the support's labels warped onto the query."""
     warped = reg.warp(support.labels, result, query.labels, label=True).array
-    scores = [fx.metrics.dice(warped == value, query.labels.array == value) for value in sorted(query.structures)
-              if datasets.canonical_name(support.structures.get(value, "")) == datasets.canonical_name(query.structures[value])]
+    same = [value for value in sorted(query.structures) if datasets.canonical_name(
+        support.structures.get(value, "")) == datasets.canonical_name(query.structures[value])]
+    scores = [fx.metrics.dice(warped == value, query.labels.array == value) for value in same]
     return float(np.mean(scores)) if scores else math.nan
 
 

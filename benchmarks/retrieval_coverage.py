@@ -106,9 +106,10 @@ def fit_coverage(rows: Sequence[dict]) -> dict[str, float]:
     covered = min(float(r["best_similarity"]) for r in of("full") if float(r["position_distance"]) <= SAME_PLACE)
 
     def mean_gaps(kind: str) -> list[float]:
-        pairs = {r["pair"] for r in of(kind)}
-        return [sum(float(r["position_gap"]) for r in of(kind) if r["pair"] == p) / sum(r["pair"] == p for r in of(kind))
-                for p in pairs]
+        by_pair: dict[str, list[float]] = {}
+        for r in of(kind):
+            by_pair.setdefault(r["pair"], []).append(float(r["position_gap"]))
+        return [sum(gaps) / len(gaps) for gaps in by_pair.values()]
 
     def halfway(low: float, high: float, step: float) -> float:
         return round(math.floor((low + high) / 2 / step + 0.5) * step, 4)

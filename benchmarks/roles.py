@@ -28,7 +28,8 @@ from fewshotcx.datasets import canonical_name
 
 REPORT, SELECTION, CALIBRATION, TRAINING = "report", "selection", "calibration", "training"
 
-#: Held-out volumes by role (ids as the datasets and the checkpoint's training config name them).
+#: Volumes with a role beyond training, by role (ids as the datasets and the checkpoint's training
+#: config name them); the three sets are disjoint.
 VOLUMES: dict[str, frozenset[str]] = {
     REPORT: frozenset({"slicerio/CTChest4", "mirp/LUNG1-001", "pyradiomics/lung2"}),
     SELECTION: frozenset({"pyradiomics/brain2", "sts/STS_003_CT", "sts/STS_003_MR_T1"}),
