@@ -19,7 +19,9 @@ seconds per query (fit + predict, registration included).
 
 Structures are split: ``--split selection`` (left hippocampus, left caudate) is where defaults were
 chosen (registration transform, universeg+atlas prior weight, default strategy); ``--split report``
-(left thalamus, left putamen) is what docs/cross_patient.md reports, never used to choose anything.
+(left thalamus, left putamen) is what docs/cross_patient.md reports, never used to choose a default
+(until issue #33 the registration gate's calibration averaged its brain label transfer over every
+structure both atlases name, these included; ``roles.py`` now keeps them out of calibration).
 
     python benchmarks/cross_patient.py --quick                      # ~2 min smoke run
     python benchmarks/cross_patient.py --out benchmarks/results --plots docs/img
