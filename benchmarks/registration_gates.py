@@ -126,13 +126,8 @@ def label_dice(support: datasets.Case, query: datasets.Case, result: reg.Registr
 
 
 def thresholds_text(thresholds: Mapping[str, float] = reg.THRESHOLDS) -> str:
-    """Thresholds as one CSV cell, e.g. ``"body_dice>=0.75;overlap>=0.6;..."``."""
+    """Thresholds as one CSV cell, e.g. ``"body_dice>=0.75;overlap>=0.85;..."``."""
     return ";".join(f"{name}>={low:g}" for name, low in thresholds.items())
-
-
-def passes(measures: Mapping[str, float], thresholds: Mapping[str, float]) -> bool:
-    """:func:`fewshotcx.registration.accepts` under other thresholds (a missing or NaN measure fails)."""
-    return all(float(measures.get(name, math.nan)) >= low for name, low in thresholds.items())
 
 
 def fit_thresholds(rows: Sequence[Mapping[str, object]]) -> dict[str, float]:
@@ -156,7 +151,7 @@ def _row(pair: str, support: datasets.Case, query: datasets.Case, mode: str, bro
            "structures": "+".join(query.structures[v] for v in sorted(query.structures)),
            "accepted": int(reg.accepts(measures)), "thresholds": thresholds_text()}
     if data_role == roles.REPORT:
-        row.update(accepted_report_fitted=int(passes(measures, REPORT_FITTED)),
+        row.update(accepted_report_fitted=int(reg.accepts(measures, REPORT_FITTED)),
                    report_fitted_thresholds=thresholds_text(REPORT_FITTED))
     row.update(register_seconds=round(seconds, 1), threads=threads, load_avg=round(os.getloadavg()[0], 1),
                commit=COMMIT)

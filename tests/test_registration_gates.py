@@ -74,13 +74,13 @@ def test_heldout_table_is_the_report_pair_judged_by_the_thresholds_in_the_code()
     assert {r["data_role"] for r in rows} == {"report"}
     assert {r["pair"] for r in rows} == {f"{p.support} -> {p.query}" for p in registration_gates.HELDOUT_PAIRS}
     assert all(bool(int(r["accepted"])) == reg.accepts(r) for r in rows), "rerun registration_gates.py --set heldout"
-    assert all(bool(int(r["accepted_report_fitted"])) == registration_gates.passes(r, registration_gates.REPORT_FITTED)
+    assert all(bool(int(r["accepted_report_fitted"])) == reg.accepts(r, registration_gates.REPORT_FITTED)
                for r in rows)
 
 
 def test_accepts_reads_every_threshold_and_fails_on_missing_measures():
     passing = {name: low + 0.01 for name, low in reg.THRESHOLDS.items()}
-    assert reg.accepts(passing)
+    assert reg.accepts(passing) and not reg.accepts(passing, {**reg.THRESHOLDS, "ncc": 2.0})
     for name in reg.THRESHOLDS:
         assert not reg.accepts({**passing, name: reg.THRESHOLDS[name] - 0.01}), name
         assert not reg.accepts({**passing, name: math.nan}), name

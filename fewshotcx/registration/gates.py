@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -57,10 +57,12 @@ THRESHOLDS: dict[str, float] = {"body_dice": MIN_BODY_DICE, "overlap": MIN_OVERL
                                 "margin": MIN_MARGIN}
 
 
-def accepts(measures: Mapping[str, float]) -> bool:
-    """Whether measures (a :class:`Quality` as a mapping, or a row of the calibration CSV) pass the gate;
-    a missing or NaN measure fails."""
-    return all(float(measures.get(name, math.nan)) >= low for name, low in THRESHOLDS.items())
+def accepts(measures: Mapping[str, float], thresholds: Optional[Mapping[str, float]] = None) -> bool:
+    """Whether measures (a :class:`Quality` as a mapping, or a row of the calibration CSV) pass the gate
+    (``thresholds``: other thresholds than :data:`THRESHOLDS`, for comparisons); a missing or NaN
+    measure fails."""
+    limits = THRESHOLDS if thresholds is None else thresholds
+    return all(float(measures.get(name, math.nan)) >= low for name, low in limits.items())
 
 
 @dataclass(frozen=True)
