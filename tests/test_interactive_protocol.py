@@ -1,0 +1,170 @@
+"""The interactive protocol's pieces (fewshotcx.evaluation.interactive) on synthetic masks."""
+
+import numpy as np
+import pytest
+
+from fewshotcx import Volume
+from fewshotcx.evaluation.interactive import (
+    Click, box_from_reference, box_mask, click_auc, evenly_spaced_slices, largest_error_region, next_click,
+    step_scores,
+)
+
+
+def _ball(shape, centre, radius, spacing=(1.0, 1.0, 1.0)):
+    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"), -1)
+    return np.linalg.norm(grid - np.asarray(centre) * np.asarray(spacing), axis=-1) <= radius
+
+
+def test_box_is_the_inclusive_bounding_box():
+    ref = np.zeros((10, 12, 8), dtype=np.uint8)
+    ref[2:5, 3:9, 1:7] = 1
+    ref[7, 10, 6] = 1  # a stray voxel widens the box
+    lo, hi = box_from_reference(ref)
+    assert lo == (2, 3, 1) and hi == (7, 10, 6)
+    filled = box_mask(ref.shape, lo, hi)
+    assert filled.sum() == 6 * 8 * 6 and filled[ref > 0].all()
+
+
+def test_challenge_box_is_the_middle_slice_box_over_the_axial_extent():
+    ref = np.zeros((20, 20, 9), dtype=bool)
+    ref[2:18, 2:18, 0:3] = True   # wide at the bottom
+    ref[8:11, 9:12, 3:9] = True   # narrow higher up: 768 wide voxels against 54 narrow ones, so the
+    # median foreground voxel (the challenge's z_mid) lies in the wide part
+    lo, hi = box_from_reference(ref, kind="challenge")
+    assert (lo[2], hi[2]) == (0, 8)
+    assert lo[:2] == (2, 2) and hi[:2] == (17, 17)
+    ref[2:18, 2:18, 0:3] = False
+    ref[8:11, 9:12, 0:3] = True
+    lo, hi = box_from_reference(ref, kind="challenge")
+    assert lo == (8, 9, 0) and hi == (10, 11, 8)
+
+
+def test_empty_reference_has_no_box_and_bad_kind_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        box_from_reference(np.zeros((4, 4, 4)))
+    with pytest.raises(ValueError, match="kind"):
+        box_from_reference(np.ones((4, 4, 4)), kind="loose")
+    with pytest.raises(ValueError, match="3D"):
+        box_from_reference(np.ones((4, 4)))
+
+
+def test_perfect_prediction_gives_no_click():
+    ref = _ball((16, 16, 16), (8, 8, 8), 4)
+    assert next_click(ref, ref) is None
+    assert not largest_error_region(ref, ref).any()
+
+
+def test_missed_structure_gives_a_positive_click_at_its_centre():
+    ref = _ball((21, 21, 21), (10, 10, 10), 5)
+    click = next_click(np.zeros_like(ref), ref, spacing=None)
+    assert isinstance(click, Click) and click.positive
+    assert click.ijk == (10, 10, 10) and click.region_voxels == ref.sum()
+    assert click.distance == pytest.approx(np.sqrt(26.0))  # nearest outside voxel: (15, 11, 10)
+
+
+def test_spill_gives_a_negative_click_in_the_largest_region_only():
+    ref = np.zeros((30, 30, 10), dtype=bool)
+    ref[5:10, 5:10, 2:8] = True
+    pred = ref.copy()
+    pred[15:25, 15:25, 2:8] = True   # large spill (600 voxels)
+    pred[5:7, 5:7, 2:8] = False      # small miss (24 voxels)
+    click = next_click(pred, ref, spacing=None)
+    assert not click.positive and click.region_voxels == 600
+    assert 15 <= click.ijk[0] < 25 and 15 <= click.ijk[1] < 25 and not ref[click.ijk] and pred[click.ijk]
+    # remove the spill: now the miss is the only (largest) error, and the click is positive there
+    missed = ref.copy()
+    missed[5:7, 5:7, 2:8] = False
+    click = next_click(missed, ref, spacing=None)
+    assert click.positive and click.region_voxels == 24 and click.ijk[:2] in {(5, 5), (5, 6), (6, 5), (6, 6)}
+
+
+def test_regions_are_26_connected():
+    ref = np.zeros((10, 10, 10), dtype=bool)
+    pred = ref.copy()
+    for i in range(5):  # a diagonal chain of 5 voxels touching only at corners: one region
+        pred[i, i, i] = True
+    pred[8, 0, 0] = pred[8, 1, 0] = pred[9, 0, 0] = True  # a face-connected region of 3
+    region = largest_error_region(pred, ref)
+    assert region.sum() == 5 and region[0, 0, 0] and region[4, 4, 4]
+
+
+def test_distance_uses_the_spacing():
+    # a slab thin in z but 3 mm slices: in voxels the centre ties along x; in mm the z axis is far
+    ref = np.zeros((15, 15, 5), dtype=bool)
+    ref[2:13, 2:13, 1:4] = True
+    in_mm = next_click(np.zeros_like(ref), ref, spacing=(1.0, 1.0, 3.0))
+    in_voxels = next_click(np.zeros_like(ref), ref, spacing=None)
+    assert in_mm.ijk == (7, 7, 2) and in_mm.distance == pytest.approx(6.0)
+    assert in_voxels.distance == pytest.approx(2.0)  # two voxels to the outside along z
+    # a Volume brings its spacing ("auto"); a plain array means voxel units
+    volume = Volume(ref.astype(np.uint8), np.diag([1.0, 1.0, 3.0, 1.0]), label=True)
+    assert next_click(np.zeros_like(ref), volume).distance == pytest.approx(6.0)
+
+
+def test_array_border_counts_as_outside_the_region():
+    ref = np.zeros((9, 9, 9), dtype=bool)
+    ref[:, :, :] = True
+    click = next_click(np.zeros_like(ref), ref, spacing=None)
+    assert click.ijk == (4, 4, 4) and click.distance == pytest.approx(5.0)
+
+
+def test_ties_are_deterministic_and_follow_the_rule():
+    ref = np.zeros((12, 6, 6), dtype=bool)
+    ref[1:11, 2:4, 2:4] = True  # a 2x2 rod: many voxels share the maximum distance
+    first = next_click(np.zeros_like(ref), ref, spacing=None, tie="first")
+    assert first.ijk == (1, 2, 2)
+    seeded = [next_click(np.zeros_like(ref), ref, spacing=None).ijk for _ in range(3)]
+    assert len(set(seeded)) == 1
+    tied = np.argwhere(np.pad(ref, 0))  # every rod voxel is at distance 1
+    assert seeded[0] == tuple(tied[np.random.RandomState(42).choice(len(tied))])
+    with pytest.raises(ValueError, match="tie"):
+        next_click(np.zeros_like(ref), ref, tie="random")
+
+
+def test_empty_reference_clicks_are_negative():
+    pred = np.zeros((8, 8, 8), dtype=bool)
+    pred[2:6, 2:6, 2:6] = True
+    click = next_click(pred, np.zeros_like(pred), spacing=None)
+    assert not click.positive and pred[click.ijk]
+
+
+def test_shape_mismatch_and_bad_spacing_are_refused():
+    with pytest.raises(ValueError, match="shape"):
+        next_click(np.zeros((4, 4, 4)), np.ones((4, 4, 5)))
+    with pytest.raises(ValueError, match="spacing"):
+        next_click(np.zeros((4, 4, 4)), np.ones((4, 4, 4)), spacing=(1.0, 0.0, 1.0))
+
+
+def test_auc_is_the_trapezoid_over_the_five_click_steps():
+    assert click_auc([0.0, 1, 1, 1, 1, 1]) == pytest.approx(4.0)  # the box step is left out
+    assert click_auc([0.2, 0.4, 0.6, 0.8, 1.0]) == pytest.approx(2.4)
+    scores = [0.9, 0.1, 0.3, 0.5, 0.5, 0.7]
+    assert click_auc(scores) == pytest.approx((0.1 + 0.3) / 2 + (0.3 + 0.5) / 2 + 0.5 + (0.5 + 0.7) / 2)
+    with pytest.raises(ValueError, match="5 click"):
+        click_auc([1.0, 1.0])
+    with pytest.raises(ValueError, match="finite"):
+        click_auc([1.0, 1.0, float("nan"), 1.0, 1.0])
+
+
+def test_step_scores_gate_nsd_like_the_challenge():
+    ref = _ball((20, 20, 20), (10, 10, 10), 6)
+    perfect = step_scores(ref, ref, spacing=(1.0, 1.0, 1.0))
+    assert perfect == {"dice": 1.0, "nsd": 1.0, "nsd_ungated": 1.0}
+    poor = np.zeros_like(ref)
+    poor[10, 10, 4] = True  # one voxel on the surface: Dice tiny, NSD not zero
+    scores = step_scores(poor, ref, spacing=(1.0, 1.0, 1.0))
+    assert scores["dice"] < 0.2 and scores["nsd"] == 0.0 and scores["nsd_ungated"] > 0.0
+    assert step_scores(poor, ref, spacing=(1.0, 1.0, 1.0), nsd_dice_gate=None)["nsd"] == scores["nsd_ungated"]
+
+
+def test_evenly_spaced_slices_cover_the_extent():
+    ref = np.zeros((4, 4, 30), dtype=bool)
+    ref[1:3, 1:3, 5:26] = True
+    assert evenly_spaced_slices(ref, 6) == [5, 9, 13, 17, 21, 25]
+    assert evenly_spaced_slices(ref, 1) == [15]
+    assert evenly_spaced_slices(ref, 2) == [5, 25]
+    small = np.zeros((4, 4, 30), dtype=bool)
+    small[1, 1, 3:5] = True
+    assert evenly_spaced_slices(small, 6) == [3, 4]
+    with pytest.raises(ValueError):
+        evenly_spaced_slices(np.zeros((4, 4, 4)), 2)
