@@ -168,3 +168,98 @@ def test_evenly_spaced_slices_cover_the_extent():
     assert evenly_spaced_slices(small, 6) == [3, 4]
     with pytest.raises(ValueError):
         evenly_spaced_slices(np.zeros((4, 4, 4)), 2)
+
+
+# ------------------------------------------------------------------ benchmarks/interactive_protocol.py
+def _bench():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import interactive_protocol
+    return interactive_protocol
+
+
+class _FakeSession:
+    """Duck-typed ContourSession: the box filled, each click paints a 2-voxel ball in or out."""
+
+    def __init__(self, image, segmenter=None):
+        self.image, self.mask = image, np.zeros(image.shape, dtype=np.uint8)
+        if getattr(segmenter, "fitted", False):
+            self.mask[segmenter.start] = 1
+        self.calls = []
+
+    def add_box(self, lo, hi, label=1):
+        self.calls.append(("box", lo, hi))
+        self.mask[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = label
+
+    def add_point(self, ijk, positive=True, label=1):
+        self.calls.append(("point", ijk, positive))
+        self.mask[_ball(self.mask.shape, ijk, 2)] = label if positive else 0
+
+    def result(self):
+        return self.image.with_array(self.mask.copy(), label=True)
+
+
+class _FakeSegmenter:
+    fitted = False
+    start = (slice(8, 14), slice(8, 14), slice(8, 14))
+
+    def fit(self, images, labels):
+        self.fitted = True
+        return self
+
+
+def _task(bench, centre=(12, 12, 12)):
+    ref = _ball((24, 24, 24), centre, 6, spacing=(1.0, 1.0, 1.5))
+    affine = np.diag([1.0, 1.0, 1.5, 1.0])
+    image = Volume(np.where(ref, 40.0, -1000.0).astype(np.float32), affine)
+    return bench.make_task("synthetic", (image, Volume(ref.astype(np.uint8), affine, label=True), "synthetic"))
+
+
+def test_benchmark_runs_every_start_and_method_and_summarises():
+    bench = _bench()
+    task, other = _task(bench), _task(bench, centre=(11, 13, 12))
+    rows = bench.run_task(task, other, _FakeSession, _FakeSegmenter)
+    methods = {(r["start"], r["method"]) for r in rows}
+    assert methods == {("blank", "session"), ("blank", "session-box-only"), ("blank", "box-filled"),
+                       ("blank", "hu-rule-in-box"), ("auto", "session"), ("slices", "interpolation")}
+    assert all(r["error"] == "" for r in rows)
+    session = [r for r in rows if (r["start"], r["method"]) == ("blank", "session")]
+    assert [r["step"] for r in session] == list(range(6)) and session[0]["interaction"].startswith("box")
+    assert session[1]["interaction"].startswith("-")  # the box spills: the first click removes
+    box_only = [r["dice"] for r in rows if r["method"] == "session-box-only"]
+    assert box_only == [session[0]["dice"]] * 6
+    interpolated = [r for r in rows if r["method"] == "interpolation"]
+    assert interpolated[-1]["interaction"].startswith("6 slices") and interpolated[-1]["dice"] > interpolated[0]["dice"]
+    summary = {(s["start"], s["method"]): s for s in bench.summarise_runs(rows)}
+    assert summary[("blank", "hu-rule-in-box")]["final_dice"] == pytest.approx(1.0)  # a threshold solves it
+    assert summary[("blank", "session")]["rule_solved"] == "yes"
+    s = summary[("blank", "session")]
+    assert s["dice_auc"] == pytest.approx(click_auc([r["dice"] for r in session]), abs=1e-4) and s["dice_auc"] <= 4.0
+
+
+def test_benchmark_records_a_failing_method_and_needs_another_patient_for_auto():
+    bench = _bench()
+
+    class Broken(_FakeSession):
+        def add_box(self, lo, hi, label=1):
+            raise RuntimeError("no box here")
+
+    rows = bench.run_task(_task(bench), None, Broken, _FakeSegmenter)
+    assert not any(r["start"] == "auto" for r in rows)
+    failed = [r for r in rows if (r["start"], r["method"]) == ("blank", "session")]
+    assert len(failed) == 1 and "no box here" in failed[0]["error"]
+    summary = {(s["start"], s["method"]): s for s in bench.summarise_runs(rows)}
+    assert np.isnan(summary[("blank", "session")]["dice_auc"])
+    assert summary[("blank", "session-box-only")]["error"]  # it needs the session's box result
+
+
+def test_benchmark_crops_an_axial_slab_around_the_structure():
+    bench = _bench()
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    ref = np.zeros((8, 8, 40), dtype=np.uint8)
+    ref[2:5, 2:5, 20:25] = 1
+    image, cropped, note = bench.crop_to_structure(Volume(np.zeros((8, 8, 40), np.float32), affine),
+                                                   Volume(ref, affine, label=True), margin_mm=15.0)
+    assert note == "z 15..29 of 40" and cropped.shape == (8, 8, 15) and cropped.array.sum() == ref.sum()
+    assert cropped.affine[2, 3] == pytest.approx(45.0)
