@@ -59,14 +59,18 @@ MARGIN_MM = 15.0
 #: Dice of the best HU-threshold structure inside the box at or above which a rule "solves" a structure.
 RULE_SOLVED_DICE = 0.8
 LUNG1_ROIS = {"left lung": "Lung-Left", "right lung": "Lung-Right", "spinal cord": "Spinal-Cord", "GTV": "GTV-1"}
+#: Brain structures (T1 MR at 2 mm; the left thalamus is in the default checkpoint's report set).
+BRAIN = ("left thalamus", "left hippocampus")
 CTCHEST4 = ("ribs", "cervical vertebral column", "thoracic vertebral column", "lumbar vertebral column",
             "right lung", "left lung", "tissue")
 #: key → the key of the same structure on another patient (support of the ``auto`` start).
 OTHER = {"LUNG1-001:left lung": "CTChest4:left lung", "LUNG1-001:right lung": "CTChest4:right lung",
          "CTChest4:left lung": "LUNG1-001:left lung", "CTChest4:right lung": "LUNG1-001:right lung",
-         "STS_001:GTV": "STS_002:GTV", "STS_002:GTV": "STS_003:GTV", "STS_003:GTV": "STS_001:GTV"}
+         "STS_001:GTV": "STS_002:GTV", "STS_002:GTV": "STS_003:GTV", "STS_003:GTV": "STS_001:GTV",
+         **{f"{a}:{s}": f"{b}:{s}" for a, b in (("Colin27", "MNI152"), ("MNI152", "Colin27")) for s in BRAIN}}
 ALL = [*(f"LUNG1-001:{s}" for s in ("GTV", "spinal cord", "left lung", "right lung")),
-       *(f"STS_00{i}:GTV" for i in (1, 2, 3)), *(f"CTChest4:{s}" for s in CTCHEST4)]
+       *(f"STS_00{i}:GTV" for i in (1, 2, 3)), *(f"CTChest4:{s}" for s in CTCHEST4),
+       *(f"{b}:{s}" for s in BRAIN for b in ("Colin27", "MNI152"))]
 QUICK = ["STS_002:GTV", "CTChest4:thoracic vertebral column"]
 
 
@@ -79,13 +83,14 @@ class Task:
     reference: Volume
     crop: str
     licence: str
+    modality: str = "CT"
 
 
 # ------------------------------------------------------------------------------------------ data
-def load_all(shared: Optional[Path]) -> dict[str, tuple[Volume, Volume, str]]:
-    """``key → (canonical CT, 0/1 mask, licence)`` for every structure whose data are here; a line on
-    stderr for each source that is absent."""
-    found: dict[str, tuple[Volume, Volume, str]] = {}
+def load_all(shared: Optional[Path], brains: bool = True) -> dict[str, tuple]:
+    """``key → (canonical image, 0/1 mask, licence[, modality])`` for every structure whose data are
+    here; a line on stderr for each source that is absent."""
+    found: dict[str, tuple] = {}
     chest = datasets.slicerio_chest()
     image = chest.image.canonical()
     labels = chest.labels.canonical()
@@ -113,6 +118,12 @@ def load_all(shared: Optional[Path]) -> dict[str, tuple[Volume, Volume, str]]:
                                        case.labels.canonical().array > 0), f"{patient}: {case.licence}")
     except datasets.DatasetError:
         print("skip: the sarcoma scans are development data in ../shared/data (not distributed)", file=sys.stderr)
+    if brains:
+        from common import binary_mask, brain_cases
+        for name, case in zip(("Colin27", "MNI152"), brain_cases(2.0)):
+            for structure in BRAIN:
+                found[f"{name}:{structure}"] = (case.image, binary_mask(case, structure),
+                                                f"{case.name}: {case.licence}", "MR")
     return found
 
 
@@ -132,9 +143,9 @@ def crop_to_structure(image: Volume, reference: Volume, margin_mm: float = MARGI
             f"z {start}..{stop - 1} of {image.shape[2]}")
 
 
-def make_task(key: str, data: tuple[Volume, Volume, str]) -> Task:
-    image, reference, licence = data
-    return Task(key, *crop_to_structure(image, reference), licence)
+def make_task(key: str, data: tuple) -> Task:
+    image, reference, licence, *modality = data
+    return Task(key, *crop_to_structure(image, reference), licence, *modality)
 
 
 # ----------------------------------------------------------------------------------------- methods
@@ -230,14 +241,14 @@ def run_task(task: Task, other: Optional[Task], session_factory: Factory, segmen
         lo_hi = box_from_reference(task.reference.array)
         runs += [("blank", "session", blank_session), ("blank", "session-box-only", box_only),
                  ("blank", "box-filled", lambda: constant(task, box_mask(task.reference.shape, *lo_hi), 0.0, "box")),
-                 ("blank", "hu-rule-in-box", lambda: constant(task, *_rule(task)))]
+                 *[("blank", "hu-rule-in-box", lambda: constant(task, *_rule(task)))] * (task.modality == "CT")]
     if "auto" in starts and other is not None:
         runs.append(("auto", "session", auto_session))
     if "slices" in starts:
         runs.append(("slices", "interpolation", lambda: interpolation(task)))
     rows = []
     for start, method, run in runs:
-        base = {"structure": task.key, "start": start, "method": method, "crop": task.crop}
+        base = {"structure": task.key, "modality": task.modality, "start": start, "method": method, "crop": task.crop}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -273,7 +284,7 @@ def summarise_runs(rows: Sequence[dict]) -> list[dict]:
         timed = [r["seconds"] for r in group if r["interaction"] not in ("ignored", "none (perfect)", "automatic")]
         solved = rule.get(structure, float("nan"))
         out.append({
-            "structure": structure, "start": start, "method": method,
+            "structure": structure, "modality": group[0]["modality"], "start": start, "method": method,
             "rule_solved": "yes" if solved >= RULE_SOLVED_DICE else "no", "rule_dice": solved,
             "step0_dice": group[0]["dice"], "final_dice": group[-1]["dice"] if complete else float("nan"),
             "final_nsd": group[-1]["nsd"] if complete else float("nan"),
