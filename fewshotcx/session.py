@@ -38,17 +38,17 @@ import numpy as np
 import torch
 
 from .compat import CallableTuple, renamed_keywords, warn_renamed
+from .interactive import prompts as kinds
+from .interactive.completion import DrawnCompletion, Key
+from .interactive.layer import PromptLayer
 from .io.grid import AxialSlices
 from .io.session_file import read_session_file, write_session_file
 from .io.undo import HISTORY_BYTES, HISTORY_STEPS, UndoHistory
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
-from .pipeline.intensity import decide_modality, normalize
-from .pipeline.postprocess import keep_drawn, postprocess
-from .pipeline.slicing import Framing, extract_slabs, from_model_square, relative_position
-from .pipeline.support import SupportPool
+from .pipeline.intensity import decide_modality
 from .segmenter import Segmenter
 
-Key = tuple  # (support: ((z, version), ...), classes, leave_out)
+PROMPT = "prompt"  # the undo-history key of an add_box / add_point / add_scribble step
 
 class Classes(CallableTuple):
     """:attr:`ContourSession.classes` (a method before 0.4.0)."""
@@ -56,16 +56,18 @@ class Classes(CallableTuple):
     old = "ContourSession.classes"
 
 
-class ContourSession:
-    """Draw → result → suggest → draw …, with undo, on one image.
+class ContourSession(DrawnCompletion):
+    """Draw → result → suggest → draw …, boxes, clicks and scribbles, with undo, on one image.
 
     Args:
         image: the volume being contoured (path or :class:`Volume`), its third array axis
             superior–inferior: slice ``k`` is its own ``array[:, :, k]`` (module docstring).
-        segmenter: an (unfitted is fine) slab-backend :class:`Segmenter` whose backend, threshold and
-            ``postprocess`` are used; default ``Segmenter()`` (bundled UniverSeg, CPU/auto device).
-        classes: the label values that may be drawn (``None``: fixed by the first non-empty draw);
-            ``labels=`` before 0.4.0 (deprecated).
+        segmenter: a slab-backend :class:`Segmenter` whose backend, threshold and ``postprocess`` are
+            used; default ``Segmenter()`` (bundled UniverSeg, CPU/auto device). A *fitted* one (support
+            from ``fit``/``add``) gives the starting contour: :meth:`result` before any interaction is
+            ``segmenter.predict(image)``; unfitted, the session starts empty.
+        classes: the label values that may be drawn (``None``: the fitted segmenter's classes, else
+            fixed by the first non-empty draw or prompt); ``labels=`` before 0.4.0 (deprecated).
         neighbours: drawn slices on each side of an undrawn slice that form its support.
         modality: intensity normalisation (``"auto"``, ``"ct"``, ``"mr"``).
     Raises:
@@ -88,6 +90,8 @@ class ContourSession:
         self.neighbours = int(neighbours)
         #: The label values that may be drawn (``classes=``, or those of the first non-empty draw).
         self.declared = None if classes is None else tuple(sorted(self._check_values(classes)))
+        if self.declared is None and self.segmenter.fitted is not None:
+            self.declared = tuple(self.segmenter.classes)
         self.modality = decide_modality([self.image.array], modality if modality != "auto" else self.segmenter.modality)
         self._drawn: dict[int, tuple[np.ndarray, int]] = {}  # canonical z -> (read-only canonical mask; version)
         self._history = UndoHistory()  # per step: canonical z -> its mask before, (version, declared)
@@ -100,6 +104,8 @@ class ContourSession:
         self._label_slabs: dict[tuple[int, int, tuple], torch.Tensor] = {}
         self.predicted_slices = 0  # slices run through the model so far (cost counter)
         self.cache_limit: Optional[int] = None  # cached slice predictions kept; None = 8 × depth
+        self._layer = PromptLayer()  # boxes, clicks, scribbles and the label maps they lead to
+        self._automatic: Optional[tuple] = None  # (fitted value, canonical labels, float16 probabilities)
 
     # ------------------------------------------------------------------ drawing
     @property
@@ -174,18 +180,22 @@ class ContourSession:
         del self._drawn[z]
 
     def undo(self) -> None:
-        """Revert the last ``draw`` or ``erase``.
+        """Revert the last ``draw``, ``erase``, ``add_box``, ``add_point`` or ``add_scribble``: the
+        result is then exactly the previous one.
 
         The history keeps, per step, only the slice that step changed (zlib-compressed, in its smallest
-        dtype): at most :attr:`history_limit` steps (default :data:`~fewshotcx.io.undo.HISTORY_STEPS`)
-        and :attr:`history_bytes` compressed bytes (default ``HISTORY_BYTES``), the oldest dropped first.
+        dtype) or that it added a prompt: at most :attr:`history_limit` steps (default
+        :data:`~fewshotcx.io.undo.HISTORY_STEPS`) and :attr:`history_bytes` compressed bytes (default
+        ``HISTORY_BYTES``), the oldest dropped first (the prompts themselves stay).
 
         Raises:
             ValueError: nothing (left) to undo.
         """
         step = self._history.pop()
         mask, (version, self.declared) = step.array(), step.state
-        if mask is None:
+        if step.key == PROMPT:
+            self._layer.pop()
+        elif mask is None:
             self._drawn.pop(step.key, None)
         else:
             self._drawn[step.key] = (mask, version)
@@ -201,6 +211,55 @@ class ContourSession:
         if any(v < 0 for v in out):
             raise ValueError(f"label values must be non-negative integers, got {sorted(out)}")
         return out
+
+    # ------------------------------------------------------------------ boxes, clicks, scribbles
+    def add_box(self, lo: Sequence[int], hi: Sequence[int], label: int = 1) -> None:
+        """The structure ``label`` lies inside the box with inclusive corner voxels ``lo`` and ``hi``
+        (``(i, j, k)`` of the image's own ``array[i, j, k]``; a 2D box when ``lo[2] == hi[2]``): it is
+        segmented in the box (nothing of it outside, unless a later positive click says so).
+
+        Raises:
+            ValueError: a corner outside the image, ``lo > hi`` on an axis, an unknown label (unchanged).
+        """
+        self._prompt(lambda label: kinds.box(lo, hi, label, self.slices), label)
+
+    def add_point(self, ijk: Sequence[int], positive: bool = True, label: int = 1) -> None:
+        """A click on voxel ``ijk`` (``(i, j, k)`` of the own ``array[i, j, k]``): it belongs to
+        structure ``label`` (``positive``) or not. The contour changes around it in 3D and the voxel
+        ends on the side asked for.
+
+        Raises:
+            ValueError: a voxel outside the image, ``positive`` not a bool, an unknown label (unchanged).
+        """
+        self._prompt(lambda label: kinds.point(ijk, positive, label, self.slices), label)
+
+    def add_scribble(self, mask: np.ndarray, positive: bool = True, label: int = 1) -> None:
+        """A scribble: ``mask`` is a boolean array of the image's own ``(X, Y, Z)`` shape whose voxels
+        belong to structure ``label`` (``positive``) or not; as a click, for every voxel.
+
+        Raises:
+            ValueError: not a bool array of the image's shape, empty, an unknown label (unchanged).
+        """
+        self._prompt(lambda label: kinds.scribble(mask, positive, label, self.slices), label)
+
+    def _prompt(self, make, label: object) -> None:
+        """Check the label, build the prompt (both may refuse), then record it as one undo step."""
+        prompt = make(kinds.check_label(label, self.declared))
+        self._history.push(PROMPT, None, (0, self.declared), self.history_limit, self.history_bytes)
+        if self.declared is None:
+            self.declared = (prompt.label,)
+        self._layer.add(prompt)
+
+    @property
+    def prompts(self) -> tuple[kinds.Prompt, ...]:
+        """The boxes, clicks and scribbles so far, oldest first (canonical voxels)."""
+        return tuple(self._layer.prompts)
+
+    def accept(self) -> Volume:
+        """The contour as it stands (:meth:`result`): labels on the image's grid, in its own layout,
+        ready for ``segmenter.add(session.original, session.accept())`` (the next patient's first
+        pass then conditions on it)."""
+        return self.result()
 
     # ------------------------------------------------------------------ result
     @property
@@ -219,150 +278,51 @@ class ContourSession:
         return Classes(sorted(present))
 
     def result(self) -> Volume:
-        """The label map on the image's grid (in its original layout): drawn slices exactly as drawn,
-        the rest predicted within each structure's drawn extent."""
-        labels = self._canonical_result(self._probabilities(self._inside()))
+        """The label map on the image's grid (in its original layout): the starting contour (the
+        fitted segmenter's prediction, else the drawn slices completed within each structure's drawn
+        extent, else empty) with drawn slices exactly as drawn, then refined by each box, click and
+        scribble in turn (:mod:`fewshotcx.interactive`; clicked and scribbled voxels on their side).
+
+        Raises:
+            VolumeError: nothing to show yet (no fitted segmenter, no structure drawn, no prompt).
+        """
+        if self._layer.prompts:
+            labels = self._layer.apply(self.image.array, self.image.spacing, self._base, self._base_key(),
+                                       self._prior, {z: mask for z, (mask, _) in self._drawn.items()})
+        else:
+            labels = self._base()
         return self.original.with_array(reorient_array(labels, self.image.affine, self.original.affine), label=True)
 
-    def suggest(self, n: int = 1) -> list[int]:
-        """Up to ``n`` undrawn slices (the image's own indices), best first, where drawing by hand would
-        fix the most."""
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
-        credit = self._credit(self.expected_errors())
-        return sorted(credit, key=lambda k: (-credit[k], k))[:n]
+    def _base(self) -> np.ndarray:
+        """The canonical label map before any prompt."""
+        if self.segmenter.fitted is not None:
+            labels = self._automatic_contour()[1].copy()
+            for z, (mask, _) in self._drawn.items():
+                labels[..., z] = mask
+            return labels
+        if self._layer.prompts and not any(mask.any() for mask, _ in self._drawn.values()):
+            return np.zeros(self.image.shape, label_dtype(max(self.declared or (0,))))
+        return self._canonical_result(self._probabilities(self._inside()))
 
-    def expected_errors(self) -> dict[int, float]:
-        """Expected wrong voxels ``Σ |result − p|`` of each candidate slice (the image's own index →
-        errors): undrawn slices inside the drawn range and the slice just beyond each end, ``p`` from
-        leave-one-out support draws."""
-        drawn = sorted(self._drawn)
-        candidates = self._inside() + [z for z in (drawn[0] - 1, drawn[-1] + 1) if 0 <= z < self.depth]
-        classes = self.classes
-        mean = self._probabilities(candidates, samples=True)
-        labels = self._canonical_result(self._probabilities(self._inside()))
-        out = {}
-        for z in candidates:
-            one_hot = np.stack([labels[..., z] == c for c in classes]).astype(np.float32)
-            out[self.slices.to_own(z)] = float(np.abs(one_hot - mean[z]).sum())
-        return out
+    def _base_key(self) -> tuple:
+        """Identifies :meth:`_base`'s value: the drawn slices' versions and the fitted value."""
+        return tuple(sorted((z, v) for z, (_, v) in self._drawn.items())), id(self.segmenter.fitted)
 
-    def _credit(self, errors: dict[int, float]) -> dict[int, float]:
-        """Each candidate ``c``'s share of the expected errors it would fix: a slice ``z`` at distance
-        ``d(z)`` from its nearest drawn slice is credited ``e(z) · (d(z) − |z − c|) / d(z)`` when
-        drawing ``c`` brings it closer (``c`` itself: all of ``e(c)``). Own or canonical indices alike:
-        the distances are the same."""
-        drawn = np.asarray(self.drawn)
-        nearest = {z: int(np.abs(drawn - z).min()) for z in errors}
-        return {c: sum(e * max(0, nearest[z] - abs(z - c)) / nearest[z] for z, e in errors.items())
-                for c in errors}
+    def _automatic_contour(self) -> tuple:
+        """``(fitted value, (X, Y, Z) canonical labels, (L, X, Y, Z) float16 probabilities)`` of the
+        fitted segmenter on this image, computed once per fitted value."""
+        fitted = self.segmenter.fitted
+        if self._automatic is None or self._automatic[0] is not fitted:
+            _, _, probs = self.segmenter.canonical_probabilities(self.image)
+            self._automatic = (fitted, self.segmenter.labels_from(probs), probs.astype(np.float16))
+        return self._automatic
 
-    def _inside(self) -> list[int]:
-        """Undrawn canonical slices between the first and the last drawn slice."""
-        drawn = sorted(self._drawn)
-        if not drawn:
-            raise VolumeError("no slice drawn yet: draw one first")
-        return [z for z in range(drawn[0], drawn[-1] + 1) if z not in self._drawn]
-
-    def _canonical_result(self, probs: dict[int, np.ndarray]) -> np.ndarray:
-        """Threshold the predicted slices, post-process, keep the drawn slices and extents."""
-        classes = self.classes
-        values = np.asarray(classes, dtype=np.int64)
-        out = np.zeros(self.image.shape, dtype=label_dtype(int(max(values.max(), max(self.declared or (0,))))))
-        for z, p in probs.items():
-            out[..., z] = np.where(p.max(axis=0) > self.segmenter.threshold, values[p.argmax(axis=0)], 0)
-        drawn = np.zeros(self.image.shape, dtype=out.dtype)  # drawn values are among the labels: they fit
-        for z, (mask, _) in self._drawn.items():
-            drawn[..., z] = mask
-        done = sorted(self._drawn)
-        out[..., done] = drawn[..., done]
-        ops = tuple(op for op in self.segmenter.postprocess if op != "support_extent")
-        if ops:
-            out = postprocess(out, ops)
-        return keep_drawn(out, drawn, done, classes)
-
-    # ------------------------------------------------------------------ prediction with a cache
-    def _support(self, z: int) -> tuple[int, ...]:
-        """The ``neighbours`` nearest drawn (canonical) slices below and above canonical ``z``."""
-        drawn = sorted(self._drawn)
-        below = [d for d in drawn if d < z][-self.neighbours:]
-        above = [d for d in drawn if d > z][:self.neighbours]
-        return tuple(below + above)
-
-    def _probabilities(self, slices: Sequence[int], samples: bool = False) -> dict[int, np.ndarray]:
-        """``z -> (L, X, Y)`` probabilities from the local support (``samples``: the mean over the full
-        support and each leave-one-out subset of it), computed only where not cached."""
-        classes = self.classes
-        wanted: dict[Key, list[int]] = {}
-        keys = {}
-        for z in slices:
-            support = self._support(z)
-            versions = tuple((d, self._drawn[d][1]) for d in support)
-            leave = [None] + (list(range(len(support))) if samples and len(support) > 1 else [])
-            keys[z] = [(versions, classes, drop) for drop in leave]
-            for key in keys[z]:
-                if (z,) + key not in self._cache:
-                    wanted.setdefault(key, []).append(z)
-        for key, zs in wanted.items():
-            for z, prob in zip(zs, self._predict(key, zs)):
-                self._cache[(z,) + key] = prob
-        out = {z: np.mean([self._cache[(z,) + key] for key in keys[z]], axis=0) for z in slices}
-        self._trim_cache()
-        return out
-
-    def _predict(self, key: Key, slices: list[int]) -> np.ndarray:
-        """Condition the backend on the key's drawn slices (a local :class:`Fitted` value, ``own_scan``)
-        and predict ``slices`` with it: ``(N, L, X, Y)`` float32."""
-        versions, classes, drop = key
-        support = [d for i, (d, _) in enumerate(versions) if i != drop]
-        backend = self.segmenter.backend
-        slabs = self._query_slabs()
-        pool = SupportPool(
-            images=slabs[support], labels=torch.stack([self._label_slab(d, classes) for d in support]),
-            positions=relative_position(torch.tensor(support, dtype=torch.float32), self.depth).to(slabs.device),
-            volume_ids=torch.zeros(len(support), dtype=torch.long, device=slabs.device), classes=classes, axis=2)
-        generator = self.segmenter.generator()
-        fitted = backend.condition(None, generator, pools={2: pool}, own_scan=True)
-        geometry = self._geometry(self.image.shape, indices=slices, device=slabs.device)
-        probs = backend.predict_slices(fitted, slabs[slices], geometry, generator)  # (N, L, s, s)
-        self.predicted_slices += len(slices)
-        return from_model_square(probs.float(), geometry).clamp(0, 1).cpu().numpy()  # not in place: may be an inference tensor
-
-    def _query_slabs(self) -> torch.Tensor:
-        """``(Z, 2k+1, s, s)`` slabs of every axial slice of the normalised image (computed once)."""
-        if self._slabs is None:
-            backend, device = self.segmenter.backend, self.segmenter.device
-            normalised = torch.as_tensor(normalize(self.image.array, self.modality, self.segmenter.window), device=device)
-            self._centre = Framing.of(backend).centre(normalised, 2)
-            self._slabs = extract_slabs(normalised, self._geometry(self.image.shape, device=device))
-        return self._slabs
-
-    def _geometry(self, shape, indices=None, device=None, context=None):
-        """Axial slab geometry of this image (or a one-slice label stack of its in-plane size) under the
-        backend's framing, centred where the image's slabs are (:meth:`_query_slabs` sets the centre)."""
-        framing = Framing.of(self.segmenter.backend)
-        if framing.mode == "physical" and self._centre is None:
-            self._query_slabs()  # sets the centre
-        return framing.geometry(shape, self.image.spacing, 2, indices, device or self.segmenter.device,
-                                self._centre, context)
-
-    def _label_slab(self, z: int, classes: tuple[int, ...]) -> torch.Tensor:
-        """``(L, s, s)`` one-hot label slab of drawn slice ``z`` (cached per drawing)."""
-        mask, version = self._drawn[z]
-        key = (z, version, classes)
-        if key not in self._label_slabs:
-            device = self.segmenter.device
-            one_hot = torch.as_tensor(np.stack([mask == c for c in classes])[..., None], dtype=torch.float32,
-                                      device=device)  # (L, X, Y, 1)
-            geometry = self._geometry(one_hot.shape[1:], device=device, context=0)
-            self._label_slabs[key] = extract_slabs(one_hot, geometry)[0].clamp_(0.0, 1.0)
-        return self._label_slabs[key]
-
-    def _trim_cache(self) -> None:
-        """Drop the oldest slice predictions beyond :attr:`cache_limit` (default ``8 × depth``)."""
-        limit = self.cache_limit if self.cache_limit is not None else 8 * self.depth
-        while len(self._cache) > limit:
-            self._cache.pop(next(iter(self._cache)))
+    def _prior(self, label: int) -> Optional[np.ndarray]:
+        """The automatic contour's ``(X, Y, Z)`` probability of ``label`` (``None``: not fitted, or not
+        one of its classes)."""
+        if self.segmenter.fitted is None or label not in self.segmenter.classes:
+            return None
+        return self._automatic_contour()[2][list(self.segmenter.classes).index(label)]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: PathLike, overwrite: bool = False) -> Path:

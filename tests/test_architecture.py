@@ -29,7 +29,7 @@ DATA_TABLES = {"io/deid_profile.py"}
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"io", "paths", "progress", "compat"}),
     ("registration and data sets", {"registration", "datasets"}),
-    ("data path", {"pipeline", "viz"}),
+    ("data path", {"pipeline", "viz", "interactive"}),
     ("networks", {"models", "sam"}),  # sam: the deprecated alias of models.sam
     ("adapters and training", {"backends", "training"}),
     ("fitted model", {"predictor"}),

@@ -301,6 +301,24 @@ class AxialSlices:
         back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), self.orientation)
         return np.ascontiguousarray(ornt.apply_orientation(np.asarray(plane)[..., None], back)[..., 0])
 
+    def voxels_to_canonical(self, voxels: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` own voxels ``(i, j, k)`` (``array[i, j, k]``, in range) → canonical voxels."""
+        voxels, out = np.asarray(voxels), np.empty(np.shape(voxels), np.int64)
+        for axis, (target, sign) in enumerate(self.orientation):
+            out[:, target] = voxels[:, axis] if sign > 0 else self.shape[axis] - 1 - voxels[:, axis]
+        return out
+
+    def voxels_to_own(self, voxels: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` canonical voxels → own voxels (the inverse of :meth:`voxels_to_canonical`)."""
+        voxels, out = np.asarray(voxels), np.empty(np.shape(voxels), np.int64)
+        for axis, (target, sign) in enumerate(self.orientation):
+            out[:, axis] = voxels[:, target] if sign > 0 else self.shape[axis] - 1 - voxels[:, target]
+        return out
+
+    def volume_to_canonical(self, array: np.ndarray) -> np.ndarray:
+        """An own ``(X, Y, Z)`` array (of :attr:`shape`, checked by the caller) → the canonical array."""
+        return np.ascontiguousarray(ornt.apply_orientation(np.asarray(array), self.orientation))
+
 
 def canonical_axial_slices(affine: np.ndarray, shape: tuple[int, ...], slices, what: str = "the image") -> list[int]:
     """Slice indices along a volume's *own* third array axis → axial indices of its canonical array

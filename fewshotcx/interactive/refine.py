@@ -1,0 +1,226 @@
+"""One interaction's effect on a label map: a random walker with a prior on a region of interest.
+
+Pure functions on canonical arrays. For prompt ``new`` of structure ``label`` (the structure's earlier
+prompts, ``new`` last, in ``prompts``):
+
+1. **Region**: a box → the box (grown to hold the structure's positive seeds) plus a margin; a click
+   or scribble → its voxels ± :attr:`Settings.reach_mm`, inside that box when the structure has one.
+   The region is downsampled in-plane by an integer factor until it holds at most
+   :attr:`Settings.budget` voxels.
+2. **Fixed voxels** (hard seeds): the structure's clicks and scribbles (1 or 0), other structures and
+   everything outside its box (0), drawn slices (as drawn), the region's faces inside the image (the
+   current result, so nothing changes across them).
+3. **Prior** ``p`` (a logistic of a sum of log-odds): an intensity model (the log ratio of the
+   foreground and background histograms of the smoothed intensities in the region); after a box,
+   the automatic contour's probability (a fitted segmenter) or else an ellipsoid inscribed in the
+   box; after a click or scribble, the current result, trusted less the nearer a voxel is to the new
+   seeds (a Gaussian of the distance, :attr:`Settings.local_mm`).
+4. **Random walker** (:mod:`~fewshotcx.interactive.walker`) → probability, upsampled (linear) to the
+   region and thresholded at 0.5; 26-connected pieces that touch neither a positive seed nor the
+   previous contour are dropped (after a box with no seed: all but the largest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .prompts import Prompt
+from .walker import random_walk
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The method's constants (tuned on STS_001's GTV and LUNG1-001's spinal cord: docs/contouring.md)."""
+
+    margin_mm: float = 6.0      # region beyond a box
+    reach_mm: float = 30.0      # region around a click or scribble (half-size)
+    budget: int = 160_000       # voxels of the downsampled region, at most
+    beta: float = 8.0           # edge sharpness: w = exp(-beta (dI / sigma)^2)
+    sigma: float = 100.0        # intensity unit of the edges (HU on CT)
+    strength: float = 0.3       # lambda: weight of the prior against the edges
+    intensity: float = 1.0      # weight of the histogram log-ratio (clipped to ±3)
+    shape: float = 2.0          # weight of the box's ellipsoid, log-odds at its centre
+    automatic: float = 1.0      # weight of the automatic contour's log-odds
+    trust: float = 3.0          # log-odds of the current result far from a new seed
+    local_mm: float = 12.0      # distance over which a new seed overrides the current result
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of canonical voxels ``lo..hi`` (inclusive) downsampled in-plane by ``factor``."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    factor: int
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(int(a), int(b) + 1) for a, b in zip(self.lo, self.hi))
+
+
+def _region(new: Prompt, box: Optional[np.ndarray], shape: Sequence[int], spacing: Sequence[float],
+            settings: Settings) -> Region:
+    size = np.asarray(shape) - 1
+    margin = np.ceil(settings.margin_mm / np.asarray(spacing)).astype(int)
+    if new.kind == "box":
+        lo, hi = box[0] - margin, box[1] + margin
+    else:
+        reach = np.ceil(settings.reach_mm / np.asarray(spacing)).astype(int)
+        lo, hi = new.voxels.min(axis=0) - reach, new.voxels.max(axis=0) + reach
+        if box is not None:
+            lo, hi = np.maximum(lo, box[0] - margin), np.minimum(hi, box[1] + margin)
+    lo, hi = np.clip(lo, 0, size), np.clip(hi, 0, size)
+    extent = hi - lo + 1
+    factor = 1
+    while np.prod(np.ceil(extent[:2] / factor)) * extent[2] > settings.budget:
+        factor += 1
+    return Region(lo, hi, factor)
+
+
+def _down(array: np.ndarray, factor: int) -> np.ndarray:
+    """In-plane block means (edge-padded to whole blocks), float32."""
+    array = array.astype(np.float32)
+    if factor == 1:
+        return array
+    pad = [(0, -n % factor) for n in array.shape[:2]] + [(0, 0)]
+    x, y, z = np.pad(array, pad, mode="edge").shape
+    return np.pad(array, pad, mode="edge").reshape(x // factor, factor, y // factor, factor, z).mean(axis=(1, 3))
+
+
+def _up(array: np.ndarray, factor: int, shape: Sequence[int]) -> np.ndarray:
+    """Back to the region's ``shape`` (linear interpolation between block centres)."""
+    if factor == 1:
+        return array
+    up = ndimage.zoom(array, (factor, factor, 1), order=1, mode="nearest", grid_mode=True)
+    return up[:shape[0], :shape[1], :shape[2]]
+
+
+def log_ratio(image: np.ndarray, foreground: np.ndarray, background: np.ndarray, bins: int = 64) -> np.ndarray:
+    """``log(h_fg(I) / h_bg(I))`` per voxel, clipped to ±3: normalised, smoothed histograms of the
+    intensities of the ``foreground`` and ``background`` voxels (0 where either is empty)."""
+    if not foreground.any() or not background.any():
+        return np.zeros(image.shape, np.float32)
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    edges = np.linspace(lo, hi + 1e-3, bins + 1)
+    index = np.clip(np.digitize(image, edges) - 1, 0, bins - 1)
+    h = [ndimage.gaussian_filter1d(np.bincount(index[m], minlength=bins).astype(float), 1.5) + 0.5
+         for m in (foreground, background)]
+    ratio = np.log(h[0] / h[0].sum()) - np.log(h[1] / h[1].sum())
+    return np.clip(ratio, -3, 3)[index].astype(np.float32)
+
+
+def _ellipsoid(box: np.ndarray, region: Region, shape: Sequence[int]) -> np.ndarray:
+    """``1 − r²`` on the region's (downsampled) grid, ``r`` the normalised radius of the ellipsoid
+    inscribed in ``box`` (1 on it, 0 at its centre)."""
+    axes = []
+    for a in range(3):
+        step = region.factor if a < 2 else 1
+        coords = region.lo[a] + (np.arange(shape[a]) + 0.5) * step - 0.5
+        centre, half = (box[0][a] + box[1][a]) / 2, (box[1][a] - box[0][a] + 1) / 2
+        axes.append(((coords - centre) / half) ** 2)
+    return 1 - (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :])
+
+
+def _seed_grid(prompts: Sequence[Prompt], region: Region, shape: Sequence[int]) -> np.ndarray:
+    """``shape`` int8 grid of the prompts' seeds in the (downsampled) region: 1, 0, or −1 (none); a
+    later prompt's seed wins."""
+    grid = np.full(shape, -1, np.int8)
+    for prompt in prompts:
+        v = prompt.seeds - region.lo
+        inside = np.all((v >= 0) & (prompt.seeds <= region.hi), axis=1)
+        v = v[inside] // np.array([region.factor, region.factor, 1])
+        grid[v[:, 0], v[:, 1], v[:, 2]] = int(prompt.positive)
+    return grid
+
+
+def _faces(shape: Sequence[int], region: Region, volume: Sequence[int]) -> np.ndarray:
+    """The region's faces that lie inside the image (not on its border), on the downsampled grid."""
+    face = np.zeros(shape, bool)
+    for a in range(3):
+        for end, at_border in ((0, region.lo[a] == 0), (-1, region.hi[a] == volume[a] - 1)):
+            if not at_border:
+                face[tuple(end if b == a else slice(None) for b in range(3))] = True
+    return face
+
+
+def _keep(mask: np.ndarray, seeds: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """The 26-connected pieces of ``mask`` that hold a positive seed or overlap ``previous`` (none of
+    either: the largest piece)."""
+    pieces, n = ndimage.label(mask, np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return mask
+    anchor = (seeds == 1) | previous
+    keep = np.unique(pieces[anchor & mask])
+    keep = keep[keep > 0]
+    if not len(keep):
+        keep = [int(np.argmax(np.bincount(pieces.ravel())[1:])) + 1]
+    return np.isin(pieces, keep)
+
+
+def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prompts: Sequence[Prompt],
+           prior: Optional[np.ndarray] = None, drawn: Optional[dict[int, np.ndarray]] = None,
+           settings: Settings = Settings()) -> np.ndarray:
+    """``labels`` after the last of ``prompts`` (all of one structure, oldest first; the earlier ones
+    already applied): a new ``(X, Y, Z)`` label map, changed only inside the prompt's region.
+
+    Args:
+        image: ``(X, Y, Z)`` canonical intensities (HU for CT).
+        spacing: canonical voxel size (mm).
+        labels: ``(X, Y, Z)`` current label map (0 = background).
+        prior: ``(X, Y, Z)`` the automatic contour's probability of this structure, if any.
+        drawn: canonical slice ``z`` → its drawn ``(X, Y)`` label plane, kept as drawn.
+    """
+    new, label = prompts[-1], prompts[-1].label
+    boxes = [p.voxels for p in prompts if p.kind == "box"]
+    box = None if not boxes else boxes[-1].copy()
+    positive = [p.seeds for p in prompts if p.positive and p.kind != "box"]
+    if box is not None and positive:  # the box grows to hold every positive seed
+        seeds = np.concatenate(positive)
+        box = np.array([np.minimum(box[0], seeds.min(axis=0)), np.maximum(box[1], seeds.max(axis=0))])
+    region = _region(new, box, labels.shape, spacing, settings)
+    crop = region.slices
+    full = labels[crop]
+    mask = full == label
+    small = lambda a: _down(a, region.factor)  # noqa: E731 - one-line helper
+    intensities = small(ndimage.gaussian_filter(image[crop].astype(np.float32), (1, 1, 0.5)))
+    grid, step = intensities.shape, (spacing[0] * region.factor, spacing[1] * region.factor, spacing[2])
+    seeds = _seed_grid(prompts, region, grid)
+    current = small(mask) > 0.5
+    hard_zero = (small((full != 0) & ~mask) > 0.5) & (seeds < 0)
+    if box is not None:
+        inside = np.zeros(grid, bool)
+        lo = np.maximum(box[0] - region.lo, 0) // [region.factor, region.factor, 1]
+        hi = (np.minimum(box[1], region.hi) - region.lo) // [region.factor, region.factor, 1]
+        inside[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+        hard_zero |= ~inside & (seeds < 0)
+    face = _faces(grid, region, labels.shape) & (seeds < 0) & ~hard_zero
+    fixed = (seeds >= 0) | hard_zero | face
+    values = np.where(seeds >= 0, seeds, np.where(face, current, 0)).astype(np.float32)
+    for z, plane in (drawn or {}).items():
+        if region.lo[2] <= z <= region.hi[2]:
+            fixed[..., z - region.lo[2]] = True
+            values[..., z - region.lo[2]] = small((plane[crop[0], crop[1]] == label)[..., None])[..., 0] > 0.5
+    if new.kind == "box" and prior is not None:
+        p = np.clip(small(prior[crop]), 1e-3, 1 - 1e-3)
+        reference, logit = p > 0.5, settings.automatic * np.log(p / (1 - p))
+    elif new.kind == "box":
+        shape = _ellipsoid(box, region, grid)
+        reference, logit = shape > 0.75, settings.shape * np.clip(shape, -1, 1)
+    else:
+        distance = ndimage.distance_transform_edt(_seed_grid([new], region, grid) < 0, sampling=step)
+        trust = settings.trust * (1 - np.exp(-0.5 * (distance / settings.local_mm) ** 2))
+        reference, logit = current, trust * np.where(current, 1.0, -1.0)
+    foreground = (reference & ~hard_zero | (seeds == 1)) & (seeds != 0)
+    logit = logit + settings.intensity * log_ratio(intensities, foreground, ~foreground)
+    x = random_walk(intensities, step, 1 / (1 + np.exp(-logit)), fixed, values, settings.beta, settings.sigma,
+                    settings.strength, current.astype(np.float32))
+    result = (_up(x, region.factor, full.shape) > 0.5) & ((full == 0) | mask)
+    full_seeds = _seed_grid(prompts, Region(region.lo, region.hi, 1), full.shape)
+    result = _keep(result, full_seeds, mask)
+    out = labels.copy()
+    out[crop] = np.where(result, label, np.where(mask, 0, full))
+    return out

@@ -1,0 +1,151 @@
+"""ContourSession's boxes, clicks and scribbles: starting contour, effect, validation, undo, accept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_session import UnsureBackend, _tiny_universeg_segmenter
+from fewshotcx import ContourSession, Segmenter, Volume
+
+SHAPE = (40, 36, 20)
+#: Own layouts whose third axis runs superior-inferior: RAS, and LPS stored superior-first.
+AFFINES = {"RAS": np.diag([1.0, 1.0, 2.0, 1.0]), "LPS-superior-first": np.diag([-1.0, -1.0, -2.0, 1.0])}
+
+
+def ball_case(seed: int = 0, centre=(20, 17, 10), radius: float = 9.0):
+    """A noisy CT-like image (HU) with a brighter ellipsoid (2 mm slices), and the ellipsoid."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.mgrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+    ball = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + ((z - centre[2]) * 2) ** 2 < radius ** 2
+    image = np.where(ball, 40.0, -100.0) + rng.normal(0, 10, SHAPE)
+    return image.astype(np.float32), ball
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def blank(affine=AFFINES["RAS"], **kwargs) -> tuple[ContourSession, np.ndarray]:
+    image, ball = ball_case()
+    return ContourSession(Volume(image, affine), Segmenter(backend=UnsureBackend(), progress=False), **kwargs), ball
+
+
+def history(s: ContourSession) -> list:
+    return [(step.key, step.packed, step.state) for step in s._history._steps]
+
+
+@pytest.mark.parametrize("layout", sorted(AFFINES))
+def test_a_box_from_blank_segments_the_structure_in_the_image_s_own_voxel_order(layout):
+    s, ball = blank(AFFINES[layout])
+    lo, hi = np.argwhere(ball).min(axis=0), np.argwhere(ball).max(axis=0)
+    s.add_box(tuple(lo), tuple(hi))
+    result = s.result().array
+    assert dice(result == 1, ball) > 0.9
+    assert not result[:lo[0]].any() and not result[:, :, hi[2] + 1:].any()  # nothing outside the box
+
+
+def test_a_click_changes_the_contour_around_it_in_3d_and_ends_on_its_side():
+    s, ball = blank()
+    s.add_box((10, 7, 5), (30, 27, 15))
+    before = s.result().array == 1
+    s.add_point((20, 17, 10), positive=False)  # inside: the click's voxel goes, whatever the image says
+    after = s.result().array == 1
+    assert not after[20, 17, 10] and before[20, 17, 10]
+    s.undo()
+    s.add_point((2, 2, 10), positive=True)  # far outside the box: the voxel joins the structure
+    assert s.result().array[2, 2, 10] == 1
+    s.undo()
+    # a positive click on a missed region grows it on the neighbouring slices too
+    image, ball = ball_case()
+    s = ContourSession(Volume(image, AFFINES["RAS"]), Segmenter(backend=UnsureBackend(), progress=False))
+    s.add_point((20, 17, 10))
+    grown = s.result().array == 1
+    assert grown[..., 9].sum() > 20 and grown[..., 11].sum() > 20 and dice(grown, ball) > 0.5
+
+
+def test_scribbled_voxels_end_on_their_side():
+    s, ball = blank()
+    s.add_box((10, 7, 5), (30, 27, 15))
+    scribble = np.zeros(SHAPE, bool)
+    scribble[15:25, 17, 10] = True
+    s.add_scribble(scribble, positive=False)
+    assert not (s.result().array[scribble] == 1).any()
+    s.add_scribble(scribble, positive=True)
+    assert (s.result().array[scribble] == 1).all()
+
+
+def test_each_interaction_is_one_undo_step_restoring_the_exact_previous_result():
+    s, ball = blank(classes=(1, 2))
+    s.add_box((10, 7, 5), (30, 27, 15))
+    results = [s.result().array.copy()]
+    s.add_point((20, 17, 10), positive=False)
+    results.append(s.result().array.copy())
+    mask = np.zeros(SHAPE[:2], np.int64)
+    mask[5:9, 5:9] = 2
+    s.draw(3, mask)
+    results.append(s.result().array.copy())
+    s.add_point((7, 7, 4), label=2)
+    assert s.result().array[7, 7, 4] == 2
+    for expected in reversed(results):
+        s.undo()
+        assert np.array_equal(s.result().array, expected)
+    s.undo()
+    assert not s.prompts and not s.drawn
+    with pytest.raises(ValueError, match="nothing to undo"):
+        s.undo()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: s.add_box((0, 0, 0), (40, 10, 10)), "outside the image"),
+    (lambda s: s.add_box((-1, 0, 0), (10, 10, 10)), "outside the image"),
+    (lambda s: s.add_box((10, 10, 10), (5, 20, 12)), "lo .* must be <= hi"),
+    (lambda s: s.add_box((1, 2), (5, 6, 7)), "3 integer"),
+    (lambda s: s.add_box((1.5, 2, 3), (5, 6, 7)), "3 integer"),
+    (lambda s: s.add_point((0, 0, 20)), "outside the image"),
+    (lambda s: s.add_point((1, 1, 1), positive="yes"), "True or False"),
+    (lambda s: s.add_point((1, 1, 1), label=3), "not one of this session's classes"),
+    (lambda s: s.add_point((1, 1, 1), label=0), "positive integer"),
+    (lambda s: s.add_scribble(np.ones((40, 36, 19), bool)), "shape"),
+    (lambda s: s.add_scribble(np.ones(SHAPE, np.uint8)), "boolean"),
+    (lambda s: s.add_scribble(np.zeros(SHAPE, bool)), "empty"),
+])
+def test_bad_interactions_are_one_line_errors_that_change_nothing(call, match):
+    s, _ = blank(classes=(1, 2))
+    s.add_box((10, 7, 5), (30, 27, 15))
+    before, steps, prompts = s.result().array.copy(), history(s), s.prompts
+    with pytest.raises(ValueError, match=match) as error:
+        call(s)
+    assert "\n" not in str(error.value)
+    assert np.array_equal(s.result().array, before) and history(s) == steps and s.prompts == prompts
+
+
+def test_the_first_prompt_fixes_the_label_of_an_undeclared_session():
+    s, _ = blank()
+    s.add_point((20, 17, 10), label=2)
+    assert s.declared == (2,)
+    with pytest.raises(ValueError, match="classes"):
+        s.add_point((20, 17, 11), label=1)
+    s.undo()
+    assert s.declared is None
+
+
+def test_a_fitted_segmenter_gives_the_starting_contour_and_accepted_contours_become_support():
+    image, ball = ball_case()
+    vol = Volume(image, AFFINES["LPS-superior-first"])
+    seg = _tiny_universeg_segmenter().fit([vol], [Volume(ball.astype(np.uint8), vol.affine, label=True)])
+    other = Volume(ball_case(seed=1, centre=(18, 19, 9))[0], vol.affine)
+    s = ContourSession(other, seg)
+    assert np.array_equal(s.result().array, seg.predict(other).array)  # exactly, before any interaction
+    assert s.declared == (1,)
+    s.add_point((18, 19, 9))
+    assert s.result().array[18, 19, 9] == 1
+    accepted = s.accept()
+    assert accepted.label and accepted.same_grid(other)
+    before = seg.predict(vol).array
+    seg.add(other, accepted)
+    assert len(seg.support.images) == 2
+    assert np.array_equal(seg.support.labels[-1].array, accepted.canonical().array)
+    nxt = ContourSession(vol, seg)
+    assert np.array_equal(nxt.result().array, seg.predict(vol).array)
+    assert not np.array_equal(nxt.result().array, before)  # the first pass conditioned on the accepted contour
