@@ -329,6 +329,29 @@ def plot(rows: Sequence[dict], path: Path) -> Path:
     return path
 
 
+def docs_table(summary: Sequence[dict]) -> str:
+    """The per-structure Markdown table of docs/interactive.md, every number with its evidence tag."""
+    def cell(structure: str, start: str, method: str, column: str) -> str:
+        row = next((s for s in summary if (s["structure"], s["start"], s["method"]) == (structure, start, method)), None)
+        if row is None or not np.isfinite(float(row[column])):
+            return "–"
+        return (f"{float(row[column]):.3f} <!-- evidence: interactive_protocol_summary.csv structure=\"{structure}\" "
+                f"start={start} method={method} column={column} -->")
+
+    lines = ["| structure | headline | HU rule in box | blank: box | blank: 5 clicks | blank Dice-AUC | auto: start "
+             "| auto: 5 clicks | auto Dice-AUC | box filled | interpolation, 6 slices |", "|" + "---|" * 11]
+    for structure in dict.fromkeys(s["structure"] for s in summary):
+        head = next(s for s in summary if s["structure"] == structure)
+        lines.append(" | ".join([
+            f"| {structure}", head["headline"], cell(structure, "blank", "hu-rule-in-box", "final_dice"),
+            cell(structure, "blank", "session", "step0_dice"), cell(structure, "blank", "session", "final_dice"),
+            cell(structure, "blank", "session", "dice_auc"), cell(structure, "auto", "session", "step0_dice"),
+            cell(structure, "auto", "session", "final_dice"), cell(structure, "auto", "session", "dice_auc"),
+            cell(structure, "blank", "box-filled", "final_dice"), cell(structure, "slices", "interpolation", "final_dice"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=None, help="development data folder (default: ../shared/data)")
@@ -365,6 +388,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print_table([{k: s[k] for k in ("structure", "start", "method", "rule_solved", "final_dice", "final_nsd",
                                     "dice_auc", "nsd_auc", "median_seconds")} for s in summary])
     plot(rows, (args.plots or args.out) / "interactive_protocol.png")
+    (args.out / "interactive_protocol_table.md").write_text(docs_table(summary) + "\n")
     return 0
 
 

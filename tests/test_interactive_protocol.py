@@ -263,3 +263,17 @@ def test_benchmark_crops_an_axial_slab_around_the_structure():
                                                    Volume(ref, affine, label=True), margin_mm=15.0)
     assert note == "z 15..29 of 40" and cropped.shape == (8, 8, 15) and cropped.array.sum() == ref.sum()
     assert cropped.affine[2, 3] == pytest.approx(45.0)
+
+
+def test_docs_table_tags_check_against_the_summary_csv(tmp_path):
+    bench = _bench()
+    import evidence
+    rows = bench.run_task(_task(bench), _task(bench, centre=(11, 13, 12)), _FakeSession, _FakeSegmenter)
+    summary = bench.summarise_runs(rows)
+    bench.write_csv(summary, tmp_path / "interactive_protocol_summary.csv")
+    page = tmp_path / "page.md"
+    page.write_text(bench.docs_table(summary) + "\n")
+    found = [evidence.Claim("page.md", n, m.group(1), m.group(2)) for n, line in enumerate(page.read_text().splitlines())
+             for m in evidence._CLAIM.finditer(line)]
+    assert len(found) == 9  # one structure: the rule, 3 + 3 session numbers, 2 baselines
+    assert all(evidence.check(c, tmp_path) is None for c in found)
