@@ -21,8 +21,9 @@ Starts and methods, all through the public API (``fx.ContourSession(image, segme
   over its extent (1 … 6: the same number of interactions as box + 5 clicks), shape-based
   interpolation between them (``fewshotcx.baselines.interpolation``).
 
-Images are cropped to an axial slab around the structure (its extent ± ``MARGIN_MM``), the whole
-in-plane field kept; the support patient of the ``auto`` start is cropped the same way around its
+Images are cropped to an axial slab around the structure (its extent ± ``MARGIN_MM``) and, on
+LUNG1-001's 512 × 512 slices, in-plane to its extent ± ``PLANE_MARGIN_MM`` (the CPU budget: the
+crop tells the ``auto`` start where the structure is, so say so with its numbers); the support patient of the ``auto`` start is cropped the same way around its
 own structure. LUNG1-001 (CC BY-NC) and the sarcoma scans (CC BY 3.0) are development data in
 ``../shared/data``: a structure whose data are absent is skipped with one line on stderr.
 
@@ -56,6 +57,9 @@ from fewshotcx.evaluation.interactive import (  # noqa: E402
 
 #: Axial margin (mm) kept on each side of the structure's extent.
 MARGIN_MM = 15.0
+#: In-plane margin (mm) kept around the structure on large slices (more than ``PLANE_VOXELS`` voxels:
+#: LUNG1-001's 512 × 512), which keeps the CPU run within its budget.
+PLANE_MARGIN_MM, PLANE_VOXELS = 50.0, 256 * 256
 #: Structures the session's refinement constants were tuned on (``fewshotcx.interactive.refine.Settings``):
 #: not held out for the session, so headline claims leave them out.
 TUNED_ON = ("STS_001:GTV", "LUNG1-001:spinal cord")
@@ -134,16 +138,22 @@ def _binary(grid: Volume, mask: np.ndarray) -> Volume:
     return grid.with_array(mask.astype(np.uint8), label=True)
 
 
-def crop_to_structure(image: Volume, reference: Volume, margin_mm: float = MARGIN_MM) -> tuple[Volume, Volume, str]:
-    """The axial slab of the structure's extent ± ``margin_mm`` (canonical arrays), affine shifted."""
-    z = np.flatnonzero(reference.array.any(axis=(0, 1)))
-    pad = int(np.ceil(margin_mm / reference.spacing[2]))
-    start, stop = max(0, int(z[0]) - pad), min(image.shape[2], int(z[-1]) + pad + 1)
+def crop_to_structure(image: Volume, reference: Volume, margin_mm: float = MARGIN_MM,
+                      plane_mm: float = PLANE_MARGIN_MM, plane_voxels: int = PLANE_VOXELS) -> tuple[Volume, Volume, str]:
+    """The structure's axial extent ± ``margin_mm``; on slices of more than ``plane_voxels`` voxels also
+    its in-plane extent ± ``plane_mm`` (canonical arrays, affine shifted, world positions kept)."""
+    lo, hi = (np.array(c) for c in box_from_reference(reference.array))
+    pad = np.ceil(np.array([plane_mm, plane_mm, margin_mm]) / np.asarray(reference.spacing)).astype(int)
+    if image.shape[0] * image.shape[1] <= plane_voxels:
+        pad[:2] = image.shape[:2]  # small slices stay whole
+    start, stop = np.maximum(lo - pad, 0), np.minimum(hi + pad + 1, image.shape)
+    window = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
     shift = np.eye(4)
-    shift[2, 3] = start
+    shift[:3, 3] = start
     affine = image.affine @ shift
-    return (Volume(image.array[..., start:stop], affine), Volume(reference.array[..., start:stop], affine, label=True),
-            f"z {start}..{stop - 1} of {image.shape[2]}")
+    note = " ".join(f"{axis} {a}..{b - 1} of {n}" for axis, a, b, n in zip("xyz", start, stop, image.shape)
+                    if a > 0 or b < n)
+    return (Volume(image.array[window], affine), Volume(reference.array[window], affine, label=True), note or "none")
 
 
 def make_task(key: str, data: tuple) -> Task:
