@@ -99,8 +99,7 @@ def load_all(shared: Optional[Path], brains: bool = True) -> dict[str, tuple]:
     here; a line on stderr for each source that is absent."""
     found: dict[str, tuple] = {}
     chest = datasets.slicerio_chest()
-    image = chest.image.canonical()
-    labels = chest.labels.canonical()
+    image, labels = chest.image.canonical(), chest.labels.canonical()
     by_name = {datasets.canonical_name(n): v for v, n in chest.structures.items()}
     for name in CTCHEST4:
         found[f"CTChest4:{name}"] = (image, _binary(labels, labels.array == by_name[datasets.canonical_name(name)]),
@@ -125,18 +124,15 @@ def load_all(shared: Optional[Path], brains: bool = True) -> dict[str, tuple]:
                                        case.labels.canonical().array > 0), f"{patient}: {case.licence}")
     except datasets.DatasetError:
         print("skip: the sarcoma scans are development data in ../shared/data (not distributed)", file=sys.stderr)
-    if brains:
-        from common import binary_mask, brain_cases
-        for name, case in zip(("Colin27", "MNI152"), brain_cases(2.0)):
-            for structure in BRAIN:
-                found[f"{name}:{structure}"] = (case.image, binary_mask(case, structure),
-                                                f"{case.name}: {case.licence}", "MR")
+    from common import binary_mask, brain_cases
+    for name, case in zip(("Colin27", "MNI152"), brain_cases(2.0) if brains else ()):
+        found.update({f"{name}:{s}": (case.image, binary_mask(case, s), f"{case.name}: {case.licence}", "MR")
+                      for s in BRAIN})
     return found
 
 
 def _binary(grid: Volume, mask: np.ndarray) -> Volume:
     return grid.with_array(mask.astype(np.uint8), label=True)
-
 
 def crop_to_structure(image: Volume, reference: Volume, margin_mm: float = MARGIN_MM,
                       plane_mm: float = PLANE_MARGIN_MM, plane_voxels: int = PLANE_VOXELS) -> tuple[Volume, Volume, str]:
@@ -237,11 +233,9 @@ def run_task(task: Task, other: Optional[Task], session_factory: Factory, segmen
         blank["rows"] = [r | {"setup_seconds": round(time.perf_counter() - began, 2)} for r in drive(task, session, "blank")]
         return blank["rows"]
 
-    def box_only() -> list[dict]:
-        first = blank["rows"][0]
-        pred_scores = {k: first[k] for k in ("dice", "nsd", "nsd_ungated", "predicted_voxels")}
-        return [{"step": s, "interaction": first["interaction"] if s == 0 else "ignored",
-                 "seconds": first["seconds"] if s == 0 else 0.0, **pred_scores} for s in range(CLICKS + 1)]
+    def box_only() -> list[dict]:  # the blank session's box step, its clicks ignored
+        first = {k: blank["rows"][0][k] for k in ("interaction", "seconds", "dice", "nsd", "nsd_ungated", "predicted_voxels")}
+        return [first | {"step": s} | ({"interaction": "ignored", "seconds": 0.0} if s else {}) for s in range(CLICKS + 1)]
 
     def auto_session() -> list[dict]:
         began = time.perf_counter()
@@ -277,8 +271,7 @@ def run_task(task: Task, other: Optional[Task], session_factory: Factory, segmen
 
 
 def _rule(task: Task) -> tuple[np.ndarray, float, str]:
-    began = time.perf_counter()
-    mask, name = hu_rule_in_box(task)
+    began, (mask, name) = time.perf_counter(), hu_rule_in_box(task)
     return mask, round(time.perf_counter() - began, 3), f"HU {name} in box"
 
 
