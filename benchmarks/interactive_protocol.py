@@ -1,4 +1,4 @@
-"""The CVPR 2025 interactive 3D segmentation protocol on every labelled CT structure we have.
+"""The CVPR 2025 interactive 3D segmentation protocol on every labelled structure we have (docs/interactive.md).
 
 Per structure (``fewshotcx.evaluation.interactive`` defines every piece): step 0 is the reference's
 3D bounding box, steps 1–5 are clicks at the distance-transform maximum (mm) of the largest
@@ -6,26 +6,19 @@ Per structure (``fewshotcx.evaluation.interactive`` defines every piece): step 0
 (2 mm; 0 when Dice ≤ 0.2, as the challenge) are measured; Dice-AUC and NSD-AUC are the trapezoid
 over the five click steps (at most 4.0). Seconds per interaction = ``add_*`` + ``result()``.
 
-Starts and methods, all through the public API (``fx.ContourSession(image, segmenter=...)`` with
-``add_box`` / ``add_point`` / ``result``):
-
-* ``blank``: ``session`` — an empty session, the box, then 5 clicks; ``session-box-only`` — the
-  same session's box result kept through the click steps (a method that ignores clicks);
-  ``box-filled`` — the box itself, filled solid; ``hu-rule-in-box`` — the HU-threshold structure
-  (``fewshotcx.datasets.ct_anatomy``: lungs, bone, fat, soft tissue, body) that best matches the
-  reference, inside the box (an oracle choice of class: it says which structures a rule solves);
-* ``auto``: ``session`` — ``fx.Segmenter()`` (defaults) fitted on *another* patient's image and
-  label of the same structure, the session started from its prediction, then 5 clicks (no box);
-  only where another patient has the structure (lungs: LUNG1-001 ↔ CTChest4; sarcoma GTVs in turn);
-* ``slices``: ``interpolation`` — the reference drawn on ``step + 1`` axial slices evenly spread
-  over its extent (1 … 6: the same number of interactions as box + 5 clicks), shape-based
-  interpolation between them (``fewshotcx.baselines.interpolation``).
+Starts and methods, through the public API (``fx.ContourSession(image, segmenter=...)``, ``add_box``,
+``add_point``, ``result``): ``blank`` — ``session`` (an empty session: the box, then 5 clicks),
+``session-box-only`` (its box result, clicks ignored), ``box-filled`` (the box, solid),
+``hu-rule-in-box`` (the HU structure of ``fewshotcx.datasets.ct_anatomy`` that best matches the
+reference, in the box: which structures a rule solves); ``auto`` — ``session`` started from
+``fx.Segmenter()`` fitted on *another* patient's image and label of the structure, then 5 clicks
+(where another patient has it); ``slices`` — ``interpolation`` of the reference drawn on ``step + 1``
+axial slices spread evenly over its extent (6 = box + 5 interactions).
 
 Images are cropped to an axial slab around the structure (its extent ± ``MARGIN_MM``) and, on
-LUNG1-001's 512 × 512 slices, in-plane to its extent ± ``PLANE_MARGIN_MM`` (the CPU budget: the
-crop tells the ``auto`` start where the structure is, so say so with its numbers); the support patient of the ``auto`` start is cropped the same way around its
-own structure. LUNG1-001 (CC BY-NC) and the sarcoma scans (CC BY 3.0) are development data in
-``../shared/data``: a structure whose data are absent is skipped with one line on stderr.
+LUNG1-001's 512 × 512 slices, in-plane to its extent ± ``PLANE_MARGIN_MM`` (the CPU budget; the
+``crop`` column says where). LUNG1-001 (CC BY-NC) and the sarcoma scans (CC BY 3.0) are development
+data in ``../shared/data``: a structure whose data are absent is skipped with one line on stderr.
 
     python benchmarks/interactive_protocol.py --out benchmarks/results --plots docs/img   # ~20 min, 2 cores
     python benchmarks/interactive_protocol.py --quick                                      # 2 structures
@@ -91,6 +84,8 @@ class Task:
     crop: str
     licence: str
     modality: str = "CT"
+    full: Optional[np.ndarray] = None  # the uncropped image array (the HU rule's context) ...
+    window: tuple = ()  # ... and the crop's slices in it
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -135,9 +130,10 @@ def _binary(grid: Volume, mask: np.ndarray) -> Volume:
     return grid.with_array(mask.astype(np.uint8), label=True)
 
 def crop_to_structure(image: Volume, reference: Volume, margin_mm: float = MARGIN_MM,
-                      plane_mm: float = PLANE_MARGIN_MM, plane_voxels: int = PLANE_VOXELS) -> tuple[Volume, Volume, str]:
+                      plane_mm: float = PLANE_MARGIN_MM, plane_voxels: int = PLANE_VOXELS) -> tuple:
     """The structure's axial extent ± ``margin_mm``; on slices of more than ``plane_voxels`` voxels also
-    its in-plane extent ± ``plane_mm`` (canonical arrays, affine shifted, world positions kept)."""
+    its in-plane extent ± ``plane_mm`` (canonical arrays, affine shifted, world positions kept). Returns
+    ``(image, reference, note, window)``, ``window`` the crop's slices of the original arrays."""
     lo, hi = (np.array(c) for c in box_from_reference(reference.array))
     pad = np.ceil(np.array([plane_mm, plane_mm, margin_mm]) / np.asarray(reference.spacing)).astype(int)
     if image.shape[0] * image.shape[1] <= plane_voxels:
@@ -149,12 +145,14 @@ def crop_to_structure(image: Volume, reference: Volume, margin_mm: float = MARGI
     affine = image.affine @ shift
     note = " ".join(f"{axis} {a}..{b - 1} of {n}" for axis, a, b, n in zip("xyz", start, stop, image.shape)
                     if a > 0 or b < n)
-    return (Volume(image.array[window], affine), Volume(reference.array[window], affine, label=True), note or "none")
+    return (Volume(image.array[window], affine), Volume(reference.array[window], affine, label=True), note or "none",
+            window)
 
 
 def make_task(key: str, data: tuple) -> Task:
     image, reference, licence, *modality = data
-    return Task(key, *crop_to_structure(image, reference), licence, *modality)
+    cropped, ref, note, window = crop_to_structure(image, reference)
+    return Task(key, cropped, ref, note, licence, *(modality or ["CT"]), image.array, window)
 
 
 # ----------------------------------------------------------------------------------------- methods
@@ -200,9 +198,12 @@ def constant(task: Task, mask: np.ndarray, seconds: float, action: str) -> list[
 
 
 def hu_rule_in_box(task: Task) -> tuple[np.ndarray, str]:
-    """The HU structure (or the body) that best matches the reference, inside the box, and its name."""
-    labels, names = hu_anatomy(task.image)
-    candidates = {n: labels == v for v, n in names.items()} | {"body": body_mask(task.image.array)}
+    """The HU structure (or the body) that best matches the reference, inside the box, and its name; the
+    structures are found on the whole slices (an in-plane crop would move the body's midline)."""
+    full = task.image.array if task.full is None else task.full[:, :, task.window[2]]
+    plane = task.window[:2] if task.full is not None else (slice(None),) * 2
+    labels, names = hu_anatomy(Volume(full, task.image.affine))  # only the array is read
+    candidates = {n: (labels == v)[plane] for v, n in names.items()} | {"body": body_mask(full)[plane]}
     inside = box_mask(task.reference.shape, *box_from_reference(task.reference.array))
     scored = {n: step_scores(m & inside, task.reference.array)["dice"] for n, m in candidates.items()}
     best = max(scored, key=scored.get) if scored else "none"
@@ -320,16 +321,19 @@ def plot(rows: Sequence[dict], path: Path) -> Path:
     for name, steps in lines.items():
         x = sorted(steps)
         ax.plot(x, [np.mean(steps[s]) for s in x], marker="o", label=f"{name} (n={len(steps[x[0]])})")
-    ax.set_xticks(range(CLICKS + 1), ["box / start"] + [f"click {i}" for i in range(1, CLICKS + 1)])
-    ax.set_ylabel("mean Dice")
-    ax.set_ylim(0, 1)
-    ax.set_title("Interactive protocol: headline structures (no HU rule solves them; not tuned on)")
+    ax.set(xticks=range(CLICKS + 1), xticklabels=["box / start"] + [f"click {i}" for i in range(1, CLICKS + 1)],
+           ylabel="mean Dice", ylim=(0, 1), title="Interactive protocol: headline structures (no HU rule solves them)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+COLUMNS = ("blank hu-rule-in-box final_dice", "blank session step0_dice", "blank session final_dice",
+           "blank session dice_auc", "auto session step0_dice", "auto session final_dice", "auto session dice_auc",
+           "blank box-filled final_dice", "slices interpolation final_dice")
 
 
 def docs_table(summary: Sequence[dict]) -> str:
@@ -345,13 +349,8 @@ def docs_table(summary: Sequence[dict]) -> str:
              "| auto: 5 clicks | auto Dice-AUC | box filled | interpolation, 6 slices |", "|" + "---|" * 11]
     for structure in dict.fromkeys(s["structure"] for s in summary):
         head = next(s for s in summary if s["structure"] == structure)
-        lines.append(" | ".join([
-            f"| {structure}", head["headline"], cell(structure, "blank", "hu-rule-in-box", "final_dice"),
-            cell(structure, "blank", "session", "step0_dice"), cell(structure, "blank", "session", "final_dice"),
-            cell(structure, "blank", "session", "dice_auc"), cell(structure, "auto", "session", "step0_dice"),
-            cell(structure, "auto", "session", "final_dice"), cell(structure, "auto", "session", "dice_auc"),
-            cell(structure, "blank", "box-filled", "final_dice"), cell(structure, "slices", "interpolation", "final_dice"),
-        ]) + " |")
+        cells = [cell(structure, *spec.split()) for spec in COLUMNS]
+        lines.append(" | ".join([f"| {structure}", head["headline"], *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -371,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not hasattr(fx.ContourSession, "add_box"):
         print("error: this fewshotcx has no ContourSession.add_box / add_point (interactive prompts)", file=sys.stderr)
         return 2
-    data = load_all(args.shared)
+    data = load_all(args.shared, brains=any(k.split(":")[0] in ("Colin27", "MNI152") for k in wanted))
     rows = []
     for key in wanted:
         if key not in data:

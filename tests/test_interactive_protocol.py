@@ -259,7 +259,7 @@ def test_benchmark_crops_an_axial_slab_around_the_structure():
     affine = np.diag([1.0, 1.0, 3.0, 1.0])
     ref = np.zeros((8, 8, 40), dtype=np.uint8)
     ref[2:5, 2:5, 20:25] = 1
-    image, cropped, note = bench.crop_to_structure(Volume(np.zeros((8, 8, 40), np.float32), affine),
+    image, cropped, note, _ = bench.crop_to_structure(Volume(np.zeros((8, 8, 40), np.float32), affine),
                                                    Volume(ref, affine, label=True), margin_mm=15.0)
     assert note == "z 15..29 of 40" and cropped.shape == (8, 8, 15) and cropped.array.sum() == ref.sum()
     assert cropped.affine[2, 3] == pytest.approx(45.0)
@@ -267,10 +267,10 @@ def test_benchmark_crops_an_axial_slab_around_the_structure():
     big = np.zeros((300, 300, 10), dtype=np.uint8)
     big[100:110, 150:160, 4:6] = 1
     affine = np.diag([2.0, 2.0, 3.0, 1.0])
-    image, cropped, note = bench.crop_to_structure(Volume(np.zeros(big.shape, np.float32), affine),
+    image, cropped, note, window = bench.crop_to_structure(Volume(np.zeros(big.shape, np.float32), affine),
                                                    Volume(big, affine, label=True), margin_mm=3.0, plane_mm=20.0)
     assert note == "x 90..119 of 300 y 140..169 of 300 z 3..6 of 10" and cropped.array.sum() == big.sum()
-    assert np.allclose(cropped.affine[:3, 3], [180.0, 280.0, 9.0])
+    assert np.allclose(cropped.affine[:3, 3], [180.0, 280.0, 9.0]) and window[2] == slice(3, 7)
 
 
 def test_docs_table_tags_check_against_the_summary_csv(tmp_path):
