@@ -300,7 +300,8 @@ def summarise_runs(rows: Sequence[dict]) -> list[dict]:
             "dice_auc": round(click_auc([r["dice"] for r in group]), 4) if complete else float("nan"),
             "nsd_auc": round(click_auc([r["nsd"] for r in group]), 4) if complete else float("nan"),
             "median_seconds": round(statistics.median(timed), 3) if timed and complete else float("nan"),
-            "setup_seconds": group[0].get("setup_seconds", ""), "error": group[0].get("error", "")})
+            "step0_seconds": group[0]["seconds"], "setup_seconds": group[0].get("setup_seconds", ""),
+            "error": group[0].get("error", "")})
     return out
 
 
