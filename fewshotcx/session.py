@@ -326,8 +326,8 @@ class ContourSession(DrawnCompletion):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: PathLike, overwrite: bool = False) -> Path:
-        """Write the drawn slices (the image's own indices and planes), the declared label values and
-        the image in its own layout (``.npz``, no pickle: :mod:`fewshotcx.io.session_file`) atomically.
+        """Write the drawn slices (the image's own indices and planes), the boxes, clicks and scribbles
+        (the image's own voxels), the declared label values and the image in its own layout (``.npz``, no pickle: :mod:`fewshotcx.io.session_file`) atomically.
 
         Raises:
             FileExistsError: ``path`` exists and ``overwrite`` is False.
@@ -335,16 +335,19 @@ class ContourSession(DrawnCompletion):
         meta = {"classes": None if self.declared is None else list(self.declared), "neighbours": self.neighbours,
                 "modality": self.modality}
         drawn = self.drawn
-        return write_session_file(path, meta, drawn, [self.drawn_mask(k) for k in drawn], self.original, overwrite)
+        prompts = [(p.record, self.slices.voxels_to_own(p.voxels)) for p in self._layer.prompts]
+        return write_session_file(path, meta, drawn, [self.drawn_mask(k) for k in drawn], self.original, overwrite,
+                                  prompts)
 
     @classmethod
     def load(cls, path: PathLike, image: Union[Volume, PathLike, None] = None,
              segmenter: Optional[Segmenter] = None) -> "ContourSession":
         """A session from :meth:`save`'s file; ``image`` (optional) must be on the saved grid (in any
         layout: slices are then counted in ``image``'s own order) and is used instead of the stored
-        copy (it keeps its file header for writing). A version-1 file (before 0.4.0: canonical slice
-        indices) is converted."""
-        meta, stored, drawn = read_session_file(path)
+        copy (it keeps its file header for writing). Its result is the saved one (the interactions are
+        replayed; the undo history starts empty). A version-1 file (before 0.4.0: canonical slice
+        indices) is converted; a version-2 file has no interactions."""
+        meta, stored, drawn, prompts = read_session_file(path)
         if image is not None:
             image = image if isinstance(image, Volume) else load_volume(image, canonical=False)
             if not image.canonical().same_grid(stored.canonical()):
@@ -353,5 +356,9 @@ class ContourSession(DrawnCompletion):
                       neighbours=meta["neighbours"], modality=meta["modality"])
         for z, mask in drawn:
             session._record(z, mask)
+        for record, voxels in prompts:
+            voxels = np.sort(voxels, axis=0) if record["kind"] == "box" else voxels
+            session._layer.add(kinds.Prompt(record["kind"], int(record["label"]), bool(record["positive"]),
+                                            voxels.astype(np.int32)))
         session._history.clear()
         return session

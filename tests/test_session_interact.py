@@ -149,3 +149,38 @@ def test_a_fitted_segmenter_gives_the_starting_contour_and_accepted_contours_bec
     nxt = ContourSession(vol, seg)
     assert np.array_equal(nxt.result().array, seg.predict(vol).array)
     assert not np.array_equal(nxt.result().array, before)  # the first pass conditioned on the accepted contour
+
+
+def test_session_files_keep_the_interactions_in_the_image_s_own_voxels(tmp_path):
+    """Version 3: a saved session replays its boxes, clicks and scribbles to the same result, also when
+    loaded onto the same image in another layout; a version-2 file (no interactions) still loads."""
+    import json
+
+    s, _ = blank(AFFINES["LPS-superior-first"], classes=(1, 2))
+    s.add_box((10, 7, 5), (30, 27, 15))
+    s.add_point((20, 17, 10), positive=False)
+    scribble = np.zeros(SHAPE, bool)
+    scribble[3:6, 4, 2] = True
+    s.add_scribble(scribble, label=2)
+    mask = np.zeros(SHAPE[:2], np.int64)
+    mask[12:20, 12:20] = 1
+    s.draw(7, mask)
+    path = s.save(tmp_path / "s.npz")
+    seg = Segmenter(backend=UnsureBackend(), progress=False)
+    loaded = ContourSession.load(path, segmenter=seg)
+    assert [(p.kind, p.label, p.positive) for p in loaded.prompts] == [(p.kind, p.label, p.positive) for p in s.prompts]
+    assert all(np.array_equal(a.voxels, b.voxels) for a, b in zip(loaded.prompts, s.prompts))
+    assert np.array_equal(loaded.result().array, s.result().array)
+    with pytest.raises(ValueError, match="nothing to undo"):
+        loaded.undo()
+    canonical = s.original.canonical()  # every axis reversed
+    other = ContourSession.load(path, image=Volume(canonical.array, canonical.affine), segmenter=seg)
+    assert np.array_equal(other.result().array, s.result().array[::-1, ::-1, ::-1])
+    with np.load(path) as data:  # the same file as version 2 wrote it: no prompts
+        meta = json.loads(str(data["meta"]))
+        arrays = {k: data[k] for k in ("masks", "image", "affine")}
+    meta.update(version=2)
+    del meta["prompts"]
+    np.savez_compressed(tmp_path / "v2.npz", meta=np.array(json.dumps(meta)), **arrays)
+    old = ContourSession.load(tmp_path / "v2.npz", segmenter=seg)
+    assert old.drawn == [7] and not old.prompts and old.declared == (1, 2)

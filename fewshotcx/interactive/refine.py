@@ -46,7 +46,11 @@ class Settings:
     shape: float = 2.0          # weight of the box's ellipsoid, log-odds at its centre
     automatic: float = 1.0      # weight of the automatic contour's log-odds
     trust: float = 3.0          # log-odds of the current result far from a new seed
-    local_mm: float = 12.0      # distance over which a new seed overrides the current result
+    click: float = 3.0          # log-odds of a click's push to its side, near it
+    min_mm: float = 3.0         # a click's reach, at least
+    spread: float = 3.0         # a click's reach along the contour, in units of its depth
+    local_mm: float = 10.0      # a click's reach when nothing is on its side yet
+    rounds: int = 2             # solutions, each re-estimating the intensity model from the last
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,29 @@ def _keep(mask: np.ndarray, seeds: np.ndarray, previous: np.ndarray) -> np.ndarr
     return np.isin(pieces, keep)
 
 
+def _click_logit(new: Prompt, seeds: np.ndarray, current: np.ndarray, intensities: np.ndarray,
+                 step: Sequence[float], settings: Settings) -> np.ndarray:
+    """Log-odds after a click or scribble (``seeds``: its voxels on the region's grid).
+
+    A click sits in the middle of an error region, about ``ρ`` from the current contour (``ρ``: the
+    distance from the seeds to the nearest voxel already on their side, at least ``min_mm``; with
+    none, ``local_mm``), so the region is a layer about ``2ρ`` deep along the contour. Voxels within
+    ``2ρ`` of the contour on the other side and within ``spread · ρ`` of the seeds, of intensity like
+    the seeds', are pushed to the seeds' side (log-odds ``click``); elsewhere the current result holds
+    (log-odds ``trust``)."""
+    distance = ndimage.distance_transform_edt(~seeds, sampling=step)
+    side = current if new.positive else ~current
+    if side.any():
+        rho = float(np.clip(distance[side].min(), settings.min_mm, settings.reach_mm / 2))
+        depth = ndimage.distance_transform_edt(~side, sampling=step)  # how far from the asked side
+    else:
+        rho, depth = settings.local_mm, np.zeros(current.shape)
+    near = np.exp(-0.5 * (distance / (settings.spread * rho)) ** 2) / (1 + np.exp((depth - 2 * rho) / rho * 4))
+    like = np.exp(-0.5 * ((intensities - intensities[seeds].mean()) / settings.sigma) ** 2)
+    sign = 1.0 if new.positive else -1.0
+    return settings.trust * (1 - near) * np.where(current, 1.0, -1.0) + settings.click * near * like * sign
+
+
 def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prompts: Sequence[Prompt],
            prior: Optional[np.ndarray] = None, drawn: Optional[dict[int, np.ndarray]] = None,
            settings: Settings = Settings()) -> np.ndarray:
@@ -211,13 +238,14 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
         shape = _ellipsoid(box, region, grid)
         reference, logit = shape > 0.75, settings.shape * np.clip(shape, -1, 1)
     else:
-        distance = ndimage.distance_transform_edt(_seed_grid([new], region, grid) < 0, sampling=step)
-        trust = settings.trust * (1 - np.exp(-0.5 * (distance / settings.local_mm) ** 2))
-        reference, logit = current, trust * np.where(current, 1.0, -1.0)
-    foreground = (reference & ~hard_zero | (seeds == 1)) & (seeds != 0)
-    logit = logit + settings.intensity * log_ratio(intensities, foreground, ~foreground)
-    x = random_walk(intensities, step, 1 / (1 + np.exp(-logit)), fixed, values, settings.beta, settings.sigma,
-                    settings.strength, current.astype(np.float32))
+        reference, logit = current, _click_logit(new, _seed_grid([new], region, grid) >= 0, current, intensities,
+                                                 step, settings)
+    x = current.astype(np.float32)
+    for _ in range(settings.rounds):  # GrabCut-like: the intensity model re-estimated from the last solution
+        foreground = (reference & ~hard_zero | (seeds == 1)) & (seeds != 0)
+        p = 1 / (1 + np.exp(-logit - settings.intensity * log_ratio(intensities, foreground, ~foreground)))
+        x = random_walk(intensities, step, p, fixed, values, settings.beta, settings.sigma, settings.strength, x)
+        reference = x > 0.5
     result = (_up(x, region.factor, full.shape) > 0.5) & ((full == 0) | mask)
     full_seeds = _seed_grid(prompts, Region(region.lo, region.hi, 1), full.shape)
     result = _keep(result, full_seeds, mask)
