@@ -162,26 +162,22 @@ Factory = Callable[..., object]
 def drive(task: Task, session: object, start: str) -> list[dict]:
     """Run the protocol on an open session: the box (``start == "blank"``) or the session's first
     result (``"auto"``) as step 0, then 5 clicks. One row per step."""
-    ref = task.reference
-    rows = []
+    ref, rows, click = task.reference, [], None
     for step in range(CLICKS + 1):
         if step == 0 and start == "blank":
             lo, hi = box_from_reference(ref)
             action, call = f"box {lo}-{hi}", lambda: session.add_box(lo, hi, label=1)
         elif step == 0:
             action, call = "automatic", lambda: None
-        else:
+        else:  # no click on a perfect prediction: the challenge runs the model again unchanged
             click = next_click(pred, ref, spacing=ref.spacing)
-            if click is None:  # perfect: no click; the challenge runs the model again unchanged
-                action, call = "none (perfect)", lambda: None
-            else:
-                action = f"{'+' if click.positive else '-'}{click.ijk}"
-                call = (lambda c=click: session.add_point(c.ijk, positive=c.positive, label=1))
+            action = "none (perfect)" if click is None else f"{'+' if click.positive else '-'}{click.ijk}"
+            call = (lambda: None) if click is None else (lambda c=click: session.add_point(c.ijk, positive=c.positive, label=1))
         began = time.perf_counter()
         call()
         pred = (np.asarray(session.result().array) == 1).astype(np.uint8)
         rows.append({"step": step, "interaction": action, "seconds": round(time.perf_counter() - began, 3),
-                     **_scores(pred, ref)})
+                     **_scores(pred, ref), "click_kept": "" if click is None else int(pred[click.ijk] == click.positive)})
     return rows
 
 
