@@ -302,25 +302,29 @@ def summarise_runs(rows: Sequence[dict]) -> list[dict]:
 
 
 def plot(rows: Sequence[dict], path: Path) -> Path:
-    """Mean Dice against the step, one line per start/method, over the headline structures (no HU
-    rule solves them, the session was not tuned on them)."""
+    """Mean Dice against the step, one line per start/method, one panel per modality, over the headline
+    structures (no HU rule solves them, the session was not tuned on them); ``n``: structures."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     excluded = {s["structure"] for s in summarise_runs(rows) if s["headline"] == "no"}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    lines: dict[str, dict[int, list[float]]] = {}
-    for r in rows:
-        if r["structure"] not in excluded and np.isfinite(r["dice"]):
-            lines.setdefault(f"{r['start']}: {r['method']}", {}).setdefault(r["step"], []).append(r["dice"])
-    for name, steps in lines.items():
-        x = sorted(steps)
-        ax.plot(x, [np.mean(steps[s]) for s in x], marker="o", label=f"{name} (n={len(steps[x[0]])})")
-    ax.set(xticks=range(CLICKS + 1), xticklabels=["box / start"] + [f"click {i}" for i in range(1, CLICKS + 1)],
-           ylabel="mean Dice", ylim=(0, 1), title="Interactive protocol: headline structures (no HU rule solves them)")
-    ax.legend(fontsize=7, loc="lower right")
+    modalities = sorted({r["modality"] for r in rows})
+    fig, axes = plt.subplots(1, len(modalities), figsize=(6 * len(modalities), 4.5), squeeze=False)
+    for ax, modality in zip(axes[0], modalities):
+        lines: dict[str, dict[int, list[float]]] = {}
+        for r in rows:
+            if r["structure"] not in excluded and r["modality"] == modality and np.isfinite(r["dice"]):
+                lines.setdefault(f"{r['start']}: {r['method']}", {}).setdefault(r["step"], []).append(r["dice"])
+        for name, steps in lines.items():
+            x = sorted(steps)
+            ax.plot(x, [np.mean(steps[s]) for s in x], marker="o", label=f"{name} (n={len(steps[x[0]])})",
+                    color=f"C{sum(map(ord, name)) % 10}")  # the same colour in every panel
+        ax.set(xticks=range(CLICKS + 1), xticklabels=["box / start"] + [f"click {i}" for i in range(1, CLICKS + 1)],
+               ylabel="mean Dice", ylim=(0, 1), title=f"{modality}: headline structures")
+        ax.set_xlabel("interaction (interpolation: step + 1 slices drawn)")
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
