@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -43,6 +45,21 @@ def test_a_box_from_blank_segments_the_structure_in_the_image_s_own_voxel_order(
     result = s.result().array
     assert dice(result == 1, ball) > 0.9
     assert not result[:lo[0]].any() and not result[:, :, hi[2] + 1:].any()  # nothing outside the box
+
+
+def test_a_2d_box_segments_its_slice_and_a_3d_box_clears_the_structure_outside_it():
+    s, ball = blank()
+    s.add_box((10, 7, 10), (30, 27, 10))
+    result = s.result().array == 1
+    assert dice(result[..., 10], ball[..., 10]) > 0.9 and not result[..., :10].any() and not result[..., 11:].any()
+    s.add_point((20, 17, 12))  # a click on another slice is not held to the 2D box
+    assert s.result().array[..., 12].sum() > 20
+    s.add_box((12, 9, 6), (28, 25, 14))  # a smaller 3D box: nothing outside it, on any slice
+    result = s.result().array == 1
+    outside = np.ones(SHAPE, bool)
+    outside[12:29, 9:26, 6:15] = False
+    outside[20, 17, 12] = False  # the positive click stays (the box grows to hold it)
+    assert result.any() and not result[outside].any()
 
 
 def test_a_click_changes_the_contour_around_it_in_3d_and_ends_on_its_side():
@@ -184,3 +201,43 @@ def test_session_files_keep_the_interactions_in_the_image_s_own_voxels(tmp_path)
     np.savez_compressed(tmp_path / "v2.npz", meta=np.array(json.dumps(meta)), **arrays)
     old = ContourSession.load(tmp_path / "v2.npz", segmenter=seg)
     assert old.drawn == [7] and not old.prompts and old.declared == (1, 2)
+
+
+STS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mirp" / "sts_images_flat" / "nifti"
+
+
+def protocol_click(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[tuple[int, int, int], bool]:
+    """The CVPR 2025 interactive protocol's next click: the maximum of the distance transform of the
+    largest 26-connected error region; positive where the reference is missed."""
+    from scipy import ndimage
+
+    pieces, _ = ndimage.label(pred ^ ref, np.ones((3, 3, 3)))
+    largest = np.pad(pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1, 1)
+    voxel = np.unravel_index(np.argmax(ndimage.distance_transform_edt(largest, sampling=spacing)), largest.shape)
+    voxel = tuple(int(v) - 1 for v in voxel)
+    return voxel, bool(ref[voxel])
+
+
+@pytest.mark.skipif(not (STS / "STS_002_CT_image.nii.gz").is_file(),
+                    reason="needs ../shared/data (STS_002 CT, development data)")
+def test_box_and_clicks_on_a_real_sarcoma_ct():
+    """STS_002's GTV (not a structure the method was tuned on): a box from the reference's bounding
+    box, then three protocol clicks, each on its side, none costing more than a few seconds."""
+    import time
+
+    from fewshotcx import load_volume
+
+    image = load_volume(STS / "STS_002_CT_image.nii.gz", canonical=False)
+    ref = load_volume(STS / "STS_002_CT_mask.nii.gz", canonical=False, label=True).array > 0
+    s = ContourSession(image, Segmenter(backend=UnsureBackend(), progress=False))
+    voxels = np.argwhere(ref)
+    s.add_box(tuple(voxels.min(axis=0)), tuple(voxels.max(axis=0)))
+    scores = [dice(s.result().array == 1, ref)]
+    for _ in range(3):
+        voxel, positive = protocol_click(s.result().array == 1, ref, image.spacing)
+        start = time.perf_counter()
+        s.add_point(voxel, positive=positive)
+        pred = s.result().array == 1
+        assert time.perf_counter() - start < 10 and pred[voxel] == positive
+        scores.append(dice(pred, ref))
+    assert scores[0] > 0.75 and scores[-1] >= scores[0]

@@ -44,13 +44,14 @@ class Settings:
     strength: float = 0.3       # lambda: weight of the prior against the edges
     intensity: float = 1.0      # weight of the histogram log-ratio (clipped to ±3)
     shape: float = 2.0          # weight of the box's ellipsoid, log-odds at its centre
+    radius: float = 0.9         # where the ellipsoid's log-odds are 0 (1: the inscribed ellipsoid)
     automatic: float = 1.0      # weight of the automatic contour's log-odds
     trust: float = 3.0          # log-odds of the current result far from a new seed
     click: float = 3.0          # log-odds of a click's push to its side, near it
     min_mm: float = 3.0         # a click's reach, at least
     spread: float = 3.0         # a click's reach along the contour, in units of its depth
     local_mm: float = 10.0      # a click's reach when nothing is on its side yet
-    rounds: int = 2             # solutions, each re-estimating the intensity model from the last
+    rounds: int = 1             # solutions, each re-estimating the intensity model from the last
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,14 @@ def _region(new: Prompt, box: Optional[np.ndarray], shape: Sequence[int], spacin
             settings: Settings) -> Region:
     size = np.asarray(shape) - 1
     margin = np.ceil(settings.margin_mm / np.asarray(spacing)).astype(int)
+    if box is not None and _flat(box):
+        margin[2] = 0
     if new.kind == "box":
         lo, hi = box[0] - margin, box[1] + margin
     else:
         reach = np.ceil(settings.reach_mm / np.asarray(spacing)).astype(int)
         lo, hi = new.voxels.min(axis=0) - reach, new.voxels.max(axis=0) + reach
-        if box is not None:
+        if box is not None and not _flat(box):
             lo, hi = np.maximum(lo, box[0] - margin), np.minimum(hi, box[1] + margin)
     lo, hi = np.clip(lo, 0, size), np.clip(hi, 0, size)
     extent = hi - lo + 1
@@ -83,6 +86,25 @@ def _region(new: Prompt, box: Optional[np.ndarray], shape: Sequence[int], spacin
     while np.prod(np.ceil(extent[:2] / factor)) * extent[2] > settings.budget:
         factor += 1
     return Region(lo, hi, factor)
+
+
+def _flat(box: np.ndarray) -> bool:
+    """Whether ``box`` (``(2, 3)`` corners) is a 2D box: one axial slice."""
+    return bool(box[0][2] == box[1][2])
+
+
+def _outside(box: np.ndarray, lo: Sequence[int], shape: Sequence[int], factor: int = 1) -> np.ndarray:
+    """``shape`` bool: the voxels of a grid (canonical voxel ``lo`` at its origin, ``factor``-fold
+    in-plane blocks) that ``box`` excludes: outside it, or for a 2D box, outside it on its slice."""
+    axes = []
+    for a in range(3):
+        step = factor if a < 2 else 1
+        centres = lo[a] + np.arange(shape[a]) * step + (step - 1) / 2
+        axes.append((centres >= box[0][a] - 0.5) & (centres <= box[1][a] + 0.5))
+    inside = axes[0][:, None, None] & axes[1][None, :, None]
+    if _flat(box):
+        return ~inside & axes[2][None, None, :]
+    return ~(inside & axes[2][None, None, :])
 
 
 def _down(array: np.ndarray, factor: int) -> np.ndarray:
@@ -142,11 +164,12 @@ def _seed_grid(prompts: Sequence[Prompt], region: Region, shape: Sequence[int]) 
 
 
 def _faces(shape: Sequence[int], region: Region, volume: Sequence[int]) -> np.ndarray:
-    """The region's faces that lie inside the image (not on its border), on the downsampled grid."""
+    """The region's faces that lie inside the image (not on its border), on the downsampled grid; none
+    across an axis the region is less than three voxels thick on (a 2D box's slice is all face)."""
     face = np.zeros(shape, bool)
     for a in range(3):
         for end, at_border in ((0, region.lo[a] == 0), (-1, region.hi[a] == volume[a] - 1)):
-            if not at_border:
+            if not at_border and shape[a] > 2:
                 face[tuple(end if b == a else slice(None) for b in range(3))] = True
     return face
 
@@ -205,7 +228,7 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
     boxes = [p.voxels for p in prompts if p.kind == "box"]
     box = None if not boxes else boxes[-1].copy()
     positive = [p.seeds for p in prompts if p.positive and p.kind != "box"]
-    if box is not None and positive:  # the box grows to hold every positive seed
+    if box is not None and positive and not _flat(box):  # a 3D box grows to hold every positive seed
         seeds = np.concatenate(positive)
         box = np.array([np.minimum(box[0], seeds.min(axis=0)), np.maximum(box[1], seeds.max(axis=0))])
     region = _region(new, box, labels.shape, spacing, settings)
@@ -219,11 +242,7 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
     current = small(mask) > 0.5
     hard_zero = (small((full != 0) & ~mask) > 0.5) & (seeds < 0)
     if box is not None:
-        inside = np.zeros(grid, bool)
-        lo = np.maximum(box[0] - region.lo, 0) // [region.factor, region.factor, 1]
-        hi = (np.minimum(box[1], region.hi) - region.lo) // [region.factor, region.factor, 1]
-        inside[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
-        hard_zero |= ~inside & (seeds < 0)
+        hard_zero |= _outside(box, region.lo, grid, region.factor) & (seeds < 0)
     face = _faces(grid, region, labels.shape) & (seeds < 0) & ~hard_zero
     fixed = (seeds >= 0) | hard_zero | face
     values = np.where(seeds >= 0, seeds, np.where(face, current, 0)).astype(np.float32)
@@ -235,8 +254,8 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
         p = np.clip(small(prior[crop]), 1e-3, 1 - 1e-3)
         reference, logit = p > 0.5, settings.automatic * np.log(p / (1 - p))
     elif new.kind == "box":
-        shape = _ellipsoid(box, region, grid)
-        reference, logit = shape > 0.75, settings.shape * np.clip(shape, -1, 1)
+        shape = _ellipsoid(box, region, grid)  # 1 - r^2: the core (r < 1/2) is the first foreground sample
+        reference, logit = shape > 0.75, settings.shape * np.clip(shape - 1 + settings.radius ** 2, -1, 1)
     else:
         reference, logit = current, _click_logit(new, _seed_grid([new], region, grid) >= 0, current, intensities,
                                                  step, settings)
@@ -251,4 +270,6 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
     result = _keep(result, full_seeds, mask)
     out = labels.copy()
     out[crop] = np.where(result, label, np.where(mask, 0, full))
+    if new.kind == "box":  # nothing of the structure outside its box (but its seeds: enforced after)
+        out[(out == label) & _outside(box, (0, 0, 0), out.shape)] = 0
     return out
