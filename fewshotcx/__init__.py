@@ -8,7 +8,7 @@ Public API::
     fx.save_volume(seg.predict(vol), "pred.nii.gz")
 
 Submodules ``fx.metrics``, ``fx.models``, ``fx.rt``, ``fx.dicom``, ``fx.datasets``, ``fx.training``,
-``fx.weights``, ``fx.sam``, ``fx.baselines`` and ``fx.cohort``
+``fx.weights``, ``fx.sam``, ``fx.baselines``, ``fx.cohort`` and ``fx.interactive``
 are imported on first use.
 """
 
@@ -37,6 +37,7 @@ _SUBMODULES = {
     "training": "training",
     "baselines": "baselines",
     "cohort": "cohort",
+    "interactive": "interactive",
     "review": "evaluation.review",
     "client": "client",
 }

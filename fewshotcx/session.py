@@ -1,4 +1,5 @@
-"""Interactive contouring: draw a few axial slices, let the model finish, ask where to draw next.
+"""Interactive contouring: draw a few axial slices, let the model finish, ask where to draw next;
+or start from a fitted segmenter's contour and correct it with boxes, clicks and scribbles.
 
 ``ContourSession`` keeps the slices a user has drawn on one image and completes the structure with :meth:`fewshotcx.Segmenter.complete` semantics
 and through the same path (the drawn slices are the support of a :class:`~fewshotcx.backends.base.Fitted`
@@ -17,6 +18,12 @@ Slice indices (changed in 0.4.0: they were canonical before) are the image's own
 given), the same numbers as :meth:`Segmenter.complete <fewshotcx.Segmenter.complete>` and ``fewshotcx
 complete --slices``; the image's third axis must run superior–inferior (docs/geometry.md, "Slice
 indices"). Inside, the session works on the canonical array (:class:`~fewshotcx.io.grid.AxialSlices`).
+
+Boxes, clicks and scribbles (:meth:`ContourSession.add_box`, ``add_point``, ``add_scribble``) take
+voxels ``(i, j, k)`` of the image's own ``array[i, j, k]`` and refine the current result in 3D
+(:mod:`fewshotcx.interactive`: a random walker with a prior on a region around the interaction); the
+starting result is the fitted segmenter's prediction when there is one. Every kind of step, drawn or
+prompted, is one entry of one undo history.
 
 Label values: pass ``classes=(1, 2, …)`` to declare the structures; otherwise the values of the first
 draw that shows any structure are the session's values. A draw with any other value is refused.

@@ -113,6 +113,22 @@ def test_each_interaction_is_one_undo_step_restoring_the_exact_previous_result()
         s.undo()
 
 
+def test_the_memo_of_results_stays_bounded_and_undo_past_it_replays_exactly(monkeypatch):
+    from fewshotcx.interactive import layer
+
+    monkeypatch.setattr(layer, "MEMO_STEPS", 3)
+    s, _ = blank()
+    s.add_box((10, 7, 5), (30, 27, 15))
+    results = [s.result().array.copy()]
+    for n in range(7):
+        s.add_point((12 + 2 * n, 10 + n, 6 + n), positive=n % 3 == 0)
+        results.append(s.result().array.copy())
+    assert len(s._layer._memo) == 3
+    for expected in reversed(results[:-1]):
+        s.undo()
+        assert np.array_equal(s.result().array, expected)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda s: s.add_box((0, 0, 0), (40, 10, 10)), "outside the image"),
     (lambda s: s.add_box((-1, 0, 0), (10, 10, 10)), "outside the image"),

@@ -35,6 +35,7 @@ class PromptLayer:
         self._ids: list[int] = []  # a fresh id per added prompt: a memo key names one exact prefix
         self._next = 0
         self._memo: OrderedDict[tuple, tuple[bytes, np.dtype, tuple]] = OrderedDict()
+        self._hot: tuple = (None, None)  # the last map remembered or recalled, uncompressed: (key, array)
         self.refinements = 0  # refinements run so far (cost counter)
 
     def add(self, prompt: Prompt) -> None:
@@ -73,12 +74,15 @@ class PromptLayer:
         return labels
 
     def _recall(self, key: tuple) -> np.ndarray:
-        packed, dtype, shape = self._memo[key]
         self._memo.move_to_end(key)
-        return np.frombuffer(zlib.decompress(packed), dtype=dtype).reshape(shape).copy()
+        if self._hot[0] != key:
+            packed, dtype, shape = self._memo[key]
+            self._hot = (key, np.frombuffer(zlib.decompress(packed), dtype=dtype).reshape(shape))
+        return self._hot[1].copy()
 
     def _remember(self, key: tuple, labels: np.ndarray) -> None:
         self._memo[key] = (zlib.compress(labels.tobytes(), 1), labels.dtype, labels.shape)
+        self._hot = (key, labels.copy())
         while len(self._memo) > MEMO_STEPS or sum(len(v[0]) for v in self._memo.values()) > HISTORY_BYTES:
             self._memo.popitem(last=False)
 

@@ -46,10 +46,10 @@ class Settings:
     shape: float = 2.0          # weight of the box's ellipsoid, log-odds at its centre
     radius: float = 0.9         # where the ellipsoid's log-odds are 0 (1: the inscribed ellipsoid)
     automatic: float = 1.0      # weight of the automatic contour's log-odds
-    trust: float = 3.0          # log-odds of the current result far from a new seed
-    click: float = 3.0          # log-odds of a click's push to its side, near it
+    trust: float = 2.0          # log-odds of the current result far from a new seed
+    click: float = 2.0          # log-odds of a click's push to its side, near it
     min_mm: float = 3.0         # a click's reach, at least
-    spread: float = 3.0         # a click's reach along the contour, in units of its depth
+    spread: float = 2.5         # a click's reach along the contour, in units of its depth
     local_mm: float = 10.0      # a click's reach when nothing is on its side yet
     rounds: int = 1             # solutions, each re-estimating the intensity model from the last
 
