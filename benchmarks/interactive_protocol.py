@@ -171,7 +171,7 @@ def drive(task: Task, session: object, start: str) -> list[dict]:
             action, call = "automatic", lambda: None
         else:  # no click on a perfect prediction: the challenge runs the model again unchanged
             click = next_click(pred, ref, spacing=ref.spacing)
-            action = "none (perfect)" if click is None else f"{'+' if click.positive else '-'}{click.ijk}"
+            action = "none (perfect)" if click is None else f"{'positive' if click.positive else 'negative'} {click.ijk}"
             call = (lambda: None) if click is None else (lambda c=click: session.add_point(c.ijk, positive=c.positive, label=1))
         began = time.perf_counter()
         call()

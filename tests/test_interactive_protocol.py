@@ -226,7 +226,7 @@ def test_benchmark_runs_every_start_and_method_and_summarises():
     assert all(r["error"] == "" for r in rows)
     session = [r for r in rows if (r["start"], r["method"]) == ("blank", "session")]
     assert [r["step"] for r in session] == list(range(6)) and session[0]["interaction"].startswith("box")
-    assert session[1]["interaction"].startswith("-")  # the box spills: the first click removes
+    assert session[1]["interaction"].startswith("negative")  # the box spills: the first click removes
     box_only = [r["dice"] for r in rows if r["method"] == "session-box-only"]
     assert box_only == [session[0]["dice"]] * 6
     interpolated = [r for r in rows if r["method"] == "interpolation"]
