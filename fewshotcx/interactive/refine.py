@@ -3,21 +3,22 @@
 Pure functions on canonical arrays. For prompt ``new`` of structure ``label`` (the structure's earlier
 prompts, ``new`` last, in ``prompts``):
 
-1. **Region**: a box → the box (grown to hold the structure's positive seeds) plus a margin; a click
-   or scribble → its voxels ± :attr:`Settings.reach_mm`, inside that box when the structure has one.
-   The region is downsampled in-plane by an integer factor until it holds at most
-   :attr:`Settings.budget` voxels.
+1. **Region**: a box → the box (a 3D box grown to hold the structure's positive seeds) plus a
+   margin (none across a 2D box's slice); a click or scribble → its voxels ± :attr:`Settings.reach_mm`,
+   inside the structure's 3D box if it has one. The region is downsampled in-plane by an integer
+   factor until it holds at most :attr:`Settings.budget` voxels.
 2. **Fixed voxels** (hard seeds): the structure's clicks and scribbles (1 or 0), other structures and
-   everything outside its box (0), drawn slices (as drawn), the region's faces inside the image (the
-   current result, so nothing changes across them).
+   what its box excludes (0: outside a 3D box; outside a 2D box on its slice), drawn slices (as
+   drawn), the region's faces inside the image (the current result, so nothing changes across them).
 3. **Prior** ``p`` (a logistic of a sum of log-odds): an intensity model (the log ratio of the
    foreground and background histograms of the smoothed intensities in the region); after a box,
    the automatic contour's probability (a fitted segmenter) or else an ellipsoid inscribed in the
-   box; after a click or scribble, the current result, trusted less the nearer a voxel is to the new
-   seeds (a Gaussian of the distance, :attr:`Settings.local_mm`).
+   box; after a click or scribble, the current result, overridden near the new seeds by a push to
+   their side (:func:`_click_logit`).
 4. **Random walker** (:mod:`~fewshotcx.interactive.walker`) → probability, upsampled (linear) to the
    region and thresholded at 0.5; 26-connected pieces that touch neither a positive seed nor the
-   previous contour are dropped (after a box with no seed: all but the largest).
+   previous contour are dropped (after a box with no seed: all but the largest). After a box, the
+   structure is cleared wherever the box excludes it, in the whole image.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from .walker import random_walk
 
 @dataclass(frozen=True)
 class Settings:
-    """The method's constants (tuned on STS_001's GTV and LUNG1-001's spinal cord: docs/contouring.md)."""
+    """The method's constants, tuned on STS_001's GTV and LUNG1-001's GTV-1 and spinal cord (the
+    measurements: docs/contouring.md, "Boxes, clicks and scribbles")."""
 
     margin_mm: float = 6.0      # region beyond a box
     reach_mm: float = 30.0      # region around a click or scribble (half-size)
@@ -50,8 +52,7 @@ class Settings:
     click: float = 2.0          # log-odds of a click's push to its side, near it
     min_mm: float = 3.0         # a click's reach, at least
     spread: float = 2.5         # a click's reach along the contour, in units of its depth
-    local_mm: float = 10.0      # a click's reach when nothing is on its side yet
-    rounds: int = 1             # solutions, each re-estimating the intensity model from the last
+    local_mm: float = 20.0      # a click's reach when nothing is on its side nearby
 
 
 @dataclass(frozen=True)
@@ -193,17 +194,18 @@ def _click_logit(new: Prompt, seeds: np.ndarray, current: np.ndarray, intensitie
     """Log-odds after a click or scribble (``seeds``: its voxels on the region's grid).
 
     A click sits in the middle of an error region, about ``ρ`` from the current contour (``ρ``: the
-    distance from the seeds to the nearest voxel already on their side, at least ``min_mm``; with
-    none, ``local_mm``), so the region is a layer about ``2ρ`` deep along the contour. Voxels within
-    ``2ρ`` of the contour on the other side and within ``spread · ρ`` of the seeds, of intensity like
-    the seeds', are pushed to the seeds' side (log-odds ``click``); elsewhere the current result holds
-    (log-odds ``trust``)."""
+    distance from the seeds to the nearest voxel already on their side, at least ``min_mm``), so the
+    region is a layer about ``2ρ`` deep along the contour. Voxels within ``2ρ`` of the contour on the
+    other side and within ``spread · ρ`` of the seeds, of intensity like the seeds', are pushed to the
+    seeds' side (log-odds ``click``); elsewhere the current result holds (log-odds ``trust``). With
+    nothing on their side within ``local_mm``, the error is an island: ``ρ = local_mm``, no layer."""
     distance = ndimage.distance_transform_edt(~seeds, sampling=step)
     side = current if new.positive else ~current
-    if side.any():
-        rho = float(np.clip(distance[side].min(), settings.min_mm, settings.reach_mm / 2))
+    rho = float(distance[side].min()) if side.any() else np.inf
+    if rho <= settings.local_mm:  # next to the contour: a layer along it
+        rho = max(rho, settings.min_mm)
         depth = ndimage.distance_transform_edt(~side, sampling=step)  # how far from the asked side
-    else:
+    else:  # an island of its own (nothing on its side nearby): a blob around it
         rho, depth = settings.local_mm, np.zeros(current.shape)
     near = np.exp(-0.5 * (distance / (settings.spread * rho)) ** 2) / (1 + np.exp((depth - 2 * rho) / rho * 4))
     like = np.exp(-0.5 * ((intensities - intensities[seeds].mean()) / settings.sigma) ** 2)
@@ -259,15 +261,13 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
     else:
         reference, logit = current, _click_logit(new, _seed_grid([new], region, grid) >= 0, current, intensities,
                                                  step, settings)
-    x = current.astype(np.float32)
-    for _ in range(settings.rounds):  # GrabCut-like: the intensity model re-estimated from the last solution
-        foreground = (reference & ~hard_zero | (seeds == 1)) & (seeds != 0)
-        p = 1 / (1 + np.exp(-logit - settings.intensity * log_ratio(intensities, foreground, ~foreground)))
-        x = random_walk(intensities, step, p, fixed, values, settings.beta, settings.sigma, settings.strength, x)
-        reference = x > 0.5
-    result = (_up(x, region.factor, full.shape) > 0.5) & ((full == 0) | mask)
+    foreground = (reference & ~hard_zero | (seeds == 1)) & (seeds != 0)
+    p = 1 / (1 + np.exp(-logit - settings.intensity * log_ratio(intensities, foreground, ~foreground)))
+    x = random_walk(intensities, step, p, fixed, values, settings.beta, settings.sigma, settings.strength,
+                    current.astype(np.float32))
     full_seeds = _seed_grid(prompts, Region(region.lo, region.hi, 1), full.shape)
-    result = _keep(result, full_seeds, mask)
+    result = (_up(x, region.factor, full.shape) > 0.5) & ((full == 0) | mask)
+    result = _keep((result | (full_seeds == 1)) & (full_seeds != 0), full_seeds, mask)
     out = labels.copy()
     out[crop] = np.where(result, label, np.where(mask, 0, full))
     if new.kind == "box":  # nothing of the structure outside its box (but its seeds: enforced after)
