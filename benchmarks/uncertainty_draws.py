@@ -13,13 +13,13 @@ the uncertainty map finds the errors of ``predict``'s contour, and what it costs
   linearly with the support set size; the registration is shared). Timings depend on the machine's
   load, so the end-to-end ratio to ``predict`` is measured on its own by ``uncertainty_cost.py``.
 
-Tasks: the selection set of ``default_selection.py`` (sarcoma patients, STS_001 and STS_002 → STS_003;
-on CT the GTV, a manual contour, and the HU-defined bone, on MR the GTV), default ``fx.Segmenter()``
-(strategy ``auto``), seed 0. The report set is never used. Rule (:func:`choose`): the cheapest
+Tasks: selection data only (:mod:`roles`; STS_003 is the selection patient): support STS_001, query
+STS_003, on CT the GTV (a manual contour) and the HU-defined bone, on MR T1 the GTV; default
+``fx.Segmenter()`` (strategy ``auto``), seed 0. The report set is never used. Rule (:func:`choose`): the cheapest
 configuration whose mean ``auroc_voxel`` is within ``TOLERANCE`` of the most expensive one (8 draws
 on the whole support), ties to more draws.
 
-    python benchmarks/uncertainty_draws.py --out benchmarks/results     # ~15 minutes on a 2-core CPU
+    python benchmarks/uncertainty_draws.py --out benchmarks/results     # ~20 minutes on a 2-core CPU
 
 Writes ``uncertainty_draws.csv`` (per task and configuration) and ``uncertainty_draws_summary.csv``
 (means per configuration, the chosen one marked).
@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import roles  # noqa: E402
 from common import machine_info, print_table, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume, datasets  # noqa: E402
 from fewshotcx.evaluation.calibration import auroc, review_region  # noqa: E402
@@ -50,6 +51,7 @@ FRACTIONS = (1.0, 0.5)
 TOLERANCE = 0.02
 DICE_LEVEL = 0.7
 STRUCTURES = {"CT": ("GTV", "bone"), "MR_T1": ("GTV",)}
+SUPPORT, QUERY = "STS_001", "STS_003"
 
 
 def measure(seg: Segmenter, query: Volume, reference: np.ndarray, task: str,
@@ -99,22 +101,27 @@ def choose(rows: Sequence[dict], tolerance: float = TOLERANCE) -> list[dict]:
 
 
 def selection_tasks() -> list[tuple[str, datasets.Case, datasets.Case]]:
-    """(name, support, query): STS_001 and STS_002 → STS_003; CT: GTV and bone, MR T1: GTV."""
+    """(name, support, query): STS_001 → STS_003; CT: GTV and bone, MR T1: GTV."""
     tasks = []
     for modality, structures in STRUCTURES.items():
         cases = {c.name.split("/")[1][:7]: c for c in datasets.sts_cases([modality])}
         if modality == "CT":
             cases = {k: datasets.with_hu_anatomy(c) for k, c in cases.items()}
         cases = {k: datasets.select_structures(c, structures) for k, c in cases.items()}
-        tasks += [(f"{s}->STS_003 {modality} {'+'.join(structures)}", cases[s], cases["STS_003"])
-                  for s in ("STS_001", "STS_002")]
+        tasks.append((f"{SUPPORT}->{QUERY} {modality} {'+'.join(structures)}", cases[SUPPORT], cases[QUERY]))
     return tasks
+
+
+def selection_volumes() -> list[str]:
+    """Every volume this selection reads, as :mod:`roles` names them."""
+    return [f"sts/{patient}_{modality}" for modality in STRUCTURES for patient in (SUPPORT, QUERY)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench-output/uncertainty_draws"))
     args = parser.parse_args(argv)
+    roles.require(roles.SELECTION, selection_volumes(), [s for names in STRUCTURES.values() for s in names])
     if datasets.shared_data_dir() is None:
         print("error: the sarcoma scans are development data in ../shared/data", file=sys.stderr)
         return 2
