@@ -8,7 +8,7 @@ draws disagree and where the model itself is unsure, and it is in Dice units, so
 flags the slices expected to score below 0.7. A slice's score is ``1 −`` the lowest expected Dice of
 its structures (0 = nothing to check). Slices are axial indices of the canonical (RAS) volume.
 
-    rev = fx.review.review(seg, "patient.nii.gz", draws=8)
+    rev = fx.review.review(seg, "patient.nii.gz")
     rev.flagged            # slices to check, worst first
     rev.structures         # per label value: expected 3D Dice, mean uncertainty
     fx.review.save_figure(rev, "review.png")
