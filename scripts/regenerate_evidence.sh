@@ -54,6 +54,7 @@ if [[ $lane == cross || $lane == all ]]; then
   (cd benchmarks && "../$PY" registration_gates.py && "../$PY" registration_gates.py --set heldout)
   "$PY" benchmarks/rtstruct_fidelity.py  # LUNG1-001's clinical RTSTRUCT (../shared/data)
   "$PY" benchmarks/ct_rule_baseline.py --out "$R"  # the HU rule on the CT cross-patient queries
+  "$PY" benchmarks/uncertainty_draws.py --out "$R"  # chooses the uncertainty defaults (selection data, ../shared/data)
 fi
 if [[ $lane == compare || $lane == all ]]; then
   "$PY" benchmarks/seed_comparison.py "${FOV64[@]}" --cohorts brain --nnunet-epochs 1 --nnunet-iterations 10 --unet-steps 60

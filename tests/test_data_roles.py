@@ -92,6 +92,14 @@ def test_default_selection_reads_no_report_volume():
     assert {roles.volume_role(v) for v in default_selection.selection_volumes()} >= {roles.SELECTION}
 
 
+def test_uncertainty_draws_reads_only_selection_and_calibration_volumes():
+    import uncertainty_draws
+
+    roles.require(roles.SELECTION, uncertainty_draws.selection_volumes(),
+                  [s for names in uncertainty_draws.STRUCTURES.values() for s in names])
+    assert roles.SELECTION in {roles.volume_role(v) for v in uncertainty_draws.selection_volumes()}
+
+
 def test_cross_patient_selection_split_holds_no_report_structure():
     import cross_patient
 
