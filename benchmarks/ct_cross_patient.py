@@ -1,6 +1,9 @@
 """In-context segmentation across two real CT patients whose scans cover different anatomy.
 
-The pair (the model's report set: neither its training nor its selection saw either patient):
+The pair (the model's report set, :mod:`roles`: neither its training nor its selection saw either
+patient; before issue #33 it did set the registration gate's and coverage thresholds, and the
+deformable registration default was chosen after this benchmark's run; the thresholds are now fitted
+on calibration data, ``registration_gates.py`` and ``retrieval_coverage.py``):
 
 * **LUNG1-001** (NSCLC-Radiomics, TCIA, CC BY-NC: development data in ``../shared/data``, never
   bundled): a clinical planning CT, 512×512×134, 0.98 mm pixels, 3 mm slices, with its clinical

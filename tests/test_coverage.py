@@ -1,8 +1,12 @@
-"""Coverage checks: no silently empty mask; warnings when support and query cover different anatomy."""
+"""Coverage checks: no silently empty mask; warnings when support and query cover different anatomy;
+their thresholds are the fit of the calibration table (benchmarks/results/retrieval_coverage.csv)."""
 
 from __future__ import annotations
 
+import csv
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +14,40 @@ import torch
 
 import fewshotcx as fx
 from fewshotcx.models import UniverSeg
+from fewshotcx.pipeline import query_support
 from fewshotcx.pipeline.query_support import MIN_SIMILARITY, CoverageWarning, check_coverage
 from fewshotcx.pipeline.support import SupportPool
 
 AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _coverage_rows(name: str) -> list[dict[str, str]]:
+    with open(BENCHMARKS / "results" / name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_coverage_thresholds_are_the_fit_of_the_calibration_table():
+    sys.path.insert(0, str(BENCHMARKS))
+    import retrieval_coverage
+
+    fitted = retrieval_coverage.fit_coverage(_coverage_rows("retrieval_coverage.csv"))
+    assert fitted == {"MIN_SIMILARITY": query_support.MIN_SIMILARITY,
+                      "MAX_POSITION_GAP": query_support.MAX_POSITION_GAP}
+    assert {r["data_role"] for r in _coverage_rows("retrieval_coverage_heldout.csv")} == {"report"}
+
+
+def test_coverage_fit_lies_halfway_between_what_it_separates():
+    sys.path.insert(0, str(BENCHMARKS))
+    import retrieval_coverage
+
+    def row(pair: str, kind: str, similarity: float, distance: float, gap: float) -> dict:
+        return {"pair": pair, "kind": kind, "best_similarity": similarity, "position_distance": distance,
+                "position_gap": gap}
+
+    rows = [row("a", "full", 0.9, 0.0, 0.02), row("a", "full", 0.3, 0.5, 0.04),  # far match: not "covered"
+            row("b", "cropped", 0.8, 0.4, 0.25), row("c", "other anatomy", 0.4, 0.2, 0.1)]
+    assert retrieval_coverage.fit_coverage(rows) == {"MIN_SIMILARITY": 0.65, "MAX_POSITION_GAP": 0.14}
 
 
 def _pool(positions) -> SupportPool:

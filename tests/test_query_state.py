@@ -15,6 +15,7 @@ import torch
 
 from fewshotcx import ContourSession, Segmenter, Volume
 from fewshotcx.models import UniverSeg
+from fewshotcx.pipeline.slicing import SliceGeometry
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 STRATEGIES = ["position", "random", "retrieval", "registered", "auto"]
@@ -121,3 +122,18 @@ def test_predictions_leave_the_fitted_backend_untouched():
     fitted = dict(vars(seg.backend))
     seg.predict_proba(_head(5, crop=6)[0])
     assert {k: v for k, v in vars(seg.backend).items()} == fitted
+
+
+@pytest.mark.parametrize("fraction, size", [(1.0, 4), (0.5, 2), (0.1, 1)])
+def test_an_uncertainty_draw_uses_its_fraction_of_the_support_set(fraction, size):
+    seg = Segmenter(model=_tiny(), slice_size=16, support_size=4, group_size=4, progress=False, device="cpu",
+                    strategy="position", seed=3)
+    seg.fit([_head(0)[0]], [_head(0)[1]])
+    predictor, query = seg.predictor, _head(5)[0]
+    prepared = predictor.query(query)
+    backend = predictor.backend
+    fitted = backend.for_query(predictor.conditioned, prepared.canonical, prepared.normalised,
+                               predictor.generator(), fraction)
+    geometry = SliceGeometry(2, prepared.canonical.shape, torch.arange(4), 0, 16, (16, 16), (0, 0))
+    drawn = backend.draw_support(fitted, geometry, 0, 0, predictor.generator())
+    assert len(drawn) == size and len(set(drawn.tolist())) == size

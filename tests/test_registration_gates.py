@@ -1,5 +1,7 @@
 """The registration quality gate: its calibration table (benchmarks/results/registration_gates.csv)
-re-checked against the thresholds in the code, and the gate's measures on small synthetic volumes."""
+re-checked against the thresholds in the code (which must be that table's fit), its held-out table
+(registration_gates_heldout.csv, the report pair) kept current, and the gate's measures on small
+synthetic volumes."""
 
 from __future__ import annotations
 
@@ -7,19 +9,25 @@ import csv
 import math
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import pytest
 
 from fewshotcx import Volume
 from fewshotcx import registration as reg
 
-CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "registration_gates.csv"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import registration_gates  # noqa: E402
+
 #: Label transfer this good must never be refused (issue #20).
 GOOD_DICE = 0.6
 
 
-def _rows() -> list[dict[str, str]]:
-    with open(CSV, newline="") as f:
+def _rows(name: str = "registration_gates.csv") -> list[dict[str, str]]:
+    with open(BENCHMARKS / "results" / name, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -48,9 +56,31 @@ def test_thresholds_in_the_code_accept_no_broken_registration_and_refuse_no_good
     assert {r["thresholds"] for r in rows} == {now}, "rerun benchmarks/registration_gates.py: thresholds changed"
 
 
+def test_thresholds_in_the_code_are_the_fit_of_the_calibration_table():
+    assert registration_gates.fit_thresholds(_rows()) == reg.THRESHOLDS
+
+
+def test_fit_is_one_step_below_the_worst_good_registration():
+    rows = [{"role": "good", "body_dice": 0.93, "overlap": 0.97, "ncc": 0.52, "margin": 0.041},
+            {"role": "good", "body_dice": 0.85, "overlap": 1.0, "ncc": 0.9, "margin": 0.2},
+            {"role": "broken", "body_dice": 0.1, "overlap": 0.1, "ncc": -0.5, "margin": -1.0}]
+    assert registration_gates.fit_thresholds(rows) == {"body_dice": 0.8, "overlap": 0.9, "ncc": 0.45, "margin": 0.03}
+    with pytest.raises(ValueError):
+        registration_gates.fit_thresholds(rows[2:])
+
+
+def test_heldout_table_is_the_report_pair_judged_by_the_thresholds_in_the_code():
+    rows = _rows("registration_gates_heldout.csv")
+    assert {r["data_role"] for r in rows} == {"report"}
+    assert {r["pair"] for r in rows} == {f"{p.support} -> {p.query}" for p in registration_gates.HELDOUT_PAIRS}
+    assert all(bool(int(r["accepted"])) == reg.accepts(r) for r in rows), "rerun registration_gates.py --set heldout"
+    assert all(bool(int(r["accepted_report_fitted"])) == reg.accepts(r, registration_gates.REPORT_FITTED)
+               for r in rows)
+
+
 def test_accepts_reads_every_threshold_and_fails_on_missing_measures():
     passing = {name: low + 0.01 for name, low in reg.THRESHOLDS.items()}
-    assert reg.accepts(passing)
+    assert reg.accepts(passing) and not reg.accepts(passing, {**reg.THRESHOLDS, "ncc": 2.0})
     for name in reg.THRESHOLDS:
         assert not reg.accepts({**passing, name: reg.THRESHOLDS[name] - 0.01}), name
         assert not reg.accepts({**passing, name: math.nan}), name

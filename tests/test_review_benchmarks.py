@@ -60,3 +60,19 @@ def test_calibration_end_to_end(tmp_path):
     assert slices and not {s["z"] for s in slices} & set(labelled)
     summary = calibration.report([row], slices, tmp_path, "cal")
     assert summary[0]["task"] == "pooled" and (tmp_path / "cal_auroc.csv").is_file()
+
+
+def test_uncertainty_draws_measures_every_configuration_and_chooses_the_cheapest_good_one():
+    import uncertainty_draws
+
+    task, model = _task(), _tiny_model()
+    seg = model.segmenter(modality="mr").fit([task.case.image], [task.case.labels])
+    rows = uncertainty_draws.measure(seg, task.case.image, task.case.labels.canonical().array, "blob",
+                                     draws=(1, 2), fractions=(1.0, 0.5))
+    assert [(r["draws"], r["fraction"]) for r in rows] == [(1, 1.0), (2, 1.0), (1, 0.5), (2, 0.5)]
+    assert all(0.0 <= r["auroc_voxel"] <= 1.0 or np.isnan(r["auroc_voxel"]) for r in rows)
+    synthetic = [{"draws": k, "fraction": f, "auroc_voxel": a, "auroc_slice": a}
+                 for k, f, a in ((8, 1.0, 0.80), (8, 0.5, 0.79), (4, 0.5, 0.70), (6, 0.5, 0.785))]
+    summary = {(s["draws"], s["fraction"]): s for s in uncertainty_draws.choose(synthetic, tolerance=0.02)}
+    assert summary[(8, 1.0)]["reference"] and summary[(6, 0.5)]["chosen"]  # 4 × 0.5 is cheaper but too poor
+    assert sum(s["chosen"] for s in summary.values()) == 1

@@ -147,7 +147,9 @@ class UniverSegBackend(LegacyCalls):
         (retrieval similarity, or pools registered onto its grid, once per support volume and query:
         :mod:`fewshotcx.pipeline.query_support`); for ``"position"``/``"random"`` it keeps the fitted pools.
         With ``fraction < 1`` (an uncertainty draw) each pool is then cut to a random ``fraction`` of its
-        slabs, drawn from ``derived_generator(generator seed, BAGGING_KEY)``.
+        slabs, drawn from ``derived_generator(generator seed, BAGGING_KEY)``, and each query group gets
+        ``fraction`` of the support set size (at least 1): a draw costs about ``fraction`` of a prediction,
+        since UniverSeg's cost grows linearly with ``S`` (``benchmarks/uncertainty_draws.py``).
 
         Args:
             query: the query, canonical, original intensities.
@@ -164,9 +166,11 @@ class UniverSegBackend(LegacyCalls):
         else:
             prepared = prepare_query_support(strategy, pools, fitted.support, query, normalised.to(self.device),
                                              settings, self.registration)
+        size = None
         if fraction < 1.0:  # bagging (uncertainty draws), on whatever support the query got
             prepared = prepared.bagged(fraction, derived_generator(generator.initial_seed(), BAGGING_KEY))
-        return replace(fitted, pools=prepared.pools, state=QueryState(prepared))
+            size = max(1, round(self.support_size * fraction))
+        return replace(fitted, pools=prepared.pools, state=QueryState(prepared, support_size=size))
 
     def bytes_per_slab(self, fitted: Optional[Fitted] = None) -> int:
         """Working memory of one query slab with ``fitted``'s pools (a full support set without it)."""
@@ -222,9 +226,9 @@ class UniverSegBackend(LegacyCalls):
         group and the member (:func:`~fewshotcx.pipeline.support.derived_generator`), so predictions
         depend neither on how the volume is chunked (memory budget) nor on the device.
         """
-        strategy, similarity = self.strategy_for(fitted), None
+        strategy, similarity, size = self.strategy_for(fitted), None, self.support_size
         if isinstance(fitted.state, QueryState):
-            strategy = fitted.state.query.strategy
+            strategy, size = fitted.state.query.strategy, fitted.state.support_size or size
             similarity = fitted.state.query.similarity.get(geometry.axis)
             similarity = None if similarity is None else similarity[group:group + 1]
         elif strategy in QUERY_AWARE:
@@ -235,7 +239,7 @@ class UniverSegBackend(LegacyCalls):
         position = torch.tensor([relative_position((start + last) / 2, geometry.depth)], device=self.device)
         draw = derived_generator(generator.initial_seed(), geometry.axis, group, member)
         pool = fitted.pools[geometry.axis]
-        return select_support(pool, position, self.support_size, strategy, draw, similarity=similarity)[0]
+        return select_support(pool, position, size, strategy, draw, similarity=similarity)[0]
 
     def _autocast(self):
         precision = self.precision
@@ -284,8 +288,11 @@ class QueryState:
 
     Attributes:
         query: the support prepared for the query (retrieval similarity, registered pools, bagging).
+        support_size: ``S`` of this query's support sets (an uncertainty draw's share), ``None``: the
+            backend's :attr:`~UniverSegBackend.support_size`.
         features: the support-feature memo of this one prediction (never compared).
     """
 
     query: QuerySupport
+    support_size: Optional[int] = None
     features: SupportFeatures = field(default_factory=SupportFeatures, compare=False, repr=False)

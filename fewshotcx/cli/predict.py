@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--proba", action="store_true", help="write foreground probabilities instead of labels")
     p.add_argument("--uncertainty", default=None, metavar="OUT.nii.gz",
                    help="also write per-voxel uncertainty (entropy over independent support draws)")
-    p.add_argument("--draws", type=POSITIVE_INT, default=8, help="independent support draws for --uncertainty")
+    p.add_argument("--draws", type=POSITIVE_INT, default=None,
+                   help="independent support draws for --uncertainty (default: the library's, see docs/review.md)")
     p.add_argument("--overwrite", action="store_true", help="replace --out (and --uncertainty) if they exist")
     add_model_options(p)
     p.set_defaults(func=run)
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> None:
         raise CliError("--proba writes one structure; the support has several label values")
     write_prediction(result, names or default_names(max(seg.classes)), out, kind, args, template)
     if uncertainty is not None:
-        save_volume(seg.predict_uncertainty(query, draws=args.draws), uncertainty, overwrite=args.overwrite)
+        draws = {} if args.draws is None else {"draws": args.draws}
+        save_volume(seg.predict_uncertainty(query, **draws), uncertainty, overwrite=args.overwrite)
         print(f"wrote {uncertainty}")
 
 

@@ -8,7 +8,7 @@ draws disagree and where the model itself is unsure, and it is in Dice units, so
 flags the slices expected to score below 0.7. A slice's score is ``1 −`` the lowest expected Dice of
 its structures (0 = nothing to check). Slices are axial indices of the canonical (RAS) volume.
 
-    rev = fx.review.review(seg, "patient.nii.gz", draws=8)
+    rev = fx.review.review(seg, "patient.nii.gz")
     rev.flagged            # slices to check, worst first
     rev.structures         # per label value: expected 3D Dice, mean uncertainty
     fx.review.save_figure(rev, "review.png")
@@ -25,7 +25,7 @@ import numpy as np
 from ..compat import renamed_keywords
 from ..io.volume import Volume
 from ..predictor import HasPredictor, Predictor, VolumeLike, as_predictor
-from .uncertainty import Measure, canonical_samples, uncertainty_map
+from .uncertainty import DEFAULT_DRAWS, DEFAULT_FRACTION, Measure, canonical_samples, uncertainty_map
 
 #: Voxel mass (Σ p + Σ m) below which a structure counts as absent on a slice (expected Dice 1).
 _ABSENT_MASS = 0.5
@@ -95,8 +95,8 @@ class Review:
 
 
 @renamed_keywords(k="draws")
-def review(model: "Predictor | HasPredictor", query: VolumeLike, draws: int = 8, flag_below: float = 0.7,
-           measure: Measure = "entropy", fraction: float = 0.5) -> Review:
+def review(model: "Predictor | HasPredictor", query: VolumeLike, draws: int = DEFAULT_DRAWS, flag_below: float = 0.7,
+           measure: Measure = "entropy", fraction: float = DEFAULT_FRACTION) -> Review:
     """Run ``draws`` independent draws of a fitted model on ``query`` (``k=`` before 0.4.0, deprecated;
     the CLI's ``--draws``) and score every slice.
 

@@ -28,6 +28,11 @@ from ..pipeline.support import derived_generator
 from ..predictor import Predictor, Query
 
 Measure = Literal["entropy", "std"]
+#: Draws and the share of the support each draw uses, chosen on the selection set by
+#: ``benchmarks/uncertainty_draws.py`` (the cheapest setting whose error-finding AUROC is within 0.02 of
+#: 8 draws on the whole support; ``results/uncertainty_draws_summary.csv``).
+DEFAULT_DRAWS = 4
+DEFAULT_FRACTION = 0.5
 #: Key mixed into the seed of draw ``i`` so draws never reuse the segmenter's own support draws.
 _DRAW_KEY = 0x5EED
 
@@ -37,7 +42,8 @@ def draw_seed(seed: int, draw: int) -> int:
     return derived_generator(seed, _DRAW_KEY, draw).initial_seed()
 
 
-def canonical_samples(predictor: Predictor, query: Query, k: int = 8, fraction: float = 0.5) -> list[np.ndarray]:
+def canonical_samples(predictor: Predictor, query: Query, k: int = DEFAULT_DRAWS,
+                      fraction: float = DEFAULT_FRACTION) -> list[np.ndarray]:
     """``k × len(predictor.axes)`` probability samples of ``query``, each ``(L, X, Y, Z)`` float32 on its
     canonical grid: draw by draw, one per plane axis."""
     if k < 1:
@@ -49,7 +55,8 @@ def canonical_samples(predictor: Predictor, query: Query, k: int = 8, fraction: 
     return samples
 
 
-def sample_labels(predictor: Predictor, query: Query, k: int = 8, fraction: float = 0.5) -> list[np.ndarray]:
+def sample_labels(predictor: Predictor, query: Query, k: int = DEFAULT_DRAWS,
+                  fraction: float = DEFAULT_FRACTION) -> list[np.ndarray]:
     """``k`` canonical ``(X, Y, Z)`` label maps, one per independent draw (planes averaged within a draw),
     thresholded and post-processed by ``predictor``."""
     samples = canonical_samples(predictor, query, k, fraction)

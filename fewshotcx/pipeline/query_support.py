@@ -32,24 +32,29 @@ from .support import (
 )
 
 #: Registration transform used by ``"registered"``/``"auto"`` unless the backend is told otherwise.
-#: Deformable (affine, then demons), as the atlas backend: what benchmarks/ct_cross_patient.py measured
-#: for the default ``strategy="auto"``.
+#: Deformable (affine, then demons), as the atlas backend. Chosen after benchmarks/ct_cross_patient.py's
+#: run on the report pair (issue #33); the calibration pairs registered both ways agree
+#: (benchmarks/results/registration_gates.csv: deformable label transfer beats affine on each).
 DEFAULT_REGISTRATION = "deformable"
 #: A warped support slice joins the pool when it covers at least this share of the best-covered slice.
 MIN_COVERAGE = 0.5
 #: Query slabs described per batch (bounds memory on long volumes).
 _FEATURE_BATCH = 64
 #: Best retrieval similarity (Pearson correlation of slab thumbnails) below which a group of query
-#: slices has no counterpart in the support. Measured (benchmarks/retrieval_coverage.py): groups of
-#: one chest CT against another patient's chest CT score 0.72–0.85 (covered anatomy); a brain MR against chest CT
-#: support at most 0.47; LUNG1-001's neck slices, which CTChest4 does not cover, 0.45.
+#: slices has no counterpart in the support. Fitted on calibration data only
+#: (benchmarks/retrieval_coverage.py, ``fit_coverage``: halfway between the most similar group of a
+#: brain MR against abdominal CT support, 0.70, and the least similar group of a same-coverage CT pair
+#: that found its own anatomy, 0.62 (sarcoma CT); the two overlap, so neither side is cleanly
+#: separated). Held out, on LUNG1-001 ↔ CTChest4: covered groups 0.72–0.85, a brain MR at most 0.47.
 MIN_SIMILARITY = 0.65
 #: Mean gap between a query group's best retrieval similarity and its best similarity among the
 #: support slabs at its own relative position (± :data:`POSITION_WINDOW`) above which position
-#: matching is warned against: 0.05–0.07 between two chest CTs of the same coverage, 0.21–0.27 when the
-#: query covers 60 % of it (benchmarks/retrieval_coverage.py); noise images give small gaps, since
-#: nothing there is more similar than anything else.
-MAX_POSITION_GAP = 0.12
+#: matching is warned against. Fitted like :data:`MIN_SIMILARITY`: halfway between the largest gap of
+#: a same-coverage calibration pair (0.052, sarcoma CT) and the smallest of a query cut to 60 % (0.051,
+#: sarcoma CT: a thigh looks alike along its length); abdominal CT pairs gave 0.01–0.02 against
+#: 0.11–0.30. Held out, on LUNG1-001 ↔ CTChest4: 0.05–0.07 same coverage (so position warns there
+#: too), 0.21–0.27 cropped. Only a warning: no prediction depends on it.
+MAX_POSITION_GAP = 0.05
 #: Relative-position window that position matching draws from (its temperature is 0.05).
 POSITION_WINDOW = 0.05
 

@@ -14,18 +14,22 @@ field of view covers:
   centre, and moved ``SHIFT_MM`` up or down (the wrong slab). A right registration is a local
   optimum, so it beats its perturbations (``margin > 0``); a flipped or slipped one is beaten by them.
 
-The thresholds (:data:`MIN_BODY_DICE`, :data:`MIN_OVERLAP`, :data:`MIN_NCC`, :data:`MIN_MARGIN`) were
-chosen on real CT and MR pairs and deliberately broken registrations of them
-(``benchmarks/registration_gates.py``, ``benchmarks/results/registration_gates.csv``;
-``docs/registration.md`` has the table): no broken registration passes, and none whose label transfer
-scores Dice >= 0.6 is refused. ``tests/test_registration_gates.py`` re-checks both against the CSV.
+The thresholds (:data:`MIN_BODY_DICE`, :data:`MIN_OVERLAP`, :data:`MIN_NCC`, :data:`MIN_MARGIN`) are
+fitted on calibration data only (``benchmarks/registration_gates.py``, its ``fit_thresholds``, and
+``benchmarks/results/registration_gates.csv``; ``docs/registration.md`` has the table): cross-patient
+abdominal and sarcoma CT/MR pairs, synthetic deformations of calibration scans, two brain atlases, and
+deliberately broken registrations of each. Per measure: the worst good registration (label transfer
+Dice >= 0.6) less one step, rounded down. On those rows no broken registration passes and no good one
+is refused; ``tests/test_registration_gates.py`` re-checks both, and that the values here are the fit.
+The report pair (LUNG1-001 ↔ CTChest4) only checks them afterwards
+(``benchmarks/results/registration_gates_heldout.csv``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -38,12 +42,11 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Minimum Dice of the two body masks after registration, within the overlapping field of view.
 MIN_BODY_DICE = 0.75
 #: Minimum overlapping body volume as a fraction of the smaller body.
-MIN_OVERLAP = 0.60
+MIN_OVERLAP = 0.85
 #: Minimum normalised cross-correlation of normalised intensities over the bodies.
-MIN_NCC = 0.25
-#: Minimum lead of ``ncc`` over the mirrored and the ``SHIFT_MM``-shifted mappings (slightly below 0:
-#: along a scan axis where the anatomy barely changes, a right registration and its shifted copy tie).
-MIN_MARGIN = -0.02
+MIN_NCC = 0.40
+#: Minimum lead of ``ncc`` over the mirrored and the ``SHIFT_MM``-shifted mappings.
+MIN_MARGIN = 0.03
 #: Superior-inferior shift (mm) of the perturbed mappings that ``margin`` compares against.
 SHIFT_MM = 20.0
 #: Bins per axis of the joint histogram behind ``nmi``.
@@ -54,10 +57,12 @@ THRESHOLDS: dict[str, float] = {"body_dice": MIN_BODY_DICE, "overlap": MIN_OVERL
                                 "margin": MIN_MARGIN}
 
 
-def accepts(measures: Mapping[str, float]) -> bool:
-    """Whether measures (a :class:`Quality` as a mapping, or a row of the calibration CSV) pass the gate;
-    a missing or NaN measure fails."""
-    return all(float(measures.get(name, math.nan)) >= low for name, low in THRESHOLDS.items())
+def accepts(measures: Mapping[str, float], thresholds: Optional[Mapping[str, float]] = None) -> bool:
+    """Whether measures (a :class:`Quality` as a mapping, or a row of the calibration CSV) pass the gate
+    (``thresholds``: other thresholds than :data:`THRESHOLDS`, for comparisons); a missing or NaN
+    measure fails."""
+    limits = THRESHOLDS if thresholds is None else thresholds
+    return all(float(measures.get(name, math.nan)) >= low for name, low in limits.items())
 
 
 @dataclass(frozen=True)
