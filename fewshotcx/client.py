@@ -1,8 +1,9 @@
 """``RemoteSession``: a :class:`~fewshotcx.session.ContourSession` on a ``fewshotcx serve`` server.
 
 It has the session's methods (``draw``, ``erase``, ``undo``, ``drawn``, ``drawn_mask``, ``suggest``,
-``result``, plus ``close``) and needs neither torch nor the model on this machine: only numpy,
-nibabel and the standard library's HTTP client. Slice indices and masks are the image's own,
+``result``, the interactions ``add_box``, ``add_point``, ``add_scribble`` and ``accept``, plus ``close``)
+and needs neither torch nor the model on this machine: only numpy, nibabel and the standard library's
+HTTP client. Slice indices and masks are the image's own,
 ``array[:, :, k]`` of the file uploaded (of a :class:`Volume`, its array as given), as for
 ``ContourSession`` (docs/geometry.md, "Slice indices"; changed in 0.4.0). Every server error comes back as one
 :class:`RemoteError` whose message is the server's one-line answer. Redirects are never followed
@@ -31,6 +32,7 @@ import numpy as np
 from .compat import renamed_keywords, warn_renamed
 from .io.atomic import atomic_output
 from .io.volume import PathLike, Volume, label_dtype, load_volume, reorient_array
+from .server.prompts import box_body, point_body, scribble_body
 from .server.wire import decode_mask, encode_mask, nifti_bytes, zip_directory
 
 __all__ = ["RemoteError", "RemoteSession"]
@@ -118,9 +120,10 @@ class RemoteSession:
         return path.name, path.read_bytes()
 
     # ------------------------------------------------------------------ HTTP
-    def _request(self, method: str, route: str, params: Optional[dict] = None, body: Optional[bytes] = None) -> bytes:
+    def _request(self, method: str, route: str, params: Optional[dict] = None, body: Optional[bytes] = None,
+                 content_type: str = "application/octet-stream") -> bytes:
         url = self.url + route + ("?" + urllib.parse.urlencode(params) if params else "")
-        headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+        headers = {"Content-Type": content_type} if body is not None else {}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(url, data=body, method=method, headers=headers)
@@ -184,8 +187,32 @@ class RemoteSession:
         self._info = self._json("DELETE", self._route(f"/slices/{int(z)}"))
 
     def undo(self) -> None:
-        """Revert the last ``draw`` or ``erase``."""
+        """Revert the last ``draw``, ``erase`` or interaction (``add_box``, ``add_point``, ``add_scribble``)."""
         self._info = self._json("POST", self._route("/undo"))
+
+    def add_box(self, lo: Sequence[int], hi: Sequence[int], label: int = 1) -> None:
+        """A box around the structure: inclusive own voxel corners ``(i, j, k)``; 2D (on slice ``k``)
+        when ``lo[2] == hi[2]``."""
+        self._interact("/box", box_body(lo, hi, label))
+
+    def add_point(self, ijk: Sequence[int], positive: bool = True, label: int = 1) -> None:
+        """A click on own voxel ``ijk``: inside the structure (``positive``) or outside it."""
+        self._interact("/point", point_body(ijk, positive, label))
+
+    def add_scribble(self, mask, positive: bool = True, label: int = 1) -> None:
+        """A brush stroke: ``mask``, a bool array of the image's own shape (sent as its voxels, at most
+        :data:`~fewshotcx.server.prompts.MAX_SCRIBBLE_VOXELS`), inside or outside the structure."""
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != self.shape:
+            raise ValueError(f"a scribble is a boolean numpy array of the image's own shape {self.shape}")
+        self._interact("/scribble", scribble_body(mask, positive, label))
+
+    def _interact(self, tail: str, body: bytes) -> None:
+        self._info = self._json("POST", self._route(tail), body=body, content_type="application/json")
+
+    def accept(self) -> Volume:
+        """The contour as accepted (as :meth:`result` returns it): ``Segmenter.add(image, contour)`` takes
+        it as support."""
+        return self._contour("POST", "/accept")
 
     def drawn_mask(self, z: int) -> np.ndarray:
         """The drawn slice ``z``: the image's own ``(X, Y)`` plane (int64)."""
@@ -198,7 +225,11 @@ class RemoteSession:
     def result(self) -> Volume:
         """The label map on the image's grid: the uploaded image's layout (the server's file layout for
         ``server_path`` sessions)."""
-        data = self._request("GET", self._route("/result"), params={"format": "nifti"})
+        return self._contour("GET", "/result")
+
+    def _contour(self, method: str, tail: str) -> Volume:
+        """A label map the server returns as NIfTI, in the layout :meth:`result` gives."""
+        data = self._request(method, self._route(tail), params={"format": "nifti"})
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "result.nii.gz"
             path.write_bytes(data)

@@ -3,6 +3,10 @@ real uvicorn server on a free loopback port in a background thread."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -12,7 +16,7 @@ import numpy as np
 import torch
 
 from conftest import ORIENTATIONS, blob_volume
-from fewshotcx import Segmenter
+from fewshotcx import Segmenter, Volume
 from fewshotcx.models import UniverSeg
 
 SHAPE = (24, 20, 12)
@@ -22,11 +26,20 @@ STORED = {**ORIENTATIONS, "LPI": np.diag([-0.8, -1.1, -2.5, 1.0]),
           "PLI": np.array([[0, -0.8, 0, 0], [-1.1, 0, 0, 0], [0, 0, -2.5, 0], [0, 0, 0, 1.0]])}
 
 
-def tiny_segmenter(seed: int = 0) -> Segmenter:
-    """A seeded 8-wide UniverSeg at 32² (fast on a CPU, deterministic)."""
+def tiny_segmenter(seed: int = 0, **options) -> Segmenter:
+    """A seeded 8-wide UniverSeg at 32² (fast on a CPU, deterministic); ``options``: more Segmenter options."""
     torch.manual_seed(seed)
     return Segmenter(model=UniverSeg((8, 8, 8, 8), (8, 8, 8), in_channels=1), slice_size=32, device="cpu",
-                     modality="mr", progress=False, seed=seed)
+                     modality="mr", progress=False, seed=seed, **options)
+
+
+def fitted_segmenter(seed: int = 0) -> Segmenter:
+    """:func:`tiny_segmenter` fitted on one labelled blob volume (a prior patient: what ``fewshotcx
+    serve --support`` gives the server), so sessions start from its prediction."""
+    segmenter = tiny_segmenter(seed, strategy="position")  # no registration: quick and quiet
+    image, label = blob_volume(SHAPE, seed=7)
+    segmenter.fit(images=[Volume(image, STORED["LPS"])], labels=[Volume(label, STORED["LPS"], label=True)])
+    return segmenter
 
 
 def write_image(folder: Path, name: str = "ct.nii.gz", orientation: str = "LPS") -> Path:
@@ -41,6 +54,24 @@ def disc(centre: tuple[int, int], radius: float, shape: tuple[int, int], value: 
     """An ``(X, Y)`` int64 mask holding ``value`` inside a disc."""
     x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     return np.where((x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= radius ** 2, value, 0).astype(np.int64)
+
+
+def call(url: str, method: str = "GET", body: Optional[bytes] = None,
+         headers: Optional[dict] = None) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """Status, headers and body of one request (errors included)."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def error_detail(body: bytes) -> str:
+    """An error answer's ``detail``, checked to be one line."""
+    text = json.loads(body)["detail"]
+    assert isinstance(text, str) and "\n" not in text
+    return text
 
 
 @contextmanager

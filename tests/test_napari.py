@@ -113,3 +113,51 @@ def test_dock_widget_completes_suggests_and_undoes_like_the_python_api(qtbot, tm
             widget.session.url = "http://127.0.0.1:9"
             qtbot.mouseClick(widget.suggest_button, Qt.LeftButton)
             assert widget.status.text().startswith("error: cannot reach")
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_clicks_and_boxes_on_the_prompt_layers_reach_the_session_like_the_python_api(qtbot, tmp_path, remote):
+    """A rectangle on the boxes layer, a point on each clicks layer: sent as the file's own voxels
+    (inferior first, reversed in x and y: LPI), the result layer refreshed; Undo takes the last click
+    back, from the session and from its layer."""
+    from fewshotcx.server import SessionStore
+
+    path = write_image(tmp_path, orientation="LPI")
+    viewer = ViewerModel()
+    add_volume(viewer, load_volume(path), name="ct")
+    widget = ContourWidget(viewer, segmenter=tiny_segmenter())
+    qtbot.addWidget(widget)
+    X, Y, Z = SHAPE
+    with serving(SessionStore(tiny_segmenter())) as url:
+        if remote:
+            widget.url.setText(url)
+        qtbot.mouseClick(widget.start_button, Qt.LeftButton)
+        prompts = widget.prompts
+        z = 4  # canonical slice 4 of the (Z, Y, X) layers: the file's slice Z-1-4
+        prompts.boxes.add_rectangles(np.array([[z, 6.2, 8.4], [z, 6.2, 16], [z, 14, 16], [z, 14, 8.4]]))
+        prompts.positive.add(np.array([z, 10, 12]))
+        prompts.negative.add(np.array([z + 1, 10.4, 11.6]))
+        prompts.negative.add(np.array([z + 2, 40, 12]))  # outside the image: refused, and removed
+        assert "outside the image" in widget.status.text()
+        assert len(prompts.negative.data) == 1
+        shown = np.transpose(widget.result_layer.data, (2, 1, 0))
+
+        local = ContourSession(path, tiny_segmenter())  # the same prompts in the file's own voxels
+        own = lambda x, y, k: (X - 1 - x, Y - 1 - y, Z - 1 - k)  # noqa: E731
+        local.add_box(own(16, 14, z), own(8, 6, z))
+        local.add_point(own(12, 10, z), positive=True)
+        local.add_point(own(12, 10, z + 1), positive=False)
+        assert np.array_equal(shown, local.result().canonical().array) and shown.any()
+        assert shown[12, 10, z + 1] == 0 and shown[12, 10, z] == 1
+
+        qtbot.mouseClick(widget.undo_button, Qt.LeftButton)
+        local.undo()
+        assert len(prompts.negative.data) == 0 and len(prompts.positive.data) == 1
+        got = np.transpose(widget.result_layer.data, (2, 1, 0))
+        assert np.array_equal(got, local.result().canonical().array)
+        assert np.array_equal(widget.session.result().array, local.result().array)
+        assert "error" not in widget.status.text(), widget.status.text()
+        for _ in range(2):  # the click and the box: nothing left to show, and no error
+            qtbot.mouseClick(widget.undo_button, Qt.LeftButton)
+        assert len(prompts.positive.data) == len(prompts.boxes.data) == 0 and not widget.result_layer.data.any()
+        assert "error" not in widget.status.text(), widget.status.text()

@@ -4,7 +4,6 @@ Every request goes to 127.0.0.1 with a timeout."""
 
 from __future__ import annotations
 
-import http.client
 import http.server
 import json
 import os
@@ -15,12 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -28,7 +26,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from servekit import SHAPE, disc, serving, tiny_segmenter, write_image  # noqa: E402
+from servekit import SHAPE, call, disc, error_detail, serving, tiny_segmenter, write_image  # noqa: E402
 
 from fewshotcx.client import RemoteError, RemoteSession  # noqa: E402
 from fewshotcx.server import SessionStore  # noqa: E402
@@ -38,23 +36,6 @@ XY = SHAPE[:2]
 
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
-
-
-def _call(url: str, method: str = "GET", body: Optional[bytes] = None,
-          headers: Optional[dict] = None) -> tuple[int, http.client.HTTPMessage, bytes]:
-    """Status, headers and body of one request (errors included)."""
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, exc.read()
-
-
-def _detail(body: bytes) -> str:
-    detail = json.loads(body)["detail"]
-    assert isinstance(detail, str) and "\n" not in detail
-    return detail
 
 
 def _wait_until(condition, timeout: float = 10.0) -> bool:
@@ -113,9 +94,9 @@ def test_an_upload_aborted_mid_body_leaves_no_folder(tmp_path):
 def test_a_name_with_a_nul_byte_or_a_folder_is_refused_and_leaves_nothing(tmp_path, name):
     store = SessionStore(tiny_segmenter())
     with serving(store) as url:
-        status, _, body = _call(f"{url}/sessions?{urllib.parse.urlencode({'name': name})}", "POST",
+        status, _, body = call(f"{url}/sessions?{urllib.parse.urlencode({'name': name})}", "POST",
                                 write_image(tmp_path).read_bytes())
-        assert status == 400 and "plain file name" in _detail(body)
+        assert status == 400 and "plain file name" in error_detail(body)
         assert _leftovers(store) == [] and len(store) == 0
 
 
@@ -180,17 +161,17 @@ def test_cross_site_state_changes_are_refused_and_same_origin_ones_work(tmp_path
         for headers in ({"Origin": "https://evil.example", "Content-Type": "text/plain"},
                         {"Origin": "null"}, {"Origin": "http://127.0.0.1:1"},
                         {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
-            status, _, body = _call(create, "POST", image, headers)
-            assert status == 403 and "cross-site" in _detail(body), headers
+            status, _, body = call(create, "POST", image, headers)
+            assert status == 403 and "cross-site" in error_detail(body), headers
         assert len(store) == 0 and _leftovers(store) == []
-        status, _, body = _call(create, "POST", image, {"Origin": url, "Sec-Fetch-Site": "same-origin"})
+        status, _, body = call(create, "POST", image, {"Origin": url, "Sec-Fetch-Site": "same-origin"})
         assert status == 200
         sid = json.loads(body)["session_id"]
-        assert _call(f"{url}/sessions/{sid}", "DELETE", headers={"Origin": "https://evil.example"})[0] == 403
-        assert _call(f"{url}/sessions/{sid}", headers={"Origin": "https://evil.example"})[0] == 200  # reads: CORS
+        assert call(f"{url}/sessions/{sid}", "DELETE", headers={"Origin": "https://evil.example"})[0] == 403
+        assert call(f"{url}/sessions/{sid}", headers={"Origin": "https://evil.example"})[0] == 200  # reads: CORS
         RemoteSession(url, write_image(tmp_path)).close()  # no Origin: unaffected
     with serving(SessionStore(tiny_segmenter()), api_key="k") as url:
-        status, _, _ = _call(f"{url}/sessions?name=ct.nii.gz", "POST", image,
+        status, _, _ = call(f"{url}/sessions?name=ct.nii.gz", "POST", image,
                              {"Sec-Fetch-Site": "cross-site", "Authorization": "Bearer k"})
         assert status == 403
 
@@ -208,8 +189,8 @@ def test_an_internal_error_answers_a_generic_line_without_paths_or_trace(tmp_pat
     monkeypatch.setattr(app, "nifti_bytes", explode)
     with serving(store) as url:
         session = RemoteSession(url, write_image(tmp_path))
-        status, _, body = _call(f"{url}/sessions/{session.session_id}/image")
-    detail = _detail(body)
+        status, _, body = call(f"{url}/sessions/{session.session_id}/image")
+    detail = error_detail(body)
     assert status == 500 and detail.startswith("internal server error")
     for leak in ("Traceback", "RuntimeError", "0x7f", str(store.root), sys.prefix, "/"):
         assert leak not in detail
@@ -225,8 +206,8 @@ def test_bad_input_answers_name_neither_the_upload_folder_nor_the_data_root(tmp_
     store = SessionStore(tiny_segmenter())
     with serving(store, data_root=root) as url:
         for route, body in ((f"{url}/sessions?name=bad.nrrd", nrrd.encode()), (f"{url}/sessions?path=bad.nrrd", None)):
-            status, _, answer = _call(route, "POST", body)
-            detail = _detail(answer)
+            status, _, answer = call(route, "POST", body)
+            detail = error_detail(answer)
             assert status == 400 and "bad.nrrd" in detail and "\n" not in detail
             assert str(store.root) not in detail and str(root) not in detail and str(tmp_path) not in detail
 
@@ -235,8 +216,8 @@ def test_a_malformed_parameter_is_one_line_detail(tmp_path):
     with serving(SessionStore(tiny_segmenter())) as url:
         session = RemoteSession(url, write_image(tmp_path))
         for route in (f"/sessions/{session.session_id}/suggest?n=many", f"/sessions/{session.session_id}/slices/x"):
-            status, _, body = _call(url + route)
-            assert status == 400 and _detail(body).startswith("bad ")
+            status, _, body = call(url + route)
+            assert status == 400 and error_detail(body).startswith("bad ")
 
 
 # ---------------------------------------------------------------- item 10: client, limits, headers
@@ -317,8 +298,8 @@ def test_uploads_beyond_the_limit_wait_for_a_slot_then_are_answered_503(tmp_path
             writer.start()
             try:
                 assert _wait_until(lambda: _leftovers(store), 5.0)
-                status, _, body = _call(f"{url}/sessions?name=ct.nii.gz", "POST", write_image(tmp_path).read_bytes())
-                assert status == 503 and "uploads" in _detail(body)
+                status, _, body = call(f"{url}/sessions?name=ct.nii.gz", "POST", write_image(tmp_path).read_bytes())
+                assert status == 503 and "uploads" in error_detail(body)
             finally:
                 done.set()
                 writer.join(timeout=5)
@@ -338,9 +319,9 @@ def test_uvicorn_gets_the_keep_alive_and_concurrency_limits():
 
 def test_docs_are_off_and_every_answer_carries_the_browser_headers(tmp_path):
     with serving(SessionStore(tiny_segmenter())) as url:
-        assert _call(url + "/docs")[0] == 404 and _call(url + "/redoc")[0] == 404
+        assert call(url + "/docs")[0] == 404 and call(url + "/redoc")[0] == 404
         for route in ("/", "/static/viewer.js", "/healthz", "/sessions/none", "/openapi.json"):
-            _, headers, _ = _call(url + route)
+            _, headers, _ = call(url + route)
             assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
             assert headers["Referrer-Policy"] == "no-referrer"
             assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]

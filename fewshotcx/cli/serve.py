@@ -2,7 +2,9 @@
 
 Binds to loopback by default. Any other ``--host`` needs ``--api-key-file`` (refused otherwise, before
 anything is loaded); put TLS in front (a reverse proxy) for anything beyond one machine: the key
-travels in a header.
+travels in a header. With ``--support IMAGE:LABEL`` the model is fitted on those prior patients once,
+at start, and every session starts from its prediction (``ContourSession(image, fitted_segmenter)``);
+without, sessions start blank.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, check_number
+from .common import CliError, check_number, check_support, support_pair
+from .predict import structure_list, support_volumes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds an idle keep-alive connection stays open (default 5)")
     p.add_argument("--max-connections", type=int, default=64,
                    help="open connections and requests at once; more are answered 503 (default 64)")
+    p.add_argument("--support", action="append", type=support_pair, default=None, metavar="IMAGE:LABEL",
+                   help="a labelled prior patient (repeat for more; a plan CT_DIR:RS.dcm with --structures): the "
+                        "model is fitted on them once and every session starts from its prediction (default: "
+                        "sessions start blank)")
+    p.add_argument("--structures", default=None, metavar="A,B,...",
+                   help="structures to learn from --support RTSTRUCTs (TG-263 synonyms match)")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--modality", default="auto", choices=["auto", "ct", "mr"])
@@ -47,9 +56,15 @@ def server_options(args: argparse.Namespace) -> dict:
 
     Raises:
         CliError: a non-loopback host without a key, an unreadable or empty key file, a bad
-            ``--data-root``, a port outside 1-65535 or a limit that is not a finite positive number.
+            ``--data-root``, a port outside 1-65535, a limit that is not a finite positive number, or a
+            ``--support`` input that does not exist (``--structures`` without ``--support``).
     """
     from ..server import is_loopback
+
+    if args.support:
+        check_support(args.support)
+    elif args.structures is not None:
+        raise CliError("--structures names what to learn from --support: give --support IMAGE:LABEL too")
 
     key = None
     if args.api_key_file is not None:
@@ -95,6 +110,9 @@ def run(args: argparse.Namespace) -> None:
 
     segmenter = Segmenter(weights=args.weights, device=args.device, modality=args.modality, seed=args.seed,
                           progress=False)
+    if args.support:
+        images, labels = support_volumes(args.support, structure_list(args.structures))
+        segmenter.fit(images=images, labels=labels)
     store = SessionStore(segmenter, max_sessions=args.max_sessions, idle_seconds=args.idle_minutes * 60,
                          max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                          max_image_bytes=int(args.max_image_mb * (1 << 20)))

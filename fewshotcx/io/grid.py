@@ -265,6 +265,14 @@ class AxialSlices:
     def depth(self) -> int:
         return int(self.shape[2])
 
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        """The canonical array's ``(X, Y, Z)`` shape."""
+        out = [0, 0, 0]
+        for (to, _), n in zip(self.orientation, self.shape):
+            out[to] = int(n)
+        return tuple(out)  # type: ignore[return-value]
+
     def check(self, k: object) -> int:
         """``k`` as an int in ``[0, depth)``.
 

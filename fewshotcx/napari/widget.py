@@ -7,10 +7,17 @@ and the numbers the widget shows, are the file's own (docs/geometry.md, "Slice i
 :class:`~fewshotcx.io.grid.AxialSlices` maps between the two. An Image layer added by
 :func:`add_volume` carries its :class:`~fewshotcx.io.volume.Volume` in ``metadata["fewshotcx_volume"]``;
 any other 3D Image layer is read as ``(Z, Y, X)`` with its ``scale`` and ``translate`` as the grid.
+
+Prompts (:mod:`fewshotcx.napari.prompts`): a point added to the ``clicks +`` (``clicks -``) layer is
+sent as a positive (negative) click, a rectangle drawn on the ``boxes`` layer as a 2D box on its
+slice, each with the Labels layer's selected label, and the result layer is refreshed. Undo takes back
+the session's last step, a prompt's item with it. Deleting an item from a layer by hand does not
+change the session: use Undo.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Optional
 
 import numpy as np
@@ -19,7 +26,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
                             QVBoxLayout, QWidget)
 
 from ..io.grid import AxialSlices
-from ..io.volume import Volume
+from ..io.volume import Volume, VolumeError
+from .prompts import PromptLayers, click_voxel, rectangle_box
 
 VOLUME_KEY = "fewshotcx_volume"
 
@@ -65,6 +73,9 @@ class ContourWidget(QWidget):
         self.result_layer = None
         self.volume: Optional[Volume] = None
         self.slices: Optional[AxialSlices] = None  # the session's own slices <-> the canonical layer's
+        self.prompts: Optional[PromptLayers] = None
+        self._sent: dict[int, int] = {}  # id(prompt layer) -> its items already sent
+        self._steps: list[Optional[Any]] = []  # per session step taken here: the prompt layer it came from, or None
 
         self.image_box = QComboBox()
         self.url = QLineEdit()
@@ -159,6 +170,12 @@ class ContourWidget(QWidget):
                                                    scale=image_layer.scale, translate=image_layer.translate)
         self.labels_layer.mode = "paint"
         self.labels_layer.events.paint.connect(self._painted)
+        self.prompts = PromptLayers.add_to(self.viewer, name, image_layer)
+        self._sent = {id(layer): 0 for layer in self.prompts.layers}
+        self._steps = []
+        for layer in self.prompts.layers:
+            layer.events.data.connect(partial(self._prompted, layer))
+        self.viewer.layers.selection.active = self.labels_layer
         self._enable(True)
         self.status.setText(f"Session on {name} ({where}). Paint a slice, then Send slice.")
 
@@ -170,9 +187,11 @@ class ContourWidget(QWidget):
         mask = self.slices.plane_to_own(np.asarray(self.labels_layer.data[z]).T.astype(np.int64))
         if not mask.any() and k in self.session.drawn:
             self.session.erase(k)
+            self._steps.append(None)
             self.status.setText(f"slice {k} erased; drawn: {self.session.drawn}")
             return
         self.session.draw(k, mask)
+        self._steps.append(None)
         self.status.setText(f"slice {k} sent; drawn: {self.session.drawn}")
 
     def _painted(self, *_: Any) -> None:
@@ -184,14 +203,63 @@ class ContourWidget(QWidget):
         """Forget the current slice's drawing (here and in the session)."""
         k = self.slices.to_own(self.current_slice())
         self.session.erase(k)
+        self._steps.append(None)
         self._show_drawing()
         self.status.setText(f"slice {k} erased; drawn: {self.session.drawn}")
 
     def undo(self) -> None:
-        """Undo the session's last draw or erase and show the drawn slices again."""
+        """Undo the session's last step (a draw, an erase or a prompt) and show the drawn slices, the
+        prompts and, once shown, the result again."""
         self.session.undo()
+        layer = self._steps.pop() if self._steps else None
+        if layer is not None:  # the prompt's item goes too
+            self._sent[id(layer)] -= 1
+            layer.remove([self._sent[id(layer)]])
         self._show_drawing()
+        if self.result_layer is not None and self.result_layer in self.viewer.layers:
+            self._refresh_result()
         self.status.setText(f"undone; drawn: {self.session.drawn}")
+
+    def _refresh_result(self) -> None:
+        """Show the result again; an empty result layer when nothing is left to show (no fitted model,
+        drawn slice or prompt: the session answers a ``VolumeError``, a server a 400)."""
+        from ..client import RemoteError
+
+        try:
+            self.complete()
+        except (VolumeError, RemoteError) as exc:
+            if isinstance(exc, RemoteError) and exc.status != 400:
+                raise
+            self.result_layer.data = np.zeros_like(self.result_layer.data)
+
+    def _prompted(self, layer: Any, event: Any) -> None:
+        """A prompt layer changed: once napari reports items added (a rectangle: when drawn), send them
+        (layers of an earlier session are left alone)."""
+        if self.session is None or id(layer) not in self._sent:
+            return
+        if str(getattr(event, "action", "")) != "added":
+            self._sent[id(layer)] = min(self._sent[id(layer)], len(layer.data))
+            return
+        self._guard(partial(self._send_prompts, layer))
+
+    def _send_prompts(self, layer: Any) -> None:
+        """Send ``layer``'s unsent items as prompts (one that fails is removed with those after it), then
+        show the result."""
+        label = int(self.labels_layer.selected_label)
+        positive = layer is self.prompts.positive
+        while self._sent[id(layer)] < len(layer.data):
+            item = layer.data[self._sent[id(layer)]]
+            try:
+                if layer is self.prompts.boxes:
+                    self.session.add_box(*rectangle_box(item, self.slices), label=label)
+                else:
+                    self.session.add_point(click_voxel(item, self.slices), positive=positive, label=label)
+            except Exception:
+                layer.remove(list(range(self._sent[id(layer)], len(layer.data))))
+                raise
+            self._sent[id(layer)] += 1
+            self._steps.append(layer)
+        self.complete()
 
     def complete(self) -> None:
         """Show the completed structure as a ``result`` Labels layer."""

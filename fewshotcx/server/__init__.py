@@ -2,8 +2,10 @@
 :class:`fewshotcx.client.RemoteSession`.
 
 :func:`create_app` builds the FastAPI application (see :mod:`fewshotcx.server.app` for the routes),
-:class:`~fewshotcx.server.store.SessionStore` holds the sessions around one shared segmenter, and
-:mod:`fewshotcx.server.wire` defines the byte formats (shared with the torch-free client). FastAPI
+:class:`~fewshotcx.server.store.SessionStore` holds the sessions around one shared segmenter,
+:mod:`fewshotcx.server.interact` adds the prompt routes (box, point, scribble, accept), and
+:mod:`fewshotcx.server.wire` and :mod:`fewshotcx.server.prompts` define the byte and JSON formats
+(shared with the torch-free client). FastAPI
 and uvicorn come with the ``[serve]`` extra; they are imported only when the server is used.
 """
 

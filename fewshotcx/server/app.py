@@ -7,12 +7,12 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 ``GET /healthz``                            200 ``{"status": "ok"}`` once the model is loaded
 ``POST /sessions?name=F[&classes=1,2]``     body: the volume file (NIfTI/NRRD, or a .zip of a DICOM series)
 ``POST /sessions?path=REL``                 a file or DICOM folder under ``--data-root``
-``GET /sessions/{id}``                      shape, drawn slices, declared label values, whether DICOM,
-                                            and the canonical layout (for the viewer, :func:`_info`)
+``GET /sessions/{id}``                      shape, drawn slices, prompts, declared label values, whether
+                                            DICOM, the canonical layout (:func:`.answers.session_info`)
 ``PUT /sessions/{id}/slices/{z}``           draw slice ``z`` (body: wire-format mask, the file's X·Y
                                             bytes, see :mod:`.wire`)
 ``GET|DELETE /sessions/{id}/slices/{z}``    a drawn slice / erase it
-``POST /sessions/{id}/undo``                undo the last draw or erase
+``POST /sessions/{id}/undo``                undo the last draw, erase or interaction
 ``GET /sessions/{id}/suggest?n=1``          ``{"slices": [...]}``
 ``GET /sessions/{id}/result?format=F``      ``nifti`` (the image's own layout), ``canonical`` (RAS NIfTI,
                                             for the viewer), ``rtstruct`` (DICOM images only)
@@ -22,6 +22,10 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 ``GET /sessions/{id}/drawing``              every drawn slice on the canonical grid of ``/image`` (for
                                             the viewer; X·Y·Z bytes, x fastest)
 ``DELETE /sessions/{id}``                   close
+``POST /sessions/{id}/box``                 a box prompt (JSON bodies: :mod:`.prompts`; routes: :mod:`.interact`)
+``POST /sessions/{id}/point``               a positive or negative click
+``POST /sessions/{id}/scribble``            a positive or negative scribble (its voxels)
+``POST /sessions/{id}/accept?format=F``     the accepted contour (formats as ``/result``)
 =========================================  ===============================================================
 
 Errors are JSON ``{"detail": "<one line>"}``: 400 bad input (a malformed or missing parameter
@@ -61,17 +65,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
-from ..io.volume import VolumeError, save_volume
-from ..rt.names import default_name
-from ..rt.rtstruct import write_rtstruct
+from ..io.volume import VolumeError
+from .answers import OCTETS, check_format, export, has_result, session_info
 from .guard import (LOOPBACK_HOSTS, BrowserGuard, HTTPError, Scrub, UploadSlots, answer, read_body, receive_upload,
                     scrubber, validation_detail)
+from .interact import interaction_routes
 from .limits import Limits
-from .store import UPLOAD_SUFFIXES, Entry, SessionLimitError, SessionStore, UnknownSession, resolve_under
+from .store import UPLOAD_SUFFIXES, SessionLimitError, SessionStore, UnknownSession, resolve_under
 from .preview import slice_png, window_range
 from .wire import MAX_WIRE_LABEL, decode_mask, encode_mask, nifti_bytes
-
-_OCTETS = "application/octet-stream"
 
 
 def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Optional[Path] = None,
@@ -141,7 +143,8 @@ def create_app(store: SessionStore, api_key: Optional[str] = None, data_root: Op
         return FileResponse(str(static / "index.html"), media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    app.include_router(_session_routes(store, data_root, limits), dependencies=[Depends(authorised)])
+    for router in (_session_routes(store, data_root, limits), interaction_routes(store, limits)):
+        app.include_router(router, dependencies=[Depends(authorised)])
     return app
 
 
@@ -188,12 +191,12 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
                 source = folder / name
                 await receive_upload(request, source, store.max_upload_bytes, limits.body_timeout, folder)
             entry = await run_in_threadpool(store.create, folder, source, name, values)
-        return _info(entry)
+        return session_info(entry)
 
     @router.get("/{session_id}")
     def info(session_id: str) -> dict:
         with store.use(session_id) as entry:
-            return _info(entry)
+            return session_info(entry)
 
     @router.put("/{session_id}/slices/{z}")
     async def draw(session_id: str, z: int, request: Request) -> dict:
@@ -208,7 +211,7 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
         def record() -> dict:
             with store.use(session_id) as entry:
                 entry.session.draw(z, decode_mask(body, entry.session.original.shape[:2]))
-                return _info(entry)
+                return session_info(entry)
         return await run_in_threadpool(record)
 
     @router.get("/{session_id}/slices/{z}")
@@ -216,19 +219,19 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
         with store.use(session_id) as entry:
             if z not in entry.session.drawn:
                 raise HTTPError(404, f"slice {z} is not drawn (drawn: {entry.session.drawn})")
-            return Response(encode_mask(entry.session.drawn_mask(z)), media_type=_OCTETS)
+            return Response(encode_mask(entry.session.drawn_mask(z)), media_type=OCTETS)
 
     @router.delete("/{session_id}/slices/{z}")
     def erase(session_id: str, z: int) -> dict:
         with store.use(session_id) as entry:
             entry.session.erase(z)
-            return _info(entry)
+            return session_info(entry)
 
     @router.post("/{session_id}/undo")
     def undo(session_id: str) -> dict:
         with store.use(session_id) as entry:
             entry.session.undo()
-            return _info(entry)
+            return session_info(entry)
 
     @router.get("/{session_id}/suggest")
     def suggest(session_id: str, n: int = 1) -> dict:
@@ -237,13 +240,9 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
 
     @router.get("/{session_id}/result")
     def result(session_id: str, format: str = "nifti") -> Response:
-        if format not in ("nifti", "canonical", "rtstruct"):
-            raise HTTPError(400, f"format must be nifti, canonical or rtstruct, got {format!r}")
         with store.use(session_id) as entry:
-            if format == "rtstruct" and entry.dicom_dir is None:
-                raise HTTPError(400, "RTSTRUCT export needs a DICOM image; this session's image is not DICOM")
-            volume = entry.session.result()
-            return _export(entry, volume, format)
+            check_format(entry, format)
+            return export(entry, entry.session.result(), format)
 
     @router.get("/{session_id}/slices/{z}/png")
     def slice_preview(session_id: str, z: int, result: bool = False) -> Response:
@@ -253,14 +252,14 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
             if entry.window is None:
                 entry.window = window_range(s.image.array)
             drawn = s.slices.plane_to_canonical(s.drawn_mask(z)) if z in s.drawn else None
-            completed = s.result().canonical().array[..., c] if result and s.drawn else None
+            completed = s.result().canonical().array[..., c] if result and has_result(entry) else None
             return Response(slice_png(s.image.array[..., c], entry.window, drawn, completed), media_type="image/png")
 
     @router.get("/{session_id}/image")
     def image(session_id: str) -> Response:
         with store.use(session_id) as entry:
             canonical = entry.session.image
-            return Response(nifti_bytes(canonical.array, canonical.affine), media_type=_OCTETS)
+            return Response(nifti_bytes(canonical.array, canonical.affine), media_type=OCTETS)
 
     @router.get("/{session_id}/drawing")
     def drawing(session_id: str) -> Response:
@@ -272,7 +271,7 @@ def _session_routes(store: SessionStore, data_root: Optional[Path], limits: Limi
                 if mask.max(initial=0) > MAX_WIRE_LABEL:
                     raise ValueError(f"slice {k} holds label values above {MAX_WIRE_LABEL}: not sendable as uint8")
                 volume[..., s.slices.to_canonical(k)] = s.slices.plane_to_canonical(mask)
-            return Response(encode_mask(volume), media_type=_OCTETS)
+            return Response(encode_mask(volume), media_type=OCTETS)
 
     @router.delete("/{session_id}")
     def close(session_id: str) -> dict:
@@ -302,33 +301,3 @@ def _check_upload_name(name: Optional[str]) -> None:
                              "with the file as the request body, or ?path=REL under --data-root")
     if any(c in "/\\" or not c.isprintable() for c in name):
         raise HTTPError(400, "?name= must be a plain file name: no folder, no control characters")
-
-
-def _info(entry: Entry) -> dict:
-    """A session's state: ``shape`` (the image's own), ``drawn`` (own indices), ``classes`` (declared
-    label values; ``labels``, its deprecated name, too), ``dicom``; and for the viewer, which shows the
-    canonical image, ``canonical_shape`` and ``axes``: per own array axis, ``[canonical axis, ±1]``
-    (``-1``: reversed), so own slice ``k`` is canonical slice ``k`` or ``Z-1-k``
-    (:class:`~fewshotcx.io.grid.AxialSlices`)."""
-    s = entry.session
-    declared = None if s.declared is None else list(s.declared)
-    return {"session_id": entry.id, "name": entry.name, "shape": list(s.original.shape), "drawn": s.drawn,
-            "classes": declared, "labels": declared, "dicom": entry.dicom_dir is not None,
-            "canonical_shape": list(s.image.shape), "axes": s.slices.orientation.tolist()}
-
-
-def _export(entry: Entry, volume, format: str) -> Response:
-    """The result as NIfTI (its own layout or canonical) or an RTSTRUCT file's bytes."""
-    if format == "canonical":
-        canonical = volume.canonical()
-        return Response(nifti_bytes(canonical.array.astype(np.uint8), canonical.affine), media_type=_OCTETS)
-    with tempfile.TemporaryDirectory(dir=entry.folder) as tmp:
-        if format == "nifti":
-            out = save_volume(volume, Path(tmp) / "result.nii.gz")
-        else:
-            masks = {default_name(v): volume.with_array((volume.array == v).astype(np.uint8), label=True)
-                     for v in np.unique(volume.array) if v}
-            if not masks:
-                raise ValueError("the result is empty: nothing to write as RTSTRUCT")
-            out = write_rtstruct(masks, entry.dicom_dir, Path(tmp) / "result.dcm")
-        return Response(out.read_bytes(), media_type=_OCTETS)

@@ -4,11 +4,12 @@ cross-site refusal (:class:`BrowserGuard`), upload slots and bounded request bod
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -197,3 +198,16 @@ async def receive_upload(request: Request, target: Path, limit: int, timeout: fl
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+async def read_json(request: Request, limit: int, timeout: float) -> Any:
+    """The request body parsed as JSON, bounded as :func:`read_body` bounds it.
+
+    Raises:
+        HTTPError: 400 for a body that is not JSON (and :func:`read_body`'s errors).
+    """
+    body = b"".join([chunk async for chunk in read_body(request, limit, timeout)])
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise HTTPError(400, "the body must be a JSON object (see fewshotcx.server.prompts)") from None

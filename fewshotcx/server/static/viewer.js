@@ -3,11 +3,13 @@
 // The slice numbers shown and sent are the file's own (array[:, :, k] of the file, as in ContourSession
 // and RemoteSession: docs/geometry.md, "Slice indices"); NiiVue's canonical slice z and plane are mapped
 // to them with the session's "axes" (per file axis: [canonical axis, +1 or -1 when reversed]).
+// Prompts (box, point, scribble: the Prompt tools) are sent as the file's own voxels (i, j, k) too.
 import { Niivue } from "./niivue.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { sid: null, info: null, dims: null, axes: null, synced: null, pending: 0, resultVersion: 0,
-                overlay: null, queue: Promise.resolve() };
+                overlay: null, queue: Promise.resolve(), tool: "view", sent: [] };
+const PROMPT_TOOLS = ["box", "point", "scribble"];
 window.fxViewer = state;
 
 const keyInput = $("key");
@@ -24,8 +26,9 @@ function say(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
-async function api(method, path, body) {
-  const response = await fetch(path, { method, headers: authHeaders(), body });
+async function api(method, path, body, type) {
+  const headers = type ? { ...authHeaders(), "Content-Type": type } : authHeaders();
+  const response = await fetch(path, { method, headers, body });
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail; } catch (e) { /* not ours */ }
@@ -61,20 +64,24 @@ state.nv = nv;
 
 function sliceSize() { return state.dims[0] * state.dims[1]; }
 
+// The file's own voxel (i, j, k) <-> the canonical voxel NiiVue shows.
+function fileVoxel(c) { return state.axes.map(([to, sign]) => (sign > 0 ? c[to] : state.dims[to] - 1 - c[to])); }
+function canonicalVoxel(f) {
+  const c = [0, 0, 0];
+  state.axes.forEach(([to, sign], axis) => { c[to] = sign > 0 ? f[axis] : state.dims[to] - 1 - f[axis]; });
+  return c;
+}
+
 // Canonical slice z <-> the file's slice k (the file's third axis is the canonical third, maybe reversed).
-function fileSlice(z) { return state.axes[2][1] > 0 ? z : state.dims[2] - 1 - z; }
+function fileSlice(z) { return fileVoxel([0, 0, z])[2]; }
 
 // A canonical (X, Y) plane (x fastest) -> the file's own (X, Y) plane (x fastest).
 function filePlane(plane) {
   const [fx, fy] = state.info.shape;
   const out = new Uint8Array(fx * fy);
-  const c = [0, 0];
   for (let j = 0; j < fy; j++) {
     for (let i = 0; i < fx; i++) {
-      [i, j].forEach((f, axis) => {
-        const [to, sign] = state.axes[axis];
-        c[to] = sign > 0 ? f : state.dims[to] - 1 - f;
-      });
+      const c = canonicalVoxel([i, j, 0]);
       out[i + j * fx] = plane[c[0] + c[1] * state.dims[0]];
     }
   }
@@ -100,12 +107,14 @@ function showSlice() {
 function showInfo(info) {
   state.info = info;
   $("drawn").textContent = info.drawn.length ? info.drawn.join(", ") : "none";
+  $("prompt-count").textContent = String(info.prompts);
   $("download-rtstruct").disabled = !info.dicom;
 }
 
 function setTool(tool) {
-  for (const name of ["view", "brush", "eraser"]) $(`tool-${name}`).classList.toggle("active", name === tool);
-  nv.setDrawingEnabled(tool !== "view");
+  state.tool = tool;
+  for (const name of ["view", "brush", "eraser", ...PROMPT_TOOLS]) $(`tool-${name}`).classList.toggle("active", name === tool);
+  nv.setDrawingEnabled(tool === "brush" || tool === "eraser");
   nv.opts.penSize = Math.max(1, Number($("pen").value) || 1);
   nv.setPenValue(tool === "eraser" ? 0 : Math.max(1, Number($("label").value) || 1), false);
 }
@@ -160,7 +169,8 @@ async function openSession(sid) {
   $("depth").textContent = String(state.dims[2] - 1);
   $("slice").max = String(state.dims[2] - 1);
   goToSlice(Math.floor(state.dims[2] / 2));
-  for (const id of ["controls", "wl", "tools", "model", "export"]) $(id).classList.remove("hidden");
+  if (info.fitted || info.prompts) await showResult();  // the fitted model's contour, or the prompts' so far
+  for (const id of ["controls", "wl", "tools", "prompts", "model", "export"]) $(id).classList.remove("hidden");
   $("open").classList.add("hidden");
   say(`session ${sid}: ${info.name}, ${info.shape.join("×")}`);
   document.body.dataset.ready = "1";
@@ -175,20 +185,142 @@ function setWindow() {
   nv.updateGLVolume();
 }
 
-async function complete() {
-  await busy("complete", async () => {
-    say("completing…");
-    state.resultVersion += 1;
-    if (state.overlay) { nv.removeVolume(state.overlay); state.overlay = null; }
-    const overlay = await nv.addVolumeFromUrl({ url: `/sessions/${state.sid}/result?format=canonical&v=${state.resultVersion}`,
-      name: "result.nii.gz", headers: authHeaders(), colormap: "green", opacity: 0.45 });
-    overlay.cal_min = 0.5;
-    overlay.cal_max = Math.max(1, overlay.global_max || 1);
-    nv.updateGLVolume();
-    state.overlay = overlay;
-    say(`completed (result version ${state.resultVersion})`);
-    document.body.dataset.completed = String(state.resultVersion);
+// Show the session's result as the green overlay (run through busy()).
+async function showResult() {
+  say("completing…");
+  state.resultVersion += 1;
+  if (state.overlay) { nv.removeVolume(state.overlay); state.overlay = null; }
+  const overlay = await nv.addVolumeFromUrl({ url: `/sessions/${state.sid}/result?format=canonical&v=${state.resultVersion}`,
+    name: "result.nii.gz", headers: authHeaders(), colormap: "green", opacity: 0.45 });
+  overlay.cal_min = 0.5;
+  overlay.cal_max = Math.max(1, overlay.global_max || 1);
+  nv.updateGLVolume();
+  state.overlay = overlay;
+  say(`completed (result version ${state.resultVersion})`);
+  document.body.dataset.completed = String(state.resultVersion);
+}
+
+function complete() { return busy("complete", showResult); }
+
+// After an undo: the result again, or no overlay when nothing is left to show (run through busy()).
+async function refreshResult() {
+  const { fitted, prompts, drawn } = state.info;
+  if (fitted || prompts || drawn.length) return showResult();
+  nv.removeVolume(state.overlay);
+  state.overlay = null;
+}
+
+// ---------------------------------------------------------------- prompts
+// Box: drag a rectangle on the slice. Point: click. Scribble: drag a brush of the Size above. Shift held
+// when the mouse goes down makes a point or scribble negative (outside the structure). The marks canvas
+// shows the box or stroke while the mouse is down; the result overlay is refreshed after each prompt.
+const drag = { tool: null, start: null, last: null, negative: false, voxels: null, path: null };
+
+// The canonical voxel under the mouse on the shown slice, or null outside the image.
+function canvasVoxel(e) {
+  const rect = nv.canvas.getBoundingClientRect(), dpr = nv.uiData.dpr;
+  const frac = nv.canvasPos2frac([(e.clientX - rect.left) * dpr, (e.clientY - rect.top) * dpr]);
+  if (frac[0] < 0) return null;
+  return Array.from(nv.frac2vox(frac), (v, axis) => Math.min(state.dims[axis] - 1, Math.max(0, v)));
+}
+
+// Add the brush disc around canonical voxel c (its slice) to the stroke, and the voxels on the way from the last one.
+function brushTo(c) {
+  const radius = (Math.max(1, Number($("pen").value) || 1) - 1) / 2, reach = Math.ceil(radius);
+  const from = drag.last || c, steps = Math.max(Math.abs(c[0] - from[0]), Math.abs(c[1] - from[1]), 1);
+  for (let s = 1; s <= steps; s++) {
+    const x0 = Math.round(from[0] + ((c[0] - from[0]) * s) / steps), y0 = Math.round(from[1] + ((c[1] - from[1]) * s) / steps);
+    for (let dy = -reach; dy <= reach; dy++) {
+      for (let dx = -reach; dx <= reach; dx++) {
+        const x = x0 + dx, y = y0 + dy;
+        if (dx * dx + dy * dy <= radius * radius && x >= 0 && y >= 0 && x < state.dims[0] && y < state.dims[1]) {
+          drag.voxels.add(x + y * state.dims[0]);
+        }
+      }
+    }
+  }
+  drag.last = c;
+}
+
+function showMarks(e) {
+  const marks = $("marks"), rect = marks.getBoundingClientRect(), ctx = marks.getContext("2d");
+  const x = e.clientX - rect.left, y = e.clientY - rect.top;
+  ctx.strokeStyle = drag.negative ? "#f55" : "#ff0";
+  ctx.lineWidth = 2;
+  if (drag.tool === "box") {
+    ctx.clearRect(0, 0, marks.width, marks.height);
+    ctx.strokeRect(drag.path[0][0], drag.path[0][1], x - drag.path[0][0], y - drag.path[0][1]);
+  } else {
+    const [px, py] = drag.path[drag.path.length - 1];
+    ctx.beginPath();
+    ctx.moveTo(px, py);
+    ctx.lineTo(x, y);
+    ctx.stroke();
+  }
+  drag.path.push([x, y]);
+}
+
+function promptDown(e) {
+  const c = canvasVoxel(e);
+  if (!c) return;
+  const marks = $("marks"), rect = marks.getBoundingClientRect();
+  marks.width = rect.width;
+  marks.height = rect.height;
+  Object.assign(drag, { tool: state.tool, start: c, last: null, negative: e.shiftKey, voxels: new Set(),
+                        path: [[e.clientX - rect.left, e.clientY - rect.top]] });
+  if (drag.tool === "scribble") brushTo(c);
+}
+
+function promptMove(e) {
+  if (!drag.start) return;
+  showMarks(e);
+  const c = canvasVoxel(e);
+  if (!c) return;
+  if (drag.tool === "scribble") brushTo([c[0], c[1], drag.start[2]]);
+  else drag.last = c;  // where a box ends if the button is released off the image
+}
+
+function promptUp(e) {
+  if (!drag.start) return;
+  const { tool, start, negative, voxels } = drag;
+  const end = canvasVoxel(e) || drag.last || start;
+  drag.start = null;
+  $("marks").getContext("2d").clearRect(0, 0, $("marks").width, $("marks").height);
+  const label = Math.max(1, Number($("label").value) || 1);
+  if (tool === "point") {
+    sendPrompt("point", { ijk: fileVoxel(start), positive: !negative, label });
+  } else if (tool === "box") {
+    const a = fileVoxel(start), b = fileVoxel([end[0], end[1], start[2]]);
+    sendPrompt("box", { lo: a.map((v, i) => Math.min(v, b[i])), hi: a.map((v, i) => Math.max(v, b[i])), label });
+  } else {
+    const n = state.dims[0];
+    const own = Array.from(voxels, (v) => fileVoxel([v % n, Math.floor(v / n), start[2]]));
+    sendPrompt("scribble", { voxels: own, positive: !negative, label });
+  }
+}
+
+function sendPrompt(kind, body) {
+  return busy(kind, async () => {
+    showInfo(await (await api("POST", `/sessions/${state.sid}/${kind}`, JSON.stringify(body), "application/json")).json());
+    state.sent.push({ kind, body });
+    await showResult();
+    say(`${kind} sent (${body.positive === false ? "negative, " : ""}file voxel ${JSON.stringify(body.ijk || body.lo)})`);
   });
+}
+
+// While a prompt tool is active, the mouse's left button is ours (NiiVue never sees it); the wheel still
+// scrolls. A drag ends where the button is released, on the image or not.
+function capturePrompts() {
+  const capture = (handler, when) => (e) => {
+    if (!when(e)) return;
+    e.stopPropagation();
+    e.preventDefault();
+    handler(e);
+  };
+  const prompting = () => PROMPT_TOOLS.includes(state.tool) && state.dims !== null;
+  $("view").addEventListener("mousedown", capture(promptDown, (e) => prompting() && e.button === 0), true);
+  $("view").addEventListener("mousemove", capture(promptMove, prompting), true);
+  window.addEventListener("mouseup", capture(promptUp, () => drag.start !== null), true);
 }
 
 async function suggest() {
@@ -202,13 +334,15 @@ async function suggest() {
   });
 }
 
-async function download(format) {
-  await busy("download", async () => {
-    const blob = await (await api("GET", `/sessions/${state.sid}/result?format=${format}`)).blob();
+// Download the result (or, when accepting, the accepted contour) as a file.
+async function download(format, accept = false) {
+  await busy(accept ? "accept" : "download", async () => {
+    const route = `/sessions/${state.sid}/${accept ? "accept" : "result"}?format=${format}`;
+    const blob = await (await api(accept ? "POST" : "GET", route)).blob();
     const stem = state.info.name.replace(/\.(nii\.gz|nii|nrrd|zip)$/i, "").split("/").pop();
     const a = document.createElement("a");
     a.href = URL.createObjectURL(blob);
-    a.download = format === "rtstruct" ? `${stem}_rtstruct.dcm` : `${stem}_contour.nii.gz`;
+    a.download = format === "rtstruct" ? `${stem}_rtstruct.dcm` : `${stem}_${accept ? "accepted" : "contour"}.nii.gz`;
     document.body.appendChild(a);
     a.click();
     a.remove();
@@ -238,11 +372,14 @@ async function main() {
   $("tool-view").onclick = () => setTool("view");
   $("tool-brush").onclick = () => setTool("brush");
   $("tool-eraser").onclick = () => setTool("eraser");
+  for (const tool of PROMPT_TOOLS) $(`tool-${tool}`).onclick = () => setTool(tool);
+  capturePrompts();
   $("pen").addEventListener("change", () => { nv.opts.penSize = Math.max(1, Number($("pen").value) || 1); });
   $("label").addEventListener("change", () => { if (nv.opts.penValue !== 0) setTool("brush"); });
   $("undo").onclick = () => busy("undo", async () => {
     showInfo(await (await api("POST", `/sessions/${state.sid}/undo`)).json());
     await loadDrawing();
+    if (state.overlay) await refreshResult();
     say("undone");
   });
   $("complete").onclick = complete;
@@ -250,6 +387,7 @@ async function main() {
   $("goto").onclick = () => goToSlice(Number($("goto").dataset.slice));
   $("download-nifti").onclick = () => download("nifti");
   $("download-rtstruct").onclick = () => download("rtstruct");
+  $("accept").onclick = () => download("nifti", true);
   const sid = new URLSearchParams(location.search).get("session");
   document.body.dataset.pending = "0";
   if (sid) await busy("open", () => openSession(sid));
