@@ -26,6 +26,7 @@ from fewshotcx import datasets  # noqa: E402
 from fewshotcx.evaluation.metrics import evaluate, per_slice_dice  # noqa: E402
 from fewshotcx.pipeline.postprocess import postprocess  # noqa: E402
 from fewshotcx.models.weights import load_checkpoint, load_universeg, resolve  # noqa: E402
+import roles  # noqa: E402
 from report import paired_difference, plot_lines, print_table, read_csv, summarise, write_csv  # noqa: E402,F401
 
 #: Surface-Dice tolerance (mm) reported as ``nsd`` in every benchmark.
@@ -192,6 +193,16 @@ def short(case: datasets.Case) -> str:
 def binary_mask(case: datasets.Case, structure: str) -> Volume:
     """The structure's mask (uint8 0/1) on the case's grid, matched by canonical name."""
     return datasets.select_structures(case, [structure]).labels
+
+
+def sarcoma_selection_ready(structures: dict[str, Sequence[str]], volumes: Sequence[str]) -> bool:
+    """Before a selection on the sarcoma scans: refuse report data (:func:`roles.require`), then whether
+    the scans (development data in ../shared/data) are here, with a one-line error when not."""
+    roles.require(roles.SELECTION, volumes, [s for names in structures.values() for s in names])
+    if datasets.shared_data_dir() is None:
+        print("error: the sarcoma scans are development data in ../shared/data", file=sys.stderr)
+        return False
+    return True
 
 
 def data_role(case: datasets.Case, structure: str, roles: dict[str, tuple[set[str], set[str]]]) -> str:

@@ -22,8 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import roles  # noqa: E402
-from common import machine_info, score, write_csv  # noqa: E402
+from common import machine_info, score, sarcoma_selection_ready, write_csv  # noqa: E402
 from fewshotcx import Segmenter, datasets  # noqa: E402
 
 CHECKPOINTS = ("default", "fov64")
@@ -40,9 +39,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench-output/default_selection"))
     args = parser.parse_args(argv)
-    roles.require(roles.SELECTION, selection_volumes(), [s for names in STRUCTURES.values() for s in names])
-    if datasets.shared_data_dir() is None:
-        print("error: the sarcoma scans are development data in ../shared/data", file=sys.stderr)
+    if not sarcoma_selection_ready(STRUCTURES, selection_volumes()):
         return 2
     rows = []
     for modality, names in STRUCTURES.items():

@@ -38,8 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import roles  # noqa: E402
-from common import machine_info, print_table, write_csv  # noqa: E402
+from common import machine_info, print_table, sarcoma_selection_ready, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume, datasets  # noqa: E402
 from fewshotcx.evaluation.calibration import auroc, review_region  # noqa: E402
 from fewshotcx.evaluation.metrics import dice as dice_score, per_slice_dice  # noqa: E402
@@ -121,9 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench-output/uncertainty_draws"))
     args = parser.parse_args(argv)
-    roles.require(roles.SELECTION, selection_volumes(), [s for names in STRUCTURES.values() for s in names])
-    if datasets.shared_data_dir() is None:
-        print("error: the sarcoma scans are development data in ../shared/data", file=sys.stderr)
+    if not sarcoma_selection_ready(STRUCTURES, selection_volumes()):
         return 2
     machine, rows = machine_info(), []
     for name, support, query in selection_tasks():
