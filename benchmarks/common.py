@@ -27,7 +27,9 @@ from fewshotcx.evaluation.metrics import evaluate, per_slice_dice  # noqa: E402
 from fewshotcx.pipeline.postprocess import postprocess  # noqa: E402
 from fewshotcx.models.weights import load_checkpoint, load_universeg, resolve  # noqa: E402
 import roles  # noqa: E402
-from report import paired_difference, plot_lines, print_table, read_csv, summarise, write_csv  # noqa: E402,F401
+from report import (  # noqa: E402,F401
+    paired_difference, plot_lines, print_table, read_csv, summarise, write_and_show, write_csv,
+)
 
 #: Surface-Dice tolerance (mm) reported as ``nsd`` in every benchmark.
 NSD_TOLERANCE_MM = 2.0

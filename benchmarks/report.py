@@ -56,6 +56,15 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
         print("  ".join(str(r[k]).ljust(widths[k]) for k in keys))
 
 
+def write_and_show(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Write ``rows`` (:func:`write_csv`), then print ``# title — <machine>``, the rows as a table without
+    their ``machine`` column, and where they went."""
+    write_csv(rows, path)
+    print(f"# {title} — {rows[0]['machine']}")
+    print_table([{k: v for k, v in r.items() if k != "machine"} for r in rows])
+    print(f"wrote {path}")
+
+
 def paired_difference(rows: Sequence[dict[str, Any]], column: str, a: Any, b: Any, match: Sequence[str],
                       value: str = "dice") -> dict[str, Any]:
     """Compare ``column == b`` against ``column == a`` on rows matched by the ``match`` columns.

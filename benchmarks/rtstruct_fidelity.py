@@ -25,7 +25,7 @@ from matplotlib.path import Path as Polygon
 from fewshotcx import rt
 from fewshotcx.io.dicom import scan_series
 
-from common import machine_info, print_table, write_csv
+from common import machine_info, write_and_show
 
 RESULTS = Path(__file__).parent / "results" / "rtstruct_fidelity.csv"
 LUNG1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mirp" / "ct_images_seg_nsclc" / "LUNG1-001"
@@ -101,10 +101,7 @@ def main() -> None:
                                "read_ml": round(voxels * voxel_mm3 / 1000, 2),
                                "ratio": round(voxels * voxel_mm3 / expected, 4), "machine": machine})
                 print({k: v for k, v in result[-1].items() if k != "machine"}, flush=True)
-    write_csv(result, args.out)
-    print(f"# RTSTRUCT read volume vs polygon area x slice spacing (LUNG1-001) — {machine}")
-    print_table([{k: v for k, v in r.items() if k != "machine"} for r in result])
-    print(f"wrote {args.out}")
+    write_and_show(result, args.out, "RTSTRUCT read volume vs polygon area x slice spacing (LUNG1-001)")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import fewshotcx as fx
 from fewshotcx.backends import default_strategy
 from fewshotcx.evaluation.uncertainty import DEFAULT_DRAWS, DEFAULT_FRACTION
 
-from common import machine_info, print_table, write_csv
+from common import machine_info, write_and_show
 
 RESULTS = Path(__file__).parent / "results" / "uncertainty_cost.csv"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mirp" / "sts_images_flat" / "nifti"
@@ -69,10 +69,7 @@ def main() -> None:
                "load_avg": round(os.getloadavg()[0], 1), "machine": machine}
         rows.append(row)
         print({k: v for k, v in row.items() if k != "machine"}, flush=True)
-    write_csv(rows, args.out)
-    print(f"# predict_uncertainty vs predict — {machine}")
-    print_table([{k: v for k, v in r.items() if k != "machine"} for r in rows])
-    print(f"wrote {args.out}")
+    write_and_show(rows, args.out, "predict_uncertainty vs predict")
 
 
 if __name__ == "__main__":

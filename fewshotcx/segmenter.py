@@ -311,14 +311,17 @@ class Segmenter:
 
     # ------------------------------------------------------------------ uncertainty (fewshotcx.evaluation.uncertainty)
     @renamed_keywords(k="draws")
-    def predict_uncertainty(self, query: VolumeLike, draws: int = uncertainty.DEFAULT_DRAWS, measure: str = "entropy",
-                            fraction: float = uncertainty.DEFAULT_FRACTION) -> Volume:
+    def predict_uncertainty(self, query: VolumeLike, draws: int = uncertainty.DEFAULT_DRAWS,
+                            measure: str = "entropy", fraction: float = uncertainty.DEFAULT_FRACTION) -> Volume:
         """Per-voxel uncertainty on the query's grid: float32 ≥ 0 (``"entropy"``: bits in ``[0, 1]``).
 
-        From ``draws`` independent draws (``k=`` before 0.4.0, deprecated; the CLI's ``--draws``) (each on a random ``fraction`` of the support, with its own seed:
-        :meth:`Predictor.draw <fewshotcx.predictor.Predictor.draw>`) × the plane axes; 0 where every
-        draw says exactly the same 0/1. See :mod:`fewshotcx.evaluation.uncertainty`. Costs ``draws``
-        predictions; the support is registered onto the query once for all of them.
+        From ``draws`` independent draws (``k=`` before 0.4.0, deprecated; the CLI's ``--draws``), each on
+        a random ``fraction`` of the support with its own seed
+        (:meth:`Predictor.draw <fewshotcx.predictor.Predictor.draw>`), × the plane axes; 0 where every
+        draw says exactly the same 0/1. See :mod:`fewshotcx.evaluation.uncertainty`. A draw's support
+        sets are ``fraction`` of the usual size, so it costs about ``fraction`` of an inference; the
+        support is registered onto the query once for all of them (docs/review.md measures what the
+        defaults cost against one ``predict`` on real CT).
         """
         predictor = self.predictor
         prepared = predictor.query(query)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,24 @@ torch.set_num_threads(1)  # tiny test tensors: threads only add contention
 # The suite runs the library's real default strategy ("auto"), whatever the developer's shell sets;
 # tests about another strategy pass it themselves.
 os.environ.pop("FEWSHOTCX_DEFAULT_STRATEGY", None)
+
+#: ``.ci/run`` sets this after installing the system packages and fetching the test data: a test whose
+#: tool or data is missing then fails (the install broke) instead of skipping.
+REQUIRE_EVERYTHING = os.environ.get("FEWSHOTCX_REQUIRE_TEST_DEPS") == "1"
+
+
+def missing(message: str) -> None:
+    """A test's tool or data is missing: skip with ``message``, or fail under ``.ci/run``."""
+    if REQUIRE_EVERYTHING:
+        pytest.fail(f"{message} (FEWSHOTCX_REQUIRE_TEST_DEPS=1: .ci/run installs it)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_command(command: str, package: str) -> None:
+    """:func:`missing` unless ``command`` is on PATH (``package``: the Debian package that has it)."""
+    if shutil.which(command) is None:
+        missing(f"{command} not installed (Debian package {package}: apt-get install -y {package})")
+
 
 #: For a test about something else whose volumes the default cannot register (synthetic volumes a few
 #: voxels of the 3-mm registration grid across, or scans of different anatomy): "auto" warns that it left

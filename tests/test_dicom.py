@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from conftest import require_command
 from fewshotcx.io import dicom
 from fewshotcx.io.deid_profile import BASIC_PROFILE
 from fewshotcx.io.volume import Volume, VolumeError, load_volume, save_volume
@@ -360,8 +360,7 @@ def test_write_dicom_series_round_trips(tmp_path, orientations, affine_name):
 def test_written_series_pass_dciodvfy(tmp_path, modality, iod):
     """dicom3tools' validator finds no error in a written CT or MR slice (warnings about DICOMDIR
     attributes emptied by de-identification, and MR's rescale, remain)."""
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy not installed (Debian package dicom3tools: apt-get install -y dicom3tools)")
+    require_command("dciodvfy", "dicom3tools")
     values = np.random.default_rng(3).normal(0, 300, (10, 8, 3)).astype(np.float32)
     files = dicom.write_dicom_series(Volume(values, np.diag([0.8, 0.8, 2.5, 1.0])), tmp_path / modality,
                                      modality=modality)

@@ -22,6 +22,7 @@ from fewshotcx.cli.main import main
 from fewshotcx.io import dicom
 from fewshotcx.io.volume import Volume
 
+from conftest import require_command
 from rt_cases import AFFINE, make_plan, make_query, phantom, tiny_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,8 +62,7 @@ def broken_series(query: Path, root: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    if shutil.which("Orthanc") is None:
-        pytest.skip("Orthanc not installed (Debian package orthanc: apt-get install -y orthanc; .ci/run installs it)")
+    require_command("Orthanc", "orthanc")
     if not private_network_works():
         pytest.skip("cannot make a private network namespace (unshare -rn) to run Orthanc on loopback only")
     root = tmp_path_factory.mktemp("node")
@@ -119,8 +119,7 @@ def test_the_node_rtstruct_equals_fewshotcx_predict(scenario):
 
 
 def test_the_node_rtstruct_is_dciodvfy_clean(scenario):
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy not installed (Debian package dicom3tools: apt-get install -y dicom3tools)")
+    require_command("dciodvfy", "dicom3tools")
     landed = sorted(scenario["out"].glob("pacs_*.dcm"))[0]
     report = subprocess.run(["dciodvfy", str(landed)], capture_output=True, text=True, timeout=60)
     text = report.stdout + report.stderr

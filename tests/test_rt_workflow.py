@@ -19,6 +19,7 @@ from fewshotcx.io.dicom import scan_series
 from fewshotcx.rt.rtstruct import on_series_grid
 from fewshotcx.io.volume import Volume, VolumeError, load_volume
 
+from conftest import require_command
 from rt_cases import AFFINE, PLAN_ROIS, make_plan, make_query, phantom, tiny_weights
 
 ASKED = "Lung_L,SpinalCord,GTV"
@@ -117,8 +118,7 @@ def test_an_independent_reader_gets_the_same_masks(case):
 
 
 def test_dciodvfy_finds_no_error(case):
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy not installed (Debian package dicom3tools: apt-get install -y dicom3tools)")
+    require_command("dciodvfy", "dicom3tools")
     for path in (case["rtstruct"], case["seg"]):
         result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
         report = result.stdout + result.stderr

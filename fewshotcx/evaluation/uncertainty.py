@@ -2,7 +2,8 @@
 
 A fitted :class:`~fewshotcx.predictor.Predictor` (what :attr:`fewshotcx.Segmenter.predictor` hands
 out) is run ``k`` times as independent draws (:meth:`~fewshotcx.predictor.Predictor.draw`), each on a
-different random half of its support (bagging: a support of a few drawn slices is where an
+different random ``fraction`` of its support, by default half: the pool and each query group's
+support set (bagging: a support of a few drawn slices is where an
 in-context model's answer depends most on what it was shown) with a different seed (the backend's own
 stochasticity: which support slices are drawn per query group, ensemble members). Every draw is a new
 value derived from the fitted one, which stays as it is; all draws of one query share its support's

@@ -39,11 +39,13 @@ class PromptLayer:
         self.refinements = 0  # refinements run so far (cost counter)
 
     def add(self, prompt: Prompt) -> None:
+        """Append ``prompt`` (applied at the next :meth:`apply`), with a new identity for the memo."""
         self.prompts.append(prompt)
         self._ids.append(self._next)
         self._next += 1
 
     def pop(self) -> Prompt:
+        """Remove and return the last prompt (undo); the results remembered for earlier ones stay."""
         self._ids.pop()
         return self.prompts.pop()
 

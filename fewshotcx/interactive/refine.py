@@ -65,6 +65,7 @@ class Region:
 
     @property
     def slices(self) -> tuple[slice, ...]:
+        """The region as index slices of the full-resolution canonical ``(X, Y, Z)`` array."""
         return tuple(slice(int(a), int(b) + 1) for a, b in zip(self.lo, self.hi))
 
 

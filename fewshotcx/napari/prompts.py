@@ -36,6 +36,7 @@ class PromptLayers:
 
     @property
     def layers(self) -> tuple[Any, Any, Any]:
+        """The positive Points, negative Points and boxes Shapes layers."""
         return self.positive, self.negative, self.boxes
 
 
