@@ -48,6 +48,7 @@ from .compat import CallableTuple, renamed_keywords, warn_renamed
 from .interactive import prompts as kinds
 from .interactive.completion import DrawnCompletion, Key
 from .interactive.layer import PromptLayer
+from .interactive.refine import in_units
 from .io.grid import AxialSlices
 from .io.session_file import read_session_file, write_session_file
 from .io.undo import HISTORY_BYTES, HISTORY_STEPS, UndoHistory
@@ -112,6 +113,7 @@ class ContourSession(DrawnCompletion):
         self.predicted_slices = 0  # slices run through the model so far (cost counter)
         self.cache_limit: Optional[int] = None  # cached slice predictions kept; None = 8 × depth
         self._layer = PromptLayer()  # boxes, clicks, scribbles and the label maps they lead to
+        self._units: Optional[np.ndarray] = None  # the image in the refinement's units (HU; MR scaled)
         self._automatic: Optional[tuple] = None  # (fitted value, canonical labels, float16 probabilities)
 
     # ------------------------------------------------------------------ drawing
@@ -294,7 +296,9 @@ class ContourSession(DrawnCompletion):
             VolumeError: nothing to show yet (no fitted segmenter, no structure drawn, no prompt).
         """
         if self._layer.prompts:
-            labels = self._layer.apply(self.image.array, self.image.spacing, self._base, self._base_key(),
+            if self._units is None:  # the refinement's intensity units, computed once
+                self._units = in_units(self.image.array, self.modality)
+            labels = self._layer.apply(self._units, self.image.spacing, self._base, self._base_key(),
                                        self._prior, {z: mask for z, (mask, _) in self._drawn.items()})
         else:
             labels = self._base()

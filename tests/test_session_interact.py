@@ -29,8 +29,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def blank(affine=AFFINES["RAS"], **kwargs) -> tuple[ContourSession, np.ndarray]:
+    """An empty session on :func:`ball_case` (HU, but no air: ``modality="ct"`` says so)."""
     image, ball = ball_case()
-    return ContourSession(Volume(image, affine), Segmenter(backend=UnsureBackend(), progress=False), **kwargs), ball
+    return ContourSession(Volume(image, affine), Segmenter(backend=UnsureBackend(), progress=False),
+                          **{"modality": "ct", **kwargs}), ball
 
 
 def history(s: ContourSession) -> list:
@@ -257,3 +259,29 @@ def test_box_and_clicks_on_a_real_sarcoma_ct():
         assert time.perf_counter() - start < 10 and pred[voxel] == positive
         scores.append(dice(pred, ref))
     assert scores[0] > 0.75 and scores[-1] >= scores[0]
+
+
+def block_mr(scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """An MR-like image in arbitrary units (tissue 300, a rectangular block 800, noise 30, all times
+    ``scale``) and the block: its corners lie outside the box's inscribed ellipsoid, so only the
+    image's edges and intensities find them."""
+    rng = np.random.default_rng(3)
+    shape = np.zeros(SHAPE, bool)
+    shape[8:32, 8:28, 4:16] = True
+    image = np.where(shape, 800.0, 300.0) + rng.normal(0, 30, SHAPE)
+    return (image * scale).astype(np.float32), shape
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 10.0])
+def test_an_mr_image_s_arbitrary_intensity_scale_does_not_change_the_refinement(scale):
+    image, shape = block_mr(scale)
+    lo, hi = np.argwhere(shape).min(axis=0) - 2, np.argwhere(shape).max(axis=0) + 2  # a loose box
+    results = []
+    for factor in (1.0, 37.0):
+        s = ContourSession(Volume(image * np.float32(factor), AFFINES["RAS"]),
+                           Segmenter(backend=UnsureBackend(), progress=False), modality="mr")
+        s.add_box(tuple(lo), tuple(hi))
+        s.add_point((9, 9, 5))  # a corner
+        results.append(s.result().array == 1)
+    assert np.array_equal(results[0], results[1])  # without the units, edges vanish or are everywhere
+    assert dice(results[0], shape) > 0.75

@@ -17,8 +17,11 @@ prompts, ``new`` last, in ``prompts``):
    their side (:func:`_click_logit`).
 4. **Random walker** (:mod:`~fewshotcx.interactive.walker`) → probability, upsampled (linear) to the
    region and thresholded at 0.5; 26-connected pieces that touch neither a positive seed nor the
-   previous contour are dropped (after a box with no seed: all but the largest). After a box, the
-   structure is cleared wherever the box excludes it, in the whole image.
+   previous contour are dropped (after a box with no seed: all but the largest). After a click or
+   scribble, only the pieces of the change that hold one of its voxels are kept (:func:`_local`).
+   After a box, the structure is cleared wherever the box excludes it, in the whole image.
+
+Intensities are in HU; any other modality is first scaled by :func:`in_units` (the session does it).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from .walker import random_walk
 @dataclass(frozen=True)
 class Settings:
     """The method's constants, tuned on STS_001's GTV and LUNG1-001's GTV-1 and spinal cord (the
-    measurements: docs/contouring.md, "Boxes, clicks and scribbles")."""
+    measurements: docs/contouring.md, "Boxes, clicks and scribbles"); :data:`MR_SPAN` and
+    :func:`_local` were chosen on the brain atlases' amygdalae and pallida (docs/interactive.md)."""
 
     margin_mm: float = 6.0      # region beyond a box
     reach_mm: float = 30.0      # region around a click or scribble (half-size)
@@ -52,7 +56,24 @@ class Settings:
     click: float = 2.0          # log-odds of a click's push to its side, near it
     min_mm: float = 3.0         # a click's reach, at least
     spread: float = 2.5         # a click's reach along the contour, in units of its depth
+    depth: float = 2.0          # a click's push across the contour, in units of its depth
     local_mm: float = 20.0      # a click's reach when nothing is on its side nearby
+
+
+#: Non-CT intensities are scaled so that their 1st to 99th percentiles span this many units: the
+#: constants above are in HU, and an MR's arbitrary scale (0–117 on Colin27, 20–7430 on MNI152) would
+#: otherwise make every edge vanish or every voxel an edge.
+MR_SPAN = 1000.0
+
+
+def in_units(image: np.ndarray, modality: str) -> np.ndarray:
+    """``image`` (float32) in the units :class:`Settings` assumes: HU for ``"ct"``, as is; any other
+    modality scaled so its 1st to 99th percentiles span :data:`MR_SPAN` (unchanged if they are equal)."""
+    image = image.astype(np.float32)
+    if modality == "ct":
+        return image
+    low, high = np.percentile(image, [1, 99])
+    return image * np.float32(MR_SPAN / (high - low)) if high > low else image
 
 
 @dataclass(frozen=True)
@@ -190,6 +211,14 @@ def _keep(mask: np.ndarray, seeds: np.ndarray, previous: np.ndarray) -> np.ndarr
     return np.isin(pieces, keep)
 
 
+def _local(result: np.ndarray, previous: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """``result`` changed from ``previous`` only in the 26-connected pieces of the change that hold one
+    of the new prompt's ``seeds``: a click changes the contour around it, nothing disconnected from it."""
+    pieces, _ = ndimage.label(result ^ previous, np.ones((3, 3, 3), bool))
+    keep = np.unique(pieces[seeds])
+    return np.where(np.isin(pieces, keep[keep > 0]), result, previous)
+
+
 def _click_logit(new: Prompt, seeds: np.ndarray, current: np.ndarray, intensities: np.ndarray,
                  step: Sequence[float], settings: Settings) -> np.ndarray:
     """Log-odds after a click or scribble (``seeds``: its voxels on the region's grid).
@@ -208,7 +237,7 @@ def _click_logit(new: Prompt, seeds: np.ndarray, current: np.ndarray, intensitie
         depth = ndimage.distance_transform_edt(~side, sampling=step)  # how far from the asked side
     else:  # an island of its own (nothing on its side nearby): a blob around it
         rho, depth = settings.local_mm, np.zeros(current.shape)
-    near = np.exp(-0.5 * (distance / (settings.spread * rho)) ** 2) / (1 + np.exp((depth - 2 * rho) / rho * 4))
+    near = np.exp(-0.5 * (distance / (settings.spread * rho)) ** 2) / (1 + np.exp((depth - settings.depth * rho) / rho * 4))
     like = np.exp(-0.5 * ((intensities - intensities[seeds].mean()) / settings.sigma) ** 2)
     sign = 1.0 if new.positive else -1.0
     return settings.trust * (1 - near) * np.where(current, 1.0, -1.0) + settings.click * near * like * sign
@@ -269,6 +298,8 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
     full_seeds = _seed_grid(prompts, Region(region.lo, region.hi, 1), full.shape)
     result = (_up(x, region.factor, full.shape) > 0.5) & ((full == 0) | mask)
     result = _keep((result | (full_seeds == 1)) & (full_seeds != 0), full_seeds, mask)
+    if new.kind != "box":
+        result = _local(result, mask, _seed_grid([new], Region(region.lo, region.hi, 1), full.shape) >= 0)
     out = labels.copy()
     out[crop] = np.where(result, label, np.where(mask, 0, full))
     if new.kind == "box":  # nothing of the structure outside its box (but its seeds: enforced after)
