@@ -54,6 +54,7 @@ from .io.session_file import read_session_file, write_session_file
 from .io.undo import HISTORY_BYTES, HISTORY_STEPS, UndoHistory
 from .io.volume import PathLike, Volume, VolumeError, label_dtype, load_volume, reorient_array
 from .pipeline.intensity import decide_modality
+from .predictor import Predictor
 from .segmenter import Segmenter
 
 PROMPT = "prompt"  # the undo-history key of an add_box / add_point / add_scribble step
@@ -73,7 +74,9 @@ class ContourSession(DrawnCompletion):
         segmenter: a slab-backend :class:`Segmenter` whose backend, threshold and ``postprocess`` are
             used; default ``Segmenter()`` (bundled UniverSeg, CPU/auto device). A *fitted* one (support
             from ``fit``/``add``) gives the starting contour: :meth:`result` before any interaction is
-            ``segmenter.predict(image)``; unfitted, the session starts empty.
+            ``segmenter.predict(image)``; unfitted, the session starts empty. The session keeps the
+            fitted model it started with (:attr:`model`): a later ``segmenter.add`` or ``fit`` changes
+            the next session's first pass, never this one's.
         classes: the label values that may be drawn (``None``: the fitted segmenter's classes, else
             fixed by the first non-empty draw or prompt); ``labels=`` before 0.4.0 (deprecated).
         neighbours: drawn slices on each side of an undrawn slice that form its support.
@@ -98,8 +101,10 @@ class ContourSession(DrawnCompletion):
         self.neighbours = int(neighbours)
         #: The label values that may be drawn (``classes=``, or those of the first non-empty draw).
         self.declared = None if classes is None else tuple(sorted(self._check_values(classes)))
-        if self.declared is None and self.segmenter.fitted is not None:
-            self.declared = tuple(self.segmenter.classes)
+        #: The fitted model this session started from (an immutable value), ``None`` when unfitted.
+        self.model: Optional[Predictor] = self.segmenter.predictor if self.segmenter.fitted is not None else None
+        if self.declared is None and self.model is not None:
+            self.declared = tuple(self.model.classes)
         self.modality = decide_modality([self.image.array], modality if modality != "auto" else self.segmenter.modality)
         self._drawn: dict[int, tuple[np.ndarray, int]] = {}  # canonical z -> (read-only canonical mask; version)
         self._history = UndoHistory()  # per step: canonical z -> its mask before, (version, declared)
@@ -114,7 +119,7 @@ class ContourSession(DrawnCompletion):
         self.cache_limit: Optional[int] = None  # cached slice predictions kept; None = 8 × depth
         self._layer = PromptLayer()  # boxes, clicks, scribbles and the label maps they lead to
         self._units: Optional[np.ndarray] = None  # the image in the refinement's units (HU; MR scaled)
-        self._automatic: Optional[tuple] = None  # (fitted value, canonical labels, float16 probabilities)
+        self._automatic: Optional[tuple] = None  # (canonical labels, float16 probabilities) of the model
 
     # ------------------------------------------------------------------ drawing
     @property
@@ -306,8 +311,8 @@ class ContourSession(DrawnCompletion):
 
     def _base(self) -> np.ndarray:
         """The canonical label map before any prompt."""
-        if self.segmenter.fitted is not None:
-            labels = self._automatic_contour()[1].copy()
+        if self.model is not None:
+            labels = self._automatic_contour()[0].copy()
             for z, (mask, _) in self._drawn.items():
                 labels[..., z] = mask
             return labels
@@ -316,24 +321,23 @@ class ContourSession(DrawnCompletion):
         return self._canonical_result(self._probabilities(self._inside()))
 
     def _base_key(self) -> tuple:
-        """Identifies :meth:`_base`'s value: the drawn slices' versions and the fitted value."""
-        return tuple(sorted((z, v) for z, (_, v) in self._drawn.items())), id(self.segmenter.fitted)
+        """Identifies :meth:`_base`'s value: the drawn slices' versions (the model never changes)."""
+        return tuple(sorted((z, v) for z, (_, v) in self._drawn.items()))
 
     def _automatic_contour(self) -> tuple:
-        """``(fitted value, (X, Y, Z) canonical labels, (L, X, Y, Z) float16 probabilities)`` of the
-        fitted segmenter on this image, computed once per fitted value."""
-        fitted = self.segmenter.fitted
-        if self._automatic is None or self._automatic[0] is not fitted:
-            _, _, probs = self.segmenter.canonical_probabilities(self.image)
-            self._automatic = (fitted, self.segmenter.labels_from(probs), probs.astype(np.float16))
+        """``((X, Y, Z) canonical labels, (L, X, Y, Z) float16 probabilities)`` of :attr:`model` on
+        this image, computed once."""
+        if self._automatic is None:
+            probs = self.model.probabilities(self.model.query(self.image))
+            self._automatic = (self.model.labels(probs), probs.astype(np.float16))
         return self._automatic
 
     def _prior(self, label: int) -> Optional[np.ndarray]:
         """The automatic contour's ``(X, Y, Z)`` probability of ``label`` (``None``: not fitted, or not
         one of its classes)."""
-        if self.segmenter.fitted is None or label not in self.segmenter.classes:
+        if self.model is None or label not in self.model.classes:
             return None
-        return self._automatic_contour()[2][list(self.segmenter.classes).index(label)]
+        return self._automatic_contour()[1][list(self.model.classes).index(label)]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: PathLike, overwrite: bool = False) -> Path:

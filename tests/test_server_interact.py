@@ -173,6 +173,8 @@ def test_serve_support_fits_the_model_once_and_sessions_start_from_its_predictio
         options("--structures", "Bladder")
     with pytest.raises(CliError, match="--support"):
         options("--support", f"{tmp_path / 'missing.nii.gz'}:{tmp_path / 'prior_label.nii.gz'}")
+    with pytest.raises(CliError, match="--max-support"):
+        options("--learn", "--max-support", "0")
 
 
 def test_the_slice_preview_shows_a_result_made_of_prompts_alone(tmp_path):
@@ -189,3 +191,36 @@ def test_the_slice_preview_shows_a_result_made_of_prompts_alone(tmp_path):
         expected = session.result().canonical().array[..., 5]
     green = (completed[..., 1] > completed[..., 0] + 0.2) & (completed[..., 1] > completed[..., 2] + 0.2)
     assert expected.any() and np.array_equal(green, to_display(expected) > 0)
+
+
+def test_a_learning_server_takes_accepted_contours_as_support_for_later_sessions_only(tmp_path):
+    """``serve --learn``: accept adds the contour to the shared model (blank at first); a session
+    opened afterwards starts from the new model's prediction, the open one keeps its result; an empty
+    contour (400) or a full model (409) is one line and learns nothing. Without ``--learn`` nothing
+    is learned."""
+    first, second = write_image(tmp_path, "a.nii.gz", orientation="PLI"), write_image(tmp_path, "b.nii.gz")
+    store = SessionStore(tiny_segmenter(), learns=True, max_support=1)
+    with serving(store) as url:
+        empty = RemoteSession(url, second)
+        empty.add_point((12, 10, 6), positive=False)  # a blank session: nothing but a negative click
+        status, _, answer = call(f"{url}/sessions/{empty.session_id}/accept", "POST")
+        assert status == 400 and "empty" in error_detail(answer) and store.segmenter.fitted is None
+        remote = RemoteSession(url, first)
+        remote.add_box((8, 6, 4), (16, 14, 7))
+        shown = remote.result().array
+        status, headers, _ = call(f"{url}/sessions/{remote.session_id}/accept", "POST")
+        assert status == 200 and headers["X-Fewshotcx-Support"] == "1"
+        assert len(store.segmenter.support.images) == 1 and np.array_equal(remote.result().array, shown)
+        later = RemoteSession(url, second)  # starts from the model that learned the first contour
+        expected = store.segmenter.predict(load_volume(second, canonical=False)).array
+        assert np.array_equal(later.result().array, expected) and expected.any()
+        later.add_point((12, 10, 6), positive=True)
+        status, _, answer = call(f"{url}/sessions/{later.session_id}/accept", "POST")
+        assert status == 409 and "maximum of 1 support volumes" in error_detail(answer)
+        assert len(store.segmenter.support.images) == 1
+    quiet = SessionStore(tiny_segmenter())
+    with serving(quiet) as url:
+        remote = RemoteSession(url, first)
+        remote.add_box((8, 6, 4), (16, 14, 7))
+        remote.accept()
+        assert quiet.segmenter.fitted is None

@@ -177,8 +177,9 @@ def test_a_fitted_segmenter_gives_the_starting_contour_and_accepted_contours_bec
     assert s.result().array[18, 19, 9] == 1
     accepted = s.accept()
     assert accepted.label and accepted.same_grid(other)
-    before = seg.predict(vol).array
+    before, shown = seg.predict(vol).array, s.result().array
     seg.add(other, accepted)
+    assert np.array_equal(s.result().array, shown)  # an open session keeps the model it started with
     assert len(seg.support.images) == 2
     assert np.array_equal(seg.support.labels[-1].array, accepted.canonical().array)
     nxt = ContourSession(vol, seg)

@@ -4,7 +4,9 @@ Binds to loopback by default. Any other ``--host`` needs ``--api-key-file`` (ref
 anything is loaded); put TLS in front (a reverse proxy) for anything beyond one machine: the key
 travels in a header. With ``--support IMAGE:LABEL`` the model is fitted on those prior patients once,
 at start, and every session starts from its prediction (``ContourSession(image, fitted_segmenter)``);
-without, sessions start blank.
+without, sessions start blank. With ``--learn`` each accepted contour joins the model's support (in
+memory, at most ``--max-support`` volumes): the next patient's session starts from a model that has
+seen it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "sessions start blank)")
     p.add_argument("--structures", default=None, metavar="A,B,...",
                    help="structures to learn from --support RTSTRUCTs (TG-263 synonyms match)")
+    p.add_argument("--learn", action="store_true",
+                   help="add each accepted contour (POST /sessions/ID/accept) to the model's support: sessions "
+                        "opened later start from it (in memory only; off by default)")
+    p.add_argument("--max-support", type=int, default=16,
+                   help="support volumes the model may hold with --learn (default 16; one more is refused)")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--modality", default="auto", choices=["auto", "ct", "mr"])
@@ -84,6 +91,7 @@ def server_options(args: argparse.Namespace) -> dict:
             raise CliError(f"--data-root {root} is not a directory")
     check_number(args.port, "--port", low=1, high=65535)
     check_number(args.max_sessions, "--max-sessions", low=1)
+    check_number(args.max_support, "--max-support", low=1)
     for option in ("max_upload_mb", "max_image_mb", "idle_minutes", "body_timeout", "header_timeout",
                    "keep_alive_timeout"):
         check_number(getattr(args, option), "--" + option.replace("_", "-"), positive=True)
@@ -115,7 +123,8 @@ def run(args: argparse.Namespace) -> None:
         segmenter.fit(images=images, labels=labels)
     store = SessionStore(segmenter, max_sessions=args.max_sessions, idle_seconds=args.idle_minutes * 60,
                          max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
-                         max_image_bytes=int(args.max_image_mb * (1 << 20)))
+                         max_image_bytes=int(args.max_image_mb * (1 << 20)), learns=args.learn,
+                         max_support=args.max_support)
     app = create_app(store, **options)
     try:  # on SIGTERM/SIGINT the app's shutdown closes the store before uvicorn re-raises the signal
         uvicorn.Server(uvicorn_config(app, options["limits"], host=args.host, port=args.port,

@@ -25,7 +25,7 @@ Routes (every one but ``/healthz``, the viewer page ``/`` and its static files n
 ``POST /sessions/{id}/box``                 a box prompt (JSON bodies: :mod:`.prompts`; routes: :mod:`.interact`)
 ``POST /sessions/{id}/point``               a positive or negative click
 ``POST /sessions/{id}/scribble``            a positive or negative scribble (its voxels)
-``POST /sessions/{id}/accept?format=F``     the accepted contour (formats as ``/result``)
+``POST /sessions/{id}/accept?format=F``     the accepted contour (formats as ``/result``); learnt (``--learn``)
 =========================================  ===============================================================
 
 Errors are JSON ``{"detail": "<one line>"}``: 400 bad input (a malformed or missing parameter
@@ -71,7 +71,7 @@ from .guard import (LOOPBACK_HOSTS, BrowserGuard, HTTPError, Scrub, UploadSlots,
                     scrubber, validation_detail)
 from .interact import interaction_routes
 from .limits import Limits
-from .store import UPLOAD_SUFFIXES, SessionLimitError, SessionStore, UnknownSession, resolve_under
+from .store import UPLOAD_SUFFIXES, LearnLimitError, SessionLimitError, SessionStore, UnknownSession, resolve_under
 from .preview import slice_png, window_range
 from .wire import MAX_WIRE_LABEL, decode_mask, encode_mask, nifti_bytes
 
@@ -161,8 +161,8 @@ def _add_error_handlers(app: FastAPI, scrub: Scrub) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": scrub(validation_detail(exc))}, status_code=400)
 
-    for kind, status in ((UnknownSession, 404), (SessionLimitError, 503), (PermissionError, 403),
-                         (ValueError, 400), (VolumeError, 400), (FileNotFoundError, 400)):
+    for kind, status in ((UnknownSession, 404), (SessionLimitError, 503), (LearnLimitError, 409),
+                         (PermissionError, 403), (ValueError, 400), (VolumeError, 400), (FileNotFoundError, 400)):
         app.add_exception_handler(kind, answer(status, scrub))
 
     @app.exception_handler(Exception)

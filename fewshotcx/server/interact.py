@@ -8,6 +8,11 @@ guard as every session route):
 ``POST /sessions/{id}/accept?format=F``     the accepted contour, as ``/result`` returns it
 =========================================  ===============================================================
 
+On a store that learns (``fewshotcx serve --learn``), ``accept`` first adds the contour to the shared
+model's support (:meth:`SessionStore.learn <fewshotcx.server.store.SessionStore.learn>`; its answer's
+``X-Fewshotcx-Support`` header counts the support volumes): sessions opened later start from it. An
+empty contour is answered 400 and a full model 409, in one line, and nothing is learned.
+
 The first three answer the session's state, as ``GET /sessions/{id}`` does, and are undone one at a
 time by ``POST /sessions/{id}/undo`` (one undo stack for draws, erases and prompts). Bodies are JSON
 (:mod:`fewshotcx.server.prompts`), bounded before they are read; a body that does not parse, names a
@@ -65,7 +70,13 @@ def interaction_routes(store: SessionStore, limits: Limits) -> APIRouter:
     def accept(session_id: str, format: str = "nifti") -> Response:
         with store.use(session_id) as entry:
             check_format(entry, format)
-            return export(entry, entry.session.accept(), format)
+            contour = entry.session.accept()
+            if not store.learns:
+                return export(entry, contour, format)
+            held = store.learn(entry.session.original, contour)
+            answer = export(entry, contour, format)
+            answer.headers["X-Fewshotcx-Support"] = str(held)
+            return answer
 
     return router
 

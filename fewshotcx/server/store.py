@@ -4,7 +4,10 @@ segmenter (one model in memory), with a session count limit and idle expiry.
 Locks: every operation on a session holds that session's lock, and nothing else: sessions share the
 segmenter's backend (model and settings) but no mutable state (each conditions its own immutable
 :class:`~fewshotcx.backends.base.Fitted` values on its drawn slices), so several sessions run the model
-at once.
+at once. A store that learns (``fewshotcx serve --learn``) adds each accepted contour to the shared
+segmenter's support under its own lock; a session keeps the model it was opened with
+(:attr:`ContourSession.model <fewshotcx.session.ContourSession.model>`), so learning changes the first
+pass of sessions opened later, never an open one's result. Learned contours live in memory only.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".zip")
 
 class SessionLimitError(RuntimeError):
     """The server already holds ``max_sessions`` sessions."""
+
+
+class LearnLimitError(RuntimeError):
+    """The shared model already holds ``max_support`` support volumes: nothing more is learned."""
 
 
 class UnknownSession(KeyError):
@@ -74,13 +81,18 @@ class SessionStore:
             before decoding; also bounds decompression and an unpacked zip), see
             :class:`~fewshotcx.io.limits.ReadLimits`.
         clock: monotonic seconds (injectable for tests).
+        learns: :meth:`learn` is allowed (accepted contours become the shared model's support).
+        max_support: support volumes the shared model may hold; learning one more is refused.
     """
 
     def __init__(self, segmenter: Segmenter, max_sessions: int = 8, idle_seconds: float = 3600.0,
                  max_upload_bytes: int = 512 << 20, clock: Callable[[], float] = time.monotonic,
-                 max_image_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
+                 max_image_bytes: int = DEFAULT_MAX_DECODED_BYTES, learns: bool = False,
+                 max_support: int = 16) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        if max_support < 1:
+            raise ValueError(f"max_support must be at least 1, got {max_support}")
         if not math.isfinite(max_image_bytes) or max_image_bytes < 1:
             raise ValueError(f"max_image_bytes must be a positive number of bytes, got {max_image_bytes}")
         self.segmenter = segmenter
@@ -89,6 +101,9 @@ class SessionStore:
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_image_bytes = int(max_image_bytes)
         self.clock = clock
+        self.learns = bool(learns)
+        self.max_support = int(max_support)
+        self._learning = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self._opening = 0  # sessions being loaded: they hold a place under max_sessions
         self._lock = threading.Lock()
@@ -140,6 +155,27 @@ class SessionStore:
             self._opening -= 1
             self._entries[entry.id] = entry
         return entry
+
+    def learn(self, image: Volume, contour: Volume) -> int:
+        """Add an accepted ``contour`` (a label map on ``image``'s grid) to the shared segmenter's
+        support (:meth:`Segmenter.add <fewshotcx.Segmenter.add>`); returns the support volumes it now
+        holds. Sessions opened from now on start from the new model; open ones keep theirs.
+
+        Raises:
+            PermissionError: this store does not learn (``learns=False``).
+            ValueError: the contour is empty. LearnLimitError: ``max_support`` volumes already held.
+        """
+        if not self.learns:
+            raise PermissionError("this server does not learn from accepted contours (start it with --learn)")
+        if not contour.array.any():
+            raise ValueError("the accepted contour is empty: nothing to learn")
+        with self._learning:
+            held = 0 if self.segmenter.support is None else len(self.segmenter.support.images)
+            if held >= self.max_support:
+                raise LearnLimitError(f"the server's model holds its maximum of {self.max_support} support volumes: "
+                                      "nothing was learned (restart it with a larger --max-support)")
+            self.segmenter.add(image, contour)
+            return held + 1
 
     def _reserve(self) -> None:
         """Hold a place for a session about to load.
