@@ -1,6 +1,6 @@
 """The web viewer's prompt tools in a real headless Chromium (as tests/test_viewer.py): a box dragged,
-a click, a Shift+click (negative), a brush scribble and a Shift+scribble with real mouse events, a box with a Depth (3D), on a file stored
-transposed and inferior first; the server's session gets them as the file's own voxels (the result
+a click, a Shift+click (negative), a brush scribble, a Shift+scribble and a box with a Depth (3D) with
+real mouse events, on a file stored transposed and inferior first; the server's session gets them as the file's own voxels (the result
 changes at the clicked voxel, Undo takes a prompt back), and replaying what the page sent on a local
 ``ContourSession`` gives the same result. On a fitted server the page opens showing the model's contour."""
 
