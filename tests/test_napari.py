@@ -161,3 +161,97 @@ def test_clicks_and_boxes_on_the_prompt_layers_reach_the_session_like_the_python
             qtbot.mouseClick(widget.undo_button, Qt.LeftButton)
         assert len(prompts.positive.data) == len(prompts.boxes.data) == 0 and not widget.result_layer.data.any()
         assert "error" not in widget.status.text(), widget.status.text()
+
+
+def test_rectangle_box_depth_and_scribble_mask_map_canonical_layers_to_own_voxels(tmp_path):
+    """The pure conversions: a rectangle with depth d spans canonical slices z-d..z+d cut to the image
+    (own k runs the other way in an inferior-first file), a scribble layer's painted voxels become the
+    own ``(X, Y, Z)`` mask; refusals are ValueErrors."""
+    from fewshotcx.io.grid import AxialSlices
+    from fewshotcx.napari.prompts import rectangle_box, scribble_mask
+
+    own = load_volume(write_image(tmp_path, orientation="LPI")).to_source()  # the file's layout
+    slices = AxialSlices.of(own.affine, own.shape)
+    X, Y, Z = SHAPE
+    rectangle = lambda z: np.array([[z, 6, 8], [z, 6, 16], [z, 14, 16], [z, 14, 8]])  # noqa: E731
+    assert rectangle_box(rectangle(4), slices) == ((X - 17, Y - 15, Z - 5), (X - 9, Y - 7, Z - 5))
+    assert rectangle_box(rectangle(4), slices, 2) == ((X - 17, Y - 15, Z - 7), (X - 9, Y - 7, Z - 3))
+    assert rectangle_box(rectangle(1), slices, 3) == ((X - 17, Y - 15, Z - 5), (X - 9, Y - 7, Z - 1))
+    with pytest.raises(ValueError, match="depth"):
+        rectangle_box(rectangle(4), slices, -1)
+    painted = np.zeros((Z, Y, X), np.uint8)
+    painted[3, 5, 7] = painted[4, 6, 8] = 2
+    mask = scribble_mask(painted, slices)
+    assert mask.dtype == bool and mask.shape == SHAPE
+    assert sorted(map(tuple, np.argwhere(mask))) == [(X - 9, Y - 7, Z - 5), (X - 8, Y - 6, Z - 4)]
+    with pytest.raises(ValueError, match="nothing painted"):
+        scribble_mask(np.zeros_like(painted), slices)
+    with pytest.raises(ValueError, match="does not cover"):
+        scribble_mask(painted[1:], slices)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_deep_boxes_and_scribbles_on_the_prompt_layers_reach_the_session_like_the_python_api(qtbot, tmp_path, remote):
+    """A rectangle drawn with Box depth 2 is a 3D box over 5 slices; paint on the ``scribbles +`` layer
+    sent with Send scribble, a brush stroke on ``scribbles -`` sent when it ends: each one scribble in
+    the file's own voxels (LPI), the layer cleared; Undo takes them back; an empty scribble is one error
+    line, nothing sent."""
+    from fewshotcx.server import SessionStore
+
+    path = write_image(tmp_path, orientation="LPI")
+    viewer = ViewerModel()
+    add_volume(viewer, load_volume(path), name="ct")
+    widget = ContourWidget(viewer, segmenter=tiny_segmenter())
+    qtbot.addWidget(widget)
+    X, Y, Z = SHAPE
+    flip = lambda canonical: canonical[::-1, ::-1, ::-1]  # noqa: E731 - canonical (X, Y, Z) -> LPI own
+    with serving(SessionStore(tiny_segmenter())) as url:
+        if remote:
+            widget.url.setText(url)
+        qtbot.mouseClick(widget.start_button, Qt.LeftButton)
+        prompts = widget.prompts
+        assert [layer.name for layer in prompts.scribbles] == ["ct scribbles +", "ct scribbles -"]
+        assert all(layer.data.shape == (Z, Y, X) for layer in prompts.scribbles)
+        local = ContourSession(path, tiny_segmenter())
+        shown = lambda: np.transpose(widget.result_layer.data, (2, 1, 0))  # noqa: E731
+
+        widget.box_depth.setValue(2)
+        z = 5
+        prompts.boxes.add_rectangles(np.array([[z, 6.2, 8.4], [z, 6.2, 16], [z, 14, 16], [z, 14, 8.4]]))
+        local.add_box((X - 17, Y - 15, Z - 1 - (z + 2)), (X - 9, Y - 7, Z - 1 - (z - 2)))
+        assert np.array_equal(shown(), local.result().canonical().array), widget.status.text()
+        assert shown()[..., z - 2].any() and shown()[..., z + 2].any()  # the box reaches 2 slices either way
+
+        widget.auto_send.setChecked(False)
+        canonical = np.zeros(SHAPE, bool)  # (X, Y, Z) canonical: a scribble across 3 slices
+        canonical[4:9, 3:6, z - 1:z + 2] = True
+        prompts.scribble_positive.data = np.transpose(canonical, (2, 1, 0)).astype(np.uint8)
+        qtbot.mouseClick(widget.scribble_button, Qt.LeftButton)
+        local.add_scribble(flip(canonical), positive=True)
+        assert not prompts.scribble_positive.data.any(), widget.status.text()
+        assert np.array_equal(shown(), local.result().canonical().array)
+        assert shown()[5, 4, z] == 1  # the scribble's voxels are in, outside the box
+
+        widget.auto_send.setChecked(True)  # a brush stroke is sent when it ends
+        reference = viewer.add_labels(np.zeros((Z, Y, X), np.uint8), scale=prompts.scribble_negative.scale)
+        reference.brush_size = prompts.scribble_negative.brush_size
+        reference.paint((z, 10, 12), 1)  # the same dab on a layer of nobody's
+        prompts.scribble_negative.paint((z, 10, 12), 1)
+        qtbot.waitUntil(lambda: not prompts.scribble_negative.data.any(), timeout=10_000)
+        local.add_scribble(flip(np.transpose(reference.data, (2, 1, 0)) != 0), positive=False)
+        assert np.array_equal(shown(), local.result().canonical().array), widget.status.text()
+        assert shown()[12, 10, z] == 0
+
+        for _ in range(2):  # the negative scribble, then the positive one: session and layers agree
+            qtbot.mouseClick(widget.undo_button, Qt.LeftButton)
+            local.undo()
+            assert np.array_equal(widget.session.result().array, local.result().array)
+            assert np.array_equal(shown(), local.result().canonical().array)
+            assert len(prompts.boxes.data) == 1 and not any(layer.data.any() for layer in prompts.scribbles)
+        assert "error" not in widget.status.text(), widget.status.text()
+        assert shown()[5, 4, z] == 0
+
+        qtbot.mouseClick(widget.scribble_button, Qt.LeftButton)  # nothing painted: one line, nothing sent
+        assert widget.status.text() == "error: nothing painted on the scribble layers"
+        qtbot.mouseClick(widget.undo_button, Qt.LeftButton)  # so Undo takes back the box
+        assert len(prompts.boxes.data) == 0 and not widget.result_layer.data.any()

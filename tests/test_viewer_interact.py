@@ -1,6 +1,6 @@
 """The web viewer's prompt tools in a real headless Chromium (as tests/test_viewer.py): a box dragged,
-a click, a Shift+click (negative), a brush scribble and a Shift+scribble with real mouse events, on a file stored
-transposed and inferior first; the server's session gets them as the file's own voxels (the result
+a click, a Shift+click (negative), a brush scribble, a Shift+scribble and a box with a Depth (3D) with
+real mouse events, on a file stored transposed and inferior first; the server's session gets them as the file's own voxels (the result
 changes at the clicked voxel, Undo takes a prompt back), and replaying what the page sent on a local
 ``ContourSession`` gives the same result. On a fitted server the page opens showing the model's contour."""
 
@@ -138,6 +138,37 @@ def test_box_clicks_and_scribble_with_the_mouse_reach_the_session_in_the_files_o
     replay(local, prompts)
     expected = local.result()
     assert result.same_grid(expected) and np.array_equal(result.array, expected.array)
+
+
+def test_a_box_dragged_with_a_depth_is_a_3d_box_over_the_slices_around_the_shown_one(browser, tmp_path):
+    """Depth d: the dragged rectangle spans the file's slices k-d..k+d, cut to the image (the file is
+    stored inferior first: its slice 1 is canonical 10 of 12); the server's session equals a local one
+    given those 3D boxes."""
+    path = write_image(tmp_path, orientation="PLI")
+    with serving(SessionStore(tiny_segmenter())) as url:
+        remote = RemoteSession(url, path)
+        browser.get(f"{url}/?session={remote.session_id}")
+        wait_for(lambda: browser.execute_script("return document.body.dataset.ready === '1'"), what="the session")
+        idle(browser)
+        browser.find_element("id", "tool-box").click()
+        for k, depth in ((5, 2), (1, 3)):
+            go_to_slice(browser, k)
+            field = browser.find_element("id", "box-depth")
+            field.clear()
+            field.send_keys(str(depth))
+            stroke(browser, -90, -90, steps=((60, 60), (60, 60), (60, 60)))
+            idle(browser)
+        deep, clipped = (prompt["body"] for prompt in sent(browser))
+        assert (deep["lo"][2], deep["hi"][2]) == (3, 7) and (clipped["lo"][2], clipped["hi"][2]) == (0, 4)
+        assert all(h - lo >= 2 for body in (deep, clipped) for lo, h in zip(body["lo"][:2], body["hi"][:2]))
+        assert prompt_count(url, remote.session_id) == 2
+        result = remote.result()
+
+    local = ContourSession(path, tiny_segmenter())
+    local.add_box((*deep["lo"][:2], 3), (*deep["hi"][:2], 7))
+    local.add_box((*clipped["lo"][:2], 0), (*clipped["hi"][:2], 4))
+    expected = local.result()
+    assert np.array_equal(result.array, expected.array) and result.array[..., 3].any()  # 2 slices off the drawn one
 
 
 def test_a_session_on_a_fitted_server_opens_showing_the_models_contour(browser, tmp_path):

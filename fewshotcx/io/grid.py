@@ -306,8 +306,7 @@ class AxialSlices:
 
     def plane_to_own(self, plane: np.ndarray) -> np.ndarray:
         """A canonical axial plane → the own ``(X, Y)`` plane."""
-        back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), self.orientation)
-        return np.ascontiguousarray(ornt.apply_orientation(np.asarray(plane)[..., None], back)[..., 0])
+        return np.ascontiguousarray(self.volume_to_own(np.asarray(plane)[..., None])[..., 0])
 
     def voxels_to_canonical(self, voxels: np.ndarray) -> np.ndarray:
         """``(N, 3)`` own voxels ``(i, j, k)`` (``array[i, j, k]``, in range) → canonical voxels."""
@@ -326,6 +325,12 @@ class AxialSlices:
     def volume_to_canonical(self, array: np.ndarray) -> np.ndarray:
         """An own ``(X, Y, Z)`` array (of :attr:`shape`, checked by the caller) → the canonical array."""
         return np.ascontiguousarray(ornt.apply_orientation(np.asarray(array), self.orientation))
+
+    def volume_to_own(self, array: np.ndarray) -> np.ndarray:
+        """A canonical ``(X, Y, Z)`` array → the own array (of :attr:`shape`; the inverse of
+        :meth:`volume_to_canonical`)."""
+        back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), self.orientation)
+        return np.ascontiguousarray(ornt.apply_orientation(np.asarray(array), back))
 
 
 def canonical_axial_slices(affine: np.ndarray, shape: tuple[int, ...], slices, what: str = "the image") -> list[int]:

@@ -10,8 +10,11 @@ any other 3D Image layer is read as ``(Z, Y, X)`` with its ``scale`` and ``trans
 
 Prompts (:mod:`fewshotcx.napari.prompts`): a point added to the ``clicks +`` (``clicks -``) layer is
 sent as a positive (negative) click, a rectangle drawn on the ``boxes`` layer as a 2D box on its
-slice, each with the Labels layer's selected label, and the result layer is refreshed. Undo takes back
-the session's last step, a prompt's item with it. Deleting an item from a layer by hand does not
+slice (with a ``Box depth`` d > 0: a 3D box over the d slices above and below it too), and what is
+painted on the ``scribbles +`` (``scribbles -``) layer as one positive (negative) scribble, at the end
+of each stroke (with "Send as I paint") or on "Send scribble", the layer then cleared; each with the
+contour Labels layer's selected label, and the result layer is refreshed. Undo takes back the
+session's last step, a click's or box's item with it. Deleting an item from a layer by hand does not
 change the session: use Undo.
 """
 
@@ -23,11 +26,11 @@ from typing import Any, Optional
 import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                            QVBoxLayout, QWidget)
+                            QSpinBox, QVBoxLayout, QWidget)
 
 from ..io.grid import AxialSlices
 from ..io.volume import Volume, VolumeError
-from .prompts import PromptLayers, click_voxel, rectangle_box
+from .prompts import PromptLayers, click_voxel, rectangle_box, scribble_mask
 
 VOLUME_KEY = "fewshotcx_volume"
 
@@ -86,7 +89,11 @@ class ContourWidget(QWidget):
         form.addRow("Image", self.image_box)
         form.addRow("Server", self.url)
         form.addRow("API key", self.key)
-        self.auto_send = QCheckBox("Send slices as I paint")
+        self.box_depth = QSpinBox()
+        self.box_depth.setRange(0, 999)
+        self.box_depth.setToolTip("slices above and below the one a box is drawn on (0: a 2D box)")
+        form.addRow("Box depth", self.box_depth)
+        self.auto_send = QCheckBox("Send slices and scribbles as I paint")
         self.auto_send.setChecked(True)
         self.start_button = QPushButton("Start session")
         self.send_button = QPushButton("Send slice")
@@ -94,18 +101,19 @@ class ContourWidget(QWidget):
         self.undo_button = QPushButton("Undo")
         self.complete_button = QPushButton("Complete")
         self.suggest_button = QPushButton("Suggest slice")
+        self.scribble_button = QPushButton("Send scribble")
         self.status = QLabel("Pick an image and start a session.")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.auto_send)
         layout.addWidget(self.start_button)
-        for pair in ((self.send_button, self.erase_button), (self.undo_button, self.complete_button)):
+        for pair in ((self.send_button, self.erase_button), (self.undo_button, self.complete_button),
+                     (self.scribble_button, self.suggest_button)):
             row = QHBoxLayout()
             for button in pair:
                 row.addWidget(button)
             layout.addLayout(row)
-        layout.addWidget(self.suggest_button)
         layout.addWidget(self.status)
         layout.addStretch()
 
@@ -115,6 +123,7 @@ class ContourWidget(QWidget):
         self.undo_button.clicked.connect(lambda: self._guard(self.undo))
         self.complete_button.clicked.connect(lambda: self._guard(self.complete))
         self.suggest_button.clicked.connect(lambda: self._guard(self.suggest))
+        self.scribble_button.clicked.connect(lambda: self._guard(self.send_scribbles))
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self._refresh_images()
@@ -131,7 +140,7 @@ class ContourWidget(QWidget):
 
     def _enable(self, on: bool) -> None:
         for button in (self.send_button, self.erase_button, self.undo_button, self.complete_button,
-                       self.suggest_button):
+                       self.suggest_button, self.scribble_button):
             button.setEnabled(on)
 
     def _guard(self, action) -> None:
@@ -175,6 +184,8 @@ class ContourWidget(QWidget):
         self._steps = []
         for layer in self.prompts.layers:
             layer.events.data.connect(partial(self._prompted, layer))
+        for layer in self.prompts.scribbles:
+            layer.events.paint.connect(partial(self._scribbled, layer))
         self.viewer.layers.selection.active = self.labels_layer
         self._enable(True)
         self.status.setText(f"Session on {name} ({where}). Paint a slice, then Send slice.")
@@ -212,7 +223,7 @@ class ContourWidget(QWidget):
         prompts and, once shown, the result again."""
         self.session.undo()
         layer = self._steps.pop() if self._steps else None
-        if layer is not None:  # the prompt's item goes too
+        if id(layer) in self._sent:  # a click's or box's item goes too (a scribble's left its layer when sent)
             self._sent[id(layer)] -= 1
             layer.remove([self._sent[id(layer)]])
         self._show_drawing()
@@ -251,7 +262,7 @@ class ContourWidget(QWidget):
             item = layer.data[self._sent[id(layer)]]
             try:
                 if layer is self.prompts.boxes:
-                    self.session.add_box(*rectangle_box(item, self.slices), label=label)
+                    self.session.add_box(*rectangle_box(item, self.slices, self.box_depth.value()), label=label)
                 else:
                     self.session.add_point(click_voxel(item, self.slices), positive=positive, label=label)
             except Exception:
@@ -259,6 +270,35 @@ class ContourWidget(QWidget):
                 raise
             self._sent[id(layer)] += 1
             self._steps.append(layer)
+        self.complete()
+
+    def send_scribbles(self) -> None:
+        """Send what is painted on each scribble layer as one scribble (positive, then negative).
+
+        Raises:
+            ValueError: nothing is painted on either layer.
+        """
+        painted = [layer for layer in self.prompts.scribbles if np.any(layer.data)]
+        if not painted:
+            raise ValueError("nothing painted on the scribble layers")
+        for layer in painted:
+            self._send_scribble(layer)
+
+    def _scribbled(self, layer: Any, *_: Any) -> None:
+        # a stroke ended on a scribble layer: send it once napari is done with the stroke (as _painted)
+        if self.auto_send.isChecked() and self.prompts is not None and any(layer is s for s in self.prompts.scribbles):
+            QTimer.singleShot(0, lambda: self._guard(partial(self._send_scribble, layer)))
+
+    def _send_scribble(self, layer: Any) -> None:
+        """Send ``layer``'s painted voxels as one scribble with the selected label, clear the layer
+        (also when the session refuses it), then show the result."""
+        try:
+            mask = scribble_mask(layer.data, self.slices)
+            self.session.add_scribble(mask, positive=layer is self.prompts.scribble_positive,
+                                      label=int(self.labels_layer.selected_label))
+        finally:
+            layer.data = np.zeros_like(layer.data)
+        self._steps.append(layer)
         self.complete()
 
     def complete(self) -> None:

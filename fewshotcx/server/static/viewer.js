@@ -211,9 +211,10 @@ async function refreshResult() {
 }
 
 // ---------------------------------------------------------------- prompts
-// Box: drag a rectangle on the slice. Point: click. Scribble: drag a brush of the Size above. Shift held
-// when the mouse goes down makes a point or scribble negative (outside the structure). The marks canvas
-// shows the box or stroke while the mouse is down; the result overlay is refreshed after each prompt.
+// Box: drag a rectangle on the slice (with a Depth d > 0: a 3D box over the d slices above and below it
+// too, cut to the image). Point: click. Scribble: drag a brush of the Size above. Shift held when the
+// mouse goes down makes a point or scribble negative (outside the structure). The marks canvas shows the
+// box or stroke while the mouse is down; the result overlay is refreshed after each prompt.
 const drag = { tool: null, start: null, last: null, negative: false, voxels: null, path: null };
 
 // The canonical voxel under the mouse on the shown slice, or null outside the image.
@@ -290,7 +291,9 @@ function promptUp(e) {
   if (tool === "point") {
     sendPrompt("point", { ijk: fileVoxel(start), positive: !negative, label });
   } else if (tool === "box") {
-    const a = fileVoxel(start), b = fileVoxel([end[0], end[1], start[2]]);
+    const depth = Math.max(0, Math.floor(Number($("box-depth").value) || 0));
+    const a = fileVoxel([start[0], start[1], Math.max(0, start[2] - depth)]);
+    const b = fileVoxel([end[0], end[1], Math.min(state.dims[2] - 1, start[2] + depth)]);
     sendPrompt("box", { lo: a.map((v, i) => Math.min(v, b[i])), hi: a.map((v, i) => Math.max(v, b[i])), label });
   } else {
     const n = state.dims[0];
