@@ -46,6 +46,8 @@ if [[ $lane == review || $lane == all ]]; then
   "$PY" benchmarks/calibration.py "${FOV64[@]}" --threads 1 --out "$R"
   "$PY" benchmarks/active_contouring.py "${FOV64[@]}" --threads 1 --out "$R" --plots docs/img
   "$PY" benchmarks/serve_latency.py --threads 1 --out "$R"
+  "$PY" benchmarks/interactive_protocol.py --out "$R" --plots docs/img  # box + clicks (../shared/data)
+  "$PY" benchmarks/interaction_latency.py --out "$R"  # seconds per interaction on whole 512 x 512 scans
 fi
 if [[ $lane == cross || $lane == all ]]; then
   "$PY" benchmarks/cross_patient.py "${FOV64[@]}" --out "$R" --plots docs/img
