@@ -118,3 +118,22 @@ def test_real_unlabelled_ct_gives_supervoxels_inside_its_body():
     assert sv.name == "mirp/CRLM-CT-1004 supervoxels" and len(sv.structures) == 16
     assert not sv.labels.array[~body_mask(sv.image.array)].any()
     assert {"bone", "fat", "soft tissue"} <= set(hu.structures.values())
+
+
+def test_the_gpu_recipe_adds_ssl_ct_only_in_its_own_lane():
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(root / "benchmarks")]
+    import roles
+    import train_gpu
+
+    default = train_gpu.train_command(Path("a.pt"), False, False, 10.0, None)
+    lane = train_gpu.train_command(Path("a.pt"), False, False, 10.0, None, lane="ssl-ct")
+    at = default.index("--width")  # after the --data flags
+    assert "ssl-ct" not in default and lane == default[:at] + ["--data", "ssl-ct"] + default[at:]
+    assert len({p for _, paths in train_gpu.LANES.values() for p in paths}) == 2 * 3  # no shared checkpoint/cache
+    config = {"data": train_gpu.DATA + ["ssl-ct"], "holdout_volumes": train_gpu.HOLDOUT_VOLUMES,
+              "report_volumes": train_gpu.REPORT_VOLUMES}
+    assert roles.undeclared(config) == [] and roles.trained_volumes(config) == set(ssl.UNLABELLED_CTS)
