@@ -95,6 +95,13 @@ def train_command(out: Path, dry_run: bool, resume: bool, seconds: float, volume
     return command + (["--resume"] if resume else [])
 
 
+def cache_command(lane: str, volume_cache: Path, scratch: Path) -> list[str]:
+    """``fewshotcx train`` with the lane's data and held-out sets for 0 steps on the CPU: it loads the real
+    sources and writes ``volume_cache`` (the GPU machine then reads it); its checkpoint goes to ``scratch``."""
+    return train_command(scratch, False, False, 1.0, volume_cache, lane) + ["--steps", "0", "--device", "cpu",
+                                                                            "--overwrite"]
+
+
 #: Wall-clock allowance for loading the data and cutting the tasks, on top of the training budget.
 SETUP_SECONDS = 240
 
@@ -160,6 +167,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--lane", choices=sorted(LANES), default="default",
                         help="default: the bundled model's recipe; ssl-ct: the same plus --data ssl-ct (the "
                              "unlabelled abdominal CTs as supervoxel and Hounsfield tasks), with its own defaults")
+    parser.add_argument("--write-cache", action="store_true", help="only load the lane's volumes and write "
+                        "--volume-cache (CPU, no training): on a machine with the data, before the GPU run")
     parser.add_argument("--skip-eval", action="store_true", help="train only (evaluate later with --eval-only)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --out's checkpoint on the report set")
     parser.add_argument("--weights", default=None,
@@ -170,6 +179,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     defaults = DRY_RUN_DEFAULTS if args.dry_run else LANES[args.lane][1][:2]
     args.out, args.report = args.out or defaults[0], args.report or defaults[1]
     args.volume_cache = args.volume_cache or LANES[args.lane][1][2]
+    if args.write_cache:
+        scratch = ROOT / "bench-output" / "train_gpu" / "cache-only.pt"
+        subprocess.run(cache_command(args.lane, args.volume_cache, scratch), cwd=ROOT, check=True)
+        print(f"wrote {args.volume_cache}")
+        return 0
     needs_cuda = not args.dry_run and not args.eval_only
     if needs_cuda and not torch.cuda.is_available():
         print("error: no CUDA device (torch.cuda.is_available() is False); use --dry-run on a CPU", file=sys.stderr)

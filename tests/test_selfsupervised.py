@@ -137,3 +137,6 @@ def test_the_gpu_recipe_adds_ssl_ct_only_in_its_own_lane():
     config = {"data": train_gpu.DATA + ["ssl-ct"], "holdout_volumes": train_gpu.HOLDOUT_VOLUMES,
               "report_volumes": train_gpu.REPORT_VOLUMES}
     assert roles.undeclared(config) == [] and roles.trained_volumes(config) == set(ssl.UNLABELLED_CTS)
+    cache = train_gpu.cache_command("ssl-ct", Path("v.npz"), Path("scratch.pt"))
+    assert cache[:at + 2] == lane[:at + 2] and cache[-5:] == ["--steps", "0", "--device", "cpu", "--overwrite"]
+    assert cache[cache.index("--volume-cache") + 1] == "v.npz" and "--report-volume" in cache
