@@ -140,3 +140,19 @@ def test_the_gpu_recipe_adds_ssl_ct_only_in_its_own_lane():
     cache = train_gpu.cache_command("ssl-ct", Path("v.npz"), Path("scratch.pt"))
     assert cache[:at + 2] == lane[:at + 2] and cache[-5:] == ["--steps", "0", "--device", "cpu", "--overwrite"]
     assert cache[cache.index("--volume-cache") + 1] == "v.npz" and "--report-volume" in cache
+
+
+def test_a_held_out_or_report_ct_keeps_its_supervoxels_out_of_training(monkeypatch):
+    from fewshotcx.pipeline.slicing import Framing
+
+    monkeypatch.setattr(training, "unlabelled_ct_volumes", _fake_source)
+    config = TrainConfig(data=["ssl-ct"], axes=["axial"], holdout_volumes=["mirp/CRLM-CT-1006"],
+                         report_volumes=["mirp/CRLM-CT-1004"], progress=False)
+    with pytest.raises(ValueError, match="every task is held out"):  # 1004 reported, 1006 validation only
+        training._training_tasks(config, Framing(32, 0, "pad", None, None), [])
+    config.report_volumes = []
+    train_tasks, val_tasks = training._training_tasks(config, Framing(32, 0, "pad", None, None), [])
+    trained = {n for t in train_tasks for n in t.volume_names}
+    assert trained == {"mirp/CRLM-CT-1004", "mirp/CRLM-CT-1004 supervoxels"}
+    queried = {t.volumes[i].name for t in val_tasks for i in t.query_volumes}
+    assert queried == {"mirp/CRLM-CT-1006", "mirp/CRLM-CT-1006 supervoxels"}
