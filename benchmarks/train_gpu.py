@@ -10,13 +10,17 @@ the end of the budget, whatever step count it allows. The real sources' volumes 
 ``--volume-cache`` (written on a machine that has them, read on a GPU machine without network).
 Then the checkpoint is evaluated through the full pipeline (``Segmenter``, whole volumes,
 position-matched support) on the model card's held-out sets; one row per task goes to ``--report``.
-``--skip-eval`` trains only; ``--eval-only [--weights SPEC] --device cpu`` evaluates later, where the
+``--lane ssl-ct`` adds the self-supervised ``ssl-ct`` source (supervoxel and Hounsfield tasks on the
+unlabelled abdominal CTs, :mod:`fewshotcx.training.selfsupervised`) to the same recipe, with its own
+checkpoint folder, report and volume cache (:data:`LANES`); the default lane is what the bundled model was
+trained with, unchanged. ``--skip-eval`` trains only; ``--eval-only [--weights SPEC] --device cpu`` evaluates later, where the
 data is. ``--dry-run`` trains a tiny network on synthetic data on the CPU for a few steps and
 evaluates it on a synthetic cross-subject task (end to end in well under a minute); without ``--out``
 and ``--report`` it writes under ``bench-output/train_gpu/``, never into ``benchmarks/results/`` or a
 real run's ``build/train-gpu``.
 
     python benchmarks/train_gpu.py [--out build/train-gpu] [--report benchmarks/results/train_gpu_heldout.csv]
+    python benchmarks/train_gpu.py --lane ssl-ct   # build/train-gpu-ssl-ct, train_gpu_ssl_ct_heldout.csv
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ DATA = ["synthetic", "slicerio", "pyradiomics", "brain", "nilearn", "sts"]
 HOLDOUT_VOLUMES = ["pyradiomics/brain2", "sts/STS_003_CT", "sts/STS_003_MR_T1"]
 HOLDOUT_STRUCTURES = ["left hippocampus", "right hippocampus"]
 REPORT_VOLUMES = ["pyradiomics/lung2", "slicerio/CTChest4"]
+#: Training lanes: extra ``--data`` sources on top of :data:`DATA`, and the lane's ``(--out, --report,
+#: --volume-cache)`` defaults (a lane never resumes or reads another lane's checkpoint or cache).
+LANES: dict[str, tuple[list[str], tuple[Path, Path, Path]]] = {
+    "default": ([], (*GPU_DEFAULTS, ROOT / "build" / "gpu" / "volumes.npz")),
+    "ssl-ct": (["ssl-ct"], (ROOT / "build" / "train-gpu-ssl-ct", ROOT / "benchmarks" / "results" /
+                            "train_gpu_ssl_ct_heldout.csv", ROOT / "build" / "gpu" / "volumes-ssl-ct.npz")),
+}
 REPORT_STRUCTURES_HELD = ["left thalamus", "right thalamus"]
 #: The model card's table: lesions on held-out volumes, brain structures across subjects (selection,
 #: report, and two trained ones for comparison); each row says its data role.
@@ -68,9 +79,10 @@ DRY_ARGS = ["--width", "4", "--size", "32", "--context", "1", "--support-size", 
             "--axes", "axial", "--val-every", "2", "--checkpoint-every", "2", "--device", "cpu", "--seed", "0"]
 
 
-def train_command(out: Path, dry_run: bool, resume: bool, seconds: float, volume_cache: Optional[Path]) -> list[str]:
+def train_command(out: Path, dry_run: bool, resume: bool, seconds: float, volume_cache: Optional[Path],
+                  lane: str = "default") -> list[str]:
     """The ``fewshotcx train`` command line (``--resume`` if a checkpoint from an earlier run exists)."""
-    data = ["synthetic"] if dry_run else DATA
+    data = ["synthetic"] if dry_run else DATA + LANES[lane][0]
     command = [sys.executable, "-m", "fewshotcx.cli", "train", *[a for d in data for a in ("--data", d)],
                *(DRY_ARGS if dry_run else GPU_ARGS), "--out", str(out), "--no-progress", "--max-seconds", str(seconds)]
     if volume_cache is not None and not dry_run:
@@ -83,14 +95,22 @@ def train_command(out: Path, dry_run: bool, resume: bool, seconds: float, volume
     return command + (["--resume"] if resume else [])
 
 
+def cache_command(lane: str, volume_cache: Path, scratch: Path) -> list[str]:
+    """``fewshotcx train`` with the lane's data and held-out sets for 0 steps on the CPU: it loads the real
+    sources and writes ``volume_cache`` (the GPU machine then reads it); its checkpoint goes to ``scratch``."""
+    return train_command(scratch, False, False, 1.0, volume_cache, lane) + ["--steps", "0", "--device", "cpu",
+                                                                            "--overwrite"]
+
+
 #: Wall-clock allowance for loading the data and cutting the tasks, on top of the training budget.
 SETUP_SECONDS = 240
 
 
-def run_training(out: Path, dry_run: bool, seconds: float, volume_cache: Optional[Path] = None) -> dict:
+def run_training(out: Path, dry_run: bool, seconds: float, volume_cache: Optional[Path] = None,
+                 lane: str = "default") -> dict:
     """Train (or resume) for a budget of ``seconds``; returns what happened (steps done, wall time)."""
     resume = out.exists()
-    command = train_command(out, dry_run, resume, seconds, volume_cache)
+    command = train_command(out, dry_run, resume, seconds, volume_cache, lane)
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     if dry_run:
@@ -140,9 +160,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                         f"{GPU_DEFAULTS[1].relative_to(ROOT)}; with --dry-run {DRY_RUN_DEFAULTS[1].relative_to(ROOT)})")
     parser.add_argument("--train-seconds", type=float, default=330.0, help="training time budget (the schedule "
                         "decays to 0 by then); data loading comes on top")
-    parser.add_argument("--volume-cache", type=Path, default=ROOT / "build/gpu/volumes.npz",
+    parser.add_argument("--volume-cache", type=Path, default=None,
                         help="the loaded training volumes: read when it exists (a GPU machine without the data "
-                             "sources), else written")
+                             "sources), else written (default: build/gpu/volumes.npz; lane ssl-ct: "
+                             "build/gpu/volumes-ssl-ct.npz)")
+    parser.add_argument("--lane", choices=sorted(LANES), default="default",
+                        help="default: the bundled model's recipe; ssl-ct: the same plus --data ssl-ct (the "
+                             "unlabelled abdominal CTs as supervoxel and Hounsfield tasks), with its own defaults")
+    parser.add_argument("--write-cache", action="store_true", help="only load the lane's volumes and write "
+                        "--volume-cache (CPU, no training): on a machine with the data, before the GPU run")
     parser.add_argument("--skip-eval", action="store_true", help="train only (evaluate later with --eval-only)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --out's checkpoint on the report set")
     parser.add_argument("--weights", default=None,
@@ -150,8 +176,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default=None, help="evaluation device (default: cuda, cpu for --dry-run)")
     parser.add_argument("--dry-run", action="store_true", help="tiny model, synthetic data, CPU, a few steps")
     args = parser.parse_args(argv)
-    defaults = DRY_RUN_DEFAULTS if args.dry_run else GPU_DEFAULTS
+    defaults = DRY_RUN_DEFAULTS if args.dry_run else LANES[args.lane][1][:2]
     args.out, args.report = args.out or defaults[0], args.report or defaults[1]
+    args.volume_cache = args.volume_cache or LANES[args.lane][1][2]
+    if args.write_cache:
+        scratch = ROOT / "bench-output" / "train_gpu" / "cache-only.pt"
+        subprocess.run(cache_command(args.lane, args.volume_cache, scratch), cwd=ROOT, check=True)
+        print(f"wrote {args.volume_cache}")
+        return 0
     needs_cuda = not args.dry_run and not args.eval_only
     if needs_cuda and not torch.cuda.is_available():
         print("error: no CUDA device (torch.cuda.is_available() is False); use --dry-run on a CPU", file=sys.stderr)
@@ -163,7 +195,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         checkpoint = args.weights or checkpoint
         run = {"resumed": "", "finished": "", "steps_done": "", "budget_seconds": "", "train_seconds": ""}
     else:
-        run = run_training(checkpoint, args.dry_run, args.train_seconds, args.volume_cache)
+        run = run_training(checkpoint, args.dry_run, args.train_seconds, args.volume_cache, args.lane)
         print(f"training: {run['steps_done']} steps in {run['train_seconds']} s", flush=True)
     if args.skip_eval:
         return 0

@@ -140,3 +140,21 @@ def test_training_scripts_and_bundled_checkpoints_hold_out_what_roles_declares()
 def test_undeclared_names_a_checkpoint_that_validated_on_report_data():
     assert roles.undeclared({"holdout_volumes": ["slicerio/CTChest4"], "report_structures": ["left hippocampus"]}) == [
         "holdout volume 'slicerio/CTChest4'", "report structure 'left hippocampus'"]
+
+
+def test_the_ssl_ct_source_trains_only_on_volumes_whose_role_permits_training(monkeypatch):
+    from fewshotcx.training import selfsupervised
+
+    roles.require(roles.TRAINING, selfsupervised.UNLABELLED_CTS)
+    assert roles.SELF_SUPERVISED == set(selfsupervised.UNLABELLED_CTS)
+    assert {roles.volume_role(v) for v in roles.SELF_SUPERVISED} == {roles.CALIBRATION}
+    for refused in ("mirp/LUNG1-001", "sts/STS_003_CT", "slicerio/CTChest4 supervoxels"):
+        with pytest.raises(roles.RoleError, match=refused.split(" ")[0]):
+            roles.require(roles.TRAINING, [refused])
+    # a checkpoint has trained on the CRLM pair only when its data names ssl-ct, less what it held out
+    assert roles.trained_volumes({"data": ["synthetic", "sts"]}) == frozenset()
+    config = {"data": ["ssl-ct"], "holdout_volumes": ["mirp/CRLM-CT-1006"]}
+    assert roles.trained_volumes(config) == {"mirp/CRLM-CT-1004"}
+    assert roles.undeclared({"data": ["ssl-ct"]}) == []
+    monkeypatch.setattr(roles, "SELF_SUPERVISED", frozenset({"mirp/CRLM-CT-1004", "pyradiomics/lung2"}))
+    assert roles.undeclared({"data": ["ssl-ct"]}) == ["ssl-ct volume 'pyradiomics/lung2' (report)"]

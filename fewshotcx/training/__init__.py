@@ -1,6 +1,7 @@
 """Episodic in-context training and fine-tuning (``fx.training``): tasks, synthetic data,
-augmentation, the run's settings (:mod:`~fewshotcx.training.config`), the training loop
-(:mod:`~fewshotcx.training.loop`) and what a run writes (:mod:`~fewshotcx.training.checkpoints`)."""
+augmentation, self-supervised CT labels (:mod:`~fewshotcx.training.selfsupervised`), the run's
+settings (:mod:`~fewshotcx.training.config`), the training loop (:mod:`~fewshotcx.training.loop`)
+and what a run writes (:mod:`~fewshotcx.training.checkpoints`)."""
 
 from .checkpoints import export_checkpoint
 from .config import TrainConfig

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-#: Real data sources ``--data`` accepts (loaders in :mod:`fewshotcx.datasets`), plus ``"synthetic"``.
-DATA_SOURCES = ("synthetic", "slicerio", "pyradiomics", "brain", "nilearn", "sts")
+#: Real data sources ``--data`` accepts (loaders in :mod:`fewshotcx.datasets`), plus ``"synthetic"`` and
+#: ``"ssl-ct"`` (unlabelled CTs as supervoxel and Hounsfield tasks: :mod:`fewshotcx.training.selfsupervised`).
+DATA_SOURCES = ("synthetic", "slicerio", "pyradiomics", "brain", "nilearn", "sts", "ssl-ct")
 
 @dataclass
 class TrainConfig:

@@ -40,6 +40,7 @@ from ..pipeline.slicing import Framing
 from ..models.universeg import UniverSeg, inflate_to_context
 from ..pipeline.inference import resolve_device
 from .synthetic import synthetic_cases
+from .selfsupervised import unlabelled_ct_volumes
 from ..datasets.cases import canonical_name
 from .tasks import Episode, LabelledVolume, Task, build_tasks, fixed_episodes, sample_episode, split_tasks, user_volumes
 from ..io.volume import PathLike, Volume, load_volume
@@ -84,6 +85,8 @@ def load_source(name: str, config: TrainConfig) -> list[LabelledVolume]:
     if name == "nilearn":
         return [LabelledVolume.from_case(datasets.nilearn_mni(downsample=BRAIN_SPACING_MM), group="brain MR",
                                          dataset="brain")]
+    if name == "ssl-ct":  # unlabelled CTs as supervoxel and HU tasks ("<id> supervoxels" takes <id>'s role: _among)
+        return unlabelled_ct_volumes(seed=config.seed)
     raise ValueError(f"unknown data source {name!r}: expected one of {', '.join(DATA_SOURCES)}")
 
 
@@ -101,12 +104,13 @@ def _training_tasks(config: TrainConfig, framing: Framing, extra_volumes: Sequen
     if missing:
         raise ValueError(f"held-out volume {missing[0]!r} is not in the training data (names: "
                          f"{', '.join(sorted(known)[:6])}, ...)")
-    volumes = [v for v in volumes if v.name not in set(config.report_volumes)]  # never trained or validated on
+    volumes = [v for v in volumes if not _among(v.name, config.report_volumes)]  # never trained or validated on
     build = dict(size=framing.size, context=framing.context, axes=config.axes, margin=config.margin,
                  max_slices=config.max_slices, pixel_mm=framing.pixel_mm, context_mm=framing.context_mm)
     reported = {canonical_name(s) for s in config.report_structures}
     tasks = [t for t in build_tasks(volumes, **build) if t.structure not in reported]
-    train, val = split_tasks(tasks, config.holdout_volumes, config.holdout_structures)
+    held = [v.name for v in volumes if _among(v.name, config.holdout_volumes)]
+    train, val = split_tasks(tasks, held, config.holdout_structures)
     if "synthetic" in config.data and config.synthetic_val_families:
         val += build_tasks(synthetic_cases(config.synthetic_val_families, 3, config.synthetic_shape,
                                            config.synthetic_labels, seed=config.seed + 10_000), **build)
@@ -124,11 +128,16 @@ def _real_volumes(config: TrainConfig) -> tuple[list[LabelledVolume], list[str]]
         return load_volume_cache(cache)
     volumes = [v for name in config.data if name != "synthetic" for v in load_source(name, config)]
     # The report set is kept out of training *and* validation: only reported results ever see it.
-    omitted = [v.name for v in volumes if v.name in set(config.report_volumes)]
+    omitted = [v.name for v in volumes if _among(v.name, config.report_volumes)]
     volumes = [v for v in volumes if v.name not in set(omitted)]
     if cache is not None:
         save_volume_cache(volumes, cache, omitted)
     return volumes, omitted
+
+
+def _among(name: str, ids: Sequence[str]) -> bool:
+    """``name`` is one of ``ids`` or derived from one (``"mirp/CRLM-CT-1004 supervoxels"`` from its id)."""
+    return name in ids or name.split(" ", 1)[0] in ids
 
 
 def _cap_per_dataset(tasks: Sequence[Task], cap: int) -> list[Task]:
