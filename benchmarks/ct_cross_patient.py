@@ -29,7 +29,7 @@ segmentation: it cannot rank methods.
 Seeds (``--seeds``, ``--full-seeds``): a Segmenter's ``seed`` draws its support slices (the Gumbel
 top-k of ``position``, the noise of ``retrieval``, the position draw on the registered grid) and seeds
 every registration's metric sampling (``registered``, ``auto``, ``atlas``, ``universeg+atlas``), so every
-method but ``hu-threshold`` can change with it; the rule is deterministic and runs once (seed 0).
+method but ``hu-threshold`` can change with it; the rule is deterministic and runs once (the lowest seed).
 The summary gives, per kind and method, the mean and SD of Dice and HD95 over structures, directions
 and seeds, and how many seeds.
 
@@ -203,13 +203,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows: list[dict] = []
     for seed in sorted(set(seeds["cropped"]) | set(seeds["full"])):
         for kind in (k for k in args.kinds.split(",") if seed in seeds[k]):
-            # the rule is deterministic: run once, with the first seed
-            todo = {m: o for m, o in methods[kind].items() if m != RULE or seed == seeds[kind][0]}
+            # the rule is deterministic: run once, with the kind's lowest seed
+            todo = {m: o for m, o in methods[kind].items() if m != RULE or seed == min(seeds[kind])}
             for src, dst in (("LUNG1-001", "CTChest4"), ("CTChest4", "LUNG1-001")):
                 query = crop(*patients[dst], CROP) if kind == "cropped" else patients[dst]
                 rows += run_pair(patients[src], query, f"{src} -> {dst}", kind, todo, args.weights, seed)
-            # written after every block: an interrupted run keeps what it measured
-            write_report([{**r, "weights": args.weights} for r in rows], args.out, "ct_cross_patient")
+            if rows:  # written after every block: an interrupted run keeps what it measured
+                write_report([{**r, "weights": args.weights} for r in rows], args.out, "ct_cross_patient")
     return 0
 
 
