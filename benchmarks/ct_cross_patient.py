@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, score, summarise, write_csv  # noqa: E402
+from common import machine_info, read_csv, score, summarise, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume, datasets, load_volume  # noqa: E402
 from fewshotcx.datasets.ct_anatomy import HU_STRUCTURES, hu_anatomy  # noqa: E402
 from fewshotcx.rt.rtstruct import read_rtstruct  # noqa: E402
@@ -162,16 +162,19 @@ def run_pair(support: tuple[Volume, Volume], query: tuple[Volume, Volume], direc
 
 def summary_rows(rows: list[dict]) -> list[dict]:
     """Per kind and method: Dice and HD95 mean and SD over structures, directions and seeds, ``n``
-    rows, ``seeds``; and on the rule's rows, ``rule_solved``: the structures it draws with Dice ≥
+    rows, ``seeds``, ``dice_seed_sd`` (the SD over seeds of each seed's mean Dice: the seed noise, blank
+    with one seed); and on the rule's rows, ``rule_solved``: the structures it draws with Dice ≥
     :data:`RULE_SOLVED_DICE` on every query of that kind ("; "-joined), ``rule_solved_n`` their count."""
     dice = summarise(rows, ("kind", "method"))
     hd95 = summarise(rows, ("kind", "method"), "hd95")
     out = []
     for d, h in zip(dice, hd95):
         mine = [r for r in rows if r["kind"] == d["kind"] and r["method"] == d["method"]]
+        per_seed = summarise(mine, ("seed",))
         solved = [s for s in STRUCTURES if d["method"] == RULE and all(
             float(r["dice"]) >= RULE_SOLVED_DICE for r in mine if r["structure"] == s)]
-        out.append({**d, "seeds": len({str(r["seed"]) for r in mine}), "hd95_mean": h["hd95_mean"],
+        spread = round(float(np.std([p["dice_mean"] for p in per_seed])), 4) if len(per_seed) > 1 else ""
+        out.append({**d, "seeds": len(per_seed), "dice_seed_sd": spread, "hd95_mean": h["hd95_mean"],
                     "hd95_sd": h["hd95_sd"], "rule_solved": "; ".join(solved),
                     "rule_solved_n": len(solved) if d["method"] == RULE else ""})
     return out
@@ -193,7 +196,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--weights", default="default", help="UniverSeg checkpoint: 'default', 'fov64' or a path")
     parser.add_argument("--seeds", default="0", help="Segmenter seeds for the cropped queries, e.g. 0,1,2")
     parser.add_argument("--full-seeds", default=None, help="seeds for the whole queries (default: --seeds)")
+    parser.add_argument("--from-csv", type=Path, default=None,
+                        help="only rewrite NAME_summary.csv in --out from these rows (a ct_cross_patient.csv)")
     args = parser.parse_args(argv)
+    if args.from_csv:
+        write_summary(read_csv(args.from_csv), args.out, "ct_cross_patient")
+        return 0
     patients = load_patients(args.shared)
     if patients is None:
         return 2
@@ -219,6 +227,11 @@ def write_report(rows: list[dict], out: Path, name: str) -> None:
     machine = machine_info()
     rows = [{**r, "data_role": "report", "machine": machine} for r in rows]
     write_csv(rows, out / f"{name}.csv")
+    write_summary(rows, out, name)
+
+
+def write_summary(rows: list[dict], out: Path, name: str) -> None:
+    """``out/NAME_summary.csv`` (:func:`summary_rows` of ``rows``), printed."""
     summary = summary_rows(rows)
     write_csv(summary, out / f"{name}_summary.csv")
     for r in summary:

@@ -55,6 +55,7 @@ def test_summary_pools_seeds_and_names_what_the_rule_solves():
     atlas, rule = summary["atlas"], summary[ctcp.RULE]
     assert (atlas["n"], atlas["seeds"], atlas["dice_mean"], atlas["hd95_mean"]) == (4, 2, 0.85, 15.0)
     assert atlas["dice_sd"] == pytest.approx(0.05) and atlas["rule_solved"] == "" and atlas["rule_solved_n"] == ""
+    assert atlas["dice_seed_sd"] == 0.0 and rule["dice_seed_sd"] == ""  # both seeds' means are 0.85; one seed
     # right lung: 0.85 on one query, below RULE_SOLVED_DICE: not solved, although its mean is 0.92
     assert (rule["seeds"], rule["rule_solved"], rule["rule_solved_n"]) == (1, "left lung", 1)
 
@@ -70,3 +71,6 @@ def test_main_runs_the_rule_once_whatever_the_seeds(tmp_path, monkeypatch):
     assert [(r["kind"], r["method"], r["seeds"], r["rule_solved"]) for r in summary] == [
         ("cropped", ctcp.RULE, "1", "left lung; right lung"), ("full", ctcp.RULE, "1", "left lung; right lung")]
     assert ctcp.seed_list("0, 1,2") == [0, 1, 2]
+    (tmp_path / "again").mkdir()  # --from-csv: the same summary from the rows alone
+    assert ctcp.main(["--from-csv", str(tmp_path / "ct_cross_patient.csv"), "--out", str(tmp_path / "again")]) == 0
+    assert _read(tmp_path / "again" / "ct_cross_patient_summary.csv") == summary
