@@ -22,9 +22,9 @@ components of at least 2 % of the body, split at the body's centre of mass into 
 Per structure: Dice, HD95 (mm), surface Dice, seconds per query.
 
 The rule is the bar every method must be read against: a structure it draws with Dice ≥
-``RULE_SOLVED_DICE`` on every query of a kind is *rule-solved* (the summary's ``rule_solved`` column
-names them), and a table of rule-solved structures measures the rule's structure, not in-context
-segmentation: it cannot rank methods.
+``common.RULE_SOLVED_DICE`` (0.8) on every query of a kind is *rule-solved* (the summary's
+``rule_solved`` column names them), and a table of rule-solved structures measures the rule's
+structure, not in-context segmentation: it cannot rank methods.
 
 Seeds (``--seeds``, ``--full-seeds``): a Segmenter's ``seed`` draws its support slices (the Gumbel
 top-k of ``position``, the noise of ``retrieval``, the position draw on the registered grid) and seeds
@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, read_csv, score, summarise, write_csv  # noqa: E402
+from common import RULE_SOLVED_DICE, machine_info, read_csv, score, summarise, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume, datasets, load_volume  # noqa: E402
 from fewshotcx.datasets.ct_anatomy import HU_STRUCTURES, hu_anatomy  # noqa: E402
 from fewshotcx.rt.rtstruct import read_rtstruct  # noqa: E402
@@ -71,8 +71,6 @@ METHODS = {
 }
 #: The rule baseline (no support, no model, deterministic): :func:`rule_labels`.
 RULE = "hu-threshold"
-#: A structure is rule-solved on a kind when the rule's Dice reaches this on every query of that kind.
-RULE_SOLVED_DICE = 0.9
 #: Share of the query's axial extent kept (from its caudal end) for ``kind=cropped``.
 CROP = 0.6
 
