@@ -38,7 +38,7 @@ Lungs *as a structure type* were seen in training (HU-defined lungs on other pat
 coverage, not to an unseen structure.
 
     python benchmarks/ct_cross_patient.py --weights default --seeds 0,1,2 --full-seeds 0 --out benchmarks/results
-    # about 20 CPU-minutes per seed of every method on 2 busy cores
+    # 73 min on 2 cores shared with other jobs: about 20 per seed of the cropped queries, 12 for the whole
 """
 
 from __future__ import annotations
