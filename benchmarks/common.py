@@ -33,6 +33,10 @@ from report import (  # noqa: E402,F401
 
 #: Surface-Dice tolerance (mm) reported as ``nsd`` in every benchmark.
 NSD_TOLERANCE_MM = 2.0
+#: Dice at or above which a rule with no support and no model (an HU threshold) "solves" a structure:
+#: every table that carries a rule baseline says which structures it solves (ct_cross_patient.py,
+#: interactive_protocol.py); such a structure cannot rank methods.
+RULE_SOLVED_DICE = 0.8
 #: Post-processing variants evaluated on the same probability map: label → Segmenter operations.
 POSTPROCESSING = {"none": (), "largest_component": ("largest_component",)}
 

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, print_table, write_csv  # noqa: E402
+from common import RULE_SOLVED_DICE, machine_info, print_table, write_csv  # noqa: E402
 import fewshotcx as fx  # noqa: E402
 from fewshotcx import Volume, datasets  # noqa: E402
 from fewshotcx.baselines.interpolation import interpolate_slices  # noqa: E402
@@ -56,8 +56,6 @@ PLANE_MARGIN_MM, PLANE_VOXELS = 50.0, 256 * 256
 #: Structures the session's refinement was tuned on (``refine.Settings``; LUNG1-001's GTV: interact commit
 #: 22dd3a4) or tested on (STS_002: tests/test_session_interact.py): not held out, not headline.
 TUNED_ON = ("STS_001:GTV", "LUNG1-001:spinal cord", "LUNG1-001:GTV", "STS_002:GTV")
-#: Dice of the best HU-threshold structure inside the box at or above which a rule "solves" a structure.
-RULE_SOLVED_DICE = 0.8
 LUNG1_ROIS = {"left lung": "Lung-Left", "right lung": "Lung-Right", "spinal cord": "Spinal-Cord", "GTV": "GTV-1"}
 #: Brain structures (T1 MR at 2 mm; the left thalamus is in the default checkpoint's report set).
 BRAIN = ("left thalamus", "left hippocampus")
