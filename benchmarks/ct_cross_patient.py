@@ -229,8 +229,11 @@ def write_report(rows: list[dict], out: Path, name: str) -> None:
 
 
 def write_summary(rows: list[dict], out: Path, name: str) -> None:
-    """``out/NAME_summary.csv`` (:func:`summary_rows` of ``rows``), printed."""
-    summary = summary_rows(rows)
+    """``out/NAME_summary.csv`` (:func:`summary_rows` of ``rows``), printed. Rows read back from a CSV
+    (``--from-csv``) pass on the provenance they were measured with, not this process's."""
+    measured = {k: ";".join(dict.fromkeys(str(r[k]) for r in rows)) for k in ("git_commit", "checkpoint_sha256")
+                if all(r.get(k) for r in rows)}
+    summary = [{**r, **measured} for r in summary_rows(rows)]
     write_csv(summary, out / f"{name}_summary.csv")
     for r in summary:
         print(r)
