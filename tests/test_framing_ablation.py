@@ -1,0 +1,84 @@
+"""The framing ablation's pure parts (benchmarks/framing_ablation.py): the decision rule, the per-seed
+summary, the training configs it builds, and the role check on what it reads. No training runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import framing_ablation as fa  # noqa: E402
+import roles  # noqa: E402
+
+
+def _row(framing: str, seed: int, size: int, dice: float, task: str = "t") -> dict:
+    return {"framing": framing, "seed": seed, "support_size": size, "task": task, "dice": dice}
+
+
+def _table(physical: list[float], fov: list[float], size: int = 16) -> list[dict]:
+    rows = [_row("physical", s, size, d) for s, d in enumerate(physical)]
+    return fa.summary(rows + [_row("fov-fit", s, size, d) for s, d in enumerate(fov)])
+
+
+def test_summary_averages_tasks_within_a_seed_then_seeds():
+    rows = [_row("physical", 0, 8, 0.2, "a"), _row("physical", 0, 8, 0.4, "b"),
+            _row("physical", 1, 8, 0.5, "a"), _row("physical", 1, 8, 0.5, "b"),
+            _row("physical", 1, 8, float("nan"), "c")]  # nothing to predict: left out
+    (table,) = fa.summary(rows)
+    assert table["dice_mean"] == pytest.approx(0.4) and table["dice_sd"] == pytest.approx(0.1)
+    assert table["n"] == 2  # seeds, not tasks
+
+
+def test_incumbent_kept_unless_beaten_by_more_than_the_pooled_seed_sd():
+    # fov-fit ahead by 0.05, seed SDs 0.1 and 0.1: within noise, physical stays
+    choice, reason = fa.decide(_table([0.3, 0.5, 0.4], [0.35, 0.55, 0.45]), "framing", "physical")
+    assert choice == "physical" and "keep" in reason
+    # fov-fit ahead by 0.2 with SD 0.01 each: it wins
+    choice, reason = fa.decide(_table([0.39, 0.41, 0.4], [0.59, 0.61, 0.6]), "framing", "physical")
+    assert choice == "fov-fit" and "beats physical" in reason
+    # fov-fit *behind* by far: never chosen
+    assert fa.decide(_table([0.6, 0.6, 0.6], [0.1, 0.1, 0.1]), "framing", "physical")[0] == "physical"
+    assert fa.pooled_sd({"dice_sd": 0.3}, {"dice_sd": 0.4}) == pytest.approx(0.125 ** 0.5)
+
+
+def test_support_size_by_the_same_rule_under_the_chosen_framing():
+    table = (_table([0.4, 0.4, 0.4], [0.2, 0.2, 0.2], size=16)
+             + _table([0.6, 0.6, 0.6], [0.9, 0.9, 0.9], size=8))
+    chosen = fa.decisions(table)
+    assert chosen["framing"][0] == "physical"  # decided at the incumbent size (16), not where fov-fit shines
+    assert chosen["support_size"][0] == 8
+    marked = fa.mark(table, chosen)
+    assert [(r["framing"], r["support_size"]) for r in marked if r["chosen"]] == [("physical", 8)]
+    assert {r["scale"] for r in marked} == {"cpu-scale"}
+    with pytest.raises(ValueError, match="support_size=32"):
+        fa.decide(table, "support_size", 32, framing="physical")
+
+
+def test_arms_differ_only_in_framing_and_hold_out_every_declared_set(tmp_path):
+    base, physical = fa.default_training()
+    assert physical["pixel_mm"] and physical["context_mm"]
+    arms = {f: fa.run_config(base, physical, f, 1, tmp_path / f"{f}.pt", None).to_dict() for f in fa.FRAMINGS}
+    differ = {k for k in arms["physical"] if arms["physical"][k] != arms["fov-fit"][k]}
+    assert differ == {"pixel_mm", "context_mm", "out"}
+    assert arms["fov-fit"]["pixel_mm"] is None and arms["physical"]["pixel_mm"] == physical["pixel_mm"]
+    config = arms["physical"]
+    assert config["data"] == base["data"] and config["size"] == base["size"] and config["seed"] == 1
+    assert set(config["holdout_volumes"]) == roles.VOLUMES[roles.SELECTION]
+    assert set(config["report_volumes"]) >= set(base["report_volumes"])
+    assert set(config["report_structures"]) == roles.STRUCTURES[roles.REPORT]
+    assert roles.undeclared(config) == []
+    with pytest.raises(ValueError, match="framing"):
+        fa.run_config(base, physical, "stretch", 0, tmp_path / "x.pt", None)
+
+
+def test_evaluation_reads_selection_data_and_refuses_a_report_volume():
+    fa.roles.require(roles.SELECTION, fa.selection_volumes(),
+                     [s for names in fa.STRUCTURES.values() for s in names])
+    with pytest.raises(roles.RoleError, match="CTChest4"):
+        fa.sarcoma_selection_ready(fa.STRUCTURES, [*fa.selection_volumes(), "slicerio/CTChest4"])
+    with pytest.raises(roles.RoleError, match="thalamus"):
+        fa.sarcoma_selection_ready({"MR_T1": ("left thalamus",)}, fa.selection_volumes())
