@@ -64,9 +64,12 @@ def test_arms_differ_only_in_framing_and_hold_out_every_declared_set(tmp_path):
     arms = {f: fa.run_config(base, physical, f, 1, tmp_path / f"{f}.pt", None).to_dict() for f in fa.FRAMINGS}
     differ = {k for k in arms["physical"] if arms["physical"][k] != arms["fov-fit"][k]}
     assert differ == {"pixel_mm", "context_mm", "out"}
-    assert arms["fov-fit"]["pixel_mm"] is None and arms["physical"]["pixel_mm"] == physical["pixel_mm"]
     config = arms["physical"]
-    assert config["data"] == base["data"] and config["size"] == base["size"] and config["seed"] == 1
+    assert arms["fov-fit"]["pixel_mm"] is None and arms["fov-fit"]["context_mm"] is None
+    # the default's field (pixel_mm × its slice size) at the CPU slice size; neighbours as far apart
+    assert config["pixel_mm"] * config["size"] == pytest.approx(physical["pixel_mm"] * base["size"])
+    assert config["context_mm"] == physical["context_mm"] and config["size"] == fa.SIZE
+    assert config["data"] == base["data"] and config["axes"] == base["axes"] and config["seed"] == 1
     assert set(config["holdout_volumes"]) == roles.VOLUMES[roles.SELECTION]
     assert set(config["report_volumes"]) >= set(base["report_volumes"])
     assert set(config["report_structures"]) == roles.STRUCTURES[roles.REPORT]
