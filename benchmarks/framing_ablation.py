@@ -35,7 +35,9 @@ this script changes no default (a change would need a GPU retrain and every defa
 
 Writes ``framing_ablation.csv`` (one row per framing × seed × support size × task) and
 ``framing_ablation_summary.csv`` (mean and SD over seeds per framing × support size, the decision
-marked); checkpoints go to ``--work`` (default ``build/framing_ablation``).
+marked); checkpoints go to ``--work`` (default ``build/framing_ablation``). Seeds may run in separate
+processes (``--seeds 2 --out DIR2 --work DIR2``, a copy of the volume cache in ``DIR2``) and be joined
+with ``--from-csv``, which only summarises and decides.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (ModelSpec, machine_info, sarcoma_selection_ready, summarise, write_and_show,  # noqa: E402
-                    write_csv)
+from common import (ModelSpec, machine_info, read_csv, sarcoma_selection_ready, summarise,  # noqa: E402
+                    write_and_show, write_csv)
 from default_selection import (QUERY, STRUCTURES, score_structures, selection_pairs,  # noqa: E402
                                selection_volumes)
 import roles  # noqa: E402
@@ -184,29 +186,19 @@ def mark(table: Sequence[dict], chosen: dict[str, tuple[Any, str]]) -> list[dict
 
 
 # ------------------------------------------------------------------------------------------------ main
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bench-output/framing_ablation"), help="CSV folder")
-    parser.add_argument("--work", type=Path, default=Path("build/framing_ablation"),
-                        help="checkpoints and the volume cache")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--steps", type=int, default=STEPS, help="training steps per run (the same for every run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not sarcoma_selection_ready(STRUCTURES, selection_volumes()):
-        return 2
+def run_all(seeds: Sequence[int], steps: int, work: Path, out: Path) -> list[dict]:
+    """Train and score every framing × seed; the rows so far go to ``out/framing_ablation.csv`` after
+    each run (an interrupted sweep keeps what finished)."""
     base, physical = default_training()
-    print(f"physical framing of the default checkpoint: {physical}; {WIDTH=} {args.steps=} {EPISODES_PER_STEP=}",
+    print(f"physical framing of the default checkpoint: {physical}; {WIDTH=} {SIZE=} {steps=} {EPISODES_PER_STEP=}",
           flush=True)
     pairs = selection_pairs()
     machine = machine_info()
-    rows = []
-    for seed in args.seeds:
+    rows: list[dict] = []
+    for seed in seeds:
         for framing in FRAMINGS:
-            config = run_config(base, physical, framing, seed, args.work / f"{framing}-seed{seed}.pt",
-                                args.work / "volumes.npz", steps=args.steps)
+            config = run_config(base, physical, framing, seed, work / f"{framing}-seed{seed}.pt",
+                                work / "volumes.npz", steps=steps)
             checkpoint, seconds = train_arm(config)
             found = evaluate(checkpoint, pairs)
             print(f"{framing:8s} seed {seed}: trained {seconds} s; selection Dice "
@@ -215,15 +207,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rows += [{"framing": framing, "seed": seed, **r, "steps": config.steps, "width": config.width,
                       "episodes_per_step": config.episodes_per_step, "train_seconds": seconds, "scale": SCALE,
                       "machine": machine} for r in found]
-            write_csv(rows, args.out / "framing_ablation.csv")  # each finished run survives an interruption
-    write_and_show(rows, args.out / "framing_ablation.csv", f"framing ablation ({SCALE})")
+            write_csv(rows, out / "framing_ablation.csv")
+    return rows
+
+
+def report(rows: Sequence[dict], out: Path) -> dict[str, tuple[Any, str]]:
+    """Write ``framing_ablation.csv`` and the summary (decision marked), print the decision, return it."""
+    if len({(r["steps"], r["width"], r["episodes_per_step"]) for r in rows}) != 1:
+        raise ValueError("the runs differ in budget (steps, width, episodes per step): not one ablation")
+    write_and_show(rows, out / "framing_ablation.csv", f"framing ablation ({SCALE})")
     table = summary(rows)
     chosen = decisions(table)
-    write_and_show([{**r, "machine": machine} for r in mark(table, chosen)],
-                   args.out / "framing_ablation_summary.csv", f"framing ablation summary ({SCALE}, mean ± SD over seeds)")
+    write_and_show([{**r, "machine": rows[0]["machine"]} for r in mark(table, chosen)],
+                   out / "framing_ablation_summary.csv", f"framing ablation summary ({SCALE}, mean ± SD over seeds)")
     for what, (choice, reason) in chosen.items():
         print(f"decision ({SCALE}) {what}: {choice}: {reason}")
     print("the bundled default is unchanged: a CPU-scale result does not retrain the GPU checkpoint")
+    return chosen
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench-output/framing_ablation"), help="CSV folder")
+    parser.add_argument("--work", type=Path, default=Path("build/framing_ablation"),
+                        help="checkpoints and the volume cache")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--steps", type=int, default=STEPS, help="training steps per run (the same for every run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
+                        help="no training: summarise and decide from these framing_ablation.csv files (e.g. "
+                             "seeds run in separate processes), concatenated")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.from_csv:
+        rows = [row for path in args.from_csv for row in read_csv(path)]
+        roles.require(roles.SELECTION, selection_volumes(), [r["structure"] for r in rows])
+    elif not sarcoma_selection_ready(STRUCTURES, selection_volumes()):
+        return 2
+    else:
+        rows = run_all(args.seeds, args.steps, args.work, args.out)
+    report(rows, args.out)
     return 0
 
 

@@ -85,3 +85,24 @@ def test_evaluation_reads_selection_data_and_refuses_a_report_volume():
         fa.sarcoma_selection_ready(fa.STRUCTURES, [*fa.selection_volumes(), "slicerio/CTChest4"])
     with pytest.raises(roles.RoleError, match="thalamus"):
         fa.sarcoma_selection_ready({"MR_T1": ("left thalamus",)}, fa.selection_volumes())
+
+
+def test_from_csv_joins_seed_files_and_writes_the_marked_summary(tmp_path):
+    def rows(seed: int, framing: str, dice: float, steps: int = 200) -> list[dict]:
+        return [{**_row(framing, seed, size, dice, task), "modality": "CT", "structure": "GTV", "steps": steps,
+                 "width": 16, "episodes_per_step": 2, "train_seconds": 1.0, "scale": "cpu-scale", "machine": "test"}
+                for size in fa.SUPPORT_SIZES for task in ("a", "b")]
+
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    fa.write_csv(rows(0, "physical", 0.5) + rows(0, "fov-fit", 0.4) + rows(1, "physical", 0.6)
+                 + rows(1, "fov-fit", 0.5), first)
+    fa.write_csv(rows(2, "physical", 0.4) + rows(2, "fov-fit", 0.3), second)
+    assert fa.main(["--from-csv", str(first), str(second), "--out", str(tmp_path / "out")]) == 0
+    table = fa.read_csv(tmp_path / "out" / "framing_ablation_summary.csv")
+    assert {(r["framing"], r["support_size"], r["n"]) for r in table} == {
+        (f, s, 3) for f in fa.FRAMINGS for s in fa.SUPPORT_SIZES}
+    assert [(r["framing"], r["support_size"]) for r in table if r["chosen"] is True] == [("physical", 16)]
+    assert len(fa.read_csv(tmp_path / "out" / "framing_ablation.csv")) == 3 * 2 * 2 * 2
+    fa.write_csv(rows(2, "physical", 0.4, steps=100) + rows(2, "fov-fit", 0.3, steps=100), second)
+    with pytest.raises(ValueError, match="budget"):
+        fa.main(["--from-csv", str(first), str(second), "--out", str(tmp_path / "out")])
