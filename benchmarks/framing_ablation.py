@@ -36,8 +36,8 @@ this script changes no default (a change would need a GPU retrain and every defa
 Writes ``framing_ablation.csv`` (one row per framing × seed × support size × task) and
 ``framing_ablation_summary.csv`` (mean and SD over seeds per framing × support size, the decision
 marked); checkpoints go to ``--work`` (default ``build/framing_ablation``). Seeds may run in separate
-processes (``--seeds 2 --out DIR2 --work DIR2``, a copy of the volume cache in ``DIR2``) and be joined
-with ``--from-csv``, which only summarises and decides.
+processes (``--seeds 2 [--framings physical] --out DIR2 --work DIR2``, a copy of the volume cache in
+``DIR2``) and be joined with ``--from-csv``, which only summarises and decides.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def mark(table: Sequence[dict], chosen: dict[str, tuple[Any, str]]) -> list[dict
 
 
 # ------------------------------------------------------------------------------------------------ main
-def run_all(seeds: Sequence[int], steps: int, work: Path, out: Path) -> list[dict]:
+def run_all(seeds: Sequence[int], steps: int, work: Path, out: Path, framings: Sequence[str] = FRAMINGS) -> list[dict]:
     """Train and score every framing × seed; the rows so far go to ``out/framing_ablation.csv`` after
     each run (an interrupted sweep keeps what finished)."""
     base, physical = default_training()
@@ -196,7 +196,7 @@ def run_all(seeds: Sequence[int], steps: int, work: Path, out: Path) -> list[dic
     machine = machine_info()
     rows: list[dict] = []
     for seed in seeds:
-        for framing in FRAMINGS:
+        for framing in framings:
             config = run_config(base, physical, framing, seed, work / f"{framing}-seed{seed}.pt",
                                 work / "volumes.npz", steps=steps)
             checkpoint, seconds = train_arm(config)
@@ -232,6 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("build/framing_ablation"),
                         help="checkpoints and the volume cache")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--framings", nargs="+", choices=FRAMINGS, default=list(FRAMINGS))
     parser.add_argument("--steps", type=int, default=STEPS, help="training steps per run (the same for every run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
@@ -246,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif not sarcoma_selection_ready(STRUCTURES, selection_volumes()):
         return 2
     else:
-        rows = run_all(args.seeds, args.steps, args.work, args.out)
+        rows = run_all(args.seeds, args.steps, args.work, args.out, args.framings)
     report(rows, args.out)
     return 0
 
