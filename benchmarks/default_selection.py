@@ -35,6 +35,30 @@ def selection_volumes() -> list[str]:
     return [f"sts/{patient}_{modality}" for modality in STRUCTURES for patient in (*SUPPORTS, QUERY)]
 
 
+def selection_pairs() -> list[tuple[str, str, datasets.Case, datasets.Case]]:
+    """``(modality, support id, support, query)`` for every selection task, each case keeping only
+    :data:`STRUCTURES`' structures of its modality, relabelled ``1..n`` in that order (call
+    :func:`common.sarcoma_selection_ready` first)."""
+    pairs = []
+    for modality, names in STRUCTURES.items():
+        cases = {c.name.split("/")[1][:7]: c for c in datasets.sts_cases([modality])}
+        if modality == "CT":
+            cases = {k: datasets.with_hu_anatomy(c) for k, c in cases.items()}
+        query = datasets.select_structures(cases[QUERY], names)
+        pairs += [(modality, s, datasets.select_structures(cases[s], names), query) for s in SUPPORTS]
+    return pairs
+
+
+def score_structures(pred: np.ndarray, modality: str, query: datasets.Case) -> list[dict]:
+    """One row per structure of ``modality`` (``structure``, ``dice``, ``hd95``, ...) for a predicted
+    label map ``pred`` on the query of :func:`selection_pairs`."""
+    rows = []
+    for value, name in enumerate(STRUCTURES[modality], start=1):
+        ref = query.labels.with_array((query.labels.array == value).astype(np.uint8))
+        rows.append({"structure": name, **score((pred == value).astype(np.uint8), ref)})
+    return rows
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench-output/default_selection"))
@@ -42,26 +66,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not sarcoma_selection_ready(STRUCTURES, selection_volumes()):
         return 2
     rows = []
-    for modality, names in STRUCTURES.items():
-        cases = {c.name.split("/")[1][:7]: c for c in datasets.sts_cases([modality])}
-        if modality == "CT":
-            cases = {k: datasets.with_hu_anatomy(c) for k, c in cases.items()}
-        query = datasets.select_structures(cases[QUERY], names)
-        for support_id in SUPPORTS:
-            support = datasets.select_structures(cases[support_id], names)
-            for weights in CHECKPOINTS:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    seg = Segmenter(weights=weights, strategy="position", progress=False, seed=0,
-                                    modality="ct" if modality == "CT" else "mr")
-                    pred = seg.fit([support.image], [support.labels]).predict(query.image).array
-                for value, name in enumerate(names, start=1):
-                    ref = query.labels.with_array((query.labels.array == value).astype(np.uint8))
-                    rows.append({"weights": weights, "modality": modality, "support": support_id, "query": QUERY,
-                                 "structure": name, "data_role": "selection",
-                                 **score((pred == value).astype(np.uint8), ref)})
-                    print(f"{weights:8s} {modality:6s} {support_id} -> {QUERY} {name:6s} dice {rows[-1]['dice']:.3f}",
-                          flush=True)
+    for modality, support_id, support, query in selection_pairs():
+        for weights in CHECKPOINTS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                seg = Segmenter(weights=weights, strategy="position", progress=False, seed=0,
+                                modality="ct" if modality == "CT" else "mr")
+                pred = seg.fit([support.image], [support.labels]).predict(query.image).array
+            for scored in score_structures(pred, modality, query):
+                rows.append({"weights": weights, "modality": modality, "support": support_id, "query": QUERY,
+                             "structure": scored.pop("structure"), "data_role": "selection", **scored})
+                print(f"{weights:8s} {modality:6s} {support_id} -> {QUERY} {rows[-1]['structure']:6s} "
+                      f"dice {rows[-1]['dice']:.3f}", flush=True)
     machine = machine_info()
     rows = [{**r, "machine": machine} for r in rows]
     write_csv(rows, args.out / "default_selection.csv")
