@@ -180,8 +180,9 @@ def decisions(table: Sequence[dict]) -> dict[str, tuple[Any, str]]:
 
 
 def mark(table: Sequence[dict], chosen: dict[str, tuple[Any, str]]) -> list[dict]:
-    """The summary rows with ``chosen`` (True on the chosen framing × support size) and ``scale``."""
-    pick = (chosen["framing"][0], chosen["support_size"][0])
+    """The summary rows with ``chosen`` (True on the chosen framing × support size; none without a
+    decision) and ``scale``."""
+    pick = (chosen["framing"][0], chosen["support_size"][0]) if chosen else None
     return [{**r, "chosen": (r["framing"], r["support_size"]) == pick, "scale": SCALE} for r in table]
 
 
@@ -217,11 +218,14 @@ def report(rows: Sequence[dict], out: Path) -> dict[str, tuple[Any, str]]:
         raise ValueError("the runs differ in budget (steps, width, episodes per step): not one ablation")
     write_and_show(rows, out / "framing_ablation.csv", f"framing ablation ({SCALE})")
     table = summary(rows)
-    chosen = decisions(table)
+    measured = sorted({r["framing"] for r in table})
+    chosen = decisions(table) if measured == sorted(FRAMINGS) else {}
     write_and_show([{**r, "machine": rows[0]["machine"]} for r in mark(table, chosen)],
                    out / "framing_ablation_summary.csv", f"framing ablation summary ({SCALE}, mean ± SD over seeds)")
     for what, (choice, reason) in chosen.items():
         print(f"decision ({SCALE}) {what}: {choice}: {reason}")
+    if not chosen:
+        print(f"no decision ({SCALE}): only {', '.join(measured)} measured here; join every framing with --from-csv")
     print("the bundled default is unchanged: a CPU-scale result does not retrain the GPU checkpoint")
     return chosen
 

@@ -106,3 +106,6 @@ def test_from_csv_joins_seed_files_and_writes_the_marked_summary(tmp_path):
     fa.write_csv(rows(2, "physical", 0.4, steps=100) + rows(2, "fov-fit", 0.3, steps=100), second)
     with pytest.raises(ValueError, match="budget"):
         fa.main(["--from-csv", str(first), str(second), "--out", str(tmp_path / "out")])
+    fa.write_csv(rows(3, "fov-fit", 0.3), second)  # one framing alone (a run of one arm): no decision, no crash
+    assert fa.main(["--from-csv", str(second), "--out", str(tmp_path / "one")]) == 0
+    assert not any(r["chosen"] is True for r in fa.read_csv(tmp_path / "one" / "framing_ablation_summary.csv"))
