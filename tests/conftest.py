@@ -65,12 +65,12 @@ def blob_volume(shape=(24, 20, 12), seed=0, centre=None, radius=5.0) -> tuple[np
 def cached_colin27(downsample: float):
     """Colin27 + AAL (Debian mricron-data) from the local cache only: tests never download.
     ``make test`` fetches it once beforehand (``make test-data``); offline, the tests that need it
-    skip and say how to get it."""
+    skip and say how to get it (under ``.ci/run``, which fetches it, they fail: :func:`missing`)."""
     import fewshotcx.datasets as ds
 
     state = ds.available()["mricron"]
     if not state.startswith("cached"):
-        pytest.skip(f"Colin27 is not cached and tests do not download it: run `make test-data` (or "
+        missing(f"Colin27 is not cached and tests do not download it: run `make test-data` (or "
                     f"fx.datasets.fetch('mricron')) once with network access [{state}]")
     return ds.colin27_aal(downsample=downsample)
 

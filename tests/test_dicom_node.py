@@ -22,7 +22,7 @@ from fewshotcx.cli.main import main
 from fewshotcx.io import dicom
 from fewshotcx.io.volume import Volume
 
-from conftest import require_command
+from conftest import missing, require_command
 from rt_cases import AFFINE, make_plan, make_query, phantom, tiny_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def broken_series(query: Path, root: Path) -> dict[str, Path]:
 def scenario(tmp_path_factory):
     require_command("Orthanc", "orthanc")
     if not private_network_works():
-        pytest.skip("cannot make a private network namespace (unshare -rn) to run Orthanc on loopback only")
+        missing("cannot make a private network namespace (unshare -rn) to run Orthanc on loopback only")
     root = tmp_path_factory.mktemp("node")
     library = root / "library"
     make_plan(library / "patient-1")

@@ -79,16 +79,23 @@ def _expected(path):
     return local
 
 
-@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
-def test_dock_widget_completes_suggests_and_undoes_like_the_python_api(qtbot, tmp_path, remote):
-    from fewshotcx.server import SessionStore
-
-    path = write_image(tmp_path, orientation="LPI")  # stored inferior first: file slice k is canonical Z-1-k
-    own = sorted(SHAPE[2] - 1 - z for z in DRAWS)  # what the session counts
+def _widget_on_lpi_file(qtbot, tmp_path):
+    """``(path, viewer, widget)``: a file stored "LPI" (inferior first, x and y reversed: file slice k
+    is canonical Z-1-k) shown in a ViewerModel, and the dock widget on it (tiny model)."""
+    path = write_image(tmp_path, orientation="LPI")
     viewer = ViewerModel()
     add_volume(viewer, load_volume(path), name="ct")
     widget = ContourWidget(viewer, segmenter=tiny_segmenter())
     qtbot.addWidget(widget)
+    return path, viewer, widget
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_dock_widget_completes_suggests_and_undoes_like_the_python_api(qtbot, tmp_path, remote):
+    from fewshotcx.server import SessionStore
+
+    path, viewer, widget = _widget_on_lpi_file(qtbot, tmp_path)
+    own = sorted(SHAPE[2] - 1 - z for z in DRAWS)  # what the session counts
     with serving(SessionStore(tiny_segmenter())) as url:
         if remote:
             widget.url.setText(url)
@@ -122,11 +129,7 @@ def test_clicks_and_boxes_on_the_prompt_layers_reach_the_session_like_the_python
     back, from the session and from its layer."""
     from fewshotcx.server import SessionStore
 
-    path = write_image(tmp_path, orientation="LPI")
-    viewer = ViewerModel()
-    add_volume(viewer, load_volume(path), name="ct")
-    widget = ContourWidget(viewer, segmenter=tiny_segmenter())
-    qtbot.addWidget(widget)
+    path, viewer, widget = _widget_on_lpi_file(qtbot, tmp_path)
     X, Y, Z = SHAPE
     with serving(SessionStore(tiny_segmenter())) as url:
         if remote:
@@ -198,11 +201,7 @@ def test_deep_boxes_and_scribbles_on_the_prompt_layers_reach_the_session_like_th
     line, nothing sent."""
     from fewshotcx.server import SessionStore
 
-    path = write_image(tmp_path, orientation="LPI")
-    viewer = ViewerModel()
-    add_volume(viewer, load_volume(path), name="ct")
-    widget = ContourWidget(viewer, segmenter=tiny_segmenter())
-    qtbot.addWidget(widget)
+    path, viewer, widget = _widget_on_lpi_file(qtbot, tmp_path)
     X, Y, Z = SHAPE
     flip = lambda canonical: canonical[::-1, ::-1, ::-1]  # noqa: E731 - canonical (X, Y, Z) -> LPI own
     with serving(SessionStore(tiny_segmenter())) as url:

@@ -5,7 +5,6 @@ agrees with ours; a sheared series is refused in one line; dciodvfy stays clean.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ import pydicom
 import pytest
 from scipy import ndimage
 
+from conftest import require_command
 from fewshotcx import rt
 from fewshotcx.io import dicom
 from fewshotcx.io.volume import Volume, VolumeError, load_volume
@@ -84,8 +84,7 @@ def test_we_read_back_exactly_what_we_wrote(written):
 
 
 def test_plastimatch_reads_back_what_we_wrote(written):
-    if shutil.which("plastimatch") is None:
-        pytest.skip("plastimatch not installed (Debian package plastimatch; .ci/run installs it)")
+    require_command("plastimatch", "plastimatch")
     out = written["root"] / "plastimatch"
     done = subprocess.run(["plastimatch", "convert", "--input", str(written["rs"]), "--referenced-ct",
                            str(written["ct"]), "--output-prefix", str(out), "--prefix-format", "nii.gz"],
@@ -140,8 +139,7 @@ def test_highdicom_geometry_reads_back_what_we_wrote(written):
 
 
 def test_our_rtstruct_is_dciodvfy_clean(written):
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy not installed (Debian package dicom3tools)")
+    require_command("dciodvfy", "dicom3tools")
     report = subprocess.run(["dciodvfy", str(written["rs"])], capture_output=True, text=True, timeout=60)
     assert "Error" not in report.stdout + report.stderr, report.stdout + report.stderr
 
@@ -167,8 +165,7 @@ def test_a_sheared_series_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.skipif(not (LUNG1 / "image").is_dir(), reason="LUNG1-001 not in ../shared/data/mirp")
 def test_plastimatch_and_we_rasterise_lung1_clinical_rtstruct_alike(tmp_path):
-    if shutil.which("plastimatch") is None:
-        pytest.skip("plastimatch not installed (Debian package plastimatch; .ci/run installs it)")
+    require_command("plastimatch", "plastimatch")
     rs, ct = LUNG1 / "mask_rtstruct" / "1-1.dcm", LUNG1 / "image"
     done = subprocess.run(["plastimatch", "convert", "--input", str(rs), "--referenced-ct", str(ct),
                            "--output-prefix", str(tmp_path / "out"), "--prefix-format", "nii.gz"],
