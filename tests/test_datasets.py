@@ -518,7 +518,8 @@ def test_every_source_pins_its_archive():
 
 def test_tests_never_download_real_data(tmp_path, monkeypatch):
     """``make test`` is hermetic: the test modules read real data only through conftest's cache-only
-    helpers (the Makefile's test-data step fetches it); with nothing cached they skip, saying how."""
+    helpers (the Makefile's test-data step fetches it); with nothing cached they skip, saying how (and
+    fail under ``.ci/run``, which fetched it)."""
     import re
     from pathlib import Path
 
@@ -535,5 +536,11 @@ def test_tests_never_download_real_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources, "fetch", no_network)
     monkeypatch.setattr(ds, "fetch", no_network)
+    import conftest
+
+    monkeypatch.setattr(conftest, "REQUIRE_EVERYTHING", False)  # a developer's machine: skip, saying how
     with pytest.raises(pytest.skip.Exception, match="make test-data"):
+        cached_colin27(downsample=4.0)
+    monkeypatch.setattr(conftest, "REQUIRE_EVERYTHING", True)  # .ci/run fetched it: missing is a failure
+    with pytest.raises(pytest.fail.Exception, match="make test-data"):
         cached_colin27(downsample=4.0)
