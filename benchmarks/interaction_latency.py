@@ -10,7 +10,11 @@ its reorientation to the file's own layout, the compressed undo memo) is paid in
 * ``CRLM-CT-1004`` (contrast abdominal CT, 512 × 512 × 41, 5 mm; no labels): a *pseudo-structure*,
   the largest 26-connected soft-tissue piece of the HU rule (``fewshotcx.datasets.ct_anatomy``) in
   the patient's right upper quadrant, only to place a box and five clicks the same way. No Dice is
-  reported for it: the point is the time.
+  reported for it: the point is the time;
+* the same abdomen **resampled to 3 mm slices** (:func:`thinner_slices`: linear in z, 512 × 512 × 69),
+  because our only abdomen is 5 mm and the issue asks for a 3 mm one: the volume, and so everything
+  that scales with it, is that of a 3 mm scan (the intensities are interpolated, not a 3 mm
+  acquisition's).
 
 Per interaction: ``add_box``/``add_point`` plus the ``result()`` that follows (wall seconds), from a
 blank session (no network). ``load`` is the 1-minute load average when the row was written (other jobs
@@ -55,6 +59,18 @@ def right_upper_soft_tissue(ct: Volume) -> np.ndarray:
     if not n:
         raise ValueError("no soft tissue in the right upper quadrant")
     return pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+
+
+def thinner_slices(ct: Volume, thickness_mm: float) -> Volume:
+    """``ct`` (canonical) resampled along z to ``thickness_mm`` slices (linear; the first slice stays
+    where it is, the last at or before the original last), the affine scaled to match."""
+    step = thickness_mm / ct.spacing[2]
+    z = np.arange(0.0, ct.shape[2] - 1 + 1e-6, step)
+    array = ndimage.map_coordinates(ct.array.astype(np.float32), np.meshgrid(
+        np.arange(ct.shape[0]), np.arange(ct.shape[1]), z, indexing="ij"), order=1, mode="nearest")
+    affine = ct.affine.copy()
+    affine[:3, 2] *= step
+    return Volume(array.astype(ct.array.dtype), affine)
 
 
 def time_interactions(key: str, image: Volume, reference: np.ndarray) -> list[dict]:
@@ -102,6 +118,8 @@ def scans(shared: Optional[Path]) -> list[tuple[str, Volume, np.ndarray]]:
         if crlm is not None and crlm.is_dir():
             ct = fx.load_volume(crlm)
             found.append(("CRLM-CT-1004 pseudo-structure", ct, right_upper_soft_tissue(ct)))
+            thin = thinner_slices(ct.canonical(), 3.0)
+            found.append(("CRLM-CT-1004 resampled to 3 mm, pseudo-structure", thin, right_upper_soft_tissue(thin)))
         else:
             print("skip: CRLM-CT-1004 is development data in ../shared/data (not distributed)", file=sys.stderr)
     return found

@@ -1,5 +1,5 @@
 """benchmarks/interaction_latency.py: the abdominal pseudo-structure lies where the liver does (the
-patient's right, the scan's superior half, canonical RAS), and the per-scan summary."""
+patient's right, the scan's superior half, canonical RAS), the 3 mm resampling, and the per-scan summary."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from interaction_latency import right_upper_soft_tissue, summarise  # noqa: E402
+from interaction_latency import right_upper_soft_tissue, summarise, thinner_slices  # noqa: E402
 
 from fewshotcx import Volume  # noqa: E402
 
@@ -34,3 +34,13 @@ def test_the_summary_gives_each_scan_its_median_and_worst_seconds():
     summary = {r["scan"]: r for r in summarise(rows)}
     assert summary["a"]["median_seconds"] == 0.2 and summary["a"]["max_seconds"] == 0.5
     assert summary["b"]["interactions"] == 1 and summary["b"]["median_seconds"] == 2.0
+
+
+def test_thinner_slices_keep_world_positions_and_interpolate_linearly_along_z():
+    affine = np.array([[0.8, 0, 0, -10.0], [0, 0.8, 0, 5.0], [0, 0, 5.0, -100.0], [0, 0, 0, 1]])
+    ramp = np.broadcast_to(np.arange(41, dtype=np.float32) * 10, (6, 5, 41)).copy()  # 2 HU per mm along z
+    thin = thinner_slices(Volume(ramp, affine), 3.0)
+    assert thin.shape == (6, 5, 67) and np.allclose(thin.spacing, (0.8, 0.8, 3.0))
+    assert np.allclose(thin.affine[:3, 3], affine[:3, 3])  # the first slice stays where it was
+    world_z = thin.affine[2, 3] + thin.affine[2, 2] * np.arange(67)
+    assert np.allclose(thin.array[2, 2], (world_z + 100.0) * 2, atol=1e-3)  # the ramp, sampled at 3 mm
