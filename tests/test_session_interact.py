@@ -286,3 +286,26 @@ def test_an_mr_image_s_arbitrary_intensity_scale_does_not_change_the_refinement(
         results.append(s.result().array == 1)
     assert np.array_equal(results[0], results[1])  # without the units, edges vanish or are everywhere
     assert dice(results[0], shape) > 0.75
+
+
+@pytest.mark.parametrize("contrast", [50.0, 0.0])
+def test_a_negative_click_in_a_spill_keeps_the_structure_beyond_it(contrast):
+    """A small structure and a spill of the same tissue beside it, weak or no edges (MR-like): the
+    negative click at the spill's deepest point may not empty the structure (``refine._held``);
+    without the hold, the walker (no positive seed holds the structure) takes part of it or all."""
+    from fewshotcx.interactive.prompts import Prompt
+    from fewshotcx.interactive.refine import Settings, refine
+
+    x, y, z = np.mgrid[:40, :40, :24]
+    ball = lambda cx, r: (x - cx) ** 2 + (y - 20) ** 2 + ((z - 12) * 2) ** 2 < r ** 2  # noqa: E731
+    structure = ball(17, 4.0)
+    spill = ball(23, 4.0) & ~structure
+    image = (np.where(structure | spill, contrast, 0.0) + np.random.default_rng(0).normal(0, 20, x.shape))
+    click = Prompt("point", 1, False, np.array([[25, 20, 12]]))  # the spill's deepest voxel
+    kept = {}
+    for name, settings in (("held", Settings()), ("unheld", Settings(hold=np.inf))):
+        out = refine(image.astype(np.float32), (1.0, 1.0, 2.0), (structure | spill).astype(np.uint8), [click],
+                     settings=settings) == 1
+        kept[name] = (out & structure).sum() / structure.sum()
+        assert (out & spill).sum() < spill.sum()  # the click removes some of the spill either way
+    assert kept["held"] > 0.7 and kept["unheld"] < kept["held"] - 0.2
