@@ -48,7 +48,7 @@ from .compat import CallableTuple, renamed_keywords, warn_renamed
 from .interactive import prompts as kinds
 from .interactive.completion import DrawnCompletion, Key
 from .interactive.layer import PromptLayer
-from .interactive.refine import in_units
+from .interactive.refine import Settings, in_units
 from .io.grid import AxialSlices
 from .io.session_file import read_session_file, write_session_file
 from .io.undo import HISTORY_BYTES, HISTORY_STEPS, UndoHistory
@@ -81,13 +81,16 @@ class ContourSession(DrawnCompletion):
             fixed by the first non-empty draw or prompt); ``labels=`` before 0.4.0 (deprecated).
         neighbours: drawn slices on each side of an undrawn slice that form its support.
         modality: intensity normalisation (``"auto"``, ``"ct"``, ``"mr"``).
+        refinement: the constants of the box / click / scribble refinement
+            (:class:`fewshotcx.interactive.Settings`; the defaults are the measured ones).
     Raises:
         VolumeError: the image's third array axis is not superior–inferior.
     """
 
     @renamed_keywords(labels="classes")
     def __init__(self, image: Union[Volume, PathLike], segmenter: Optional[Segmenter] = None,
-                 classes: Optional[Sequence[int]] = None, neighbours: int = 1, modality: str = "auto") -> None:
+                 classes: Optional[Sequence[int]] = None, neighbours: int = 1, modality: str = "auto",
+                 refinement: Settings = Settings()) -> None:
         #: The image in its own layout (what slice indices count along) and canonical (what is computed on).
         self.original = image if isinstance(image, Volume) else load_volume(image, canonical=False)
         self.image = self.original.canonical()
@@ -117,7 +120,7 @@ class ContourSession(DrawnCompletion):
         self._label_slabs: dict[tuple[int, int, tuple], torch.Tensor] = {}
         self.predicted_slices = 0  # slices run through the model so far (cost counter)
         self.cache_limit: Optional[int] = None  # cached slice predictions kept; None = 8 × depth
-        self._layer = PromptLayer()  # boxes, clicks, scribbles and the label maps they lead to
+        self._layer = PromptLayer(refinement)  # boxes, clicks, scribbles and the label maps they lead to
         self._units: Optional[np.ndarray] = None  # the image in the refinement's units (HU; MR scaled)
         self._automatic: Optional[tuple] = None  # (canonical labels, float16 probabilities) of the model
 

@@ -309,3 +309,20 @@ def test_a_negative_click_in_a_spill_keeps_the_structure_beyond_it(contrast):
         kept[name] = (out & structure).sum() / structure.sum()
         assert (out & spill).sum() < spill.sum()  # the click removes some of the spill either way
     assert kept["held"] > 0.7 and kept["unheld"] < kept["held"] - 0.2
+
+
+def test_a_session_refines_with_the_constants_it_is_given():
+    """``refinement=``: a region of ±4 mm around a click instead of ±30 mm bounds what the click grows."""
+    from fewshotcx.interactive import Settings
+
+    image, ball = ball_case()
+    grown = {}
+    for reach in (30.0, 4.0):
+        s = ContourSession(Volume(image, AFFINES["RAS"]), Segmenter(backend=UnsureBackend(), progress=False),
+                           modality="ct", refinement=Settings(reach_mm=reach))
+        s.add_point((20, 17, 10))
+        grown[reach] = s.result().array == 1
+    assert dice(grown[30.0], ball) > 0.5
+    region = np.zeros(SHAPE, bool)
+    region[16:25, 13:22, 8:13] = True  # ±4 mm: 4 voxels in-plane (1 mm), 2 slices (2 mm)
+    assert grown[4.0].any() and not grown[4.0][~region].any() and grown[30.0][~region].any()
