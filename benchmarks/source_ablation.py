@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from default_selection import STRUCTURES, selection_pairs, selection_volumes  # 
 from framing_ablation import (EPISODES_PER_STEP, SCALE, SEEDS, SIZE, STEPS, SUPPORT_SIZES, WIDTH,  # noqa: E402
                               decide, default_training, evaluate, one_budget, run_config, summary, train_arm)
 import roles  # noqa: E402
+from fewshotcx import Volume  # noqa: E402
 from fewshotcx.training import TrainConfig  # noqa: E402
 from fewshotcx.training.selfsupervised import unlabelled_ct_volumes  # noqa: E402
 from fewshotcx.training.volume_cache import load_volume_cache, save_volume_cache  # noqa: E402
@@ -83,7 +84,8 @@ def arm_config(base: dict[str, Any], physical: dict[str, Optional[float]], arm: 
                       steps=steps, width=width, size=size)
 
 
-def compose_ssl_cache(default_cache: Path, path: Path, seed: int, read: Optional[Any] = None) -> bool:
+def compose_ssl_cache(default_cache: Path, path: Path, seed: int,
+                      read: Optional[Callable[[str], Volume]] = None) -> bool:
     """Write the ``ssl-ct`` arm's cache ``path`` as the default arm's plus ``ssl-ct``'s volumes for
     ``seed`` (the order and content a fresh load gives: the report set left out, ``ssl-ct`` last), so
     the other sources load once. ``read``: as :func:`unlabelled_ct_volumes`. False (nothing written)
