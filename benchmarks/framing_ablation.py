@@ -137,16 +137,16 @@ def evaluate(checkpoint: Path, pairs: Sequence[tuple], sizes: Sequence[int] = SU
 
 
 # ------------------------------------------------------------------------------------------ decision
-def seed_scores(rows: Sequence[dict]) -> list[dict]:
-    """Each framing × support size × seed's mean Dice over its tasks (column ``dice``)."""
-    means = summarise(rows, ["framing", "support_size", "seed"])
-    return [{"framing": m["framing"], "support_size": m["support_size"], "seed": m["seed"], "dice": m["dice_mean"]}
+def seed_scores(rows: Sequence[dict], arm: str = "framing") -> list[dict]:
+    """Each arm (the ``arm`` column: framing) × support size × seed's mean Dice over its tasks (column ``dice``)."""
+    means = summarise(rows, [arm, "support_size", "seed"])
+    return [{arm: m[arm], "support_size": m["support_size"], "seed": m["seed"], "dice": m["dice_mean"]}
             for m in means]
 
 
-def summary(rows: Sequence[dict]) -> list[dict]:
-    """Mean and SD over seeds of the seed scores (:func:`seed_scores`), per framing × support size."""
-    return summarise(seed_scores(rows), ["framing", "support_size"])
+def summary(rows: Sequence[dict], arm: str = "framing") -> list[dict]:
+    """Mean and SD over seeds of the seed scores (:func:`seed_scores`), per arm × support size."""
+    return summarise(seed_scores(rows, arm), [arm, "support_size"])
 
 
 def pooled_sd(a: dict, b: dict) -> float:
@@ -212,10 +212,15 @@ def run_all(seeds: Sequence[int], steps: int, work: Path, out: Path, framings: S
     return rows
 
 
-def report(rows: Sequence[dict], out: Path) -> dict[str, tuple[Any, str]]:
-    """Write ``framing_ablation.csv`` and the summary (decision marked), print the decision, return it."""
+def one_budget(rows: Sequence[dict]) -> None:
+    """Raise unless every run of ``rows`` had the same budget (steps, width, episodes per step)."""
     if len({(r["steps"], r["width"], r["episodes_per_step"]) for r in rows}) != 1:
         raise ValueError("the runs differ in budget (steps, width, episodes per step): not one ablation")
+
+
+def report(rows: Sequence[dict], out: Path) -> dict[str, tuple[Any, str]]:
+    """Write ``framing_ablation.csv`` and the summary (decision marked), print the decision, return it."""
+    one_budget(rows)
     write_and_show(rows, out / "framing_ablation.csv", f"framing ablation ({SCALE})")
     table = summary(rows)
     measured = sorted({r["framing"] for r in table})

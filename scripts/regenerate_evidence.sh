@@ -4,9 +4,9 @@
 # demo, ct_cross_patient.py, retrieval_coverage.py and train_gpu.py --eval-only; the other model lanes
 # still measure fewshotcx 0.2's model (weights "fov64", bundled), which is what their committed CSVs
 # hold, until they are rerun on the new default (drop the FOV64 argument). `benchmarks/evidence.py` then checks each quoted
-# number against them. Usage: scripts/regenerate_evidence.sh [model|review|cross|compare|speed|all|framing]
+# number against them. Usage: scripts/regenerate_evidence.sh [model|review|cross|compare|speed|all|framing|sources]
 # (lanes that can run side by side on two cores). About an hour in all on a quiet 2-core machine; the
-# framing lane (not in all) trains six small networks, about another hour.
+# framing and sources lanes (not in all) train six small networks each: minutes on a quiet machine, an hour shared.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -73,5 +73,8 @@ if [[ $lane == speed || $lane == all ]]; then
 fi
 if [[ $lane == framing ]]; then
   "$PY" benchmarks/framing_ablation.py --out "$R"  # CPU-scale framing ablation, selection data (../shared/data)
+fi
+if [[ $lane == sources ]]; then
+  "$PY" benchmarks/source_ablation.py --out "$R"  # CPU-scale source ablation (+ ssl-ct), selection data (../shared/data)
 fi
 "$PY" benchmarks/evidence.py
