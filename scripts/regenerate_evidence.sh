@@ -49,6 +49,7 @@ if [[ $lane == review || $lane == all ]]; then
   "$PY" benchmarks/serve_latency.py --threads 1 --out "$R"
   "$PY" benchmarks/interactive_protocol.py --out "$R" --plots docs/img  # box + clicks (../shared/data)
   "$PY" benchmarks/interaction_latency.py --out "$R"  # seconds per interaction on whole 512 x 512 scans
+  "$PY" benchmarks/interactive_dev.py --out "$R"  # the refinement's development set, with and without the negative click's hold
 fi
 if [[ $lane == cross || $lane == all ]]; then
   "$PY" benchmarks/cross_patient.py "${FOV64[@]}" --out "$R" --plots docs/img
