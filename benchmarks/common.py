@@ -54,6 +54,18 @@ def add_output_options(parser) -> None:
                         help="only redraw plots and tables from these CSVs (concatenated)")
 
 
+def development_data_parser(description: str):
+    """An ``argparse`` parser with ``--shared`` (the development data folder, default ../shared/data)
+    and ``--out`` (CSV folder, default ``bench-output/<script>``): the scripts that read ../shared."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=None, help="development data folder (default: ../shared/data)")
+    default = Path("bench-output") / Path(parser.prog).stem
+    parser.add_argument("--out", type=Path, default=default, help=f"CSV folder (default: {default})")
+    return parser
+
+
 def apply_output_options(args, report, tag: str) -> bool:
     """Set ``--threads``; with ``--from-csv`` redraw through ``report(rows, out, plots, tag)`` and return True."""
     if args.threads:

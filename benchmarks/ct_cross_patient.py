@@ -43,7 +43,6 @@ coverage, not to an unseen structure.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -54,7 +53,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RULE_SOLVED_DICE, machine_info, read_csv, score, summarise, write_csv  # noqa: E402
+from common import RULE_SOLVED_DICE, development_data_parser, machine_info, read_csv, score, summarise, write_csv  # noqa: E402
 from fewshotcx import Segmenter, Volume, datasets, load_volume  # noqa: E402
 from fewshotcx.datasets.ct_anatomy import HU_STRUCTURES, hu_anatomy  # noqa: E402
 from fewshotcx.rt.rtstruct import read_rtstruct  # noqa: E402
@@ -184,9 +183,7 @@ def seed_list(text: str) -> list[int]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=None, help="development data folder (default: ../shared/data)")
-    parser.add_argument("--out", type=Path, default=Path("bench-output/ct_cross_patient"))
+    parser = development_data_parser(__doc__)
     parser.add_argument("--methods", default=",".join([*METHODS, RULE]), help="methods for the cropped queries")
     parser.add_argument("--full-methods", default=f"universeg-position,universeg-auto,{RULE}",
                         help="methods for the whole queries (same coverage: does auto lose against position?)")

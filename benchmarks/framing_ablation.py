@@ -235,17 +235,19 @@ def report(rows: Sequence[dict], out: Path) -> dict[str, tuple[Any, str]]:
     return chosen
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bench-output/framing_ablation"), help="CSV folder")
-    parser.add_argument("--work", type=Path, default=Path("build/framing_ablation"),
-                        help="checkpoints and the volume cache")
+def cli(argv: Optional[Sequence[str]], doc: str, name: str, arm_flag: str, arms: Sequence[str],
+        run: Any, write: Any) -> int:
+    """The command line of a CPU-scale ablation (this one, ``source_ablation.py``): train and score
+    ``run(seeds, steps, work, out, arms)``'s runs, or join ``--from-csv`` files, then ``write(rows, out)``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(f"bench-output/{name}"), help="CSV folder")
+    parser.add_argument("--work", type=Path, default=Path(f"build/{name}"), help="checkpoints and the volume cache")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--framings", nargs="+", choices=FRAMINGS, default=list(FRAMINGS))
+    parser.add_argument(f"--{arm_flag}", dest="arms", nargs="+", choices=arms, default=list(arms))
     parser.add_argument("--steps", type=int, default=STEPS, help="training steps per run (the same for every run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
-                        help="no training: summarise and decide from these framing_ablation.csv files (e.g. "
+                        help=f"no training: summarise and decide from these {name}.csv files (e.g. "
                              "seeds run in separate processes), concatenated")
     args = parser.parse_args(argv)
     if args.threads:
@@ -256,9 +258,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif not sarcoma_selection_ready(STRUCTURES, selection_volumes()):
         return 2
     else:
-        rows = run_all(args.seeds, args.steps, args.work, args.out, args.framings)
-    report(rows, args.out)
+        rows = run(args.seeds, args.steps, args.work, args.out, args.arms)
+    write(rows, args.out)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli(argv, __doc__, "framing_ablation", "framings", FRAMINGS, run_all, report)
 
 
 if __name__ == "__main__":

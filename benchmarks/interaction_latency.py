@@ -26,7 +26,6 @@ scipy on the CPU; only an ``auto`` start's first pass (UniverSeg) runs on it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -40,8 +39,8 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info  # noqa: E402
-from report import write_and_show  # noqa: E402
+from common import development_data_parser, machine_info  # noqa: E402
+from report import write_with_summary  # noqa: E402
 import fewshotcx as fx  # noqa: E402
 from fewshotcx import Volume, datasets  # noqa: E402
 from fewshotcx.datasets.ct_anatomy import hu_anatomy  # noqa: E402
@@ -138,9 +137,7 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=None, help="development data folder (default: ../shared/data)")
-    parser.add_argument("--out", type=Path, default=Path("bench-output/interaction_latency"))
+    parser = development_data_parser(__doc__)
     args = parser.parse_args(argv)
     found = scans(args.shared)
     if not found:
@@ -148,9 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     machine = machine_info()
     rows = [r | {"machine": machine} for key, ct, mask in found for r in time_interactions(key, ct, mask)]
-    write_and_show(rows, args.out / "interaction_latency.csv", "seconds per interaction, whole scans")
-    write_and_show([s | {"machine": machine} for s in summarise(rows)], args.out / "interaction_latency_summary.csv",
-                   "per scan")
+    write_with_summary(rows, summarise(rows), args.out, "interaction_latency",
+                       ("seconds per interaction, whole scans", "per scan"))
     return 0
 
 

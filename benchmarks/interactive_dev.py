@@ -21,7 +21,6 @@ next, and how many single clicks lowered a structure's Dice by more than 0.05.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from dataclasses import replace
@@ -32,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import binary_mask, brain_cases, machine_info, write_and_show  # noqa: E402
+from common import binary_mask, brain_cases, development_data_parser, machine_info  # noqa: E402
+from report import write_with_summary  # noqa: E402
 from interactive_protocol import TUNED_ON, Task, drive, load_all, make_task  # noqa: E402
 import fewshotcx as fx  # noqa: E402
 from fewshotcx.evaluation.interactive import CLICKS, click_auc  # noqa: E402
@@ -101,17 +101,14 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=None, help="development data folder (default: ../shared/data)")
-    parser.add_argument("--out", type=Path, default=Path("bench-output/interactive_dev"))
+    parser = development_data_parser(__doc__)
     args = parser.parse_args(argv)
     machine = machine_info()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rows = [r | {"machine": machine} for task, other in dev_tasks(args.shared) for r in run(task, other)]
-    write_and_show(rows, args.out / "interactive_dev.csv", "development structures, per step")
-    write_and_show([s | {"machine": machine} for s in summarise(rows)], args.out / "interactive_dev_summary.csv",
-                   "development set, per variant")
+    write_with_summary(rows, summarise(rows), args.out, "interactive_dev",
+                       ("development structures, per step", "development set, per variant"))
     return 0
 
 

@@ -26,7 +26,6 @@ data in ``../shared/data``: a structure whose data are absent is skipped with on
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RULE_SOLVED_DICE, machine_info, print_table, write_csv  # noqa: E402
+from common import RULE_SOLVED_DICE, development_data_parser, machine_info, print_table, write_csv  # noqa: E402
 import fewshotcx as fx  # noqa: E402
 from fewshotcx import Volume, datasets  # noqa: E402
 from fewshotcx.baselines.interpolation import interpolate_slices  # noqa: E402
@@ -354,12 +353,10 @@ def docs_table(summary: Sequence[dict]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=None, help="development data folder (default: ../shared/data)")
+    parser = development_data_parser(__doc__)
     parser.add_argument("--structures", default=None, help=f"comma-separated keys (default: all): {', '.join(ALL)}")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     parser.add_argument("--starts", default="blank,auto,slices")
-    parser.add_argument("--out", type=Path, default=Path("bench-output/interactive_protocol"))
     parser.add_argument("--plots", type=Path, default=None, help="PNG folder (default: --out)")
     args = parser.parse_args(argv)
     wanted = QUICK if args.quick else ALL if args.structures is None else args.structures.split(",")

@@ -65,6 +65,14 @@ def write_and_show(rows: Sequence[dict[str, Any]], path: Path, title: str) -> No
     print(f"wrote {path}")
 
 
+def write_with_summary(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], out: Path, name: str,
+                       titles: tuple[str, str]) -> None:
+    """Write and show ``rows`` as ``out/<name>.csv`` and ``summary`` (given the rows' ``machine``) as
+    ``out/<name>_summary.csv`` (:func:`write_and_show`, ``titles`` for the two)."""
+    write_and_show(rows, out / f"{name}.csv", titles[0])
+    write_and_show([s | {"machine": rows[0]["machine"]} for s in summary], out / f"{name}_summary.csv", titles[1])
+
+
 def paired_difference(rows: Sequence[dict[str, Any]], column: str, a: Any, b: Any, match: Sequence[str],
                       value: str = "dice") -> dict[str, Any]:
     """Compare ``column == b`` against ``column == a`` on rows matched by the ``match`` columns.

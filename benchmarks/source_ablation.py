@@ -36,21 +36,18 @@ only summarises and decides.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, read_csv, sarcoma_selection_ready, write_and_show, write_csv  # noqa: E402
-from default_selection import STRUCTURES, selection_pairs, selection_volumes  # noqa: E402
-from framing_ablation import (EPISODES_PER_STEP, SCALE, SEEDS, SIZE, STEPS, SUPPORT_SIZES, WIDTH,  # noqa: E402
-                              decide, default_training, evaluate, one_budget, run_config, summary, train_arm)
-import roles  # noqa: E402
+from common import machine_info, write_and_show, write_csv  # noqa: E402
+from default_selection import selection_pairs  # noqa: E402
+from framing_ablation import (EPISODES_PER_STEP, SCALE, SIZE, STEPS, SUPPORT_SIZES, WIDTH,  # noqa: E402
+                              cli, decide, default_training, evaluate, one_budget, run_config, summary, train_arm)
 from fewshotcx import Volume  # noqa: E402
 from fewshotcx.training import TrainConfig  # noqa: E402
 from fewshotcx.training.selfsupervised import unlabelled_ct_volumes  # noqa: E402
@@ -157,28 +154,7 @@ def report(rows: Sequence[dict], out: Path) -> dict[int, tuple[Any, str]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bench-output/source_ablation"), help="CSV folder")
-    parser.add_argument("--work", type=Path, default=Path("build/source_ablation"),
-                        help="checkpoints and the volume caches")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument("--steps", type=int, default=STEPS, help="training steps per run (the same for every run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--from-csv", type=Path, nargs="+", default=None,
-                        help="no training: summarise and decide from these source_ablation.csv files, concatenated")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.from_csv:
-        rows = [row for path in args.from_csv for row in read_csv(path)]
-        roles.require(roles.SELECTION, selection_volumes(), [r["structure"] for r in rows])
-    elif not sarcoma_selection_ready(STRUCTURES, selection_volumes()):
-        return 2
-    else:
-        rows = run_all(args.seeds, args.steps, args.work, args.out, args.arms)
-    report(rows, args.out)
-    return 0
+    return cli(argv, __doc__, "source_ablation", "arms", ARMS, run_all, report)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import roles  # noqa: E402
+from common import read_csv  # noqa: E402
 import source_ablation as sa  # noqa: E402
 from fewshotcx import Volume, datasets  # noqa: E402
 from fewshotcx.training.selfsupervised import UNLABELLED_CTS  # noqa: E402
@@ -91,7 +92,7 @@ def test_from_csv_summarises_decides_and_one_arm_alone_decides_nothing(tmp_path,
     sa.write_csv([r for s in range(3) for arm, d in ((sa.INCUMBENT, 0.4 + s / 100), (sa.SSL, 0.3))
                   for r in rows(arm, s, d)], both)
     assert sa.main(["--from-csv", str(both), "--out", str(tmp_path / "out")]) == 0
-    table = sa.read_csv(tmp_path / "out" / "source_ablation_summary.csv")
+    table = read_csv(tmp_path / "out" / "source_ablation_summary.csv")
     assert {(r["sources"], r["support_size"], r["n"]) for r in table} == {
         (a, s, 3) for a in sa.ARMS for s in sa.SUPPORT_SIZES}
     assert {(r["sources"], r["support_size"]) for r in table if r["chosen"] is True} == {
