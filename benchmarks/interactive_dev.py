@@ -11,7 +11,7 @@ on, so a constant's choice can be reproduced and checked without looking at a re
   and LUNG1-001's GTV and spinal cord, blank start only).
 
 Each structure runs once per *variant* of :class:`fewshotcx.interactive.refine.Settings`
-(:data:`VARIANTS`): the current settings, and each one the constants were chosen against. The
+(:data:`VARIANTS`): the current settings, and each earlier choice they replaced. The
 automatic contour is computed once per structure and shared by the variants. Summary per variant ×
 modality × start: mean Dice per step, Dice-AUC, the worst change of the mean from one step to the
 next, and how many single clicks lowered a structure's Dice by more than 0.05.
@@ -43,7 +43,9 @@ MR_DEV = ("left amygdala", "left pallidum", "right amygdala", "right pallidum")
 CT_SUPPORT = {"STS_001:GTV": "STS_002:GTV", "STS_002:GTV": "STS_001:GTV"}
 #: A click that lowers one structure's Dice by more than this counts as a drop.
 DROP = 0.05
-VARIANTS = {"current": Settings(), "no-hold": replace(Settings(), hold=np.inf)}
+#: The current constants, and each earlier choice they replaced (one constant changed per variant).
+VARIANTS = {"current": Settings(), "no-hold": replace(Settings(), hold=np.inf),
+            "radius-0.9": replace(Settings(), radius=0.9)}
 
 
 def dev_tasks(shared: Optional[Path]) -> Iterator[tuple[Task, Optional[Task]]]:

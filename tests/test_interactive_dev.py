@@ -1,5 +1,5 @@
 """benchmarks/interactive_dev.py: the development-set summary (per-step means, worst step, drops) and
-its variants (the current refinement against one without the negative click's hold)."""
+its variants (the current refinement against each earlier choice it replaced)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def test_the_summary_gives_per_step_means_the_worst_step_and_the_drops():
     assert summary["drops"] == 2  # a: 0.6 → 0.5; b: 0.4 → 0.2 (each more than 0.05)
 
 
-def test_the_variants_differ_only_in_the_negative_click_s_hold():
+def test_each_variant_differs_from_the_current_constants_in_one_constant():
     assert VARIANTS["current"] == Settings()
-    assert np.isinf(VARIANTS["no-hold"].hold)
-    differing = [f for f in Settings.__dataclass_fields__
-                 if getattr(VARIANTS["current"], f) != getattr(VARIANTS["no-hold"], f)]
-    assert differing == ["hold"]
+    changed = {name: [f for f in Settings.__dataclass_fields__ if getattr(v, f) != getattr(Settings(), f)]
+               for name, v in VARIANTS.items()}
+    assert changed == {"current": [], "no-hold": ["hold"], "radius-0.9": ["radius"]}
+    assert np.isinf(VARIANTS["no-hold"].hold) and VARIANTS["radius-0.9"].radius == 0.9

@@ -41,8 +41,9 @@ from .walker import random_walk
 class Settings:
     """The method's constants, tuned on STS_001's GTV and LUNG1-001's GTV-1 and spinal cord (the
     measurements: docs/contouring.md, "Boxes, clicks and scribbles"); :data:`MR_SPAN`,
-    :func:`_local` and :func:`_held` (``hold``, ``hold_depth``) were chosen on the brain atlases'
-    amygdalae and pallida, checked on those four CT structures (docs/interactive.md)."""
+    :func:`_local`, :func:`_held` (``hold``, ``hold_depth``) and ``radius`` (0.9 before) were chosen
+    on the brain atlases' amygdalae and pallida, checked on those four CT structures
+    (``benchmarks/interactive_dev.py``, docs/interactive.md)."""
 
     margin_mm: float = 6.0      # region beyond a box
     reach_mm: float = 30.0      # region around a click or scribble (half-size)
@@ -52,7 +53,7 @@ class Settings:
     strength: float = 0.3       # lambda: weight of the prior against the edges
     intensity: float = 1.0      # weight of the histogram log-ratio (clipped to ±3)
     shape: float = 2.0          # weight of the box's ellipsoid, log-odds at its centre
-    radius: float = 0.9         # where the ellipsoid's log-odds are 0 (1: the inscribed ellipsoid)
+    radius: float = 1.0         # where the ellipsoid's log-odds are 0 (1: the inscribed ellipsoid)
     automatic: float = 1.0      # weight of the automatic contour's log-odds
     trust: float = 2.0          # log-odds of the current result far from a new seed
     click: float = 2.0          # log-odds of a click's push to its side, near it
