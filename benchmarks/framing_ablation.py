@@ -57,7 +57,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (ModelSpec, machine_info, read_csv, sarcoma_selection_ready, summarise,  # noqa: E402
-                    write_and_show, write_csv)
+                    write_csv)
+from report import write_with_summary  # noqa: E402
 from default_selection import (QUERY, STRUCTURES, score_structures, selection_pairs,  # noqa: E402
                                selection_volumes)
 import roles  # noqa: E402
@@ -221,12 +222,11 @@ def one_budget(rows: Sequence[dict]) -> None:
 def report(rows: Sequence[dict], out: Path) -> dict[str, tuple[Any, str]]:
     """Write ``framing_ablation.csv`` and the summary (decision marked), print the decision, return it."""
     one_budget(rows)
-    write_and_show(rows, out / "framing_ablation.csv", f"framing ablation ({SCALE})")
     table = summary(rows)
     measured = sorted({r["framing"] for r in table})
     chosen = decisions(table) if measured == sorted(FRAMINGS) else {}
-    write_and_show([{**r, "machine": rows[0]["machine"]} for r in mark(table, chosen)],
-                   out / "framing_ablation_summary.csv", f"framing ablation summary ({SCALE}, mean ± SD over seeds)")
+    write_with_summary(rows, mark(table, chosen), out, "framing_ablation",
+                       (f"framing ablation ({SCALE})", f"framing ablation summary ({SCALE}, mean ± SD over seeds)"))
     for what, (choice, reason) in chosen.items():
         print(f"decision ({SCALE}) {what}: {choice}: {reason}")
     if not chosen:

@@ -44,7 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, write_and_show, write_csv  # noqa: E402
+from common import machine_info, write_csv  # noqa: E402
+from report import write_with_summary  # noqa: E402
 from default_selection import selection_pairs  # noqa: E402
 from framing_ablation import (EPISODES_PER_STEP, SCALE, SIZE, STEPS, SUPPORT_SIZES, WIDTH,  # noqa: E402
                               cli, decide, default_training, evaluate, one_budget, run_config, summary, train_arm)
@@ -138,12 +139,11 @@ def run_all(seeds: Sequence[int], steps: int, work: Path, out: Path, arms: Seque
 def report(rows: Sequence[dict], out: Path) -> dict[int, tuple[Any, str]]:
     """Write ``source_ablation.csv`` and the summary (decision marked), print the decision, return it."""
     one_budget(rows)
-    write_and_show(rows, out / "source_ablation.csv", f"source ablation ({SCALE})")
     table = summary(rows, arm="sources")
     measured = sorted({r["sources"] for r in table})
     chosen = decisions(table) if measured == sorted(ARMS) else {}
-    write_and_show([{**r, "machine": rows[0]["machine"]} for r in mark(table, chosen)],
-                   out / "source_ablation_summary.csv", f"source ablation summary ({SCALE}, mean ± SD over seeds)")
+    write_with_summary(rows, mark(table, chosen), out, "source_ablation",
+                       (f"source ablation ({SCALE})", f"source ablation summary ({SCALE}, mean ± SD over seeds)"))
     for size, (choice, reason) in chosen.items():
         print(f"decision ({SCALE}) S={size}: {choice}: {reason}")
     if not chosen:

@@ -224,9 +224,10 @@ def _local(result: np.ndarray, previous: np.ndarray, seeds: np.ndarray) -> np.nd
     return np.where(np.isin(pieces, keep[keep > 0]), result, previous)
 
 
-def _held(seeds: np.ndarray, current: np.ndarray, step: Sequence[float], settings: Settings) -> np.ndarray:
-    """What a negative click or scribble (``seeds``) may not remove: the current contour's voxels
-    farther than ``hold · ρ`` from it and at least ``hold_depth · ρ`` inside the contour.
+def _held(distance: np.ndarray, current: np.ndarray, step: Sequence[float], settings: Settings) -> np.ndarray:
+    """What a negative click or scribble may not remove: the current contour's voxels farther than
+    ``hold · ρ`` from it (``distance``: mm from its seeds, on the region's grid) and at least
+    ``hold_depth · ρ`` inside the contour.
 
     The click sits at the deepest point of a spill, ``ρ`` inside the contour (its distance to the
     background, within ``min_mm .. local_mm``), so the spill is about ``ρ`` thick; what lies as deep
@@ -235,15 +236,15 @@ def _held(seeds: np.ndarray, current: np.ndarray, step: Sequence[float], setting
     amygdalae and pallida one click took 208 voxels to 12)."""
     if current.all():
         return np.zeros(current.shape, bool)
-    distance = ndimage.distance_transform_edt(~seeds, sampling=step)
     rho = float(np.clip(distance[~current].min(), settings.min_mm, settings.local_mm))
     depth = ndimage.distance_transform_edt(current, sampling=step)  # inside the contour, from the background
     return current & (depth >= settings.hold_depth * rho) & (distance > settings.hold * rho)
 
 
-def _click_logit(new: Prompt, seeds: np.ndarray, current: np.ndarray, intensities: np.ndarray,
+def _click_logit(new: Prompt, seeds: np.ndarray, distance: np.ndarray, current: np.ndarray, intensities: np.ndarray,
                  step: Sequence[float], settings: Settings) -> np.ndarray:
-    """Log-odds after a click or scribble (``seeds``: its voxels on the region's grid).
+    """Log-odds after a click or scribble (``seeds``: its voxels on the region's grid; ``distance``: mm
+    from them).
 
     A click sits in the middle of an error region, about ``ρ`` from the current contour (``ρ``: the
     distance from the seeds to the nearest voxel already on their side, at least ``min_mm``), so the
@@ -251,7 +252,6 @@ def _click_logit(new: Prompt, seeds: np.ndarray, current: np.ndarray, intensitie
     other side and within ``spread · ρ`` of the seeds, of intensity like the seeds', are pushed to the
     seeds' side (log-odds ``click``); elsewhere the current result holds (log-odds ``trust``). With
     nothing on their side within ``local_mm``, the error is an island: ``ρ = local_mm``, no layer."""
-    distance = ndimage.distance_transform_edt(~seeds, sampling=step)
     side = current if new.positive else ~current
     rho = float(distance[side].min()) if side.any() else np.inf
     if rho <= settings.local_mm:  # next to the contour: a layer along it
@@ -259,7 +259,8 @@ def _click_logit(new: Prompt, seeds: np.ndarray, current: np.ndarray, intensitie
         depth = ndimage.distance_transform_edt(~side, sampling=step)  # how far from the asked side
     else:  # an island of its own (nothing on its side nearby): a blob around it
         rho, depth = settings.local_mm, np.zeros(current.shape)
-    near = np.exp(-0.5 * (distance / (settings.spread * rho)) ** 2) / (1 + np.exp((depth - settings.depth * rho) / rho * 4))
+    across = 1 + np.exp((depth - settings.depth * rho) / rho * 4)  # falls off beyond depth·ρ from the contour
+    near = np.exp(-0.5 * (distance / (settings.spread * rho)) ** 2) / across
     like = np.exp(-0.5 * ((intensities - intensities[seeds].mean()) / settings.sigma) ** 2)
     sign = 1.0 if new.positive else -1.0
     return settings.trust * (1 - near) * np.where(current, 1.0, -1.0) + settings.click * near * like * sign
@@ -312,9 +313,10 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
         reference, logit = shape > 0.75, settings.shape * np.clip(shape - 1 + settings.radius ** 2, -1, 1)
     else:
         own = _seed_grid([new], region, grid) >= 0
-        reference, logit = current, _click_logit(new, own, current, intensities, step, settings)
+        distance = ndimage.distance_transform_edt(~own, sampling=step)  # mm from the new seeds
+        reference, logit = current, _click_logit(new, own, distance, current, intensities, step, settings)
         if not new.positive:  # the structure beyond the spill stays
-            held = _held(own, current, step, settings) & ~fixed
+            held = _held(distance, current, step, settings) & ~fixed
             fixed, values = fixed | held, np.where(held, np.float32(1), values)
     foreground = (reference & ~hard_zero | (seeds == 1)) & (seeds != 0)
     p = 1 / (1 + np.exp(-logit - settings.intensity * log_ratio(intensities, foreground, ~foreground)))
