@@ -16,7 +16,7 @@ automatic contour is computed once per structure and shared by the variants. Sum
 modality × start: mean Dice per step, Dice-AUC, the worst change of the mean from one step to the
 next, and how many single clicks lowered a structure's Dice by more than 0.05.
 
-    python benchmarks/interactive_dev.py --out benchmarks/results      # ~10 min on 2 cores
+    python benchmarks/interactive_dev.py --out benchmarks/results      # ~13 min on 2 cores
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ CT_SUPPORT = {"STS_001:GTV": "STS_002:GTV", "STS_002:GTV": "STS_001:GTV"}
 DROP = 0.05
 #: The current constants, and each earlier choice they replaced (one constant changed per variant).
 VARIANTS = {"current": Settings(), "no-hold": replace(Settings(), hold=np.inf),
-            "radius-0.9": replace(Settings(), radius=0.9)}
+            "radius-0.9": replace(Settings(), radius=0.9), "two-way": replace(Settings(), one_way=False)}
 
 
 def dev_tasks(shared: Optional[Path]) -> Iterator[tuple[Task, Optional[Task]]]:

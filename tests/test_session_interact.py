@@ -326,3 +326,33 @@ def test_a_session_refines_with_the_constants_it_is_given():
     region = np.zeros(SHAPE, bool)
     region[16:25, 13:22, 8:13] = True  # ±4 mm: 4 voxels in-plane (1 mm), 2 slices (2 mm)
     assert grown[4.0].any() and not grown[4.0][~region].any() and grown[30.0][~region].any()
+
+
+def test_a_negative_click_only_removes_and_a_positive_click_only_adds():
+    """``Settings.one_way``: a contour shifted off a bright ball (a miss on one side, a spill on the
+    other). The negative click in the spill removes it and adds nothing; the positive click in the miss
+    adds and removes nothing. Two-way (``one_way=False``), the same negative click also moves the far
+    boundary: on edges this strong that helps (the trade ``benchmarks/interactive_dev.py`` measures on
+    real MR and CT, where it hurt more often than it helped)."""
+    from scipy import ndimage
+
+    from fewshotcx.interactive.prompts import Prompt
+    from fewshotcx.interactive.refine import Settings, refine
+
+    x, y, z = np.mgrid[:40, :40, :24]
+    ball = lambda cx: (x - cx) ** 2 + (y - 20) ** 2 + ((z - 12) * 2) ** 2 < 36  # noqa: E731
+    structure, current = ball(18), ball(22)
+    image = (np.where(structure, 60.0, -60.0) + np.random.default_rng(0).normal(0, 15, x.shape)).astype(np.float32)
+    deepest = lambda m: np.unravel_index(np.argmax(ndimage.distance_transform_edt(m)), m.shape)  # noqa: E731
+    clicks = {False: deepest(current & ~structure), True: deepest(structure & ~current)}
+    out = {}
+    for one_way in (True, False):
+        for positive, voxel in clicks.items():
+            result = refine(image, (1.0, 1.0, 2.0), current.astype(np.uint8),
+                            [Prompt("point", 1, positive, np.array([voxel]))], settings=Settings(one_way=one_way)) == 1
+            assert result[voxel] == positive
+            out[one_way, positive] = result
+    assert not (out[True, False] & ~current).any() and (current & ~out[True, False]).sum() > 100
+    assert not (current & ~out[True, True]).any() and (out[True, True] & ~current).sum() > 100
+    assert (out[False, False] & ~current).sum() > 100  # two-way, the negative click grew the far side
+    assert dice(out[False, False], structure) > dice(out[True, False], structure) + 0.2

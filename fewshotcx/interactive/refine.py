@@ -19,7 +19,8 @@ prompts, ``new`` last, in ``prompts``):
 4. **Random walker** (:mod:`~fewshotcx.interactive.walker`) → probability, upsampled (linear) to the
    region and thresholded at 0.5; 26-connected pieces that touch neither a positive seed nor the
    previous contour are dropped (after a box with no seed: all but the largest). After a click or
-   scribble, only the pieces of the change that hold one of its voxels are kept (:func:`_local`).
+   scribble, only the pieces of the change that hold one of its voxels are kept (:func:`_local`), and
+   (:attr:`Settings.one_way`) a positive one only adds to the contour, a negative one only removes.
    After a box, the structure is cleared wherever the box excludes it, in the whole image.
 
 Intensities are in HU; any other modality is first scaled by :func:`in_units` (the session does it).
@@ -41,7 +42,8 @@ from .walker import random_walk
 class Settings:
     """The method's constants, tuned on STS_001's GTV and LUNG1-001's GTV-1 and spinal cord (the
     measurements: docs/contouring.md, "Boxes, clicks and scribbles"); :data:`MR_SPAN`,
-    :func:`_local`, :func:`_held` (``hold``, ``hold_depth``) and ``radius`` (0.9 before) were chosen
+    :func:`_local`, :func:`_held` (``hold``, ``hold_depth``), ``radius`` (0.9 before) and ``one_way``
+    (two-way before) were chosen
     on the brain atlases' amygdalae and pallida, checked on those four CT structures
     (``benchmarks/interactive_dev.py``, docs/interactive.md)."""
 
@@ -63,6 +65,7 @@ class Settings:
     local_mm: float = 20.0      # a click's reach when nothing is on its side nearby
     hold: float = 2.5           # a negative click keeps the contour farther than hold·ρ from it ...
     hold_depth: float = 0.5     # ... and at least hold_depth·ρ inside it (ρ: the click's own depth)
+    one_way: bool = True        # a positive click or scribble only adds to the contour, a negative only removes
 
 
 #: Non-CT intensities are scaled so that their 1st to 99th percentiles span this many units: the
@@ -327,6 +330,8 @@ def refine(image: np.ndarray, spacing: Sequence[float], labels: np.ndarray, prom
     result = _keep((result | (full_seeds == 1)) & (full_seeds != 0), full_seeds, mask)
     if new.kind != "box":
         result = _local(result, mask, _seed_grid([new], Region(region.lo, region.hi, 1), full.shape) >= 0)
+        if settings.one_way:
+            result = result | mask if new.positive else result & mask
     out = labels.copy()
     out[crop] = np.where(result, label, np.where(mask, 0, full))
     if new.kind == "box":  # nothing of the structure outside its box (but its seeds: enforced after)
