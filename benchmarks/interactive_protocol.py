@@ -12,15 +12,17 @@ Starts and methods, through the public API (``fx.ContourSession(image, segmenter
 ``hu-rule-in-box`` (the HU structure of ``fewshotcx.datasets.ct_anatomy`` that best matches the
 reference, in the box: which structures a rule solves); ``auto`` — ``session`` started from
 ``fx.Segmenter()`` fitted on *another* patient's image and label of the structure, then 5 clicks
-(where another patient has it); ``slices`` — ``interpolation`` of the reference drawn on ``step + 1``
-axial slices spread evenly over its extent (6 = box + 5 interactions).
+(where another patient has it), and ``session-universeg+atlas`` the same from
+``fx.Segmenter(backend="universeg+atlas")`` (registered support fused with the atlas prior);
+``slices`` — ``interpolation`` of the reference drawn on ``step + 1`` axial slices spread evenly over
+its extent (6 = box + 5 interactions).
 
 Images are cropped to an axial slab around the structure (its extent ± ``MARGIN_MM``) and, on
 LUNG1-001's 512 × 512 slices, in-plane to its extent ± ``PLANE_MARGIN_MM`` (the CPU budget; the
 ``crop`` column says where). LUNG1-001 (CC BY-NC) and the sarcoma scans (CC BY 3.0) are development
 data in ``../shared/data``: a structure whose data are absent is skipped with one line on stderr.
 
-    python benchmarks/interactive_protocol.py --out benchmarks/results --plots docs/img   # ~20 min, 2 cores
+    python benchmarks/interactive_protocol.py --out benchmarks/results --plots docs/img   # ~25 min, 2 cores
     python benchmarks/interactive_protocol.py --quick                                      # 2 structures
 """
 
@@ -69,6 +71,9 @@ ALL = [*(f"LUNG1-001:{s}" for s in ("GTV", "spinal cord", "left lung", "right lu
        *(f"STS_00{i}:GTV" for i in (1, 2, 3)), *(f"CTChest4:{s}" for s in CTCHEST4),
        *(f"{b}:{s}" for s in BRAIN for b in ("Colin27", "MNI152"))]
 QUICK = ["STS_002:GTV", "CTChest4:thoracic vertebral column"]
+#: The ``auto`` start's first passes: the default segmenter, and in-context on registered support fused
+#: with the atlas prior (which the development set's brains start far better from).
+AUTO_BACKENDS = ("universeg", "universeg+atlas")
 
 
 @dataclass(frozen=True)
@@ -216,8 +221,12 @@ def interpolation(task: Task) -> list[dict]:
 
 
 def run_task(task: Task, other: Optional[Task], session_factory: Factory, segmenter_factory: Factory,
-             starts: Sequence[str] = ("blank", "auto", "slices")) -> list[dict]:
-    """Every start × method on one structure; a method that raises gives one row with its error."""
+             starts: Sequence[str] = ("blank", "auto", "slices"), auto_backends: Sequence[str] = ("universeg",)
+             ) -> list[dict]:
+    """Every start × method on one structure; a method that raises gives one row with its error.
+    ``segmenter_factory(backend)`` makes an unfitted segmenter (``()``: the default one); the ``auto``
+    start runs once per backend of ``auto_backends``: method ``session`` for ``"universeg"`` (the
+    default), ``session-<backend>`` for another."""
     runs: list[tuple[str, str, Callable[[], list[dict]]]] = []
     blank: dict[str, list[dict]] = {}
 
@@ -231,9 +240,9 @@ def run_task(task: Task, other: Optional[Task], session_factory: Factory, segmen
         first = {k: blank["rows"][0][k] for k in ("interaction", "seconds", "dice", "nsd", "nsd_ungated", "predicted_voxels")}
         return [first | {"step": s} | ({"interaction": "ignored", "seconds": 0.0} if s else {}) for s in range(CLICKS + 1)]
 
-    def auto_session() -> list[dict]:
+    def auto_session(backend: str) -> list[dict]:
         began = time.perf_counter()
-        fitted = segmenter_factory().fit([other.image], [other.reference])
+        fitted = segmenter_factory(backend).fit([other.image], [other.reference])
         session = session_factory(task.image, segmenter=fitted)
         setup = round(time.perf_counter() - began, 2)
         return [r | {"setup_seconds": setup, "support": other.key} for r in drive(task, session, "auto")]
@@ -244,7 +253,8 @@ def run_task(task: Task, other: Optional[Task], session_factory: Factory, segmen
                  ("blank", "box-filled", lambda: constant(task, box_mask(task.reference.shape, *lo_hi), 0.0, "box")),
                  *[("blank", "hu-rule-in-box", lambda: constant(task, *_rule(task)))] * (task.modality == "CT")]
     if "auto" in starts and other is not None:
-        runs.append(("auto", "session", auto_session))
+        runs += [("auto", "session" if b == "universeg" else f"session-{b}", lambda b=b: auto_session(b))
+                 for b in auto_backends]
     if "slices" in starts:
         runs.append(("slices", "interpolation", lambda: interpolation(task)))
     rows = []
@@ -331,6 +341,7 @@ def plot(rows: Sequence[dict], path: Path) -> Path:
 
 COLUMNS = ("blank hu-rule-in-box final_dice", "blank session step0_dice", "blank session final_dice",
            "blank session dice_auc", "auto session step0_dice", "auto session final_dice", "auto session dice_auc",
+           "auto session-universeg+atlas step0_dice", "auto session-universeg+atlas final_dice",
            "blank box-filled final_dice", "slices interpolation final_dice")
 
 
@@ -344,7 +355,8 @@ def docs_table(summary: Sequence[dict]) -> str:
                 f"start={start} method={method} column={column} -->")
 
     lines = ["| structure | headline | HU rule in box | blank: box | blank: 5 clicks | blank Dice-AUC | auto: start "
-             "| auto: 5 clicks | auto Dice-AUC | box filled | interpolation, 6 slices |", "|" + "---|" * 11]
+             "| auto: 5 clicks | auto Dice-AUC | auto (universeg+atlas): start | auto (universeg+atlas): 5 clicks "
+             "| box filled | interpolation, 6 slices |", "|" + "---|" * 13]
     for structure in dict.fromkeys(s["structure"] for s in summary):
         head = next(s for s in summary if s["structure"] == structure)
         cells = [cell(structure, *spec.split()) for spec in COLUMNS]
@@ -373,7 +385,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         other = make_task(OTHER[key], data[OTHER[key]]) if OTHER.get(key) in data else None
         rows += run_task(make_task(key, data[key]), other, fx.ContourSession,
-                         lambda: fx.Segmenter(progress=False), args.starts.split(","))
+                         lambda backend="universeg": fx.Segmenter(backend=backend, progress=False),
+                         args.starts.split(","), AUTO_BACKENDS)
     if not rows:
         print("error: none of the structures' data are here", file=sys.stderr)
         return 2

@@ -204,6 +204,9 @@ class _FakeSegmenter:
     fitted = False
     start = (slice(8, 14), slice(8, 14), slice(8, 14))
 
+    def __init__(self, backend: str = "universeg"):
+        self.backend = backend
+
     def fit(self, images, labels):
         self.fitted = True
         return self
@@ -252,6 +255,23 @@ def test_benchmark_records_a_failing_method_and_needs_another_patient_for_auto()
     summary = {(s["start"], s["method"]): s for s in bench.summarise_runs(rows)}
     assert np.isnan(summary[("blank", "session")]["dice_auc"])
     assert summary[("blank", "session-box-only")]["error"]  # it needs the session's box result
+
+
+def test_benchmark_runs_the_auto_start_once_per_backend():
+    bench = _bench()
+    used = []
+
+    class Recording(_FakeSegmenter):
+        def fit(self, images, labels):
+            used.append(self.backend)
+            return super().fit(images, labels)
+
+    rows = bench.run_task(_task(bench), _task(bench, centre=(11, 13, 12)), _FakeSession, Recording,
+                          starts=("auto",), auto_backends=("universeg", "universeg+atlas"))
+    assert used == ["universeg", "universeg+atlas"]
+    assert [(r["method"], r["step"]) for r in rows] == [(m, s) for m in ("session", "session-universeg+atlas")
+                                                         for s in range(6)]
+    assert all(r["start"] == "auto" and r["error"] == "" for r in rows)
 
 
 def test_benchmark_crops_an_axial_slab_around_the_structure():
