@@ -318,6 +318,7 @@ def plot(rows: Sequence[dict], path: Path) -> Path:
 
     excluded = {s["structure"] for s in summarise_runs(rows) if s["headline"] == "no"}
     modalities = sorted({r["modality"] for r in rows})
+    names = sorted({f"{r['start']}: {r['method']}" for r in rows})  # one colour per line, the same in every panel
     fig, axes = plt.subplots(1, len(modalities), figsize=(6 * len(modalities), 4.5), squeeze=False)
     for ax, modality in zip(axes[0], modalities):
         lines: dict[str, dict[int, list[float]]] = {}
@@ -327,7 +328,7 @@ def plot(rows: Sequence[dict], path: Path) -> Path:
         for name, steps in lines.items():
             x = sorted(steps)
             ax.plot(x, [np.mean(steps[s]) for s in x], marker="o", label=f"{name} (n={len(steps[x[0]])})",
-                    color=f"C{sum(map(ord, name)) % 10}")  # the same colour in every panel
+                    color=f"C{names.index(name) % 10}")
         ax.set(xticks=range(CLICKS + 1), xticklabels=["box / start"] + [f"click {i}" for i in range(1, CLICKS + 1)],
                ylabel="mean Dice", ylim=(0, 1), title=f"{modality}: headline structures")
         ax.set_xlabel("interaction (interpolation: step + 1 slices drawn)")

@@ -32,5 +32,6 @@ def test_each_variant_differs_from_the_current_constants_in_one_constant():
     assert VARIANTS["current"] == Settings()
     changed = {name: [f for f in Settings.__dataclass_fields__ if getattr(v, f) != getattr(Settings(), f)]
                for name, v in VARIANTS.items()}
-    assert changed == {"current": [], "no-hold": ["hold"], "radius-0.9": ["radius"]}
+    assert changed == {"current": [], "no-hold": ["hold"], "radius-0.9": ["radius"], "two-way": ["one_way"]}
     assert np.isinf(VARIANTS["no-hold"].hold) and VARIANTS["radius-0.9"].radius == 0.9
+    assert VARIANTS["current"].one_way and not VARIANTS["two-way"].one_way
