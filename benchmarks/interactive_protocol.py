@@ -12,8 +12,9 @@ Starts and methods, through the public API (``fx.ContourSession(image, segmenter
 ``hu-rule-in-box`` (the HU structure of ``fewshotcx.datasets.ct_anatomy`` that best matches the
 reference, in the box: which structures a rule solves); ``auto`` — ``session`` started from
 ``fx.Segmenter()`` fitted on *another* patient's image and label of the structure, then 5 clicks
-(where another patient has it), and ``session-universeg+atlas`` the same from
-``fx.Segmenter(backend="universeg+atlas")`` (registered support fused with the atlas prior);
+(where another patient has it), and ``session-universeg+atlas`` and ``session-atlas`` the same from
+``fx.Segmenter(backend="universeg+atlas")`` (registered support fused with the atlas prior) and
+``fx.Segmenter(backend="atlas")`` (the registered support alone; an error row where it does not register);
 ``slices`` — ``interpolation`` of the reference drawn on ``step + 1`` axial slices spread evenly over
 its extent (6 = box + 5 interactions).
 
@@ -71,9 +72,10 @@ ALL = [*(f"LUNG1-001:{s}" for s in ("GTV", "spinal cord", "left lung", "right lu
        *(f"STS_00{i}:GTV" for i in (1, 2, 3)), *(f"CTChest4:{s}" for s in CTCHEST4),
        *(f"{b}:{s}" for s in BRAIN for b in ("Colin27", "MNI152"))]
 QUICK = ["STS_002:GTV", "CTChest4:thoracic vertebral column"]
-#: The ``auto`` start's first passes: the default segmenter, and in-context on registered support fused
-#: with the atlas prior (which the development set's brains start far better from).
-AUTO_BACKENDS = ("universeg", "universeg+atlas")
+#: The ``auto`` start's first passes: the default segmenter, in-context on registered support fused
+#: with the atlas prior, and the registered support alone (the multi-atlas baseline): on the development
+#: set's brains the two registered starts are far better than the default's.
+AUTO_BACKENDS = ("universeg", "universeg+atlas", "atlas")
 
 
 @dataclass(frozen=True)
@@ -343,6 +345,7 @@ def plot(rows: Sequence[dict], path: Path) -> Path:
 COLUMNS = ("blank hu-rule-in-box final_dice", "blank session step0_dice", "blank session final_dice",
            "blank session dice_auc", "auto session step0_dice", "auto session final_dice", "auto session dice_auc",
            "auto session-universeg+atlas step0_dice", "auto session-universeg+atlas final_dice",
+           "auto session-atlas step0_dice", "auto session-atlas final_dice",
            "blank box-filled final_dice", "slices interpolation final_dice")
 
 
@@ -357,7 +360,7 @@ def docs_table(summary: Sequence[dict]) -> str:
 
     lines = ["| structure | headline | HU rule in box | blank: box | blank: 5 clicks | blank Dice-AUC | auto: start "
              "| auto: 5 clicks | auto Dice-AUC | auto (universeg+atlas): start | auto (universeg+atlas): 5 clicks "
-             "| box filled | interpolation, 6 slices |", "|" + "---|" * 13]
+             "| auto (atlas): start | auto (atlas): 5 clicks | box filled | interpolation, 6 slices |", "|" + "---|" * 15]
     for structure in dict.fromkeys(s["structure"] for s in summary):
         head = next(s for s in summary if s["structure"] == structure)
         cells = [cell(structure, *spec.split()) for spec in COLUMNS]

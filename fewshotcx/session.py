@@ -71,10 +71,12 @@ class ContourSession(DrawnCompletion):
     Args:
         image: the volume being contoured (path or :class:`Volume`), its third array axis
             superior–inferior: slice ``k`` is its own ``array[:, :, k]`` (module docstring).
-        segmenter: a slab-backend :class:`Segmenter` whose backend, threshold and ``postprocess`` are
-            used; default ``Segmenter()`` (bundled UniverSeg, CPU/auto device). A *fitted* one (support
-            from ``fit``/``add``) gives the starting contour: :meth:`result` before any interaction is
-            ``segmenter.predict(image)``; unfitted, the session starts empty. The session keeps the
+        segmenter: the :class:`Segmenter` whose backend, threshold and ``postprocess`` are used;
+            default ``Segmenter()`` (bundled UniverSeg, CPU/auto device). A *fitted* one (support
+            from ``fit``/``add``; any backend, ``"atlas"`` included) gives the starting contour:
+            :meth:`result` before any interaction is ``segmenter.predict(image)``; unfitted (a slab
+            backend such as ``"universeg"`` then), the session starts empty and completes drawn
+            slices in context (:attr:`completes_slices`). The session keeps the
             fitted model it started with (:attr:`model`): a later ``segmenter.add`` or ``fit`` changes
             the next session's first pass, never this one's.
         classes: the label values that may be drawn (``None``: the fitted segmenter's classes, else
@@ -97,8 +99,10 @@ class ContourSession(DrawnCompletion):
         self.slices = AxialSlices.of(self.original.affine, self.original.shape,
                                      "the image" if isinstance(image, Volume) else str(image))
         self.segmenter = segmenter if segmenter is not None else Segmenter(progress=False)
-        if not hasattr(self.segmenter.backend, "predict_slices"):
-            raise ValueError("ContourSession needs a slab backend (e.g. 'universeg')")
+        if not self.completes_slices and self.segmenter.fitted is None:
+            raise ValueError(f"an unfitted ContourSession completes drawn slices in context, which backend "
+                             f"{getattr(self.segmenter.backend, 'name', 'this')!r} cannot: use a slab backend "
+                             f"(e.g. 'universeg'), or fit this segmenter to start from its contour")
         if neighbours < 1:
             raise ValueError(f"neighbours must be at least 1, got {neighbours}")
         self.neighbours = int(neighbours)

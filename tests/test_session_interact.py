@@ -356,3 +356,30 @@ def test_a_negative_click_only_removes_and_a_positive_click_only_adds():
     assert not (current & ~out[True, True]).any() and (out[True, True] & ~current).sum() > 100
     assert (out[False, False] & ~current).sum() > 100  # two-way, the negative click grew the far side
     assert dice(out[False, False], structure) > dice(out[True, False], structure) + 0.2
+
+
+def test_a_fitted_atlas_segmenter_gives_the_starting_contour():
+    """Any fitted backend starts a session (here the multi-atlas one, a volume backend, on Colin27 at
+    4 mm with its left hemisphere as the atlas): the first result is its prediction and prompts refine
+    it. Completing or suggesting drawn slices needs a slab backend: an unfitted atlas session, or
+    ``suggest`` on a fitted one, is one clear error."""
+    from conftest import cached_colin27
+
+    case = cached_colin27(downsample=4.0)
+    hemisphere = case.labels.with_array(((case.labels.array > 0) & (case.labels.array % 2 == 1)).astype(np.uint8))
+    atlas = Segmenter(backend="atlas", registration="rigid", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="slab backend"):
+        ContourSession(case.image, atlas)
+    atlas.fit([case.image], [hemisphere])
+    s = ContourSession(case.image, atlas)
+    assert not s.completes_slices
+    start = s.result().array
+    assert np.array_equal(start, atlas.predict(case.image).array) and dice(start == 1, hemisphere.array == 1) > 0.95
+    inside, outside = (np.argwhere(start == 1)[0], np.argwhere(start == 0)[0])
+    s.add_point(tuple(inside), positive=False)
+    s.add_point(tuple(outside), positive=True)
+    after = s.result().array
+    assert after[tuple(inside)] == 0 and after[tuple(outside)] == 1
+    s.draw(5, hemisphere.array[..., 5].astype(np.int64))
+    with pytest.raises(ValueError, match="needs a slab backend"):
+        s.suggest()

@@ -28,6 +28,13 @@ Key = tuple  # (support: ((z, version), ...), classes, leave_out)
 class DrawnCompletion:
     """Completion of a structure from drawn axial slices (mixin of ``ContourSession``)."""
 
+    @property
+    def completes_slices(self) -> bool:
+        """Whether the session's backend can predict slices from the drawn ones (a slab backend such
+        as ``"universeg"``): :meth:`suggest`, :meth:`expected_errors` and an unfitted session's
+        result need it; a fitted volume backend (``"atlas"``) only gives the starting contour."""
+        return hasattr(self.segmenter.backend, "predict_slices")
+
     def suggest(self, n: int = 1) -> list[int]:
         """Up to ``n`` undrawn slices (the image's own indices), best first, where drawing by hand would
         fix the most."""
@@ -96,6 +103,9 @@ class DrawnCompletion:
     def _probabilities(self, slices: Sequence[int], samples: bool = False) -> dict[int, np.ndarray]:
         """``z -> (L, X, Y)`` probabilities from the local support (``samples``: the mean over the full
         support and each leave-one-out subset of it), computed only where not cached."""
+        if not self.completes_slices:
+            raise ValueError(f"completing or suggesting slices from the drawn ones needs a slab backend (e.g. "
+                             f"'universeg'); this session's is {getattr(self.segmenter.backend, 'name', '?')!r}")
         classes = self.classes
         wanted: dict[Key, list[int]] = {}
         keys = {}
