@@ -177,6 +177,55 @@ def test_serve_support_fits_the_model_once_and_sessions_start_from_its_predictio
         options("--learn", "--max-support", "0")
 
 
+def test_serve_backend_atlas_starts_sessions_from_support_registered_onto_them(tmp_path, monkeypatch):
+    """``fewshotcx serve --backend atlas --support IMG:LAB`` (Colin27 at 4 mm, its left hemisphere):
+    a session's first result is the atlas segmenter's prediction, and suggest (which completes drawn
+    slices in context) is one 400 line. ``--backend atlas`` without ``--support``, or with
+    ``--weights``, stops it in one line."""
+    import uvicorn
+
+    from conftest import cached_colin27
+
+    from fewshotcx import metrics
+    from fewshotcx.cli import main
+    from fewshotcx.cli.common import CliError
+    from fewshotcx.cli.serve import register, server_options
+
+    case = cached_colin27(downsample=4.0)
+    hemisphere = case.labels.with_array(((case.labels.array > 0) & (case.labels.array % 2 == 1)).astype(np.uint8))
+    save_volume(case.image, tmp_path / "prior.nii.gz")
+    save_volume(hemisphere, tmp_path / "prior_label.nii.gz")
+    served = {}
+
+    def serve(server: uvicorn.Server) -> None:  # instead of listening: open a session as a request would
+        store = server.config.app.state.store
+        entry = store.create(store.new_folder(), tmp_path / "prior.nii.gz", "prior.nii.gz")
+        served.update(backend=store.segmenter.backend.name, first=entry.session.result().array,
+                      predicted=store.segmenter.predict(case.image).array)
+        entry.session.draw(5, hemisphere.array[..., 5].astype(np.int64))
+        with pytest.raises(ValueError, match="needs a slab backend"):
+            entry.session.suggest()
+        served["suggest refused"] = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", serve)
+    main(["serve", "--backend", "atlas", "--device", "cpu",
+          "--support", f"{tmp_path / 'prior.nii.gz'}:{tmp_path / 'prior_label.nii.gz'}"])
+    assert served["backend"] == "atlas" and np.array_equal(served["first"], served["predicted"])
+    assert served["suggest refused"]
+    assert metrics.dice(served["first"] == 1, hemisphere.array == 1) > 0.95
+
+    def options(*argv):
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers())
+        return server_options(parser.parse_args(["serve", *argv]))
+
+    with pytest.raises(CliError, match="--backend atlas starts sessions from --support"):
+        options("--backend", "atlas")
+    with pytest.raises(CliError, match="--weights does not apply"):
+        options("--backend", "atlas", "--weights", "official",
+                "--support", f"{tmp_path / 'prior.nii.gz'}:{tmp_path / 'prior_label.nii.gz'}")
+
+
 def test_the_slice_preview_shows_a_result_made_of_prompts_alone(tmp_path):
     import io
 

@@ -4,9 +4,11 @@ Binds to loopback by default. Any other ``--host`` needs ``--api-key-file`` (ref
 anything is loaded); put TLS in front (a reverse proxy) for anything beyond one machine: the key
 travels in a header. With ``--support IMAGE:LABEL`` the model is fitted on those prior patients once,
 at start, and every session starts from its prediction (``ContourSession(image, fitted_segmenter)``);
-without, sessions start blank. With ``--learn`` each accepted contour joins the model's support (in
-memory, at most ``--max-support`` volumes): the next patient's session starts from a model that has
-seen it.
+without, sessions start blank. ``--backend universeg+atlas`` or ``atlas`` (with ``--support``) starts
+them from support registered onto each image instead: on the T1 brains of ``benchmarks/interactive_protocol.py``
+the registered starts begin far above the default's (docs/interactive.md). With ``--learn`` each
+accepted contour joins the model's support (in memory, at most ``--max-support`` volumes): the next
+patient's session starts from a model that has seen it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from pathlib import Path
 
 from .common import CliError, check_number, check_support, support_pair
 from .predict import structure_list, support_volumes
+
+#: ``--backend`` choices: the slab backends a blank session completes drawn slices with, and the
+#: multi-atlas one, which only gives a fitted model's starting contour.
+SESSION_BACKENDS = ("universeg", "universeg+atlas", "atlas")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,11 +57,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "opened later start from it (in memory only; off by default)")
     p.add_argument("--max-support", type=int, default=16,
                    help="support volumes the model may hold with --learn (default 16; one more is refused)")
+    p.add_argument("--backend", default="universeg", choices=list(SESSION_BACKENDS),
+                   help="what gives a session its starting contour from --support: universeg (default, in "
+                        "context), universeg+atlas (in context on registered support, fused with the registered "
+                        "labels) or atlas (the registered labels; needs --support)")
     p.add_argument("--weights", default="default", help="'default', 'official' or a checkpoint path")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--modality", default="auto", choices=["auto", "ct", "mr"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
+
 
 
 def server_options(args: argparse.Namespace) -> dict:
@@ -72,6 +83,11 @@ def server_options(args: argparse.Namespace) -> dict:
         check_support(args.support)
     elif args.structures is not None:
         raise CliError("--structures names what to learn from --support: give --support IMAGE:LABEL too")
+    if args.backend == "atlas" and not args.support:
+        raise CliError("--backend atlas starts sessions from --support registered onto them: give --support "
+                       "IMAGE:LABEL (blank sessions complete drawn slices, which needs --backend universeg)")
+    if args.backend == "atlas" and args.weights != "default":
+        raise CliError("--weights does not apply to --backend atlas (it has no model)")
 
     key = None
     if args.api_key_file is not None:
@@ -116,8 +132,8 @@ def run(args: argparse.Namespace) -> None:
     from ..server import SessionStore, create_app
     from ..server.limits import uvicorn_config
 
-    segmenter = Segmenter(weights=args.weights, device=args.device, modality=args.modality, seed=args.seed,
-                          progress=False)
+    segmenter = Segmenter(backend=args.backend, weights=args.weights, device=args.device, modality=args.modality,
+                          seed=args.seed, progress=False)
     if args.support:
         images, labels = support_volumes(args.support, structure_list(args.structures))
         segmenter.fit(images=images, labels=labels)

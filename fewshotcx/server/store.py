@@ -73,7 +73,8 @@ class SessionStore:
     """Sessions by id.
 
     Args:
-        segmenter: the shared (slab-backend) segmenter every session uses.
+        segmenter: the shared segmenter every session uses (a slab backend, or any backend once fitted:
+            :class:`~fewshotcx.session.ContourSession`'s rule).
         max_sessions: sessions held at once; creating one more is refused.
         idle_seconds: a session unused this long is closed at the next store access.
         max_upload_bytes: upload size limit (bytes received).
