@@ -129,6 +129,15 @@ def test_the_key_guards_the_interaction_routes(tmp_path):
         assert session.accept().array.any()
 
 
+def serve_options(*argv: str) -> dict:
+    """``fewshotcx serve``'s checked options for ``argv`` (:func:`~fewshotcx.cli.serve.server_options`)."""
+    from fewshotcx.cli.serve import register, server_options
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return server_options(parser.parse_args(["serve", *argv]))
+
+
 def test_serve_support_fits_the_model_once_and_sessions_start_from_its_prediction(tmp_path, monkeypatch):
     """``fewshotcx serve --support IMG:LAB``: the model is fitted before serving; a session's first
     result is the fitted segmenter's prediction. Bad ``--support``/``--structures`` stop it in one line."""
@@ -140,7 +149,6 @@ def test_serve_support_fits_the_model_once_and_sessions_start_from_its_predictio
     from fewshotcx.backends import STRATEGY_ENV
     from fewshotcx.cli import main
     from fewshotcx.cli.common import CliError
-    from fewshotcx.cli.serve import register, server_options
     from fewshotcx.models.weights import save_checkpoint
 
     seg = tiny_segmenter()
@@ -164,24 +172,19 @@ def test_serve_support_fits_the_model_once_and_sessions_start_from_its_predictio
     assert served["fitted"] is not None
     assert np.array_equal(served["first"], served["predicted"]) and served["first"].any()
 
-    def options(*argv):
-        parser = argparse.ArgumentParser()
-        register(parser.add_subparsers())
-        return server_options(parser.parse_args(["serve", *argv]))
-
     with pytest.raises(CliError, match="--structures names what to learn from --support"):
-        options("--structures", "Bladder")
+        serve_options("--structures", "Bladder")
     with pytest.raises(CliError, match="--support"):
-        options("--support", f"{tmp_path / 'missing.nii.gz'}:{tmp_path / 'prior_label.nii.gz'}")
+        serve_options("--support", f"{tmp_path / 'missing.nii.gz'}:{tmp_path / 'prior_label.nii.gz'}")
     with pytest.raises(CliError, match="--max-support"):
-        options("--learn", "--max-support", "0")
+        serve_options("--learn", "--max-support", "0")
 
 
 def test_serve_backend_atlas_starts_sessions_from_support_registered_onto_them(tmp_path, monkeypatch):
     """``fewshotcx serve --backend atlas --support IMG:LAB`` (Colin27 at 4 mm, its left hemisphere):
     a session's first result is the atlas segmenter's prediction, and suggest (which completes drawn
-    slices in context) is one 400 line. ``--backend atlas`` without ``--support``, or with
-    ``--weights``, stops it in one line."""
+    slices in context) is one ValueError line (400 over HTTP). ``--backend atlas`` without
+    ``--support``, or with ``--weights``, stops it in one line."""
     import uvicorn
 
     from conftest import cached_colin27
@@ -189,7 +192,6 @@ def test_serve_backend_atlas_starts_sessions_from_support_registered_onto_them(t
     from fewshotcx import metrics
     from fewshotcx.cli import main
     from fewshotcx.cli.common import CliError
-    from fewshotcx.cli.serve import register, server_options
 
     case = cached_colin27(downsample=4.0)
     hemisphere = case.labels.with_array(((case.labels.array > 0) & (case.labels.array % 2 == 1)).astype(np.uint8))
@@ -214,15 +216,10 @@ def test_serve_backend_atlas_starts_sessions_from_support_registered_onto_them(t
     assert served["suggest refused"]
     assert metrics.dice(served["first"] == 1, hemisphere.array == 1) > 0.95
 
-    def options(*argv):
-        parser = argparse.ArgumentParser()
-        register(parser.add_subparsers())
-        return server_options(parser.parse_args(["serve", *argv]))
-
     with pytest.raises(CliError, match="--backend atlas starts sessions from --support"):
-        options("--backend", "atlas")
+        serve_options("--backend", "atlas")
     with pytest.raises(CliError, match="--weights does not apply"):
-        options("--backend", "atlas", "--weights", "official",
+        serve_options("--backend", "atlas", "--weights", "official",
                 "--support", f"{tmp_path / 'prior.nii.gz'}:{tmp_path / 'prior_label.nii.gz'}")
 
 
