@@ -7,7 +7,7 @@ on, so a constant's choice can be reproduced and checked without looking at a re
 
 * T1 MR: the left and right amygdalae and pallida of Colin27 (AAL) and MNI152 (Harvard-Oxford), each
   brain the other's support for the ``auto`` start (``interactive_protocol.BRAIN`` does not list them);
-* CT: ``interactive_protocol.TUNED_ON`` (STS_001's and STS_002's GTVs, each the other's support,
+* CT: ``interactive_report.TUNED_ON`` (STS_001's and STS_002's GTVs, each the other's support,
   and LUNG1-001's GTV and spinal cord, blank start only).
 
 Each structure runs once per *variant* of :class:`fewshotcx.interactive.refine.Settings`
@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import binary_mask, brain_cases, development_data_parser, machine_info  # noqa: E402
 from report import write_with_summary  # noqa: E402
-from interactive_protocol import TUNED_ON, Task, drive, load_all, make_task  # noqa: E402
+from interactive_protocol import Task, drive, load_all, make_task  # noqa: E402
+from interactive_report import TUNED_ON  # noqa: E402
 import fewshotcx as fx  # noqa: E402
 from fewshotcx.evaluation.interactive import CLICKS, click_auc  # noqa: E402
 from fewshotcx.interactive.refine import Settings  # noqa: E402
