@@ -3,7 +3,8 @@
 ``interactive_protocol.py`` reports structures the refinement was not tuned on; this script runs the
 same protocol (``interactive_protocol.drive``: the reference's 3D box, or the automatic contour of a
 segmenter fitted on the other subject, then five protocol clicks) on the structures it *was* tuned
-on, so a constant's choice can be reproduced and checked without looking at a reported structure:
+on, from the same starts (``auto`` from the default segmenter, ``auto-universeg+atlas`` and
+``auto-atlas`` from the registered ones, where they run), so a constant's choice can be reproduced and checked without looking at a reported structure:
 
 * T1 MR: the left and right amygdalae and pallida of Colin27 (AAL) and MNI152 (Harvard-Oxford), each
   brain the other's support for the ``auto`` start (``interactive_protocol.BRAIN`` does not list them);
@@ -11,12 +12,12 @@ on, so a constant's choice can be reproduced and checked without looking at a re
   and LUNG1-001's GTV and spinal cord, blank start only).
 
 Each structure runs once per *variant* of :class:`fewshotcx.interactive.refine.Settings`
-(:data:`VARIANTS`): the current settings, and each earlier choice they replaced. The
+(:data:`VARIANTS`): the current settings, and each earlier choice they replaced. Each
 automatic contour is computed once per structure and shared by the variants. Summary per variant ×
 modality × start: mean Dice per step, Dice-AUC, the worst change of the mean from one step to the
 next, and how many single clicks lowered a structure's Dice by more than 0.05.
 
-    python benchmarks/interactive_dev.py --out benchmarks/results      # ~13 min on 2 cores
+    python benchmarks/interactive_dev.py --out benchmarks/results      # ~15 min on 2 cores
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import binary_mask, brain_cases, development_data_parser, machine_info  # noqa: E402
 from report import write_with_summary  # noqa: E402
-from interactive_protocol import Task, drive, load_all, make_task  # noqa: E402
+from interactive_protocol import AUTO_BACKENDS, Task, drive, load_all, make_task  # noqa: E402
 from interactive_report import TUNED_ON  # noqa: E402
 import fewshotcx as fx  # noqa: E402
 from fewshotcx.evaluation.interactive import CLICKS, click_auc  # noqa: E402
 from fewshotcx.interactive.refine import Settings  # noqa: E402
+from fewshotcx.registration import RegistrationError  # noqa: E402
 
 MR_DEV = ("left amygdala", "left pallidum", "right amygdala", "right pallidum")
 #: CT development structure → the structure whose image and label are its ``auto`` support.
@@ -63,25 +65,38 @@ def dev_tasks(shared: Optional[Path]) -> Iterator[tuple[Task, Optional[Task]]]:
         yield make_task(key, found[key]), (make_task(support, found[support]) if support in found else None)
 
 
+def automatic_starts(task: Task, other: Optional[Task]) -> dict[str, tuple]:
+    """``start → (fitted segmenter, its automatic contour on the task)`` for each of
+    ``interactive_protocol.AUTO_BACKENDS`` fitted on ``other`` (start ``auto`` for the default,
+    ``auto-<backend>`` for another), each contour computed once for every variant; a backend that
+    cannot start here (the atlas where no registration passes its gate) is left out with a line."""
+    starts = {}
+    for backend in AUTO_BACKENDS if other is not None else ():
+        fitted = fx.Segmenter(backend=backend, progress=False).fit([other.image], [other.reference])
+        first = fx.ContourSession(task.image, segmenter=fitted)
+        try:
+            first.result()
+        except RegistrationError as err:
+            print(f"{task.key:28s} no {backend} start: {err}", flush=True)
+            continue
+        starts["auto" if backend == "universeg" else f"auto-{backend}"] = (fitted, first._automatic)
+    return starts
+
+
 def run(task: Task, other: Optional[Task]) -> list[dict]:
     """Every variant × start on one structure: one row per step."""
-    automatic = None
-    if other is not None:
-        fitted = fx.Segmenter(progress=False).fit([other.image], [other.reference])
-        first = fx.ContourSession(task.image, segmenter=fitted)
-        first.result()
-        automatic = (fitted, first._automatic)  # the automatic contour, computed once for every variant
+    automatic = automatic_starts(task, other)
     rows = []
     for variant, settings in VARIANTS.items():
-        for start in ("blank", "auto") if automatic else ("blank",):
-            session = fx.ContourSession(task.image, segmenter=automatic[0] if start == "auto" else None,
-                                        refinement=settings)
-            if start == "auto":  # the same first pass as ``first``'s (the model is immutable): not recomputed
-                session._automatic = automatic[1]
-            steps = drive(task, session, start)
+        for start in ("blank", *automatic):
+            fitted, contour = automatic.get(start, (None, None))
+            session = fx.ContourSession(task.image, segmenter=fitted, refinement=settings)
+            if contour is not None:  # the same first pass for every variant (the model is immutable)
+                session._automatic = contour
+            steps = drive(task, session, "blank" if start == "blank" else "auto")
             rows += [{"structure": task.key, "modality": task.modality, "start": start, "variant": variant,
                       "step": r["step"], "interaction": r["interaction"], "dice": r["dice"]} for r in steps]
-            print(f"{task.key:28s} {start:5s} {variant:8s} " + " ".join(f"{r['dice']:.3f}" for r in steps), flush=True)
+            print(f"{task.key:28s} {start:20s} {variant:10s} " + " ".join(f"{r['dice']:.3f}" for r in steps), flush=True)
     return rows
 
 
