@@ -2,7 +2,8 @@
 a click, a Shift+click (negative), a brush scribble, a Shift+scribble and a box with a Depth (3D) with
 real mouse events, on a file stored transposed and inferior first; the server's session gets them as the file's own voxels (the result
 changes at the clicked voxel, Undo takes a prompt back), and replaying what the page sent on a local
-``ContourSession`` gives the same result. On a fitted server the page opens showing the model's contour."""
+``ContourSession`` gives the same result. On a fitted server the page opens showing the model's contour
+(with the atlas, its Suggest button disabled)."""
 
 from __future__ import annotations
 
@@ -183,3 +184,29 @@ def test_a_session_on_a_fitted_server_opens_showing_the_models_contour(browser, 
         shown = browser.execute_script("const v = window.fxViewer.overlay; return v ? Array.from(v.img) : null")
         canonical = remote.result().canonical().array
     assert shown is not None and np.array_equal(np.asarray(shown).reshape(canonical.shape, order="F"), canonical)
+
+
+def test_a_session_started_by_the_atlas_shows_its_contour_and_cannot_suggest(browser, tmp_path):
+    """``fewshotcx serve --backend atlas``: the page opens on the atlas's contour (Colin27 at 4 mm, its
+    left hemisphere registered onto itself) and its "Suggest slice" button is disabled, as the
+    session's ``completes_slices`` says (tests/test_viewer.py clicks the enabled one of a blank server)."""
+    from conftest import cached_colin27
+
+    from fewshotcx import Segmenter, save_volume
+
+    case = cached_colin27(downsample=4.0)
+    hemisphere = case.labels.with_array(((case.labels.array > 0) & (case.labels.array % 2 == 1)).astype(np.uint8))
+    atlas = Segmenter(backend="atlas", registration="rigid", device="cpu", progress=False)
+    atlas.fit([case.image], [hemisphere])
+    save_volume(case.image, tmp_path / "t1.nii.gz")
+    with serving(SessionStore(atlas)) as url:
+        remote = RemoteSession(url, tmp_path / "t1.nii.gz")
+        with urllib.request.urlopen(f"{url}/sessions/{remote.session_id}") as answer:
+            info = json.load(answer)
+        browser.get(f"{url}/?session={remote.session_id}")
+        wait_for(lambda: browser.execute_script("return document.body.dataset.ready === '1'"), what="the session")
+        idle(browser)
+        suggest = browser.find_element("id", "suggest")
+        assert info["fitted"] and info["completes_slices"] is False
+        assert results_shown(browser) == 1 and not suggest.is_enabled() and "atlas" in suggest.get_attribute("title")
+        assert remote.result().array.any()

@@ -109,6 +109,8 @@ function showInfo(info) {
   $("drawn").textContent = info.drawn.length ? info.drawn.join(", ") : "none";
   $("prompt-count").textContent = String(info.prompts);
   $("download-rtstruct").disabled = !info.dicom;
+  $("suggest").disabled = !info.completes_slices;  // a session started by the atlas cannot suggest
+  $("suggest").title = info.completes_slices ? "" : "this server's model (atlas) cannot suggest a slice";
 }
 
 function setTool(tool) {
