@@ -169,6 +169,12 @@ class RemoteSession:
         return self.declared
 
     @property
+    def completes_slices(self) -> bool:
+        """Whether the server's model can complete drawn slices and :meth:`suggest` (``False`` for
+        ``fewshotcx serve --backend atlas``; ``True`` from an older server, which does not say)."""
+        return bool(self._info.get("completes_slices", True))
+
+    @property
     def drawn(self) -> list[int]:
         """Drawn slices (the image's own indices), ascending."""
         self._info = self._json("GET", self._route())

@@ -254,3 +254,31 @@ def test_deep_boxes_and_scribbles_on_the_prompt_layers_reach_the_session_like_th
         assert widget.status.text() == "error: nothing painted on the scribble layers"
         qtbot.mouseClick(widget.undo_button, Qt.LeftButton)  # so Undo takes back the box
         assert len(prompts.boxes.data) == 0 and not widget.result_layer.data.any()
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_a_session_the_atlas_starts_has_no_suggest_button(qtbot, remote):
+    """A local session on a fitted atlas segmenter, or one on ``fewshotcx serve --backend atlas``:
+    the widget shows the atlas's contour and disables Suggest (the atlas cannot complete drawn
+    slices); the blank session of the test above clicks an enabled one."""
+    from conftest import cached_colin27
+
+    from fewshotcx import Segmenter
+    from fewshotcx.server import SessionStore
+
+    case = cached_colin27(downsample=4.0)
+    hemisphere = case.labels.with_array(((case.labels.array > 0) & (case.labels.array % 2 == 1)).astype(np.uint8))
+    atlas = Segmenter(backend="atlas", registration="rigid", device="cpu", progress=False)
+    atlas.fit([case.image], [hemisphere])
+    viewer = ViewerModel()
+    add_volume(viewer, case.image, name="t1")
+    widget = ContourWidget(viewer, segmenter=atlas)
+    qtbot.addWidget(widget)
+    with serving(SessionStore(atlas)) as url:
+        if remote:
+            widget.url.setText(url)
+        qtbot.mouseClick(widget.start_button, Qt.LeftButton)
+        assert widget.session is not None, widget.status.text()
+        assert widget.session.completes_slices is False
+        assert not widget.suggest_button.isEnabled() and widget.undo_button.isEnabled()
+        assert np.array_equal(widget.session.result().array, atlas.predict(case.image).array)

@@ -188,6 +188,7 @@ class ContourWidget(QWidget):
             layer.events.paint.connect(partial(self._scribbled, layer))
         self.viewer.layers.selection.active = self.labels_layer
         self._enable(True)
+        self.suggest_button.setEnabled(self.session.completes_slices)  # not for a session the atlas started
         self.status.setText(f"Session on {name} ({where}). Paint a slice, then Send slice.")
 
     def send_slice(self) -> None:
