@@ -17,7 +17,7 @@ automatic contour is computed once per structure and shared by the variants. Sum
 modality × start: mean Dice per step, Dice-AUC, the worst change of the mean from one step to the
 next, and how many single clicks lowered a structure's Dice by more than 0.05.
 
-    python benchmarks/interactive_dev.py --out benchmarks/results      # ~15 min on 2 cores
+    python benchmarks/interactive_dev.py --out benchmarks/results      # ~8 min on 2 cores
 """
 
 from __future__ import annotations

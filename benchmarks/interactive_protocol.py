@@ -23,7 +23,7 @@ LUNG1-001's 512 × 512 slices, in-plane to its extent ± ``PLANE_MARGIN_MM`` (th
 ``crop`` column says where). LUNG1-001 (CC BY-NC) and the sarcoma scans (CC BY 3.0) are development
 data in ``../shared/data``: a structure whose data are absent is skipped with one line on stderr.
 
-    python benchmarks/interactive_protocol.py --out benchmarks/results --plots docs/img   # ~25 min, 2 cores
+    python benchmarks/interactive_protocol.py --out benchmarks/results --plots docs/img   # ~8 min, 2 cores
     python benchmarks/interactive_protocol.py --quick                                      # 2 structures
 """
 
