@@ -162,3 +162,17 @@ def test_every_example_has_a_test():
     scripts = {p.name for p in EXAMPLES.glob("*.py")} - HELPERS
     tested = {name[len("test_"):] + ".py" for name in globals() if name.startswith("test_")}
     assert scripts <= tested, f"examples without a test: {sorted(scripts - tested)}"
+
+
+def test_interactive_starts(tmp_path, tiny_weights):
+    stdout = run_example("interactive_starts.py", "--synthetic", "--out-dir", str(tmp_path), "--weights",
+                         str(tiny_weights), "--device", "cpu")
+    curves = {name: [float(d) for d in re.findall(r"\d\.\d{3}", line)]
+              for name, line in re.findall(r"^(\S+)\s+Dice (.*)$", stdout, flags=re.M)}
+    assert len(curves["universeg"]) == 6  # the start and five clicks
+    image = tmp_path / "data" / "case1_image.nii.gz"
+    for name in curves:
+        assert_on_grid(tmp_path / f"{name.replace('+', '_')}.nii.gz", image)
+    # each backend either starts (a curve) or says in one line why it cannot
+    assert all(name in curves or re.search(rf"^{re.escape(name)}\s+cannot start here: ", stdout, flags=re.M)
+               for name in ("universeg", "universeg+atlas", "atlas"))
