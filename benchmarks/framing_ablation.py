@@ -49,7 +49,7 @@ import time
 import warnings
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -219,20 +219,32 @@ def one_budget(rows: Sequence[dict]) -> None:
         raise ValueError("the runs differ in budget (steps, width, episodes per step): not one ablation")
 
 
+def report_ablation(rows: Sequence[dict], out: Path, name: str, arm: str, arms: Sequence[str],
+                    decide_all: Callable[[Sequence[dict]], dict],
+                    mark_table: Callable[[Sequence[dict], dict], list[dict]],
+                    note: str, label: Callable[[Any], str] = str) -> dict:
+    """Write ``<name>.csv`` and its summary (decision marked) for an ablation whose arms are column
+    ``arm``'s values ``arms``; print the decisions (``decide_all(table)``, each under ``label(key)``;
+    none until every arm is measured) and ``note``; return them."""
+    one_budget(rows)
+    table = summary(rows, arm=arm)
+    measured = sorted({r[arm] for r in table})
+    chosen = decide_all(table) if measured == sorted(arms) else {}
+    title = name.replace("_", " ")
+    write_with_summary(rows, mark_table(table, chosen), out, name,
+                       (f"{title} ({SCALE})", f"{title} summary ({SCALE}, mean ± SD over seeds)"))
+    for what, (choice, reason) in chosen.items():
+        print(f"decision ({SCALE}) {label(what)}: {choice}: {reason}")
+    if not chosen:
+        print(f"no decision ({SCALE}): only {', '.join(measured)} measured here; join every arm with --from-csv")
+    print(note)
+    return chosen
+
+
 def report(rows: Sequence[dict], out: Path) -> dict[str, tuple[Any, str]]:
     """Write ``framing_ablation.csv`` and the summary (decision marked), print the decision, return it."""
-    one_budget(rows)
-    table = summary(rows)
-    measured = sorted({r["framing"] for r in table})
-    chosen = decisions(table) if measured == sorted(FRAMINGS) else {}
-    write_with_summary(rows, mark(table, chosen), out, "framing_ablation",
-                       (f"framing ablation ({SCALE})", f"framing ablation summary ({SCALE}, mean ± SD over seeds)"))
-    for what, (choice, reason) in chosen.items():
-        print(f"decision ({SCALE}) {what}: {choice}: {reason}")
-    if not chosen:
-        print(f"no decision ({SCALE}): only {', '.join(measured)} measured here; join every framing with --from-csv")
-    print("the bundled default is unchanged: a CPU-scale result does not retrain the GPU checkpoint")
-    return chosen
+    return report_ablation(rows, out, "framing_ablation", "framing", FRAMINGS, decisions, mark,
+                           "the bundled default is unchanged: a CPU-scale result does not retrain the GPU checkpoint")
 
 
 def cli(argv: Optional[Sequence[str]], doc: str, name: str, arm_flag: str, arms: Sequence[str],

@@ -4,7 +4,8 @@
 same protocol (``interactive_protocol.drive``: the reference's 3D box, or the automatic contour of a
 segmenter fitted on the other subject, then five protocol clicks) on the structures it *was* tuned
 on, from the same starts (``auto`` from the default segmenter, ``auto-universeg+atlas`` and
-``auto-atlas`` from the registered ones, where they run), so a constant's choice can be reproduced and checked without looking at a reported structure:
+``auto-atlas`` from the registered ones, where they run), so a constant's choice can be reproduced
+and checked without looking at a reported structure:
 
 * T1 MR: the left and right amygdalae and pallida of Colin27 (AAL) and MNI152 (Harvard-Oxford), each
   brain the other's support for the ``auto`` start (``interactive_protocol.BRAIN`` does not list them);

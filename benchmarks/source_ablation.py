@@ -45,10 +45,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine_info, write_csv  # noqa: E402
-from report import write_with_summary  # noqa: E402
 from default_selection import selection_pairs  # noqa: E402
 from framing_ablation import (EPISODES_PER_STEP, SCALE, SIZE, STEPS, SUPPORT_SIZES, WIDTH,  # noqa: E402
-                              cli, decide, default_training, evaluate, one_budget, run_config, summary, train_arm)
+                              cli, decide, default_training, evaluate, report_ablation, run_config, train_arm)
 from fewshotcx import Volume  # noqa: E402
 from fewshotcx.training import TrainConfig  # noqa: E402
 from fewshotcx.training.selfsupervised import unlabelled_ct_volumes  # noqa: E402
@@ -138,19 +137,10 @@ def run_all(seeds: Sequence[int], steps: int, work: Path, out: Path, arms: Seque
 
 def report(rows: Sequence[dict], out: Path) -> dict[int, tuple[Any, str]]:
     """Write ``source_ablation.csv`` and the summary (decision marked), print the decision, return it."""
-    one_budget(rows)
-    table = summary(rows, arm="sources")
-    measured = sorted({r["sources"] for r in table})
-    chosen = decisions(table) if measured == sorted(ARMS) else {}
-    write_with_summary(rows, mark(table, chosen), out, "source_ablation",
-                       (f"source ablation ({SCALE})", f"source ablation summary ({SCALE}, mean ± SD over seeds)"))
-    for size, (choice, reason) in chosen.items():
-        print(f"decision ({SCALE}) S={size}: {choice}: {reason}")
-    if not chosen:
-        print(f"no decision ({SCALE}): only {', '.join(measured)} measured here; join both arms with --from-csv")
-    print("the bundled default is unchanged: a CPU-scale result does not retrain the GPU checkpoint, and the "
-          "selection set has no abdominal structure")
-    return chosen
+    return report_ablation(rows, out, "source_ablation", "sources", ARMS, decisions, mark,
+                           "the bundled default is unchanged: a CPU-scale result does not retrain the GPU "
+                           "checkpoint, and the selection set has no abdominal structure",
+                           label=lambda size: f"S={size}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -101,7 +101,7 @@ class ContourSession(DrawnCompletion):
         self.segmenter = segmenter if segmenter is not None else Segmenter(progress=False)
         if not self.completes_slices and self.segmenter.fitted is None:
             raise ValueError(f"an unfitted ContourSession completes drawn slices in context, which backend "
-                             f"{getattr(self.segmenter.backend, 'name', 'this')!r} cannot: use a slab backend "
+                             f"{self._backend_name!r} cannot: use a slab backend "
                              f"(e.g. 'universeg'), or fit this segmenter to start from its contour")
         if neighbours < 1:
             raise ValueError(f"neighbours must be at least 1, got {neighbours}")

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import roles  # noqa: E402
 from common import read_csv  # noqa: E402
 import source_ablation as sa  # noqa: E402
+from framing_ablation import summary  # noqa: E402
 from fewshotcx import Volume, datasets  # noqa: E402
 from fewshotcx.training.selfsupervised import UNLABELLED_CTS  # noqa: E402
 from fewshotcx.training.tasks import LabelledVolume  # noqa: E402
@@ -67,7 +68,7 @@ def test_the_ssl_cache_is_the_default_cache_plus_the_unlabelled_cts_and_reads_no
 def _summary(default: list[float], ssl: list[float], size: int = 16) -> list[dict]:
     rows = [{"sources": arm, "seed": s, "support_size": size, "task": "t", "dice": d}
             for arm, dice in ((sa.INCUMBENT, default), (sa.SSL, ssl)) for s, d in enumerate(dice)]
-    return sa.summary(rows, arm="sources")
+    return summary(rows, arm="sources")
 
 
 def test_default_kept_unless_ssl_beats_it_by_more_than_the_pooled_seed_sd_at_each_support_size():

@@ -68,7 +68,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-
 def server_options(args: argparse.Namespace) -> dict:
     """Checked options: ``{"api_key", "data_root", "limits"}``.
 

@@ -35,6 +35,10 @@ class DrawnCompletion:
         result need it; a fitted volume backend (``"atlas"``) only gives the starting contour."""
         return hasattr(self.segmenter.backend, "predict_slices")
 
+    @property
+    def _backend_name(self) -> str:
+        return getattr(self.segmenter.backend, "name", type(self.segmenter.backend).__name__)
+
     def suggest(self, n: int = 1) -> list[int]:
         """Up to ``n`` undrawn slices (the image's own indices), best first, where drawing by hand would
         fix the most."""
@@ -105,7 +109,7 @@ class DrawnCompletion:
         support and each leave-one-out subset of it), computed only where not cached."""
         if not self.completes_slices:
             raise ValueError(f"completing or suggesting slices from the drawn ones needs a slab backend (e.g. "
-                             f"'universeg'); this session's is {getattr(self.segmenter.backend, 'name', '?')!r}")
+                             f"'universeg'); this session's is {self._backend_name!r}")
         classes = self.classes
         wanted: dict[Key, list[int]] = {}
         keys = {}

@@ -43,9 +43,8 @@ class Settings:
     """The method's constants, tuned on STS_001's GTV and LUNG1-001's GTV-1 and spinal cord (the
     measurements: docs/contouring.md, "Boxes, clicks and scribbles"); :data:`MR_SPAN`,
     :func:`_local`, :func:`_held` (``hold``, ``hold_depth``), ``radius`` (0.9 before) and ``one_way``
-    (two-way before) were chosen
-    on the brain atlases' amygdalae and pallida, checked on those four CT structures
-    (``benchmarks/interactive_dev.py``, docs/interactive.md)."""
+    (two-way before) were chosen on the brain atlases' amygdalae and pallida, checked on those four
+    CT structures (``benchmarks/interactive_dev.py``, docs/interactive.md)."""
 
     margin_mm: float = 6.0      # region beyond a box
     reach_mm: float = 30.0      # region around a click or scribble (half-size)

@@ -25,10 +25,11 @@ def session_info(entry: Entry) -> dict:
     """A session's state: ``shape`` (the image's own), ``drawn`` (own indices), ``prompts`` (boxes,
     clicks and scribbles so far), ``fitted`` (whether the result starts from the server's fitted model,
     ``fewshotcx serve --support``), ``completes_slices`` (whether drawn slices can be completed and a
-    slice suggested: ``False`` for ``serve --backend atlas``), ``classes`` (declared label values; ``labels``, its deprecated name,
-    too), ``dicom``; and for the viewer, which shows the canonical image, ``canonical_shape`` and
-    ``axes``: per own array axis, ``[canonical axis, ±1]`` (``-1``: reversed), so own slice ``k`` is
-    canonical slice ``k`` or ``Z-1-k`` (:class:`~fewshotcx.io.grid.AxialSlices`)."""
+    slice suggested: ``False`` for ``serve --backend atlas``), ``classes`` (declared label values;
+    ``labels``, its deprecated name, too), ``dicom``; and for the viewer, which shows the canonical
+    image, ``canonical_shape`` and ``axes``: per own array axis, ``[canonical axis, ±1]`` (``-1``:
+    reversed), so own slice ``k`` is canonical slice ``k`` or ``Z-1-k``
+    (:class:`~fewshotcx.io.grid.AxialSlices`)."""
     s = entry.session
     declared = None if s.declared is None else list(s.declared)
     return {"session_id": entry.id, "name": entry.name, "shape": list(s.original.shape), "drawn": s.drawn,
